@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Each sets up .venv by itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LLAMA_VERSION := 0.3.36
+CACHE_DIR ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)/pytest-resilience
+WHEELS := $(CACHE_DIR)/wheels
+
+.PHONY: test lint typecheck unit bench demo clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml Makefile tools/llama-wheel | $(BIN)/python
+	tools/llama-wheel "$(WHEELS)" $(LLAMA_VERSION) $(BIN)/python
+	$(BIN)/python -m pip install --quiet --find-links "$(WHEELS)" \
+		"llama-cpp-python==$(LLAMA_VERSION)" -e '.[dev]'
+	touch $@
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+unit: $(VENV)/.installed
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,428 @@
+"""The exceptions of pytest-resilience, and ``classify()``.
+
+Every error the core and the backends raise derives from :class:`ResilienceError`. Where a
+standard exception already means the same thing, ours derives from it too, so code that
+catches ``TimeoutError``, ``ConnectionError`` or ``MemoryError`` keeps working::
+
+    ResilienceError
+    ├── RetryError                 retries exhausted; .attempts, .last (also __cause__)
+    ├── CircuitOpenError           call rejected by an open breaker; .breaker, .retry_after
+    ├── FallbackError              every step of a fallback chain failed; .failures
+    ├── Cancelled                  the enclosing cancel scope was cancelled; .reason
+    ├── DeadlineExceeded           (TimeoutError) a deadline scope ran out; .budget
+    │   └── StreamStalled          no chunk within the idle/first-token deadline; .partial
+    ├── HangDetected               a wait that no deadline can ever end (virtual clock)
+    ├── StreamInterrupted          a stream ended early; .partial, .reason
+    └── BackendError               a model backend failed
+        ├── ModelNotFound          the model file is missing or invalid; .path
+        ├── ResourceExhausted      (MemoryError) allocation or context creation failed
+        ├── InvalidOutput          corrupt text, bad JSON, wrong-shape or non-finite vector
+        ├── RateLimited            HTTP 429; .retry_after
+        ├── ServerError            HTTP 5xx; .status
+        └── DaemonUnavailable      (ConnectionError) the daemon cannot be reached
+            └── DaemonLost         the connection died mid-request; .partial
+
+``classify(exc)`` turns any exception into a :class:`Classification` (category, severity,
+retryable, suggested action, a Retry-After hint). The rules are data: a
+:class:`Classifier` holds an ordered list of rules, matched by exception type (given as a
+class or as a dotted name, so third-party types plug in without importing them), by HTTP
+status, or by message text. ``DEFAULT_CLASSIFIER.extended(...)`` returns a new classifier
+with extra rules in front; the default is never mutated.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Action",
+    "BackendError",
+    "Cancelled",
+    "Category",
+    "CircuitOpenError",
+    "Classification",
+    "Classifier",
+    "DaemonLost",
+    "DaemonUnavailable",
+    "DeadlineExceeded",
+    "FallbackError",
+    "HangDetected",
+    "InvalidOutput",
+    "ModelNotFound",
+    "RateLimited",
+    "ResilienceError",
+    "ResourceExhausted",
+    "RetryError",
+    "Rule",
+    "ServerError",
+    "Severity",
+    "StreamInterrupted",
+    "StreamStalled",
+    "classify",
+]
+
+
+class ResilienceError(Exception):
+    """Base class of every error raised by pytest-resilience."""
+
+
+class RetryError(ResilienceError):
+    """Every attempt failed, or the budget ran out. The last failure is ``__cause__``."""
+
+    def __init__(self, attempts: int, last: BaseException | None, reason: str = "") -> None:
+        self.attempts = attempts
+        self.last = last
+        self.reason = reason
+        what = f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}"
+        if reason:
+            what += f" ({reason})"
+        if last is not None:
+            what += f": {type(last).__name__}: {last}"
+        super().__init__(what)
+
+
+class CircuitOpenError(ResilienceError):
+    """The breaker rejected the call without running it."""
+
+    def __init__(self, breaker: str, state: str, retry_after: float | None = None) -> None:
+        self.breaker = breaker
+        self.state = state
+        self.retry_after = retry_after
+        hint = f"; retry in {retry_after:.3g}s" if retry_after is not None else ""
+        super().__init__(f"circuit {breaker!r} is {state}{hint}")
+
+
+class FallbackError(ResilienceError):
+    """Every step of a fallback chain failed. ``failures`` maps step name to what happened."""
+
+    def __init__(self, chain: str, failures: Sequence[tuple[str, BaseException | None]]) -> None:
+        self.chain = chain
+        self.failures = tuple(failures)
+        parts = ", ".join(
+            f"{name}: {type(exc).__name__ if exc is not None else 'rejected result'}"
+            for name, exc in self.failures
+        )
+        super().__init__(f"every step of fallback chain {chain!r} failed ({parts})")
+
+
+class Cancelled(ResilienceError):
+    """The enclosing cancel scope was cancelled explicitly."""
+
+    def __init__(self, reason: str = "cancelled") -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class DeadlineExceeded(ResilienceError, TimeoutError):
+    """A deadline scope ran out of time."""
+
+    def __init__(self, message: str = "deadline exceeded", *, budget: float | None = None) -> None:
+        self.budget = budget
+        super().__init__(message)
+
+
+class StreamStalled(DeadlineExceeded):
+    """A stream produced no chunk within its first-token or idle deadline.
+
+    ``partial`` is the text received before the stall; ``which`` is ``"first_token"``,
+    ``"idle"`` or ``"total"``.
+    """
+
+    def __init__(self, which: str, waited: float, partial: str = "") -> None:
+        self.which = which
+        self.waited = waited
+        self.partial = partial
+        super().__init__(
+            f"stream stalled: no chunk for {waited:.3g}s ({which} deadline), "
+            f"{len(partial)} characters received",
+            budget=waited,
+        )
+
+
+class HangDetected(ResilienceError):
+    """A wait that no deadline can ever end: the code under test would hang forever."""
+
+
+class StreamInterrupted(ResilienceError):
+    """A stream ended before it was complete; ``partial`` keeps what arrived."""
+
+    def __init__(self, reason: str, partial: str = "") -> None:
+        self.reason = reason
+        self.partial = partial
+        super().__init__(f"stream interrupted ({reason}) after {len(partial)} characters")
+
+
+class BackendError(ResilienceError):
+    """A model backend failed."""
+
+
+class ModelNotFound(BackendError):
+    """The model file is missing, unreadable or not a valid model."""
+
+    def __init__(self, path: str, detail: str = "") -> None:
+        self.path = path
+        super().__init__(f"model not found or invalid: {path}" + (f" ({detail})" if detail else ""))
+
+
+class ResourceExhausted(BackendError, MemoryError):
+    """Memory or context allocation failed (llama.cpp's "failed to create context", OOM)."""
+
+
+class InvalidOutput(BackendError):
+    """The model answered, but the answer is unusable (empty, bad JSON, NaN, wrong shape)."""
+
+
+class RateLimited(BackendError):
+    """The server said 429; ``retry_after`` is its Retry-After in seconds, if it sent one."""
+
+    def __init__(self, message: str = "rate limited", *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class ServerError(BackendError):
+    """The server answered with a 5xx status."""
+
+    def __init__(self, status: int, message: str = "") -> None:
+        self.status = status
+        super().__init__(f"server error {status}" + (f": {message}" if message else ""))
+
+
+class DaemonUnavailable(BackendError, ConnectionError):
+    """The model daemon cannot be reached (refused, not running, frozen)."""
+
+
+class DaemonLost(DaemonUnavailable):
+    """The connection to the daemon died mid-request; ``partial`` keeps what arrived."""
+
+    def __init__(self, message: str = "daemon lost", *, partial: str = "") -> None:
+        self.partial = partial
+        super().__init__(message)
+
+
+# --------------------------------------------------------------------------- classification
+
+
+class Category(enum.StrEnum):
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+    RESOURCE = "resource"
+    CONNECTION = "connection"
+    TIMEOUT = "timeout"
+    RATE_LIMITED = "rate_limited"
+    UNKNOWN = "unknown"
+
+
+class Severity(enum.IntEnum):
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+    CRITICAL = 4
+
+
+class Action(enum.StrEnum):
+    RETRY = "retry"  # try again soon
+    RETRY_LATER = "retry_later"  # wait for the hinted delay, then try again
+    FALLBACK = "fallback"  # use another backend or model
+    REDUCE_LOAD = "reduce_load"  # degrade: fewer tokens, smaller model
+    FAIL = "fail"  # do not retry; report
+    INVESTIGATE = "investigate"  # unknown: let a human look
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """What kind of failure an exception is, and what to do about it."""
+
+    category: Category
+    severity: Severity
+    retryable: bool
+    action: Action
+    retry_after: float | None = None
+    rule: str = ""  # which rule matched, for the journal and for debugging
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One row of the classification table.
+
+    A rule matches when every condition it has matches: ``types`` (classes, or dotted names
+    such as ``"httpx.ConnectError"`` matched against the exception's MRO), ``status`` (an
+    HTTP status read from ``exc.status``, ``exc.status_code`` or ``exc.response.status_code``),
+    and ``pattern`` (a case-insensitive regex searched in ``str(exc)``).
+    """
+
+    name: str
+    category: Category
+    severity: Severity
+    retryable: bool
+    action: Action
+    types: tuple[type[BaseException] | str, ...] = ()
+    status: frozenset[int] = field(default_factory=frozenset)
+    pattern: str | None = None
+
+    def matches(self, exc: BaseException) -> bool:
+        if self.types and not _isinstance_any(exc, self.types):
+            return False
+        if self.status and _http_status(exc) not in self.status:
+            return False
+        return not (self.pattern and not re.search(self.pattern, str(exc), re.IGNORECASE))
+
+
+def _isinstance_any(exc: BaseException, types: tuple[type[BaseException] | str, ...]) -> bool:
+    names: set[str] | None = None
+    for t in types:
+        if isinstance(t, str):
+            if names is None:
+                names = {f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__}
+            if t in names:
+                return True
+        elif isinstance(exc, t):
+            return True
+    return False
+
+
+def _http_status(exc: BaseException) -> int | None:
+    for obj in (exc, getattr(exc, "response", None)):
+        for attr in ("status", "status_code"):
+            value = getattr(obj, attr, None)
+            if isinstance(value, int):
+                return value
+    return None
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """A Retry-After hint carried by the exception itself or by its HTTP response."""
+    value = getattr(exc, "retry_after", None)
+    if isinstance(value, int | float) and value >= 0:
+        return float(value)
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if headers is not None:
+        raw = headers.get("retry-after") if hasattr(headers, "get") else None
+        try:
+            seconds = float(raw) if raw is not None else None
+        except ValueError:
+            seconds = None  # an HTTP date: not worth a date parser here
+        if seconds is not None and seconds >= 0:
+            return seconds
+    return None
+
+
+C, S, A = Category, Severity, Action
+
+#: The table the seeds describe, most specific first. Our own errors come first so that,
+#: for instance, ``DaemonLost`` is a connection error even though its text says "lost".
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule("deadline", C.TIMEOUT, S.MEDIUM, True, A.RETRY, types=(DeadlineExceeded,)),
+    Rule("circuit-open", C.TRANSIENT, S.MEDIUM, False, A.FALLBACK, types=(CircuitOpenError,)),
+    Rule("cancelled", C.PERMANENT, S.LOW, False, A.FAIL, types=(Cancelled,)),
+    Rule("rate-limited", C.RATE_LIMITED, S.LOW, True, A.RETRY_LATER, types=(RateLimited,)),
+    Rule("daemon", C.CONNECTION, S.HIGH, True, A.FALLBACK, types=(DaemonUnavailable,)),
+    Rule("model-not-found", C.PERMANENT, S.CRITICAL, False, A.FAIL, types=(ModelNotFound,)),
+    Rule("invalid-output", C.TRANSIENT, S.MEDIUM, True, A.RETRY, types=(InvalidOutput,)),
+    Rule("memory", C.RESOURCE, S.HIGH, False, A.REDUCE_LOAD, types=(MemoryError,)),
+    Rule("http-429", C.RATE_LIMITED, S.LOW, True, A.RETRY_LATER, status=frozenset({429})),
+    Rule(
+        "http-5xx",
+        C.TRANSIENT,
+        S.MEDIUM,
+        True,
+        A.RETRY,
+        status=frozenset({500, 502, 503, 504}),
+    ),
+    Rule("http-4xx", C.PERMANENT, S.MEDIUM, False, A.FAIL, status=frozenset(range(400, 500))),
+    Rule("timeout", C.TIMEOUT, S.MEDIUM, True, A.RETRY, types=(TimeoutError,)),
+    Rule(
+        "httpx-timeout",
+        C.TIMEOUT,
+        S.MEDIUM,
+        True,
+        A.RETRY,
+        types=("httpx.TimeoutException",),
+    ),
+    Rule("connection", C.CONNECTION, S.HIGH, True, A.RETRY, types=(ConnectionError,)),
+    Rule(
+        "httpx-transport",
+        C.CONNECTION,
+        S.HIGH,
+        True,
+        A.RETRY,
+        types=("httpx.TransportError",),
+    ),
+    Rule("rate-limit-text", C.RATE_LIMITED, S.LOW, True, A.RETRY_LATER, pattern=r"rate.?limit|\b429\b"),
+    Rule(
+        "oom-text",
+        C.RESOURCE,
+        S.HIGH,
+        False,
+        A.REDUCE_LOAD,
+        pattern=r"out of memory|failed to (allocate|create (llama_)?context)|\boom\b",
+    ),
+    Rule(
+        "model-missing-text",
+        C.PERMANENT,
+        S.CRITICAL,
+        False,
+        A.FAIL,
+        pattern=r"model.*not found|no such file|failed to load model",
+    ),
+    Rule("bad-input", C.PERMANENT, S.MEDIUM, False, A.FAIL, types=(ValueError, TypeError)),
+    Rule("os", C.RESOURCE, S.HIGH, False, A.INVESTIGATE, types=(OSError,)),
+)
+
+del C, S, A
+
+_UNKNOWN = Classification(
+    Category.UNKNOWN, Severity.MEDIUM, False, Action.INVESTIGATE, rule="unknown"
+)
+
+
+class Classifier:
+    """An ordered rule table; the first matching rule classifies the exception.
+
+    A rule is a :class:`Rule` or any callable ``(exc) -> Classification | None``, so a backend
+    can plug in knowledge that a table row cannot express.
+    """
+
+    def __init__(
+        self, rules: Iterable[Rule | Callable[[BaseException], Classification | None]]
+    ) -> None:
+        self.rules = tuple(rules)
+
+    def extended(
+        self, *rules: Rule | Callable[[BaseException], Classification | None]
+    ) -> Classifier:
+        """A new classifier that tries ``rules`` first, then this one's."""
+        return Classifier((*rules, *self.rules))
+
+    def __call__(self, exc: BaseException) -> Classification:
+        for rule in self.rules:
+            if isinstance(rule, Rule):
+                if rule.matches(exc):
+                    retry_after = _retry_after(exc)
+                    return Classification(
+                        rule.category,
+                        rule.severity,
+                        rule.retryable,
+                        rule.action,
+                        retry_after,
+                        rule.name,
+                    )
+            else:
+                found = rule(exc)
+                if found is not None:
+                    return found
+        return _UNKNOWN
+
+
+DEFAULT_CLASSIFIER = Classifier(DEFAULT_RULES)
+
+
+def classify(exc: BaseException, classifier: Classifier = DEFAULT_CLASSIFIER) -> Classification:
+    """Classify ``exc`` with the default table (or the one given).
+
+    Never raises: an exception no rule knows is ``Category.UNKNOWN``, not retryable.
+    """
+    return classifier(exc)
