@@ -20,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from contextvars import ContextVar, Token
-from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from .clock import Clock, SystemClock
 from .errors import Cancelled, DeadlineExceeded
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 __all__ = ["CancelScope", "cancel_scope", "check_cancelled", "current_scope", "deadline"]
 
@@ -105,7 +107,10 @@ class CancelScope:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self._exit()
 
@@ -119,17 +124,25 @@ class CancelScope:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self._exit()
         ours = self._expired_async or self._reason is not None
-        if exc_type is asyncio.CancelledError and ours and self._task is not None:
-            if self._task.uncancel() == 0:  # nobody else asked for this cancellation
-                if self._reason is not None:
-                    raise Cancelled(self._reason) from exc
-                raise self._exceeded() from exc
+        # uncancel() == 0: nobody but us asked for this cancellation, so it is ours to convert
+        if (
+            exc_type is asyncio.CancelledError
+            and ours
+            and self._task is not None
+            and self._task.uncancel() == 0
+        ):
+            if self._reason is not None:
+                raise Cancelled(self._reason) from exc
+            raise self._exceeded() from exc
 
     def _expire(self) -> None:
         self._expired_async = True
@@ -192,13 +205,17 @@ class CancelScope:
         """
         self.check()
         remaining = self.remaining()
-        limit = remaining if timeout is None else (
-            timeout if remaining is None else min(timeout, remaining)
+        limit = (
+            remaining
+            if timeout is None
+            else (timeout if remaining is None else min(timeout, remaining))
         )
         self.clock.wait(self._event, limit, what=what or f"a wait in {self.name}")
-        if timeout is None or (remaining is not None and remaining <= timeout):
-            self.check()
-        elif self._event.is_set():
+        if (
+            timeout is None
+            or (remaining is not None and remaining <= timeout)
+            or self._event.is_set()
+        ):
             self.check()
 
     def _exceeded(self) -> DeadlineExceeded:

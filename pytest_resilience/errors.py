@@ -34,8 +34,11 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
 
 __all__ = [
     "Action",
@@ -351,7 +354,14 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         A.RETRY,
         types=("httpx.TransportError",),
     ),
-    Rule("rate-limit-text", C.RATE_LIMITED, S.LOW, True, A.RETRY_LATER, pattern=r"rate.?limit|\b429\b"),
+    Rule(
+        "rate-limit-text",
+        C.RATE_LIMITED,
+        S.LOW,
+        True,
+        A.RETRY_LATER,
+        pattern=r"rate.?limit|\b429\b",
+    ),
     Rule(
         "oom-text",
         C.RESOURCE,

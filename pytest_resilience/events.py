@@ -286,7 +286,7 @@ class Journal:
         for listener in listeners:
             try:
                 listener(event)
-            except Exception:  # a broken listener must not break the protected call
+            except Exception:  # noqa: BLE001 - a broken listener must not break the call it observes
                 _log.exception("journal listener %r failed on %s", listener, event.kind)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -303,10 +303,8 @@ class Journal:
     @overload
     def events(self) -> list[Event]: ...
     @overload
-    def events(self, kind: type[E]) -> list[E]: ...
-    @overload
-    def events(self, kind: type[E], *kinds: type[Event]) -> list[Event]: ...
-    def events(self, *kinds: type[Event]) -> list[Event]:
+    def events(self, kind: type[E], /, *more: type[E]) -> list[E]: ...
+    def events(self, *kinds: type[Any]) -> list[Any]:
         """A snapshot of the events, optionally only those of the given types."""
         with self._lock:
             snapshot = list(self._events)
@@ -362,9 +360,7 @@ def format_event(event: Event) -> str:
 class JsonLinesLogger:
     """A journal listener that logs each event as one JSON line (``journal.subscribe(...)``)."""
 
-    def __init__(
-        self, logger: logging.Logger | None = None, level: int = logging.INFO
-    ) -> None:
+    def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
         self.logger = logger if logger is not None else logging.getLogger("pytest_resilience")
         self.level = level
 
