@@ -90,12 +90,18 @@ class RetryError(ResilienceError):
 class CircuitOpenError(ResilienceError):
     """The breaker rejected the call without running it."""
 
+    # Raised on every rejected call, so the message is formatted only when somebody reads it.
     def __init__(self, breaker: str, state: str, retry_after: float | None = None) -> None:
         self.breaker = breaker
         self.state = state
         self.retry_after = retry_after
-        hint = f"; retry in {retry_after:.3g}s" if retry_after is not None else ""
-        super().__init__(f"circuit {breaker!r} is {state}{hint}")
+
+    def __str__(self) -> str:
+        hint = f"; retry in {self.retry_after:.3g}s" if self.retry_after is not None else ""
+        return f"circuit {self.breaker!r} is {self.state}{hint}"
+
+    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, str, float | None]]:
+        return (type(self), (self.breaker, self.state, self.retry_after))
 
 
 class FallbackError(ResilienceError):
