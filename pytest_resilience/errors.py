@@ -5,7 +5,7 @@ standard exception already means the same thing, ours derives from it too, so co
 catches ``TimeoutError``, ``ConnectionError`` or ``MemoryError`` keeps working::
 
     ResilienceError
-    ├── RetryError                 retries exhausted; .attempts, .last (also __cause__)
+    ├── RetryError                 retries exhausted; .attempts, .last (also __cause__), .result
     ├── CircuitOpenError           call rejected by an open breaker; .breaker, .retry_after
     ├── FallbackError              every step of a fallback chain failed; .failures
     ├── Cancelled                  the enclosing cancel scope was cancelled; .reason
@@ -13,6 +13,7 @@ catches ``TimeoutError``, ``ConnectionError`` or ``MemoryError`` keeps working::
     │   └── StreamStalled          no chunk within the idle/first-token deadline; .partial
     ├── HangDetected               a wait that no deadline can ever end (virtual clock)
     ├── StreamInterrupted          a stream ended early; .partial, .reason
+    ├── CheckpointError            a checkpoint file is bad, truncated or foreign; .path
     └── BackendError               a model backend failed
         ├── ModelNotFound          the model file is missing or invalid; .path
         ├── ResourceExhausted      (MemoryError) allocation or context creation failed
@@ -33,18 +34,22 @@ with extra rules in front; the default is never mutated.
 from __future__ import annotations
 
 import enum
+import functools
 import re
-from dataclasses import dataclass, field
+import reprlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Iterable, Sequence
 
 __all__ = [
     "Action",
     "BackendError",
     "Cancelled",
     "Category",
+    "CheckpointError",
     "CircuitOpenError",
     "Classification",
     "Classifier",
@@ -73,35 +78,58 @@ class ResilienceError(Exception):
 
 
 class RetryError(ResilienceError):
-    """Every attempt failed, or the budget ran out. The last failure is ``__cause__``."""
+    """Every attempt failed, or the budget ran out. The last failure is ``__cause__``.
 
-    def __init__(self, attempts: int, last: BaseException | None, reason: str = "") -> None:
+    When the last attempt returned a rejected result instead of raising, ``last`` is None and
+    ``result`` holds that result.
+    """
+
+    def __init__(
+        self,
+        attempts: int,
+        last: BaseException | None,
+        reason: str = "",
+        *,
+        result: object = None,
+    ) -> None:
         self.attempts = attempts
         self.last = last
         self.reason = reason
+        self.result = result
         what = f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}"
         if reason:
             what += f" ({reason})"
         if last is not None:
             what += f": {type(last).__name__}: {last}"
+        else:
+            what += f": result rejected: {reprlib.repr(result)}"
         super().__init__(what)
 
 
 class CircuitOpenError(ResilienceError):
-    """The breaker rejected the call without running it."""
+    """The breaker rejected the call without running it.
 
-    # Raised on every rejected call, so the message is formatted only when somebody reads it.
-    def __init__(self, breaker: str, state: str, retry_after: float | None = None) -> None:
-        self.breaker = breaker
-        self.state = state
-        self.retry_after = retry_after
+    ``CircuitOpenError(breaker, state, retry_after=None)``. It is raised on every rejected
+    call, so it has no Python ``__init__``: the fields are read from ``args`` and the message
+    is formatted only when somebody reads it.
+    """
+
+    @property
+    def breaker(self) -> str:
+        return str(self.args[0])
+
+    @property
+    def state(self) -> str:
+        return str(self.args[1])
+
+    @property
+    def retry_after(self) -> float | None:
+        value = self.args[2] if len(self.args) > 2 else None
+        return float(value) if value is not None else None
 
     def __str__(self) -> str:
         hint = f"; retry in {self.retry_after:.3g}s" if self.retry_after is not None else ""
         return f"circuit {self.breaker!r} is {self.state}{hint}"
-
-    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, str, float | None]]:
-        return (type(self), (self.breaker, self.state, self.retry_after))
 
 
 class FallbackError(ResilienceError):
@@ -162,6 +190,21 @@ class StreamInterrupted(ResilienceError):
         self.reason = reason
         self.partial = partial
         super().__init__(f"stream interrupted ({reason}) after {len(partial)} characters")
+
+
+class CheckpointError(ResilienceError):
+    """A checkpoint cannot be read: missing, truncated, corrupt, foreign or for another key.
+
+    ``path`` is the file; the message says what is wrong with it.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"checkpoint {path}: {problem}")
+
+    def __reduce__(self) -> tuple[type[CheckpointError], tuple[str, str]]:
+        return (type(self), (self.path, self.problem))
 
 
 class BackendError(ResilienceError):
@@ -253,7 +296,7 @@ class Classification:
     rule: str = ""  # which rule matched, for the journal and for debugging
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: ``classification`` is cached in the instance dict
 class Rule:
     """One row of the classification table.
 
@@ -272,25 +315,32 @@ class Rule:
     status: frozenset[int] = field(default_factory=frozenset)
     pattern: str | None = None
 
+    @functools.cached_property
+    def classification(self) -> Classification:
+        """What this rule says, without a Retry-After hint (built once: rules are fixed)."""
+        return Classification(
+            self.category, self.severity, self.retryable, self.action, rule=self.name
+        )
+
     def matches(self, exc: BaseException) -> bool:
-        if self.types and not _isinstance_any(exc, self.types):
-            return False
+        return self.matches_type(type(exc)) and self.matches_instance(exc)
+
+    def matches_type(self, cls: type[BaseException]) -> bool:
+        if not self.types:
+            return True
+        names = {f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__}
+        return any(t in names if isinstance(t, str) else issubclass(cls, t) for t in self.types)
+
+    def matches_instance(self, exc: BaseException) -> bool:
+        """The conditions that depend on the instance: HTTP status and message text."""
         if self.status and _http_status(exc) not in self.status:
             return False
-        return not (self.pattern and not re.search(self.pattern, str(exc), re.IGNORECASE))
+        return not (self.pattern and not _compiled(self.pattern).search(str(exc)))
 
 
-def _isinstance_any(exc: BaseException, types: tuple[type[BaseException] | str, ...]) -> bool:
-    names: set[str] | None = None
-    for t in types:
-        if isinstance(t, str):
-            if names is None:
-                names = {f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__}
-            if t in names:
-                return True
-        elif isinstance(exc, t):
-            return True
-    return False
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)
 
 
 def _http_status(exc: BaseException) -> int | None:
@@ -309,7 +359,9 @@ def _retry_after(exc: BaseException) -> float | None:
         return float(value)
     headers = getattr(getattr(exc, "response", None), "headers", None)
     if headers is not None:
-        raw = headers.get("retry-after") if hasattr(headers, "get") else None
+        raw = None
+        if hasattr(headers, "get"):  # httpx's headers ignore case; a plain dict does not
+            raw = headers.get("retry-after", headers.get("Retry-After"))
         try:
             seconds = float(raw) if raw is not None else None
         except ValueError:
@@ -339,9 +391,16 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         S.MEDIUM,
         True,
         A.RETRY,
-        status=frozenset({500, 502, 503, 504}),
+        status=frozenset(range(500, 600)) - {501},  # 501: the server will never do it
     ),
-    Rule("http-4xx", C.PERMANENT, S.MEDIUM, False, A.FAIL, status=frozenset(range(400, 500))),
+    Rule(
+        "http-4xx",
+        C.PERMANENT,
+        S.MEDIUM,
+        False,
+        A.FAIL,
+        status=frozenset(range(400, 500)) | {501},
+    ),
     Rule("timeout", C.TIMEOUT, S.MEDIUM, True, A.RETRY, types=(TimeoutError,)),
     Rule(
         "httpx-timeout",
@@ -390,6 +449,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 
 del C, S, A
 
+_UNSET = object()
+
+AnyRule = Rule | Callable[[BaseException], Classification | None]
+
 _UNKNOWN = Classification(
     Category.UNKNOWN, Severity.MEDIUM, False, Action.INVESTIGATE, rule="unknown"
 )
@@ -406,6 +469,7 @@ class Classifier:
         self, rules: Iterable[Rule | Callable[[BaseException], Classification | None]]
     ) -> None:
         self.rules = tuple(rules)
+        self._by_type: dict[type[BaseException], tuple[AnyRule, ...]] = {}
 
     def extended(
         self, *rules: Rule | Callable[[BaseException], Classification | None]
@@ -414,23 +478,44 @@ class Classifier:
         return Classifier((*rules, *self.rules))
 
     def __call__(self, exc: BaseException) -> Classification:
-        for rule in self.rules:
-            if isinstance(rule, Rule):
-                if rule.matches(exc):
-                    retry_after = _retry_after(exc)
-                    return Classification(
-                        rule.category,
-                        rule.severity,
-                        rule.retryable,
-                        rule.action,
-                        retry_after,
-                        rule.name,
-                    )
-            else:
+        status: int | object | None = _UNSET  # read once, and only if some rule asks
+        text: str | None = None
+        for rule in self._candidates(type(exc)):
+            if not isinstance(rule, Rule):
                 found = rule(exc)
                 if found is not None:
                     return found
+                continue
+            if rule.status:
+                if status is _UNSET:
+                    status = _http_status(exc)
+                if status not in rule.status:
+                    continue
+            if rule.pattern is not None:
+                if text is None:
+                    text = str(exc)
+                if not _compiled(rule.pattern).search(text):
+                    continue
+            hint = _retry_after(exc)
+            return (
+                rule.classification
+                if hint is None
+                else replace(rule.classification, retry_after=hint)
+            )
         return _UNKNOWN
+
+    def _candidates(self, cls: type[BaseException]) -> tuple[AnyRule, ...]:
+        """The rules whose type condition ``cls`` meets, in order; computed once per type.
+
+        Type checks walk the MRO (and build its dotted names) once per exception class
+        instead of once per rule per call, which keeps ``classify`` cheap enough to run on
+        every failed attempt.
+        """
+        found = self._by_type.get(cls)
+        if found is None:
+            found = tuple(r for r in self.rules if not isinstance(r, Rule) or r.matches_type(cls))
+            self._by_type[cls] = found  # a racing thread computes the same tuple
+        return found
 
 
 DEFAULT_CLASSIFIER = Classifier(DEFAULT_RULES)

@@ -1,0 +1,228 @@
+"""Unit tests for the events and the Journal."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+
+import pytest
+
+from pytest_resilience.events import (
+    AttemptFailed,
+    BreakerTransition,
+    DaemonUp,
+    Event,
+    FallbackUsed,
+    FaultInjected,
+    Journal,
+    JsonLinesLogger,
+    RetryScheduled,
+    StreamStalled,
+    event_from_dict,
+)
+
+
+def scheduled(i: int) -> RetryScheduled:
+    return RetryScheduled(time=float(i), source="r", attempt=i, delay=0.5)
+
+
+def test_events_are_frozen_and_carry_their_kind() -> None:
+    event = scheduled(1)
+    with pytest.raises(AttributeError):
+        event.delay = 2.0  # type: ignore[misc]
+    assert event.to_dict() == {
+        "kind": "retry.scheduled",
+        "time": 1.0,
+        "source": "r",
+        "attempt": 1,
+        "delay": 0.5,
+    }
+
+
+def test_journal_keeps_order_and_filters_by_type() -> None:
+    journal = Journal()
+    up = DaemonUp(time=0.0)
+    journal.append(up)
+    journal.append(scheduled(1))
+    assert len(journal) == 2
+    assert list(journal) == [up, scheduled(1)]
+    assert journal.events(RetryScheduled) == [scheduled(1)]
+    assert journal.events(RetryScheduled, DaemonUp) == [up, scheduled(1)]
+
+
+def test_the_bound_drops_the_oldest_and_counts_them() -> None:
+    journal = Journal(maxlen=3)
+    for i in range(5):
+        journal.append(scheduled(i))
+    assert [e.attempt for e in journal.events(RetryScheduled)] == [2, 3, 4]
+    assert journal.dropped == 2
+    journal.clear()
+    assert (len(journal), journal.dropped) == (0, 0)
+    with pytest.raises(ValueError, match="at least 1"):
+        Journal(maxlen=0)
+
+
+def test_appends_from_four_threads_are_all_kept() -> None:
+    journal = Journal()
+    start = threading.Barrier(4)
+
+    def work(worker: int) -> None:
+        start.wait()
+        for i in range(500):
+            journal.append(FaultInjected(time=0.0, source=str(worker), site="s", fault="x", call=i))
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    events = journal.events(FaultInjected)
+    assert len(events) == 2000
+    for worker in range(4):  # each thread's events stay in its own order
+        assert [e.call for e in events if e.source == str(worker)] == list(range(500))
+
+
+def test_a_bounded_journal_under_four_threads_counts_every_drop() -> None:
+    journal = Journal(maxlen=100)
+
+    def work() -> None:
+        for i in range(250):
+            journal.append(scheduled(i))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (len(journal), journal.dropped) == (100, 900)
+
+
+def test_listeners_run_outside_the_lock_in_the_appending_thread() -> None:
+    journal = Journal()
+    seen: list[tuple[Event, int, int]] = []
+
+    def listener(event: Event) -> None:
+        # Reading the journal from a listener would deadlock if the lock were held.
+        seen.append((event, len(journal.events()), threading.get_ident()))
+
+    journal.subscribe(listener)
+    worker = threading.Thread(target=journal.append, args=(scheduled(1),), daemon=True)
+    worker.start()
+    worker.join(timeout=10.0)  # only waits if the lock is (wrongly) held: then it fails
+    assert not worker.is_alive()
+    assert seen == [(scheduled(1), 1, worker.ident)]
+
+
+def test_unsubscribe_stops_the_calls() -> None:
+    journal = Journal()
+    seen: list[Event] = []
+    unsubscribe = journal.subscribe(seen.append)
+    journal.append(scheduled(1))
+    unsubscribe()
+    journal.append(scheduled(2))
+    assert seen == [scheduled(1)]
+
+
+def test_a_failing_listener_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    journal = Journal()
+    seen: list[Event] = []
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("listener bug")
+
+    journal.subscribe(broken)
+    journal.subscribe(seen.append)
+    with caplog.at_level(logging.ERROR, logger="pytest_resilience.events"):
+        journal.append(scheduled(1))
+    assert seen == [scheduled(1)]  # the next listener still ran
+    assert len(journal) == 1
+    (record,) = caplog.records
+    assert "failed on retry.scheduled" in record.getMessage()
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], RuntimeError)
+
+
+def test_json_lines_round_trip() -> None:
+    journal = Journal()
+    events: list[Event] = [
+        scheduled(1),
+        AttemptFailed(time=1.5, source="r", attempt=1, error="E: x", category="timeout"),
+        BreakerTransition(time=2.0, source="b", from_state="closed", to_state="open", reason="5"),
+        FallbackUsed(
+            time=3.0, source="f", step="static", index=2, after=("a: X", "b: result None")
+        ),
+        StreamStalled(time=4.0, which="idle", waited=30.0, partial="héllo\n"),
+        DaemonUp(time=5.0),
+    ]
+    for event in events:
+        journal.append(event)
+    out = io.StringIO()
+    journal.dump(out)
+    text = out.getvalue()
+    assert len(text.splitlines()) == len(events)
+    assert all(json.loads(line)["kind"] for line in text.splitlines())
+    loaded = Journal.load(io.StringIO(text))
+    assert loaded.events() == events
+    assert isinstance(loaded.events(FallbackUsed)[0].after, tuple)
+
+
+def test_load_skips_blank_lines_and_names_the_bad_one() -> None:
+    good = json.dumps(scheduled(1).to_dict())
+    assert len(Journal.load([good, "", "  ", good])) == 2
+    with pytest.raises(ValueError, match=r"journal line 3: .*Expecting"):
+        Journal.load([good, "", "{not json"])
+    with pytest.raises(ValueError, match=r"journal line 2: unknown event kind 'nope'"):
+        Journal.load([good, '{"kind": "nope", "time": 0}'])
+    with pytest.raises(ValueError, match=r"journal line 1: event 'retry.scheduled' has no field"):
+        Journal.load(['{"kind": "retry.scheduled", "time": 0, "attempt": 1, "delay": 1, "x": 1}'])
+    with pytest.raises(ValueError, match=r"journal line 1: .*attempt"):
+        Journal.load(['{"kind": "retry.scheduled", "time": 0, "delay": 1}'])
+
+
+def test_event_kinds_defined_elsewhere_are_known() -> None:
+    from pytest_resilience.fallback import FallbackExhausted  # noqa: PLC0415 - the point
+
+    event = FallbackExhausted(time=1.0, source="c", failures=("a: X",))
+    assert event_from_dict(event.to_dict()) == event
+
+
+def test_timeline_reads_one_event_a_line() -> None:
+    journal = Journal()
+    journal.append(scheduled(1))
+    journal.append(DaemonUp(time=12.5, latency=0.25))
+    assert journal.timeline() == (
+        "     1.000s retry.scheduled [r] attempt=1 delay=0.5\n    12.500s daemon.up latency=0.25"
+    )
+    assert journal.timeline(last=1).startswith("    12.500s daemon.up")
+
+
+def test_json_lines_logger_writes_through_stdlib_logging(caplog: pytest.LogCaptureFixture) -> None:
+    journal = Journal()
+    logger = logging.getLogger("test.resilience.events")
+    journal.subscribe(JsonLinesLogger(logger, level=logging.INFO))
+    with caplog.at_level(logging.INFO, logger="test.resilience.events"):
+        journal.append(scheduled(1))
+    (record,) = caplog.records
+    assert (record.name, record.levelno) == ("test.resilience.events", logging.INFO)
+    assert json.loads(record.getMessage()) == scheduled(1).to_dict()
+
+
+def test_json_lines_logger_costs_nothing_when_disabled(caplog: pytest.LogCaptureFixture) -> None:
+    journal = Journal()
+    journal.subscribe(JsonLinesLogger(logging.getLogger("test.resilience.quiet"), logging.DEBUG))
+    with caplog.at_level(logging.INFO, logger="test.resilience.quiet"):
+        journal.append(scheduled(1))
+    assert caplog.records == []
+
+
+def test_json_lines_logger_defaults_to_the_package_logger(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    journal = Journal()
+    journal.subscribe(JsonLinesLogger())
+    with caplog.at_level(logging.INFO, logger="pytest_resilience"):
+        journal.append(DaemonUp(time=1.0))
+    assert [r.name for r in caplog.records] == ["pytest_resilience"]
+    assert json.loads(caplog.records[0].getMessage())["kind"] == "daemon.up"
