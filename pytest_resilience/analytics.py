@@ -1,0 +1,196 @@
+"""What a journal says, in numbers: errors, retries, recoveries, transitions, fallbacks.
+
+::
+
+    summary = summarize(journal)
+    assert summary.recovery_rate == 1.0
+    print(summary)            # a small table; the plugin's report prints it
+
+Definitions (all read from events; times are the journal's clock, so virtual under a
+virtual clock):
+
+- **errors**: failed attempts (:class:`~pytest_resilience.events.AttemptFailed`, counted by
+  their ``category``) plus failed fallback steps (each reason in a ``FallbackUsed.after`` or
+  ``FallbackExhausted.failures``, counted as ``fallback_step_failures``, which carry no
+  category). A retry inside a fallback step counts in both: each is a failed call.
+- **error rate**: errors per minute over the span from the first to the last event (``None``
+  when the span is zero), and ``errors_by_minute``: errors in each minute from the first
+  event's time.
+- **recovery**: a retried operation that failed at least once (an ``AttemptFailed`` with
+  ``attempt == 1``) and did not give up (no ``GaveUp``) recovered by retry; each
+  ``FallbackUsed`` is a recovery by fallback; each ``GaveUp`` and ``FallbackExhausted`` is a
+  give-up. ``recovery_rate = recovered / (recovered + gave_up)``, ``None`` when neither
+  happened. Operations still in flight when the journal is read count as recovered, and a
+  retry that gave up inside a fallback step that then answered counts once each way.
+- **transitions**: each breaker's transitions (``"closed->open"``), in order, by source;
+  **fallbacks**: each chain's answering steps, in order, by source; **degradations**
+  likewise, for each degrader.
+
+If the journal dropped events (its bound), ``dropped`` says how many and the counts are
+partial.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .events import (
+    AttemptFailed,
+    BreakerTransition,
+    CallRejected,
+    DegradationChanged,
+    FallbackUsed,
+    FaultInjected,
+    GaveUp,
+    Journal,
+    RetryScheduled,
+)
+from .fallback import FallbackExhausted
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from .events import Event
+
+__all__ = ["Summary", "summarize"]
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Numbers computed from a journal by :func:`summarize`; ``str()`` is a readable table."""
+
+    events: int = 0
+    start: float = 0.0  # time of the first event
+    duration: float = 0.0  # seconds from the first event to the last
+    errors_by_category: Mapping[str, int] = field(default_factory=dict)
+    fallback_step_failures: int = 0
+    errors_by_minute: tuple[int, ...] = ()
+    retries: int = 0  # retries scheduled
+    recovered_by_retry: int = 0
+    recovered_by_fallback: int = 0
+    gave_up: int = 0
+    rejected: int = 0  # calls an open breaker refused
+    transitions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    degradations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    faults: int = 0  # faults injected
+    dropped: int = 0  # events the journal's bound pushed out before this summary
+
+    @property
+    def errors(self) -> int:
+        return sum(self.errors_by_category.values()) + self.fallback_step_failures
+
+    @property
+    def errors_per_minute(self) -> float | None:
+        return self.errors * 60.0 / self.duration if self.duration > 0 else None
+
+    @property
+    def recovered(self) -> int:
+        return self.recovered_by_retry + self.recovered_by_fallback
+
+    @property
+    def recovery_rate(self) -> float | None:
+        outcomes = self.recovered + self.gave_up
+        return self.recovered / outcomes if outcomes else None
+
+    def __str__(self) -> str:
+        rows: list[tuple[str, str]] = []
+        rate = self.errors_per_minute
+        detail = f"{rate:.3g}/min" if rate is not None else "no time elapsed"
+        if self.errors_by_minute:
+            detail += f", peak {max(self.errors_by_minute)} in one minute"
+        rows.append(("errors", f"{self.errors} ({detail})" if self.errors else "0"))
+        rows.extend((f"  {c}", str(n)) for c, n in sorted(self.errors_by_category.items()))
+        if self.fallback_step_failures:
+            rows.append(("  fallback steps", str(self.fallback_step_failures)))
+        rows.append(("retries scheduled", str(self.retries)))
+        recovery = f"{self.recovered} of {self.recovered + self.gave_up}"
+        if self.recovery_rate is not None:
+            recovery += (
+                f" ({self.recovery_rate:.0%}: {self.recovered_by_retry} by retry, "
+                f"{self.recovered_by_fallback} by fallback)"
+            )
+        rows.append(("recovered", recovery))
+        rows.append(("gave up", str(self.gave_up)))
+        rows.append(("calls rejected", str(self.rejected)))
+        rows.extend((f"breaker {s}", ", ".join(t)) for s, t in sorted(self.transitions.items()))
+        rows.extend((f"fallback {s}", _counted(t)) for s, t in sorted(self.fallbacks.items()))
+        rows.extend((f"degraded {s}", ", ".join(t)) for s, t in sorted(self.degradations.items()))
+        rows.append(("faults injected", str(self.faults)))
+        width = max(len(label) for label, _ in rows)
+        head = f"resilience summary: {self.events} events over {self.duration:.6g}s"
+        if self.dropped:
+            head += f" ({self.dropped} older events dropped: counts are partial)"
+        return "\n".join([head, *(f"  {label:<{width}}  {value}" for label, value in rows)])
+
+
+def _counted(items: tuple[str, ...]) -> str:
+    return ", ".join(f"{name} x{n}" for name, n in Counter(items).items())
+
+
+def summarize(journal: Journal | Iterable[Event]) -> Summary:
+    """Compute a :class:`Summary` from a journal, or from any sequence of events."""
+    dropped = journal.dropped if isinstance(journal, Journal) else 0
+    events = journal.events() if isinstance(journal, Journal) else list(journal)
+    if not events:
+        return Summary(dropped=dropped)
+    start = min(e.time for e in events)
+    categories: Counter[str] = Counter()
+    error_times: list[float] = []
+    step_failures = first_failures = retries = retry_gave_up = exhausted = 0
+    fell_back = rejected = faults = 0
+    transitions: dict[str, list[str]] = {}
+    fallbacks: dict[str, list[str]] = {}
+    degradations: dict[str, list[str]] = {}
+    for e in events:
+        match e:
+            case AttemptFailed():
+                categories[e.category] += 1
+                error_times.append(e.time)
+                first_failures += e.attempt == 1
+            case RetryScheduled():
+                retries += 1
+            case GaveUp():
+                retry_gave_up += 1
+            case FallbackUsed():
+                fell_back += 1
+                step_failures += len(e.after)
+                error_times.extend([e.time] * len(e.after))
+                fallbacks.setdefault(e.source, []).append(e.step)
+            case FallbackExhausted():
+                exhausted += 1
+                step_failures += len(e.failures)
+                error_times.extend([e.time] * len(e.failures))
+            case BreakerTransition():
+                transitions.setdefault(e.source, []).append(f"{e.from_state}->{e.to_state}")
+            case CallRejected():
+                rejected += 1
+            case DegradationChanged():
+                degradations.setdefault(e.source, []).append(f"{e.from_level}->{e.to_level}")
+            case FaultInjected():
+                faults += 1
+            case _:
+                pass
+    by_minute = [0] * (int((max(error_times) - start) // 60) + 1) if error_times else []
+    for t in error_times:
+        by_minute[int((t - start) // 60)] += 1
+    return Summary(
+        events=len(events),
+        start=start,
+        duration=max(e.time for e in events) - start,
+        errors_by_category=dict(categories),
+        fallback_step_failures=step_failures,
+        errors_by_minute=tuple(by_minute),
+        retries=retries,
+        recovered_by_retry=max(0, first_failures - retry_gave_up),
+        recovered_by_fallback=fell_back,
+        gave_up=retry_gave_up + exhausted,
+        rejected=rejected,
+        transitions={k: tuple(v) for k, v in transitions.items()},
+        fallbacks={k: tuple(v) for k, v in fallbacks.items()},
+        degradations={k: tuple(v) for k, v in degradations.items()},
+        faults=faults,
+        dropped=dropped,
+    )

@@ -1,0 +1,349 @@
+"""Unit tests for the leak check.
+
+Threads, descriptors and processes are real here; a test that waits for one of them to end
+does so in real time, briefly, and says so in its name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import subprocess
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_resilience import leaks
+from pytest_resilience.leaks import (
+    Leak,
+    ResourceRegistry,
+    Snapshot,
+    check,
+    diff,
+    format_leaks,
+    snapshot,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+    from pathlib import Path
+
+LINUX = sys.platform.startswith("linux")
+
+
+def parked_thread(name: str) -> tuple[threading.Thread, threading.Event]:
+    release = threading.Event()
+
+    def park() -> None:
+        release.wait(10.0)
+
+    thread = threading.Thread(target=park, name=name, daemon=True)
+    thread.start()
+    return thread, release
+
+
+def test_nothing_leaks_when_nothing_happens() -> None:
+    before = snapshot()
+    assert diff(before, snapshot()) == []
+    assert check(before) == []
+
+
+def test_a_parked_thread_is_a_leak_until_it_ends() -> None:
+    before = snapshot()
+    thread, release = parked_thread("parked")
+    try:
+        (leak,) = check(before, grace=0)
+        assert leak.what == "thread"
+        assert leak.detail.startswith("'parked' running ")
+        assert "park" in leak.detail
+        assert leak.detail.endswith(", daemon")
+    finally:
+        release.set()
+        thread.join()
+    assert check(before, grace=0) == []
+
+
+def test_a_finishing_thread_is_forgiven_within_the_grace_real_time() -> None:
+    before = snapshot()
+    thread, release = parked_thread("finishing")
+    release.set()  # ending, but maybe not yet ended when check() looks
+    assert check(before, grace=2.0) == []
+    assert not thread.is_alive()
+
+
+def test_a_stuck_thread_outlives_a_short_grace_real_time() -> None:
+    before = snapshot()
+    thread, release = parked_thread("stuck")
+    try:
+        assert [leak.what for leak in check(before, grace=0.05)] == ["thread"]
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_dummy_threads_are_not_counted() -> None:
+    before = snapshot()
+    dummy = threading._DummyThread()  # what a native thread calling into Python looks like
+    try:
+        assert dummy in threading.enumerate()
+        assert check(before, grace=0) == []
+    finally:
+        with vars(threading)["_active_limbo_lock"]:
+            vars(threading)["_active"].pop(dummy.ident, None)
+
+
+@pytest.mark.skipif(not LINUX, reason="/proc file descriptors")
+def test_an_open_file_descriptor_is_a_leak(tmp_path: Path) -> None:
+    before = snapshot()
+    path = tmp_path / "held.txt"
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY)
+    try:
+        assert diff(before, snapshot()) == [Leak("fd", f"{fd} -> {path}")]
+    finally:
+        os.close(fd)
+    assert diff(before, snapshot()) == []
+
+
+def test_a_reused_descriptor_number_counts_as_new() -> None:
+    before = Snapshot(frozenset(), {3: "/a"}, {})
+    after = Snapshot(frozenset(), {3: "/b", 4: "/c"}, {})
+    assert [leak.detail for leak in diff(before, after)] == ["3 -> /b", "4 -> /c"]
+
+
+def test_kinds_that_cannot_be_seen_are_skipped() -> None:
+    before = Snapshot(frozenset(), None, None)
+    after = Snapshot(frozenset(), {3: "/a"}, {42: "x"})
+    assert diff(before, after) == []
+
+
+def no_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    isdir = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda p: not str(p).startswith("/proc") and isdir(p))
+
+
+def test_without_proc_file_descriptors_come_from_psutil(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_proc(monkeypatch)
+    before = snapshot()
+    assert before.fds is not None
+    with (tmp_path / "f.txt").open("w") as f:
+        fd = f.fileno()
+        found = diff(before, snapshot())
+        assert [leak.what for leak in found] == ["fd"]
+        assert found[0].detail == f"{fd} -> {tmp_path / 'f.txt'}"
+
+
+def test_without_proc_and_psutil_nothing_is_guessed(monkeypatch: pytest.MonkeyPatch) -> None:
+    no_proc(monkeypatch)
+    monkeypatch.setattr(leaks, "_psutil", lambda: None)
+    assert (snapshot().fds, snapshot().processes) == (None, None)
+
+
+def sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+
+
+def test_a_running_child_process_is_a_leak_real_time() -> None:
+    before = snapshot()
+    child = sleeper()
+    try:
+        found = check(before, grace=0)
+        processes = [leak for leak in found if leak.what == "process"]
+        assert [leak.detail.split(":")[0] for leak in processes] == [f"pid {child.pid}"]
+        assert "python" in processes[0].detail  # the command line, or the name before exec
+        assert any(leak.what == "fd" and "pipe:" in leak.detail for leak in found)
+    finally:
+        child.communicate()
+    assert check(before, grace=0) == []
+
+
+@pytest.mark.skipif(not LINUX, reason="/proc process states")
+def test_a_child_never_waited_for_is_a_zombie_real_time() -> None:
+    before = snapshot()
+    child = sleeper()
+    assert child.stdin is not None
+    child.stdin.close()
+    try:
+        # after it exits and before wait(), the kernel keeps it as a zombie
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        (leak,) = check(before, grace=0)
+        assert leak.detail.endswith("(zombie: exited, never waited for)")
+    finally:
+        child.wait()
+    assert check(before, grace=0) == []
+
+
+def test_unfinished_tasks_of_a_loop_are_leaks() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        before = snapshot(loop)
+
+        async def forever(done: asyncio.Future[None]) -> None:
+            await done
+
+        done: asyncio.Future[None] = loop.create_future()
+        task = loop.create_task(forever(done), name="orphan")
+        loop.run_until_complete(asyncio.sleep(0))
+        (leak,) = diff(before, snapshot(loop))
+        assert leak.what == "task"
+        assert (
+            leak.detail
+            == "'orphan' running test_unfinished_tasks_of_a_loop_are_leaks.<locals>.forever"
+        )
+        assert leak.where.startswith(f"{__file__}:")
+        assert leak.where.endswith(" in forever")
+        done.set_result(None)
+        loop.run_until_complete(task)
+        assert diff(before, snapshot(loop)) == []
+    finally:
+        loop.close()
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def numbers() -> Generator[int, None, None]:
+    yield 1
+    yield 2
+
+
+def test_registry_tracks_a_generator_until_it_is_closed() -> None:
+    registry = ResourceRegistry()
+    before = snapshot(registry=registry)
+    stream = registry.register(numbers(), "stream")
+    line = sys._getframe().f_lineno - 1
+    (leak,) = diff(before, snapshot(registry=registry))
+    assert leak.what == "stream"
+    assert "generator object numbers" in leak.detail
+    assert leak.where == f"{__file__}:{line} in test_registry_tracks_a_generator_until_it_is_closed"
+    next(stream)
+    assert len(registry) == 1
+    stream.close()
+    assert len(registry) == 0
+    assert diff(before, snapshot(registry=registry)) == []
+
+
+def test_registry_forgets_collected_resources() -> None:
+    registry = ResourceRegistry()
+    registry.register(numbers())
+    gc.collect()  # CPython frees it at once; this makes it explicit elsewhere
+    assert registry.open_resources() == {}
+
+
+class Response:
+    def __init__(self) -> None:
+        self.is_closed = False
+
+
+class Handle:
+    __slots__ = ("closed",)  # no __weakref__: held strongly until released
+
+    def __init__(self) -> None:
+        self.closed = False
+
+
+def test_registry_follows_is_closed_and_closed_attributes() -> None:
+    registry = ResourceRegistry()
+    response, handle = registry.register(Response()), registry.register(Handle(), "handle")
+    assert sorted(leak.what for leak in registry.open_resources().values()) == [
+        "Response",
+        "handle",
+    ]
+    response.is_closed = True
+    handle.closed = True
+    assert registry.open_resources() == {}
+
+
+def test_registry_custom_probe_release_and_stacklevel() -> None:
+    registry = ResourceRegistry()
+    state = {"open": True}
+
+    def make() -> dict[str, bool]:
+        return registry.register(state, "conn", is_open=lambda s: s["open"], stacklevel=2)
+
+    line = sys._getframe().f_lineno + 1
+    conn = make()
+    (leak,) = registry.open_resources().values()
+    assert leak.where.endswith(f":{line} in test_registry_custom_probe_release_and_stacklevel")
+    plain: list[Any] = registry.register([], "list")
+    assert len(registry) == 2  # a list is open until released
+    registry.release(plain)
+    conn["open"] = False
+    assert len(registry) == 0
+
+
+def test_async_generators_and_coroutines_are_open_until_finished() -> None:
+    registry = ResourceRegistry()
+
+    async def agen() -> Any:
+        yield 1
+
+    async def coro() -> int:
+        return 1
+
+    gen, co = registry.register(agen()), registry.register(coro())
+    assert len(registry) == 2
+
+    async def run() -> None:
+        async for _ in gen:
+            pass
+        await co
+
+    asyncio.run(run())
+    assert len(registry) == 0
+
+
+def test_format_leaks_reads_well() -> None:
+    text = format_leaks([Leak("thread", "'w' running f"), Leak("stream", "<gen>", "a.py:3 in g")])
+    assert text == (
+        "2 things leaked:\n  - thread: 'w' running f\n  - stream: <gen> (created at a.py:3 in g)"
+    )
+    assert format_leaks([Leak("fd", "3 -> /x")]).startswith("1 thing leaked:")
+
+
+def test_the_suite_fixture_fails_a_leaking_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # only the conftest matters
+    conftest = os.path.join(os.path.dirname(os.path.dirname(__file__)), "conftest.py")
+    with open(conftest) as f:
+        pytester.makeconftest(f.read())
+    pytester.makepyfile(
+        """
+        import threading
+        import pytest
+
+        def test_leaks():
+            stop = threading.Event()
+            t = threading.Thread(target=stop.wait, name="inner-leak", daemon=True)
+            t.stop = stop
+            t.start()
+
+        @pytest.mark.no_leak_check
+        def test_allowed():
+            stop = threading.Event()
+            t = threading.Thread(target=stop.wait, name="inner-allowed", daemon=True)
+            t.stop = stop
+            t.start()
+
+        def test_clean():
+            pass
+        """
+    )
+    try:
+        result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    finally:
+        for thread in threading.enumerate():
+            if thread.name.startswith("inner-"):
+                thread.stop.set()  # type: ignore[attr-defined]
+                thread.join()
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*ERROR at teardown of test_leaks*", "*1 thing leaked:*", "*thread: 'inner-leak'*"]
+    )
