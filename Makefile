@@ -31,7 +31,7 @@ unit: $(VENV)/.installed
 test: lint typecheck unit
 
 bench: $(VENV)/.installed
-	$(BIN)/python tests/bench/run.py
+	$(BIN)/python -m tests.bench.run
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
