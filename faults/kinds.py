@@ -1,0 +1,399 @@
+"""The fault kinds and sites: what each kind takes, where it may be injected, and pure helpers.
+
+This module is the table behind the ``--inject-faults`` grammar (DESIGN §6). The parser
+(:mod:`faults.spec`) validates against it, docs and error messages quote it, and the
+injector reads it. What a kind *does* at a site belongs to the injector; the small pure
+pieces it needs (building the exception of ``raise``, corrupting text and vectors) are here
+so they can be tested without installing anything.
+
+Sites (:data:`SITES`) are ``llama.load``, ``llama.generate``, ``llama.chat``,
+``llama.stream``, ``llama.embed``, ``daemon.request``, ``daemon.stream``,
+``daemon.process``, and ``py:MODULE:QUALNAME`` for any downstream callable (the family
+:data:`PY`). Each :class:`KindInfo` lists the sites that admit it; ``off`` fits everywhere.
+
+Arguments (:class:`Param`) have one of four types (:class:`ArgType`): a whole number, a
+duration (``500ms``, ``30s``, ``2m``, ``1h``, normalised to float seconds; ``forever`` where
+the parameter allows it, as ``math.inf``), a name (an identifier or dotted path) or a
+string (quoted; a bare name is accepted). A parameter is positional in the canonical text
+unless it is ``keyword`` (``stall(after=5)``); both forms are accepted on input.
+"""
+
+from __future__ import annotations
+
+import builtins
+import enum
+import importlib
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from pytest_resilience import errors as core_errors
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+__all__ = [
+    "BUILTIN_SITES",
+    "KINDS",
+    "PY",
+    "SITES",
+    "ArgType",
+    "ArgValue",
+    "KindInfo",
+    "Param",
+    "check_exception_name",
+    "corrupt_json",
+    "corrupt_text",
+    "corrupt_vector",
+    "exception_names",
+    "kinds_for",
+    "make_exception",
+    "nan_vector",
+    "resolve_exception_type",
+]
+
+#: The value of one argument once parsed: int (INT), float seconds (DURATION), str (NAME,
+#: STRING); ``None`` only as the default of an optional parameter that has no value.
+ArgValue = int | float | str | None
+
+#: The family of ``py:MODULE:QUALNAME`` sites, as it appears in :attr:`KindInfo.sites`.
+PY: Final = "py"
+
+#: Every built-in site, with where it acts (the DESIGN §6 table).
+SITES: Final[Mapping[str, str]] = {
+    "llama.load": "llama_cpp.Llama(...): loading a model",
+    "llama.generate": "Llama.create_completion / __call__, not streaming",
+    "llama.chat": "Llama.create_chat_completion, not streaming",
+    "llama.stream": "the chunk iterator of a streaming llama call",
+    "llama.embed": "Llama.embed / create_embedding",
+    "daemon.request": "an HTTP request to the model daemon",
+    "daemon.stream": "the SSE chunks of a streaming daemon answer",
+    "daemon.process": "the daemon process itself",
+}
+BUILTIN_SITES: Final = tuple(SITES)
+
+
+class ArgType(enum.Enum):
+    """The type of a kind's argument, as the parser checks it."""
+
+    INT = "int"  # a whole number, 0 or more
+    DURATION = "duration"  # 500ms, 30s, 2m, 1h -> float seconds
+    NAME = "name"  # an identifier or a dotted path
+    STRING = "string"  # quoted text; a bare name is taken as its text
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One parameter of a kind.
+
+    ``required`` parameters have no default. ``keyword`` ones are written ``name=value`` in
+    the canonical text. ``forever`` lets a duration be ``forever`` (``math.inf``). ``check``
+    validates a value further: it returns ``None`` when the value is good, else an error
+    message and an optional suggestion.
+    """
+
+    name: str
+    type: ArgType
+    default: ArgValue = None
+    required: bool = False
+    keyword: bool = False
+    forever: bool = False
+    check: Callable[[ArgValue], tuple[str, str | None] | None] | None = None
+
+    @property
+    def placeholder(self) -> str:
+        """How the signature shows the parameter: ``after=n``, ``duration``."""
+        short = {ArgType.INT: "n", ArgType.DURATION: "d"}.get(self.type, self.name)
+        return f"{self.name}={short}" if self.keyword else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class KindInfo:
+    """A fault kind: its parameters, the sites that admit it, and a one-line description."""
+
+    name: str
+    doc: str
+    sites: frozenset[str]  # built-in site names, and PY for py:MODULE:QUALNAME sites
+    params: tuple[Param, ...] = ()
+
+    def param(self, name: str) -> Param | None:
+        """The parameter called ``name``, or ``None``."""
+        for p in self.params:
+            if p.name == name:
+                return p
+        return None
+
+    @property
+    def signature(self) -> str:
+        """The kind as the docs write it: ``stall(after=n[, for=d])``."""
+        if not self.params:
+            return self.name
+        text = ""
+        for i, p in enumerate(self.params):
+            sep = ", " if i else ""
+            text += f"{sep}{p.placeholder}" if p.required else f"[{sep}{p.placeholder}]"
+        # Optional brackets nest at the end: "a[, b][, c]" reads the same either way.
+        return f"{self.name}({text})"
+
+    def admits(self, site: str) -> bool:
+        """Whether the site (a built-in name, or ``PY`` for a ``py:`` site) admits this kind."""
+        return site in self.sites
+
+
+# ----------------------------------------------------------------------------- exceptions
+
+
+def _exception_classes() -> dict[str, type[BaseException]]:
+    found: dict[str, type[BaseException]] = {}
+    for module in (builtins, core_errors):
+        for name in dir(module):
+            value = getattr(module, name)
+            if isinstance(value, type) and issubclass(value, BaseException):
+                found.setdefault(name, value)
+    return found
+
+
+_EXCEPTIONS: Final = _exception_classes()
+
+
+def exception_names() -> tuple[str, ...]:
+    """The bare names ``raise`` accepts: builtin exceptions and pytest_resilience.errors'."""
+    return tuple(sorted(_EXCEPTIONS))
+
+
+def _nearest(word: str, choices: Sequence[str]) -> str | None:
+    import difflib  # noqa: PLC0415 - only an error message needs it
+
+    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def check_exception_name(value: ArgValue) -> tuple[str, str | None] | None:
+    """Validate the exception type of ``raise`` without importing anything.
+
+    A bare name must be a builtin exception or a name from ``pytest_resilience.errors``;
+    a dotted path (``pkg.mod.Name``) is only checked when the fault is installed.
+    Returns ``None`` when the name is acceptable, else a message and a suggestion.
+    """
+    if not isinstance(value, str):
+        return ("raise() needs an exception type name", None)
+    if "." in value or value in _EXCEPTIONS:
+        return None
+    return (
+        f"unknown exception type {value!r} (a builtin exception, a pytest_resilience error, "
+        "or a dotted path pkg.mod.Name)",
+        _nearest(value, tuple(_EXCEPTIONS)),
+    )
+
+
+def resolve_exception_type(name: str) -> type[BaseException]:
+    """The exception class that ``raise(name)`` means; dotted paths are imported here.
+
+    Raises :class:`faults.spec.SpecError` (a ``ValueError``) when the name is unknown, the
+    module cannot be imported, or the object is not an exception class.
+    """
+    from faults.spec import SpecError  # noqa: PLC0415 - spec imports this module
+
+    found = _EXCEPTIONS.get(name)
+    if found is not None:
+        return found
+    module_name, _, attr = name.rpartition(".")
+    if not module_name:
+        problem = check_exception_name(name)
+        message, hint = problem if problem else (f"unknown exception type {name!r}", None)
+        raise SpecError(message, name, 0, suggestion=hint)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SpecError(f"cannot import {module_name!r} for raise({name}): {exc}", name, 0) from exc
+    value = getattr(module, attr, None)
+    if not (isinstance(value, type) and issubclass(value, BaseException)):
+        raise SpecError(f"{name!r} is not an exception class", name, len(module_name) + 1)
+    return value
+
+
+# Core errors whose constructor does not take a single message.
+_FACTORIES: Final[Mapping[type[BaseException], Callable[[str, str], BaseException]]] = {
+    core_errors.RetryError: lambda msg, site: core_errors.RetryError(1, None, msg),
+    core_errors.CircuitOpenError: lambda msg, site: core_errors.CircuitOpenError(site, "open"),
+    core_errors.FallbackError: lambda msg, site: core_errors.FallbackError(site, ()),
+    core_errors.StreamStalled: lambda msg, site: core_errors.StreamStalled("idle", 0.0),
+    core_errors.StreamInterrupted: lambda msg, site: core_errors.StreamInterrupted(msg),
+    core_errors.ModelNotFound: lambda msg, site: core_errors.ModelNotFound(site, msg),
+    core_errors.ServerError: lambda msg, site: core_errors.ServerError(500, msg),
+}
+
+
+def make_exception(name: str, message: str | None = None, *, site: str = "") -> BaseException:
+    """The exception instance that ``raise(name[, message])`` at ``site`` raises.
+
+    The message defaults to ``"fault injected at <site>"``. Core errors with richer
+    constructors get plausible values (``ServerError`` is a 500, ``CircuitOpenError`` names
+    the site). A class whose constructor refuses a single message is built without calling
+    its ``__init__`` and given the message as its only argument. Raises :class:`SpecError`
+    as :func:`resolve_exception_type` does.
+    """
+    cls = resolve_exception_type(name)
+    text = message if message is not None else f"fault injected at {site or 'a site'}"
+    factory = _FACTORIES.get(cls)
+    if factory is not None:
+        return factory(text, site)
+    try:
+        return cls(text)
+    except TypeError:
+        # e.g. UnicodeDecodeError or a third-party error with required fields.
+        exc = cls.__new__(cls)
+        exc.args = (text,)
+        return exc
+
+
+# --------------------------------------------------------------------------- bad outputs
+
+
+def corrupt_text(text: str) -> str:
+    """Corrupt plain generated text: the model answered with nothing."""
+    del text  # the corruption does not depend on it, by design
+    return ""
+
+
+def corrupt_json(text: str) -> str:
+    """Corrupt text that should be JSON: the first half of it and a replacement character.
+
+    The result is never valid JSON: a document cannot end with U+FFFD outside a string,
+    and inside a string the string is unterminated.
+    """
+    return text[: len(text) // 2] + "\ufffd"
+
+
+Vector = list[float]
+
+
+def corrupt_vector(
+    vector: Sequence[float] | Sequence[Sequence[float]],
+) -> list[float] | list[Vector]:
+    """A vector of the wrong shape: one element short (one element, if it was empty).
+
+    A batch (a sequence of vectors) has every row corrupted the same way.
+    """
+    if vector and not isinstance(vector[0], int | float):
+        return [_short(row) for row in vector]  # type: ignore[arg-type]
+    return _short(vector)  # type: ignore[arg-type]
+
+
+def _short(row: Sequence[float]) -> Vector:
+    return [float(x) for x in row[:-1]] if row else [0.0]
+
+
+def nan_vector(vector: Sequence[float] | Sequence[Sequence[float]]) -> list[float] | list[Vector]:
+    """The vector with non-finite values: the first element NaN, the last +Inf (same shape).
+
+    An empty vector becomes ``[nan]``; a batch has every row treated the same way.
+    """
+    if vector and not isinstance(vector[0], int | float):
+        return [_nan(row) for row in vector]  # type: ignore[arg-type]
+    return _nan(vector)  # type: ignore[arg-type]
+
+
+def _nan(row: Sequence[float]) -> Vector:
+    out = [float(x) for x in row] or [math.nan]
+    out[0] = math.nan
+    if len(out) > 1:
+        out[-1] = math.inf
+    return out
+
+
+# ---------------------------------------------------------------------------------- kinds
+
+_GEN = frozenset({"llama.generate", "llama.chat"})
+_STREAMS = frozenset({"llama.stream", "daemon.stream"})
+_EVERYWHERE = frozenset({*SITES, PY})
+
+
+_D = ArgType.DURATION
+_FOREVER = math.inf
+
+
+def _after(*, required: bool = False) -> Param:
+    return Param("after", ArgType.INT, 0 if not required else None, required, keyword=True)
+
+
+_KIND_LIST: Final = (
+    KindInfo("off", "pass through: the real call runs", _EVERYWHERE),
+    KindInfo("none", "return None instead of calling", _GEN | {"llama.embed", PY}),
+    KindInfo(
+        "raise",
+        "raise the exception type, with the message if given",
+        _GEN | {"llama.load", "llama.stream", "llama.embed", "daemon.request", PY},
+        (
+            Param("type", ArgType.NAME, required=True, check=check_exception_name),
+            Param("message", ArgType.STRING),
+        ),
+    ),
+    KindInfo(
+        "timeout",
+        "hang for the duration (default forever), so the caller's timeout must fire",
+        _GEN | {"daemon.request", PY},
+        (Param("duration", _D, _FOREVER, forever=True),),
+    ),
+    KindInfo(
+        "latency",
+        "delay the call by the duration, plus or minus a uniform jitter",
+        _GEN | {"llama.stream", "daemon.request", PY},
+        (Param("duration", _D, required=True), Param("jitter", _D, 0.0)),
+    ),
+    KindInfo(
+        "oom",
+        "fail for lack of memory (MemoryError, or the backend's allocation failure)",
+        _GEN | {"llama.load", PY},
+    ),
+    KindInfo(
+        "stall",
+        "the stream stops after n chunks, for the duration (default forever)",
+        _STREAMS | {PY},
+        (_after(), Param("for", _D, _FOREVER, keyword=True, forever=True)),
+    ),
+    KindInfo(
+        "truncate",
+        "the stream ends cleanly after n chunks",
+        _STREAMS | {PY},
+        (_after(required=True),),
+    ),
+    KindInfo(
+        "corrupt",
+        "the output is unusable: empty text, invalid JSON, a wrong-shape vector",
+        _GEN | _STREAMS | {"llama.embed", PY},
+    ),
+    KindInfo("nan", "the embedding holds NaN and Inf", frozenset({"llama.embed"})),
+    KindInfo(
+        "lost",
+        "the daemon dies (SIGKILL, or the connection reset) after n chunks",
+        _STREAMS | {"daemon.request", "daemon.process"},
+        (_after(),),
+    ),
+    KindInfo("refuse", "the connection to the daemon is refused", frozenset({"daemon.request"})),
+    KindInfo(
+        "pause",
+        "freeze the daemon (SIGSTOP) for the duration, then resume it (SIGCONT)",
+        frozenset({"daemon.process"}),
+        (Param("duration", _D, required=True, forever=True),),
+    ),
+    KindInfo(
+        "ratelimit",
+        "the daemon answers 429, with Retry-After if given",
+        frozenset({"daemon.request"}),
+        (Param("retry_after", _D, keyword=True),),
+    ),
+    KindInfo(
+        "restart",
+        "the daemon is killed and started again",
+        frozenset({"daemon.process"}),
+    ),
+)
+
+#: Every kind by name, in the order the docs list them.
+KINDS: Final[Mapping[str, KindInfo]] = {k.name: k for k in _KIND_LIST}
+
+
+def kinds_for(site: str) -> tuple[str, ...]:
+    """The kinds a site admits: ``site`` is a built-in site name or ``PY``."""
+    return tuple(name for name, info in KINDS.items() if site in info.sites)
