@@ -131,7 +131,7 @@ class GaveUp(Event):
     kind: ClassVar[str] = "retry.gave_up"
     attempts: int
     error: str
-    reason: str  # "attempts", "budget", "not retryable"
+    reason: str  # "attempts", "budget", "not retryable", "cancelled"
 
 
 # ----------------------------------------------------------------------------- breaker
