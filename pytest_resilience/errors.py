@@ -259,6 +259,8 @@ class DaemonLost(DaemonUnavailable):
 
 
 class Category(enum.StrEnum):
+    """What kind of failure: decides whether waiting, retrying or falling back can help."""
+
     TRANSIENT = "transient"
     PERMANENT = "permanent"
     RESOURCE = "resource"
@@ -269,6 +271,8 @@ class Category(enum.StrEnum):
 
 
 class Severity(enum.IntEnum):
+    """How bad a failure is for the application, from LOW to CRITICAL."""
+
     LOW = 1
     MEDIUM = 2
     HIGH = 3
@@ -276,6 +280,8 @@ class Severity(enum.IntEnum):
 
 
 class Action(enum.StrEnum):
+    """What the classifier suggests doing about a failure."""
+
     RETRY = "retry"  # try again soon
     RETRY_LATER = "retry_later"  # wait for the hinted delay, then try again
     FALLBACK = "fallback"  # use another backend or model

@@ -4,7 +4,7 @@
 
     store = CheckpointStore(cache_dir / "checkpoints", journal=journal)
 
-    def summarise(rec: Recovery) -> str:
+    def summarise(rec: RecoveryContext) -> str:
         done = rec.state or {"next": 0, "parts": []}       # resume where the last run stopped
         for i in range(done["next"], len(chunks)):
             done["parts"].append(backend.generate(chunks[i]))
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
     from .events import Journal
 
-__all__ = ["Checkpoint", "CheckpointStore", "Recovery", "execute_with_recovery"]
+__all__ = ["Checkpoint", "CheckpointStore", "RecoveryContext", "execute_with_recovery"]
 
 T = TypeVar("T")
 
@@ -247,7 +247,7 @@ def _parse(path: Path, key: str, raw: bytes) -> Checkpoint:
 # --------------------------------------------------------------------------- recovery
 
 
-class Recovery:
+class RecoveryContext:
     """What a recoverable function receives: where to resume from, and how to save progress.
 
     ``checkpoint`` is the checkpoint this attempt resumes from (None: start afresh);
@@ -292,7 +292,7 @@ class Recovery:
 
 
 def execute_with_recovery(
-    fn: Callable[[Recovery], T],
+    fn: Callable[[RecoveryContext], T],
     *,
     on: type[Exception] | tuple[type[Exception], ...],
     fallback: Callable[[], T] | None = None,
@@ -305,7 +305,7 @@ def execute_with_recovery(
 ) -> T:
     """Run ``fn(recovery)``; on a failure in ``on``, resume from the last checkpoint or fall back.
 
-    - ``fn`` receives a :class:`Recovery`: ``recovery.state`` to resume from (None at first,
+    - ``fn`` receives a :class:`RecoveryContext`: ``recovery.state`` to resume from (None at first,
       unless a previous process left a checkpoint in ``store``) and ``recovery.save()``.
     - Without ``retry``: when ``fn`` fails with an exception in ``on`` and a checkpoint
       exists, ``fn`` runs once more from it. With ``retry`` (a runner that calls its
@@ -325,7 +325,7 @@ def execute_with_recovery(
         raise ValueError("execute_with_recovery: a store needs a checkpoint_key")
     clock = clock if clock is not None else SystemClock()
     key = _check_key(checkpoint_key) if checkpoint_key is not None else _name(fn)
-    rec = Recovery(key, store, clock, journal)
+    rec = RecoveryContext(key, store, clock, journal)
 
     def attempt() -> T:
         rec.attempt += 1

@@ -16,7 +16,7 @@ from pytest_resilience.events import CheckpointSaved, Journal, Recovered
 from pytest_resilience.recovery import (
     Checkpoint,
     CheckpointStore,
-    Recovery,
+    RecoveryContext,
     execute_with_recovery,
 )
 
@@ -209,7 +209,7 @@ class Job:
         self.processed: list[int] = []
         self.started_from: list[int] = []
 
-    def __call__(self, rec: Recovery) -> int:
+    def __call__(self, rec: RecoveryContext) -> int:
         state = rec.state or {"next": 0, "total": 0}
         self.started_from.append(state["next"])
         for i in range(state["next"], self.items):
@@ -353,7 +353,7 @@ def test_a_retry_without_checkpoints_is_reported_as_retry() -> None:
     journal = Journal()
     calls: list[int] = []
 
-    def flaky(rec: Recovery) -> str:
+    def flaky(rec: RecoveryContext) -> str:
         calls.append(rec.attempt)
         if len(calls) < 3:
             raise TimeoutError
@@ -381,7 +381,7 @@ def test_a_retry_error_whose_last_failure_matches_falls_back() -> None:
         except ConnectionError as exc:
             raise RetryError(3, exc) from exc
 
-    def always_down(rec: Recovery) -> str:
+    def always_down(rec: RecoveryContext) -> str:
         raise ConnectionError("down")
 
     result = execute_with_recovery(
