@@ -17,6 +17,8 @@ It imports the core (``pytest_resilience``) and never pytest.
 
 from __future__ import annotations
 
+from faults.injector import Injector, inject
+from faults.journal import JournalFileError, Recording
 from faults.kinds import KINDS, SITES, ArgType, KindInfo, Param
 from faults.schedule import Decision, Schedule, derive_rng, schedules
 from faults.spec import Entry, Site, Spec, SpecError, Term, format_duration, merge, parse
@@ -27,8 +29,11 @@ __all__ = [
     "ArgType",
     "Decision",
     "Entry",
+    "Injector",
+    "JournalFileError",
     "KindInfo",
     "Param",
+    "Recording",
     "Schedule",
     "Site",
     "Spec",
@@ -36,6 +41,7 @@ __all__ = [
     "Term",
     "derive_rng",
     "format_duration",
+    "inject",
     "merge",
     "parse",
     "schedules",

@@ -1,0 +1,243 @@
+"""The fault injector: install a spec's sites, decide every call, inject, record, restore.
+
+::
+
+    with faults.inject("llama.generate=2*none", seed=7, clock=clock, journal=journal) as run:
+        ...                                   # the first two completions return None
+    run.calls("llama.generate"), run.injected("llama.generate")   # e.g. (5, 2)
+
+An :class:`Injector` parses its spec (``SpecError`` propagates), builds one
+:class:`~faults.schedule.Schedule` per site from ``(seed, scope, site)``, and on
+``install()`` patches the sites (:mod:`faults.sites`). Each call of a site asks its schedule;
+a fault that fires is written to the journal as ``FaultInjected(site, fault, call)`` and
+applied. ``uninstall()`` restores every patched attribute to the exact original object; the
+context manager does it also when the body raises.
+
+Injections nest: an inner one patches on top of an outer one, and they must unwind in
+reverse order (LIFO); uninstalling out of order raises ``RuntimeError`` and changes nothing.
+The stack of installed injectors is the one process-wide state here, because the patches
+themselves are process-wide; it is guarded by a lock.
+
+A run can be saved (:meth:`Injector.save`, :mod:`faults.journal`) and replayed
+(:meth:`Injector.replay`): the same faults at the same call numbers of the same sites,
+whatever the seed.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Self
+
+from faults.journal import Recording, dump, load, save
+from faults.schedule import schedules as build_schedules
+from faults.sites import Env, install
+from faults.spec import Site, Spec, parse
+from pytest_resilience.clock import SystemClock
+from pytest_resilience.events import Journal
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Iterable, Mapping
+    from types import TracebackType
+    from typing import IO
+
+    from faults.proxy import FaultProxy
+    from faults.schedule import Decision, Schedule
+    from faults.sites import Restorer
+    from pytest_resilience.backends.daemon import DaemonProcess
+    from pytest_resilience.clock import Clock
+
+__all__ = ["Injector", "inject"]
+
+_stack: list[Injector] = []  # installed injectors, innermost last
+_stack_lock = threading.Lock()
+
+
+class Injector:
+    """Faults from ``spec`` (text or a parsed :class:`Spec`), decided by seeded schedules.
+
+    ``seed`` and ``scope`` seed each site's generator (probabilistic terms, latency
+    jitter). ``clock`` paces hangs and latency and stamps events (default: the system
+    clock). ``journal`` receives the ``FaultInjected`` events (default: a journal of the
+    injector's own, :attr:`journal`). ``daemon`` is the ``DaemonProcess`` the daemon.*
+    sites act on; ``proxy`` a running ``FaultProxy`` in front of it. Raises ``SpecError``
+    for a malformed spec.
+    """
+
+    def __init__(
+        self,
+        spec: str | Spec,
+        *,
+        seed: int | str = 0,
+        scope: str = "",
+        clock: Clock | None = None,
+        journal: Journal | None = None,
+        daemon: DaemonProcess | None = None,
+        proxy: FaultProxy | None = None,
+    ) -> None:
+        self.spec = parse(spec) if isinstance(spec, str) else spec
+        self.seed = seed
+        self.scope = scope
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.journal = journal if journal is not None else Journal()
+        self.daemon = daemon
+        self.proxy = proxy
+        self._schedules: dict[Site, Schedule] = dict(
+            build_schedules(self.spec, seed=seed, scope=scope)
+        )
+        self._env = Env(self.clock, self.journal, seed, scope, daemon, proxy)
+        self._installed: list[Restorer] | None = None
+
+    # ------------------------------------------------------------------ replay
+
+    @classmethod
+    def replay(
+        cls,
+        source: str | os.PathLike[str] | Iterable[str],
+        *,
+        seed: int | str | None = None,
+        scope: str | None = None,
+        clock: Clock | None = None,
+        journal: Journal | None = None,
+        daemon: DaemonProcess | None = None,
+        proxy: FaultProxy | None = None,
+    ) -> Injector:
+        """An injector that fires exactly the faults of a saved run (a path or its lines).
+
+        ``seed`` and ``scope`` default to the recorded ones; they no longer decide which
+        calls fail, only latency jitter. Raises ``JournalFileError`` for a bad file.
+        """
+        recording = load(source)
+        return cls.from_recording(
+            recording,
+            seed=seed,
+            scope=scope,
+            clock=clock,
+            journal=journal,
+            daemon=daemon,
+            proxy=proxy,
+        )
+
+    @classmethod
+    def from_recording(
+        cls,
+        recording: Recording,
+        *,
+        seed: int | str | None = None,
+        scope: str | None = None,
+        clock: Clock | None = None,
+        journal: Journal | None = None,
+        daemon: DaemonProcess | None = None,
+        proxy: FaultProxy | None = None,
+    ) -> Injector:
+        """:meth:`replay` from a :class:`~faults.journal.Recording` already read."""
+        injector = cls(
+            recording.spec,
+            seed=recording.seed if seed is None else seed,
+            scope=recording.scope if scope is None else scope,
+            clock=clock,
+            journal=journal,
+            daemon=daemon,
+            proxy=proxy,
+        )
+        injector._schedules = recording.schedules()
+        return injector
+
+    # ------------------------------------------------------------------ install
+
+    @property
+    def installed(self) -> bool:
+        return self._installed is not None
+
+    def install(self) -> Self:
+        """Patch every site. Raises ``RuntimeError`` if already installed, ``SpecError`` for
+        a site that cannot be installed (then nothing stays patched)."""
+        with _stack_lock:
+            if self._installed is not None:
+                raise RuntimeError(f"{self!r} is already installed")
+            self._installed = install(self.spec, self._schedules, self._env)
+            _stack.append(self)
+        return self
+
+    def uninstall(self) -> None:
+        """Restore every patched attribute. Raises ``RuntimeError`` if not installed, or if
+        an injection installed after this one is still installed (unwind innermost first)."""
+        with _stack_lock:
+            if self._installed is None:
+                raise RuntimeError(f"{self!r} is not installed")
+            if _stack[-1] is not self:
+                above = ", ".join(repr(i) for i in _stack[_stack.index(self) + 1 :])
+                raise RuntimeError(
+                    f"injections unwind in reverse order: uninstall {above} before {self!r}"
+                )
+            restorers, self._installed = self._installed, None
+            _stack.pop()
+            for restorer in reversed(restorers):
+                restorer.restore()
+
+    def __enter__(self) -> Self:
+        return self.install()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.uninstall()
+
+    # ------------------------------------------------------------------ results
+
+    def schedule(self, site: str | Site) -> Schedule:
+        """The schedule of ``site``; ``KeyError`` naming the spec's sites if it has none."""
+        key = Site.parse(site) if isinstance(site, str) else site
+        try:
+            return self._schedules[key]
+        except KeyError:
+            known = ", ".join(map(str, self._schedules)) or "none"
+            raise KeyError(f"{key} is not a site of this injection (its sites: {known})") from None
+
+    def calls(self, site: str | Site) -> int:
+        """How many calls of ``site`` were seen (faulted or not)."""
+        return self.schedule(site).calls
+
+    def injected(self, site: str | Site) -> int:
+        """How many faults were injected at ``site``."""
+        return self.schedule(site).fired
+
+    @property
+    def decisions(self) -> list[tuple[str, Decision]]:
+        """Every fault injected, in order: (site, decision)."""
+        return list(self._env.decisions)
+
+    @property
+    def schedules(self) -> Mapping[Site, Schedule]:
+        return dict(self._schedules)
+
+    def dump(self, stream: IO[str]) -> None:
+        """Write the journal, with a header naming this spec and seed (:mod:`faults.journal`)."""
+        dump(self.journal, stream, spec=self.spec, seed=self.seed, scope=self.scope)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """:meth:`dump` to a file, for :meth:`replay`."""
+        save(self.journal, path, spec=self.spec, seed=self.seed, scope=self.scope)
+
+    def __repr__(self) -> str:
+        state = "installed" if self.installed else "not installed"
+        return f"<Injector {str(self.spec)!r} seed={self.seed!r} {state}>"
+
+
+def inject(
+    spec: str | Spec,
+    *,
+    seed: int | str = 0,
+    scope: str = "",
+    clock: Clock | None = None,
+    journal: Journal | None = None,
+    daemon: DaemonProcess | None = None,
+    proxy: FaultProxy | None = None,
+) -> Injector:
+    """An :class:`Injector` to use with ``with`` (``with inject(...) as run:``)."""
+    return Injector(
+        spec, seed=seed, scope=scope, clock=clock, journal=journal, daemon=daemon, proxy=proxy
+    )

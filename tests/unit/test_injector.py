@@ -1,0 +1,433 @@
+"""The injector on ``py:`` targets: every kind of callable, every kind that fits, exact
+restoration, nesting, hangs in virtual time, and the events it writes."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import faults
+from faults import Injector, SpecError
+from pytest_resilience.cancel import cancel_scope, deadline
+from pytest_resilience.clock import VirtualClock
+from pytest_resilience.errors import DaemonLost, DeadlineExceeded, HangDetected
+from pytest_resilience.events import FaultInjected, Journal
+from tests.unit import fault_targets as t
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+M = "py:tests.unit.fault_targets"
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    return VirtualClock()
+
+
+@pytest.fixture(autouse=True)
+def _reset_counts() -> Iterator[None]:
+    t.CALLS.clear()
+    yield
+    t.CALLS.clear()
+
+
+def _originals() -> dict[str, object]:
+    """Every attribute the tests patch, as stored, to compare by identity afterwards."""
+    found: dict[str, object] = {
+        n: vars(t)[n] for n in ("answer", "aanswer", "words", "awords", "vector")
+    }
+    found |= {f"Client.{n}": vars(t.Client)[n] for n in ("ask", "version", "make", "aask")}
+    found |= {f"target_{i}": vars(t)[f"target_{i}"] for i in range(10)}
+    return found
+
+
+ORIGINALS = _originals()
+
+
+def _assert_restored() -> None:
+    now = _originals()
+    for name, original in ORIGINALS.items():
+        assert now[name] is original, name
+    assert "ask" not in vars(t.SubClient)
+
+
+# -------------------------------------------------------------------- plain functions
+
+
+def test_none_then_pass_through_counts_calls_and_injections(clock: VirtualClock) -> None:
+    journal = Journal()
+    with faults.inject(f"{M}:answer=2*none", seed=7, clock=clock, journal=journal) as run:
+        results = [t.answer("q") for _ in range(4)]
+    assert results == [None, None, "yes, q", "yes, q"]
+    assert t.CALLS["answer"] == 2  # the faulted calls never ran the body
+    assert run.calls(f"{M}:answer") == 4
+    assert run.injected(f"{M}:answer") == 2
+    events = journal.events(FaultInjected)
+    assert [(e.site, e.fault, e.call, e.source) for e in events] == [
+        (f"{M}:answer", "none", 1, "faults"),
+        (f"{M}:answer", "none", 2, "faults"),
+    ]
+    assert [(site, d.call) for site, d in run.decisions] == [(f"{M}:answer", 1), (f"{M}:answer", 2)]
+    _assert_restored()
+
+
+def test_raise_builds_the_named_exception_with_the_message() -> None:
+    spec = f'{M}:answer=@2raise(ConnectionError, "the wire is down")->@3+raise(DaemonLost)'
+    with faults.inject(spec):
+        assert t.answer("a") == "yes, a"
+        with pytest.raises(ConnectionError, match="the wire is down"):
+            t.answer("b")
+        with pytest.raises(DaemonLost, match="fault injected at py:"):
+            t.answer("c")
+    _assert_restored()
+
+
+def test_oom_is_a_memory_error_and_corrupt_empties_or_shortens() -> None:
+    with faults.inject(f"{M}:answer=1*oom->corrupt;{M}:vector=corrupt") as run:
+        with pytest.raises(MemoryError):
+            t.answer("x")
+        assert t.answer("x") == ""
+        assert t.vector(4) == [0.0, 1.0, 2.0]  # one dimension short
+    assert run.injected(f"{M}:answer") == 2
+    assert t.CALLS == {"answer": 1, "vector": 1}
+
+
+def test_timeout_is_ended_by_a_deadline_in_virtual_time(clock: VirtualClock) -> None:
+    started = time.perf_counter()
+    with (
+        faults.inject(f"{M}:answer=timeout(30s)", clock=clock),
+        pytest.raises(DeadlineExceeded),
+        deadline(5.0, clock=clock),
+    ):
+        t.answer("slow")
+    assert clock.now() == pytest.approx(5.0)
+    assert t.CALLS["answer"] == 0
+    assert time.perf_counter() - started < 1.0
+
+
+def test_a_timeout_that_runs_out_raises_timeout_error(clock: VirtualClock) -> None:
+    with (
+        faults.inject(f"{M}:answer=timeout(30s)", clock=clock),
+        pytest.raises(TimeoutError, match="no answer within 30s"),
+    ):
+        t.answer("slow")
+    assert clock.now() == pytest.approx(30.0)
+
+
+def test_latency_delays_then_answers_on_the_clock(clock: VirtualClock) -> None:
+    with faults.inject(f"{M}:answer=latency(2s, 500ms)", seed=3, clock=clock):
+        assert t.answer("late") == "yes, late"
+        first = clock.now()
+        assert t.answer("late") == "yes, late"
+    assert 1.5 <= first <= 2.5
+    assert 3.0 <= clock.now() <= 5.0
+
+
+@pytest.mark.timeout(10)
+def test_an_unguarded_hang_is_reported_naming_the_site_never_hangs(clock: VirtualClock) -> None:
+    with faults.inject(f"{M}:answer=timeout", clock=clock), pytest.raises(HangDetected) as hung:
+        t.answer("forever")
+    message = str(hung.value)
+    assert f"{M}:answer" in message
+    assert "which no timeout or deadline guards" in message
+
+
+@pytest.mark.timeout(10)
+def test_a_hang_in_a_scope_without_deadline_is_reported_too(clock: VirtualClock) -> None:
+    with (
+        faults.inject(f"{M}:answer=timeout", clock=clock),
+        cancel_scope(clock=clock),
+        pytest.raises(HangDetected, match="fault_targets:answer"),
+    ):
+        t.answer("forever")
+
+
+def test_ten_sites_timing_out_ten_minutes_cost_no_wall_time(clock: VirtualClock) -> None:
+    spec = ";".join(f"{M}:target_{i}=timeout(10m)" for i in range(10))
+    targets = [getattr(t, f"target_{i}") for i in range(10)]
+    started = time.perf_counter()
+    with faults.inject(spec, clock=clock) as run:
+        for i in range(10):
+            with pytest.raises(DeadlineExceeded), deadline(60.0, clock=clock):
+                getattr(t, f"target_{i}")()
+    elapsed = time.perf_counter() - started
+    assert elapsed < 1.0, elapsed
+    assert clock.now() == pytest.approx(600.0)
+    assert all(run.injected(f"{M}:target_{i}") == 1 for i in range(10))
+    assert [getattr(t, f"target_{i}") for i in range(10)] == targets
+
+
+# -------------------------------------------------------------------------- methods
+
+
+def test_instance_static_and_class_methods_are_patched_and_restored() -> None:
+    spec = f"{M}:Client.ask=1*none;{M}:Client.version=1*raise(KeyError);{M}:Client.make=1*none"
+    client = t.Client("c")
+    with faults.inject(spec):
+        assert client.ask("hi") is None
+        assert client.ask("hi") == "c: hi"
+        assert isinstance(vars(t.Client)["version"], staticmethod)
+        assert isinstance(vars(t.Client)["make"], classmethod)
+        with pytest.raises(KeyError):
+            t.Client.version()
+        assert t.Client.version() == "1.0"
+        assert client.version() == "1.0"
+        assert t.Client.make("m") is None
+        made = t.SubClient.make("s")
+        assert type(made) is t.SubClient  # cls is still bound right
+    _assert_restored()
+
+
+def test_an_inherited_method_is_patched_on_the_subclass_only() -> None:
+    with faults.inject(f"{M}:SubClient.ask=none"):
+        assert t.SubClient("s").ask("x") is None
+        assert t.Client("c").ask("x") == "c: x"
+    _assert_restored()
+
+
+def test_the_wrapper_keeps_name_doc_and_signature() -> None:
+    before = inspect.signature(t.answer)
+    with faults.inject(f"{M}:answer=none;{M}:words=none;{M}:aanswer=none;{M}:awords=none"):
+        assert t.answer is not ORIGINALS["answer"]
+        assert t.answer.__name__ == "answer"
+        assert t.answer.__doc__ == "Answer a question."
+        assert inspect.signature(t.answer) == before
+        assert t.answer.__wrapped__ is ORIGINALS["answer"]  # type: ignore[attr-defined]
+        assert inspect.isgeneratorfunction(t.words)
+        assert inspect.iscoroutinefunction(t.aanswer)
+        assert inspect.isasyncgenfunction(t.awords)
+    _assert_restored()
+
+
+# -------------------------------------------------------------------------- async
+
+
+def test_async_functions_and_methods(clock: VirtualClock) -> None:
+    spec = f"{M}:aanswer=1*none->1*raise(ValueError)->timeout(1m);{M}:Client.aask=corrupt"
+
+    async def main() -> list[object]:
+        seen: list[object] = [await t.aanswer("a")]
+        try:
+            await t.aanswer("b")
+        except ValueError as exc:
+            seen.append(type(exc))
+        try:
+            async with deadline(5.0):
+                await t.aanswer("c")
+        except DeadlineExceeded:
+            seen.append("deadline")
+        seen.append(await t.Client("c").aask("x"))
+        return seen
+
+    with faults.inject(spec, clock=clock):
+        assert clock.run(main()) == [None, ValueError, "deadline", ""]
+    assert clock.now() == pytest.approx(5.0)
+    assert t.CALLS == {"Client.aask": 1}
+    _assert_restored()
+
+
+# ------------------------------------------------------------------------ generators
+
+
+def test_a_generator_passes_through_with_its_return_value() -> None:
+    with faults.inject(f"{M}:words=@2none") as run:
+        gen = t.words("a b c")
+        assert run.calls(f"{M}:words") == 0  # counted at the first next()
+        assert [next(gen), next(gen), next(gen)] == ["a", "b", "c"]
+        with pytest.raises(StopIteration) as done:
+            next(gen)
+        assert done.value.value == 3
+        assert list(t.words("a b")) == []  # call 2: none ends it at once
+    assert run.calls(f"{M}:words") == 2
+
+
+def test_generator_stall_truncate_corrupt_and_raise(clock: VirtualClock) -> None:
+    spec = (
+        f"{M}:words=@1stall(after=2)->@2truncate(after=1)->@3corrupt->@4raise(OSError)"
+        "->@5stall(after=1, for=3s)"
+    )
+    with faults.inject(spec, clock=clock):
+        got: list[str] = []
+        with pytest.raises(DeadlineExceeded), deadline(10.0, clock=clock):
+            got.extend(t.words("a b c d"))
+        assert got == ["a", "b"]
+        assert clock.now() == pytest.approx(10.0)
+        assert list(t.words("a b c")) == ["a"]
+        assert list(t.words("a b")) == ["", ""]
+        with pytest.raises(OSError, match="fault injected"):
+            next(t.words("a"))
+        assert list(t.words("x y z")) == ["x", "y", "z"]  # a 3 s stall, then on
+    assert clock.now() == pytest.approx(13.0)
+
+
+def test_async_generator_stall_is_cancelled_by_its_deadline(clock: VirtualClock) -> None:
+    async def main() -> tuple[list[str], list[str]]:
+        got: list[str] = []
+        try:
+            async with deadline(4.0):
+                async for word in t.awords("a b c"):
+                    got.append(word)  # noqa: PERF401 - keep what came before the stall
+        except DeadlineExceeded:
+            pass
+        cut = [w async for w in t.awords("a b c")]
+        return got, cut
+
+    with faults.inject(f"{M}:awords=1*stall(after=1)->truncate(after=2)", clock=clock):
+        assert clock.run(main()) == (["a"], ["a", "b"])
+    assert clock.now() == pytest.approx(4.0)
+
+
+def test_stall_on_a_function_that_is_not_a_generator_fails_at_install() -> None:
+    with pytest.raises(SpecError, match="not a generator function") as bad:
+        faults.inject(f"{M}:words=none;{M}:answer=stall(after=1)").install()
+    assert "^" in str(bad.value)
+    _assert_restored()  # the first site, installed before, was undone
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        (f"{M}:nothing=none", "has no attribute 'nothing'"),
+        ("py:tests.unit.no_such_module:f=none", "cannot import"),
+        (f"{M}:answer=raise(tests.unit.fault_targets.Client)", "is not an exception class"),
+        (f"{M}:CALLS=none", "cannot patch"),
+    ],
+)
+def test_a_site_that_cannot_be_installed_is_a_spec_error(spec: str, words: str) -> None:
+    with pytest.raises(SpecError, match=words):
+        Injector(spec).install()
+    _assert_restored()
+
+
+def test_a_malformed_spec_raises_spec_error_at_construction() -> None:
+    with pytest.raises(SpecError, match="unknown fault kind"):
+        Injector(f"{M}:answer=explode")
+
+
+# ------------------------------------------------------------------ nesting, unwinding
+
+
+def test_injections_nest_and_unwind_in_order() -> None:
+    outer = Injector(f"{M}:answer=@1none")
+    inner = Injector(f"{M}:answer=raise(ValueError)")
+    with outer:
+        with inner:
+            with pytest.raises(ValueError, match="fault injected"):
+                t.answer("x")
+            assert outer.calls(f"{M}:answer") == 0  # the inner fault fired first
+        assert t.answer("y") is None  # the outer one's first call
+        assert t.answer("z") == "yes, z"
+    assert (outer.calls(f"{M}:answer"), inner.calls(f"{M}:answer")) == (2, 1)
+    _assert_restored()
+
+
+def test_uninstalling_out_of_order_is_an_error_and_changes_nothing() -> None:
+    outer = Injector(f"{M}:answer=none").install()
+    inner = Injector(f"{M}:vector=none").install()
+    try:
+        with pytest.raises(RuntimeError, match="reverse order"):
+            outer.uninstall()
+        assert t.answer("x") is None
+        assert outer.installed
+    finally:
+        inner.uninstall()
+        outer.uninstall()
+    _assert_restored()
+    with pytest.raises(RuntimeError, match="not installed"):
+        outer.uninstall()
+
+
+def test_a_failing_body_still_restores_everything() -> None:
+    spec = f"{M}:answer=none;{M}:Client.version=none;{M}:Client.make=none;{M}:words=none"
+
+    def body() -> None:
+        with faults.inject(spec):
+            assert t.Client.version() is None
+            _ = 1 / 0
+
+    with pytest.raises(ZeroDivisionError):
+        body()
+    _assert_restored()
+
+
+def test_an_injector_installs_once_and_names_unknown_sites() -> None:
+    run = Injector(f"{M}:answer=none")
+    with run, pytest.raises(RuntimeError, match="already installed"):
+        run.install()
+    with pytest.raises(KeyError, match="not a site of this injection"):
+        run.calls(f"{M}:vector")
+
+
+# ------------------------------------------------------------------ seeds and probability
+
+
+def _pattern(seed: int, scope: str = "") -> list[bool]:
+    with faults.inject(f"{M}:answer=50%none", seed=seed, scope=scope):
+        return [t.answer("x") is None for _ in range(40)]
+
+
+def test_probabilistic_faults_follow_the_seed_and_scope() -> None:
+    first = _pattern(1)
+    assert first == _pattern(1)
+    assert 5 < sum(first) < 35
+    assert first != _pattern(2)
+    assert first != _pattern(1, scope="test_other")
+
+
+def test_the_pass_through_path_records_nothing() -> None:
+    journal = Journal()
+    with faults.inject(f"{M}:answer=@1000none", journal=journal) as run:
+        for _ in range(50):
+            t.answer("x")
+    assert len(journal) == 0
+    assert run.decisions == []
+    assert run.calls(f"{M}:answer") == 50
+
+
+def test_each_call_of_a_thread_safe_site_is_counted_once(clock: VirtualClock) -> None:
+    with faults.inject(f"{M}:answer=3*none") as run:
+        results: list[Any] = []
+
+        def work() -> None:
+            results.extend(t.answer("x") for _ in range(100))
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert results.count(None) == 3
+    assert run.calls(f"{M}:answer") == 400
+
+
+def test_the_async_event_loop_hang_names_the_site(clock: VirtualClock) -> None:
+    async def main() -> None:
+        await t.aanswer("forever")
+
+    with (
+        faults.inject(f"{M}:aanswer=timeout", clock=clock),
+        pytest.raises(HangDetected, match="fault_targets:aanswer"),
+    ):
+        clock.run(main())
+
+
+def test_the_benchmark_harness_times_every_row() -> None:
+    from tests.bench import faults as bench  # noqa: PLC0415 - only this test needs it
+
+    report = bench.measure(rounds=1, target_ms=1.0)
+    assert set(report.ns) == {
+        "bare",
+        "decide()",
+        "wrapped, future @n",
+        "wrapped, spent",
+        "parse 20 entries",
+    }
+    assert all(0 < ns < float("inf") for ns in report.ns.values())
+    assert "goal <=10x" in bench.format_report(report)
+    assert len(faults.parse(bench.SPEC_20)) == 20
+    _assert_restored()
