@@ -10,9 +10,11 @@ which returns as soon as the scope is cancelled or its deadline passes::
         for token in model.stream(prompt):   # the backend calls check() between tokens
             ...
 
-In async code, ``async with deadline(...)`` also cancels the task when time runs out, and
-turns that cancellation into :class:`DeadlineExceeded` (like ``asyncio.timeout``, but on
-the scope's clock and visible to ``check()`` in code called from the task).
+In async code, ``async with deadline(...)`` also cancels the task when time runs out (or
+when the scope is cancelled) and turns that cancellation into :class:`DeadlineExceeded`
+(or :class:`Cancelled`), like ``asyncio.timeout``: on the loop's clock, and visible to
+``check()`` in code called from the task. A cancellation of the task from outside is never
+converted: ``CancelledError`` goes on up.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import threading
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Self
 
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, loop_clock
 from .errors import Cancelled, DeadlineExceeded
 
 if TYPE_CHECKING:
@@ -37,7 +39,9 @@ class CancelScope:
     """A time budget and a cancel flag, entered with ``with`` or ``async with``.
 
     ``timeout`` is relative to entry; ``deadline`` is absolute on the clock. Without a
-    clock, a scope uses the clock of the scope around it, or the system clock.
+    clock, a scope uses the clock of the scope around it, else (``async with``) the running
+    loop's clock (virtual time on a :meth:`VirtualClock.new_event_loop` loop), else the
+    system clock. A scope is entered once.
     """
 
     def __init__(
@@ -51,20 +55,25 @@ class CancelScope:
         if timeout is not None and timeout < 0:
             raise ValueError(f"a deadline scope needs a timeout >= 0, got {timeout}")
         self._timeout = timeout
-        self._own_deadline = deadline
         self._clock = clock
         self.name = name or "deadline"
         self.deadline: float | None = deadline
         self.budget: float | None = timeout
+        self._owner: CancelScope = self  # the scope whose deadline this one inherited
         self._parent: CancelScope | None = None
         self._children: set[CancelScope] = set()
         self._reason: str | None = None
+        # Set when this scope or one around it is cancelled or (async) expires: wakes wait().
         self._event = threading.Event()
+        self._entered = False
         self._token: Token[CancelScope | None] | None = None
+        # async only: the task to cancel, its cancelling() count at entry, and whether we
+        # asked for a cancellation (at most once), so that only ours is converted.
         self._task: asyncio.Task[object] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._cancelling = 0
+        self._cancel_requested = False
         self._timer: asyncio.TimerHandle | None = None
-        self._expired_async = False
 
     # ------------------------------------------------------------------ entering, leaving
 
@@ -75,19 +84,22 @@ class CancelScope:
         return self._clock
 
     def _enter(self) -> None:
-        if self._token is not None:
+        if self._entered:
             raise RuntimeError("a CancelScope cannot be entered twice")
+        self._entered = True
         parent = _current.get()
         self._parent = parent
         if self._timeout is not None:
             own = self.clock.now() + self._timeout
-            self.deadline = own if self._own_deadline is None else min(own, self._own_deadline)
+            self.deadline = own if self.deadline is None else min(own, self.deadline)
         if parent is not None:
+            # The earlier deadline wins: an inner scope never outlives the one around it.
             if parent.deadline is not None and (
                 self.deadline is None or parent.deadline < self.deadline
             ):
                 self.deadline = parent.deadline
                 self.budget = parent.budget
+                self._owner = parent._owner
             with _tree_lock:
                 parent._children.add(self)
                 if parent.cancel_reason is not None:
@@ -98,8 +110,9 @@ class CancelScope:
         if self._token is not None:
             _current.reset(self._token)
             self._token = None
-        if self._parent is not None:
-            with _tree_lock:
+        with _tree_lock:
+            self._task = None  # a later cancel() must not reach the task's next work
+            if self._parent is not None:
                 self._parent._children.discard(self)
 
     def __enter__(self) -> Self:
@@ -115,12 +128,21 @@ class CancelScope:
         self._exit()
 
     async def __aenter__(self) -> Self:
+        loop = asyncio.get_running_loop()
+        if self._clock is None and _current.get() is None:
+            self._clock = loop_clock(loop)
         self._enter()
-        self._task = asyncio.current_task()
-        self._loop = asyncio.get_running_loop()
-        remaining = self.remaining()
-        if remaining is not None and self._task is not None:
-            self._timer = self._loop.call_later(remaining, self._expire)
+        task = asyncio.current_task()
+        if task is None:
+            return self
+        with _tree_lock:
+            self._task, self._loop = task, loop
+        self._cancelling = task.cancelling()
+        if self.cancelled:
+            self._request_cancel()
+        elif (remaining := self.remaining()) is not None:
+            # call_later runs on the loop's time: the scope's clock if it is that loop's.
+            self._timer = loop.call_later(remaining, self._expire)
         return self
 
     async def __aexit__(
@@ -129,31 +151,37 @@ class CancelScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        task = self._task
         if self._timer is not None:
             self._timer.cancel()
         self._exit()
-        ours = self._expired_async or self._reason is not None
-        # uncancel() == 0: nobody but us asked for this cancellation, so it is ours to convert
-        if (
-            exc_type is asyncio.CancelledError
-            and ours
-            and self._task is not None
-            and self._task.uncancel() == 0
-        ):
-            if self._reason is not None:
-                raise Cancelled(self._reason) from exc
-            raise self._exceeded() from exc
+        if not self._cancel_requested or task is None:
+            return
+        # Convert only our own cancellation: if somebody else cancelled the task too, the
+        # count stays above what it was at entry and CancelledError goes on up.
+        if task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            reason = self.cancel_reason
+            raise (Cancelled(reason) if reason is not None else self._exceeded()) from exc
 
     def _expire(self) -> None:
-        self._expired_async = True
         self._event.set()
-        if self._task is not None:
+        self._request_cancel()
+
+    def _request_cancel(self) -> None:
+        """In the loop's thread: cancel the task once, if the scope is still active."""
+        if self._task is not None and not self._cancel_requested:
+            self._cancel_requested = True
             self._task.cancel()
 
     # -------------------------------------------------------------------- cancellation
 
     def cancel(self, reason: str = "cancelled") -> None:
-        """Cancel this scope and every scope inside it. Safe from any thread."""
+        """Cancel this scope and every scope inside it. Safe from any thread.
+
+        Waits in those scopes wake at once; tasks in async scopes are cancelled and raise
+        :class:`Cancelled` when they leave the cancelled scope.
+        """
+        clocks: list[Clock] = []
         with _tree_lock:
             if self._reason is None:
                 self._reason = reason
@@ -162,8 +190,15 @@ class CancelScope:
                 scope = stack.pop()
                 scope._event.set()
                 stack.extend(scope._children)
-                if scope._task is not None and scope._loop is not None:
-                    scope._loop.call_soon_threadsafe(scope._task.cancel)
+                if scope._clock is not None:
+                    clocks.append(scope._clock)
+                loop = scope._loop
+                if scope._task is not None and loop is not None and not loop.is_closed():
+                    loop.call_soon_threadsafe(scope._request_cancel)
+        for clock in {id(c): c for c in clocks}.values():
+            notify = getattr(clock, "notify", None)  # a virtual clock: wake its waiters now
+            if notify is not None:
+                notify()
 
     @property
     def cancel_reason(self) -> str | None:
@@ -200,27 +235,27 @@ class CancelScope:
     def wait(self, timeout: float | None = None, *, what: str = "") -> None:
         """Block until ``timeout`` passes, or raise as soon as the scope ends.
 
-        With no timeout and no deadline this waits for ``cancel()``; under a virtual clock
-        a wait that nothing can end raises :class:`~pytest_resilience.errors.HangDetected`.
+        Raises :class:`Cancelled` or :class:`DeadlineExceeded` when the scope (or one around
+        it) is cancelled or its deadline passes first; the deadline wins a tie. With no
+        timeout and no deadline this waits for ``cancel()``; under a virtual clock a wait
+        that nothing can end raises :class:`~pytest_resilience.errors.HangDetected`.
         """
-        self.check()
-        remaining = self.remaining()
-        limit = (
-            remaining
-            if timeout is None
-            else (timeout if remaining is None else min(timeout, remaining))
-        )
-        self.clock.wait(self._event, limit, what=what or f"a wait in {self.name}")
-        if (
-            timeout is None
-            or (remaining is not None and remaining <= timeout)
-            or self._event.is_set()
-        ):
+        clock = self.clock
+        end = None if timeout is None else clock.now() + timeout
+        what = what or f"a wait in {self.name}"
+        while True:
             self.check()
+            now = clock.now()
+            if end is not None and now >= end:
+                return
+            # Loop rather than trust one wait: a clock may wake a hair before a deadline.
+            limits = [t - now for t in (self.deadline, end) if t is not None]
+            clock.wait(self._event, min(limits) if limits else None, what=what)
 
     def _exceeded(self) -> DeadlineExceeded:
-        budget = f" of {self.budget:.6g}s" if self.budget is not None else ""
-        return DeadlineExceeded(f"{self.name}{budget} exceeded", budget=self.budget)
+        owner = self._owner
+        budget = f" of {owner.budget:.6g}s" if owner.budget is not None else ""
+        return DeadlineExceeded(f"{owner.name}{budget} exceeded", budget=owner.budget)
 
     def __repr__(self) -> str:
         state = f"cancelled={self._reason!r}" if self._reason else f"deadline={self.deadline}"

@@ -1,7 +1,789 @@
 """The pytest plugin (entry point ``pytest11: resilience``).
 
 pytest imports this module in every run of every user who installs the package, so it
-imports nothing heavy at module level: each hook imports what it needs when it runs.
+imports nothing heavy at module level: each hook imports what it needs when it runs, and a
+run without faults never imports :mod:`faults`.
+
+Options (each with an ini key and an environment variable; a marker beats the command line,
+which beats the ini file, which beats the environment):
+
+==========================  ============================  ==========================
+option                      ini                           environment
+==========================  ============================  ==========================
+``--inject-faults SPEC``    ``resilience_inject_faults``  ``PYTEST_INJECT_FAULTS``
+``--fault-seed N|last``     ``resilience_fault_seed``     ``PYTEST_FAULT_SEED``
+``--fault-journal DIR``     ``resilience_fault_journal``  ``PYTEST_FAULT_JOURNAL``
+``--replay-journal FILE``   ``resilience_replay_journal`` ``PYTEST_REPLAY_JOURNAL``
+``--[no-]leak-check``       ``resilience_leak_check``     ``PYTEST_LEAK_CHECK``
+``resilience_scenarios``    (ini only: folders whose ``*.toml`` scenarios are collected)
+==========================  ============================  ==========================
+
+Fault specs from several sources are merged (:func:`faults.merge`): for a site named by
+several, the one of higher precedence wins. A value ending in ``.toml`` is a scenario file
+whose ``[faults] spec`` is used. Markers: ``faults(spec)``, ``no_faults``,
+``virtual_time(wall=False, sleeps=True)``, ``no_leak_check``.
+
+Each test under faults runs its call phase inside an :class:`faults.Injector` seeded by
+(run seed, node id, site), on the test's ``clock`` fixture when it uses one (else real
+time), writing to the test's ``journal``. A failing test shows its journal's timeline and
+the command line that reproduces it; the terminal summary sums the figures of every test
+(gathered from the reports, so pytest-xdist workers count too), which are also recorded as
+JUnit user properties (``resilience.*``).
 """
 
 from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Generator, Iterator
+    from pathlib import Path
+
+    from faults.injector import Injector
+    from faults.journal import Recording
+    from faults.spec import Spec
+    from pytest_resilience.backends.daemon import DaemonProcess
+    from pytest_resilience.backends.llama import LlamaBackend
+    from pytest_resilience.backends.resilient import ResilientClient
+    from pytest_resilience.clock import Clock
+    from pytest_resilience.events import Journal
+    from pytest_resilience.fixtures import FaultsFactory, LeakCheck, TestClock
+
+__all__ = ["Settings", "TestState", "settings_of", "state_of"]
+
+ENV_FAULTS: Final = "PYTEST_INJECT_FAULTS"
+ENV_SEED: Final = "PYTEST_FAULT_SEED"
+ENV_JOURNAL: Final = "PYTEST_FAULT_JOURNAL"
+ENV_REPLAY: Final = "PYTEST_REPLAY_JOURNAL"
+ENV_LEAKS: Final = "PYTEST_LEAK_CHECK"
+_CACHE_KEY: Final = "resilience/fault_seed"
+_WORKER_KEY: Final = "resilience_fault_seed"
+_PROP: Final = "resilience.figures"  # the user property that carries a test's figures as JSON
+_REPRO: Final = "resilience.reproduce"
+_TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
+
+
+# ----------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    """A configured value and where it came from (for error messages)."""
+
+    text: str
+    where: str
+
+
+@dataclass(slots=True)
+class _Totals:
+    tests: int = 0
+    under_faults: int = 0
+    faults: dict[tuple[str, str], int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    transitions: dict[str, int] = field(default_factory=dict)
+    fallbacks: dict[str, int] = field(default_factory=dict)
+    reproduce: list[str] = field(default_factory=list)
+
+    def add(self, figures: dict[str, Any]) -> None:
+        self.tests += 1
+        self.under_faults += int(figures.get("under_faults", 0))
+        for site, kinds in figures.get("faults", {}).items():
+            for kind, n in kinds.items():
+                self.faults[site, kind] = self.faults.get((site, kind), 0) + int(n)
+        for key in ("retries", "leaks"):
+            self.counts[key] = self.counts.get(key, 0) + int(figures.get(key, 0))
+        for name, into in (("transitions", self.transitions), ("fallbacks", self.fallbacks)):
+            for key, n in figures.get(name, {}).items():
+                into[key] = into.get(key, 0) + int(n)
+
+
+@dataclass(slots=True)
+class Settings:
+    """The run's resolved configuration, in ``config.stash``."""
+
+    seed: int
+    seed_source: str
+    spec: Spec | None = None  # env < ini < command line, merged; None: no run-wide faults
+    journal_dir: Path | None = None
+    replay: Recording | None = None
+    leak_check: bool = False
+    totals: _Totals = field(default_factory=_Totals)
+
+
+@dataclass(slots=True)
+class TestState:
+    """What the plugin's hooks and the fixtures share about one test (``item.stash``)."""
+
+    nodeid: str
+    clock: Clock | None = None  # the ``clock`` fixture's, once requested
+    installed: list[Injector] = field(default_factory=list)  # in installation order
+    spec: Spec | None = None  # the run-wide/marker spec the test ran under
+    leaks: int = 0
+    hanging: list[str] = field(default_factory=list)
+    _journal: Journal | None = None
+
+    @property
+    def journal(self) -> Journal:
+        """The test's journal (made on first use): fixtures and injectors all write to it."""
+        if self._journal is None:
+            from pytest_resilience.events import Journal  # noqa: PLC0415 - lazy, see module doc
+
+            self._journal = Journal()
+        return self._journal
+
+    @property
+    def used(self) -> bool:
+        return self._journal is not None or bool(self.installed) or self.leaks > 0
+
+    def uninstall(self, keep: int = 0) -> None:
+        """Uninstall the injectors installed after the first ``keep``, innermost first."""
+        while len(self.installed) > keep:
+            injector = self.installed.pop()
+            if injector.installed:
+                injector.uninstall()
+
+
+_SETTINGS = pytest.StashKey[Settings]()
+_STATE = pytest.StashKey[TestState]()
+_MARKER_SPEC = pytest.StashKey["Spec | None"]()
+
+
+def settings_of(config: pytest.Config) -> Settings:
+    """The run's :class:`Settings` (``KeyError`` if the plugin is not configured)."""
+    return config.stash[_SETTINGS]
+
+
+def state_of(item: pytest.Item) -> TestState:
+    """The test's :class:`TestState`, made on first use."""
+    state = item.stash.get(_STATE, None)
+    if state is None:
+        state = item.stash[_STATE] = TestState(item.nodeid)
+    return state
+
+
+# ----------------------------------------------------------------------- options
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("resilience", "pytest-resilience: fault injection and leak check")
+    group.addoption(
+        "--inject-faults",
+        action="append",
+        dest="resilience_inject_faults",
+        metavar="SPEC|FILE.toml",
+        help=f"run the tests under these faults (repeatable; env {ENV_FAULTS}), "
+        "e.g. 'llama.generate=2*none;llama.stream=@1stall(after=5)'",
+    )
+    group.addoption(
+        "--fault-seed",
+        dest="resilience_fault_seed",
+        metavar="N|last",
+        help=f"seed of the probabilistic faults; 'last' reuses the last run's (env {ENV_SEED})",
+    )
+    group.addoption(
+        "--fault-journal",
+        dest="resilience_fault_journal",
+        metavar="DIR",
+        help=f"write one JSON-lines journal per test under faults to DIR (env {ENV_JOURNAL})",
+    )
+    group.addoption(
+        "--replay-journal",
+        dest="resilience_replay_journal",
+        metavar="FILE",
+        help=f"replay the faults of a saved journal in every test (env {ENV_REPLAY})",
+    )
+    group.addoption(
+        "--leak-check",
+        action="store_true",
+        default=None,
+        dest="resilience_leak_check",
+        help=f"fail tests that leave threads, fds, processes behind (env {ENV_LEAKS}=1)",
+    )
+    group.addoption(
+        "--no-leak-check",
+        action="store_false",
+        dest="resilience_leak_check",
+        help="turn the leak check off",
+    )
+    parser.addini("resilience_inject_faults", "fault specs (one a line)", type="linelist")
+    parser.addini("resilience_fault_seed", "seed of the probabilistic faults (N or last)")
+    parser.addini("resilience_fault_journal", "folder for the per-test fault journals")
+    parser.addini("resilience_replay_journal", "a saved journal whose faults every test replays")
+    parser.addini("resilience_leak_check", "fail tests that leak (true/false)")
+    parser.addini("resilience_scenarios", "folders whose *.toml scenario files are collected",
+                  type="paths")  # fmt: skip
+
+
+def _values(config: pytest.Config, option: str, ini: str, env: str) -> list[_Value]:
+    """Every value given, lowest precedence first: environment, ini file, command line."""
+    found: list[_Value] = []
+    if os.environ.get(env, "").strip():
+        found.append(_Value(os.environ[env].strip(), f"environment variable {env}"))
+    raw = config.getini(ini)
+    where = f"ini option {ini} ({config.inipath})"
+    if isinstance(raw, list):
+        found += [_Value(str(v).strip(), where) for v in raw if str(v).strip()]
+    elif str(raw).strip():
+        found.append(_Value(str(raw).strip(), where))
+    cli = config.getoption(option, None)
+    flag = "--" + option.removeprefix("resilience_").replace("_", "-")
+    for v in cli if isinstance(cli, list) else [] if cli is None else [cli]:
+        found.append(_Value(str(v), flag))
+    return found
+
+
+def _bool(config: pytest.Config) -> bool:
+    cli = config.getoption("resilience_leak_check")
+    if cli is not None:
+        return bool(cli)
+    for value in reversed(_values(config, "", "resilience_leak_check", ENV_LEAKS)):
+        text = value.text.lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise pytest.UsageError(f"{value.where}: expected true or false, not {value.text!r}")
+    return False
+
+
+def parse_spec(value: str, where: str, base: Path | None = None) -> Spec:
+    """Parse a fault spec (or read a scenario file's), raising ``pytest.UsageError``
+    that names ``where`` it came from and shows the caret of a ``SpecError``."""
+    from faults.spec import SpecError, parse  # noqa: PLC0415 - only when faults are asked for
+
+    text = value.strip()
+    if text.endswith(".toml"):
+        return _scenario_spec(text, where, base)
+    try:
+        return parse(text)
+    except SpecError as exc:
+        raise pytest.UsageError(f"{where}: malformed fault spec: {exc}") from None
+
+
+def _scenario_spec(name: str, where: str, base: Path | None) -> Spec:
+    import tomllib  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from faults.spec import SpecError, parse  # noqa: PLC0415
+
+    path = Path(name) if base is None else base / name
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise pytest.UsageError(f"{where}: cannot read scenario {path}: {exc}") from None
+    spec = data.get("faults", {}).get("spec", "") if isinstance(data.get("faults"), dict) else ""
+    if not isinstance(spec, str):
+        raise pytest.UsageError(f"{where}: {path}: [faults] spec must be a string")
+    try:
+        return parse(spec)
+    except SpecError as exc:
+        raise pytest.UsageError(f"{where}: {path}: [faults] spec: {exc}") from None
+
+
+def _seed(config: pytest.Config) -> tuple[int, str]:
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if workerinput is not None and _WORKER_KEY in workerinput:
+        return int(workerinput[_WORKER_KEY]), "from the xdist controller"
+    given = _values(config, "resilience_fault_seed", "resilience_fault_seed", ENV_SEED)
+    value = given[-1] if given else None
+    cache = getattr(config, "cache", None)
+    if value is None:
+        seed, source = int.from_bytes(os.urandom(4), "big"), "random"
+    elif value.text == "last":
+        if cache is None:
+            raise pytest.UsageError(
+                f"{value.where}: 'last' reuses the seed kept in the pytest cache, which is "
+                "disabled (-p no:cacheprovider)"
+            )
+        last = cache.get(_CACHE_KEY, None)
+        if isinstance(last, int):
+            seed, source = last, "the last run's"
+        else:
+            seed, source = int.from_bytes(os.urandom(4), "big"), "random: no last run"
+    else:
+        try:
+            seed, source = int(value.text), value.where
+        except ValueError:
+            raise pytest.UsageError(
+                f"{value.where}: the fault seed must be an integer or 'last', not {value.text!r}"
+            ) from None
+    if cache is not None and workerinput is None:
+        cache.set(_CACHE_KEY, seed)
+    return seed, source
+
+
+@pytest.hookimpl(trylast=True)  # after the cache provider has set config.cache
+def pytest_configure(config: pytest.Config) -> None:
+    for line in (
+        "faults(spec): run this test under these faults (beats --inject-faults per site)",
+        "no_faults: run this test without any injected faults",
+        "virtual_time(wall=False, sleeps=True, start=None): give the test a virtual `clock`; "
+        "wall=True makes time.time/datetime follow it, sleeps runs tenacity/stamina/backoff "
+        "sleeps on it",
+        "no_leak_check: do not fail this test for leaked threads, fds or processes",
+    ):
+        config.addinivalue_line("markers", line)
+    seed, source = _seed(config)
+    settings = Settings(seed=seed, seed_source=source)
+    base = config.invocation_params.dir
+    specs = [
+        parse_spec(v.text, v.where, base)
+        for v in _values(config, "resilience_inject_faults", "resilience_inject_faults", ENV_FAULTS)
+    ]
+    if specs:
+        from faults.spec import merge  # noqa: PLC0415
+
+        merged = merge(*specs)
+        settings.spec = merged if len(merged) else None
+    journals = _values(config, "resilience_fault_journal", "resilience_fault_journal", ENV_JOURNAL)
+    if journals:
+        from pathlib import Path  # noqa: PLC0415
+
+        settings.journal_dir = base / Path(journals[-1].text)
+    replays = _values(config, "resilience_replay_journal", "resilience_replay_journal", ENV_REPLAY)
+    if replays:
+        from faults.journal import JournalFileError, load  # noqa: PLC0415
+
+        try:
+            settings.replay = load(base / replays[-1].text)
+        except (OSError, JournalFileError) as exc:
+            raise pytest.UsageError(f"{replays[-1].where}: cannot replay: {exc}") from None
+    settings.leak_check = _bool(config)
+    config.stash[_SETTINGS] = settings
+    config.pluginmanager.register(_Reporter(settings.totals), "resilience-reporter")
+    if settings.leak_check:
+        config.pluginmanager.register(_LeakCheckPlugin(), "resilience-leak-check")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(), "resilience-xdist")
+    if config.pluginmanager.hasplugin("timeout"):
+        config.pluginmanager.register(_TimeoutHooks(), "resilience-timeout")
+
+
+class _XdistHooks:
+    """Registered only when pytest-xdist is there: the workers use the controller's seed."""
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[_WORKER_KEY] = settings_of(node.config).seed
+
+
+class _LeakCheckPlugin:
+    """Registered only with the leak check on: an autouse fixture around every test."""
+
+    @pytest.fixture(autouse=True)
+    def _resilience_leak_check(self, request: pytest.FixtureRequest) -> Iterator[None]:
+        if request.node.get_closest_marker("no_leak_check") is not None:
+            yield
+            return
+        from pytest_resilience.fixtures import leak_check_fixture  # noqa: PLC0415
+
+        yield from (None for _ in leak_check_fixture(request))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    settings = config.stash.get(_SETTINGS, None)
+    if settings is None:
+        return []
+    lines = [f"resilience: --fault-seed={settings.seed} ({settings.seed_source})"]
+    if settings.spec is not None:
+        lines.append(f"resilience: --inject-faults='{settings.spec}'")
+    if settings.replay is not None:
+        lines.append(f"resilience: replaying the faults of '{settings.replay.spec}'")
+    if settings.leak_check:
+        lines.append("resilience: leak check on")
+    return lines
+
+
+# ----------------------------------------------------------------------- collection
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Parse every ``faults`` marker now, so a bad one is a usage error before any test."""
+    for item in items:
+        markers = list(item.iter_markers("faults"))
+        if markers:
+            specs = []
+            for marker in reversed(markers):  # farthest (module, class) first
+                text = marker.kwargs.get("spec", marker.args[0] if marker.args else None)
+                path, line, _ = item.location
+                where = f"@pytest.mark.faults on {item.nodeid} ({path}:{(line or 0) + 1})"
+                if not isinstance(text, str):
+                    raise pytest.UsageError(f"{where}: expected a fault spec string, got {text!r}")
+                specs.append(parse_spec(text, where, config.invocation_params.dir))
+            from faults.spec import merge  # noqa: PLC0415
+
+            item.stash[_MARKER_SPEC] = merge(*specs)
+        if item.get_closest_marker("virtual_time") is not None:
+            names = getattr(item, "fixturenames", None)
+            if isinstance(names, list) and "clock" not in names:
+                names.append("clock")  # requested as if named in the signature
+
+
+def _effective_spec(item: pytest.Item, settings: Settings) -> Spec | None:
+    if item.get_closest_marker("no_faults") is not None:
+        return None
+    marker = item.stash.get(_MARKER_SPEC, None)
+    if marker is None:
+        return settings.spec
+    if settings.spec is None:
+        return marker
+    return settings.spec.merged(marker)
+
+
+# ----------------------------------------------------------------------- running
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    settings = item.config.stash[_SETTINGS]
+    spec = _effective_spec(item, settings)
+    if spec is None and settings.replay is None:
+        state = item.stash.get(_STATE, None)
+        keep = 0 if state is None else len(state.installed)
+        try:
+            return (yield)
+        finally:
+            if state is None:
+                state = item.stash.get(_STATE, None)
+            if state is not None:
+                state.uninstall(keep)  # what the ``faults`` fixture installed in the test
+    state = state_of(item)
+    _adopt_fixtures(item, state)
+    keep = len(state.installed)
+    injector = _injector(item, settings, state, spec)
+    try:
+        injector.install()
+    except ValueError as exc:  # SpecError: a py: site that cannot be patched
+        pytest.fail(f"cannot install the faults '{injector.spec}': {exc}", pytrace=False)
+    state.installed.append(injector)
+    state.spec = injector.spec
+    try:
+        return (yield)
+    finally:
+        state.uninstall(keep)
+
+
+def _adopt_fixtures(item: pytest.Item, state: TestState) -> None:
+    """Use a suite's own ``clock`` and ``journal`` fixtures (overriding ours) if it has them."""
+    funcargs: dict[str, object] = getattr(item, "funcargs", {})
+    clock_module, events_module = (
+        sys.modules.get(f"pytest_resilience.{m}") for m in ("clock", "events")
+    )
+    theirs = funcargs.get("clock")
+    if (
+        state.clock is None
+        and clock_module is not None
+        and isinstance(theirs, clock_module.VirtualClock)
+    ):
+        state.clock = theirs
+    theirs = funcargs.get("journal")
+    if (
+        state._journal is None
+        and events_module is not None
+        and isinstance(theirs, events_module.Journal)
+    ):
+        state._journal = theirs
+
+
+def _injector(item: pytest.Item, settings: Settings, state: TestState, spec: Spec | None) -> Any:
+    from faults.injector import Injector  # noqa: PLC0415
+
+    clock = state.clock
+    if settings.replay is not None:
+        return Injector.from_recording(settings.replay, clock=clock, journal=state.journal)
+    assert spec is not None
+    return Injector(spec, seed=settings.seed, scope=item.nodeid, clock=clock, journal=state.journal)
+
+
+def reproduce_command(nodeid: str, spec: Spec | str, seed: int) -> str:
+    """The command line that reruns ``nodeid`` under ``spec`` with ``seed``."""
+    return f"pytest {_quote(nodeid)} --inject-faults {_quote(str(spec))} --fault-seed {seed}"
+
+
+def _quote(text: str) -> str:
+    import shlex  # noqa: PLC0415
+
+    return shlex.quote(text) if "'" in text else f"'{text}'"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    state = item.stash.get(_STATE, None)
+    if state is None or not state.used:
+        return (yield)
+    settings = item.config.stash[_SETTINGS]
+    if call.when == "call" and state.spec is not None:
+        item.user_properties.append(
+            (_REPRO, reproduce_command(item.nodeid, state.spec, settings.seed))
+        )
+    if call.when == "teardown":
+        figures = _figures(state)
+        item.user_properties.append((_PROP, json.dumps(figures, sort_keys=True)))
+        item.user_properties += [
+            (f"resilience.{k}", v if isinstance(v, int) else sum(v.values()))
+            for k, v in figures.items()
+            if k != "faults"
+        ]
+        if state.spec is not None:
+            item.user_properties.append(("resilience.seed", settings.seed))
+        if settings.journal_dir is not None and state.spec is not None:
+            _save_journal(settings, state)
+    report: pytest.TestReport = yield
+    if state.hanging:
+        report.sections.append(("resilience: hanging when the timeout fired", "\n".join(
+            f"  {site}" for site in state.hanging)))  # fmt: skip
+    if report.failed and call.when == "call" and (state.spec is not None or len(state.journal)):
+        report.sections.append(("resilience: journal", state.journal.timeline(last=50) or "empty"))
+        if state.spec is not None:
+            command = reproduce_command(item.nodeid, state.spec, settings.seed)
+            report.sections.append(("resilience: reproduce with", command))
+    return report
+
+
+def _figures(state: TestState) -> dict[str, Any]:
+    from pytest_resilience.analytics import summarize  # noqa: PLC0415
+    from pytest_resilience.events import FaultInjected  # noqa: PLC0415
+
+    journal = state.journal
+    faults: dict[str, dict[str, int]] = {}
+    for event in journal.events(FaultInjected):
+        kind = event.fault.partition("(")[0]
+        by_kind = faults.setdefault(event.site, {})
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+    summary = summarize(journal)
+    transitions: dict[str, int] = {}
+    for source, steps in summary.transitions.items():
+        for step in steps:
+            key = f"{source}: {step}" if source else step
+            transitions[key] = transitions.get(key, 0) + 1
+    fallbacks: dict[str, int] = {}
+    for steps in summary.fallbacks.values():
+        for step in steps:
+            fallbacks[step] = fallbacks.get(step, 0) + 1
+    return {
+        "faults": faults,
+        "faults_injected": sum(sum(k.values()) for k in faults.values()),
+        "retries": summary.retries,
+        "transitions": transitions,
+        "fallbacks": fallbacks,
+        "leaks": state.leaks,
+        "under_faults": int(state.spec is not None),
+    }
+
+
+def journal_file_name(nodeid: str) -> str:
+    """A file name for ``nodeid``'s journal: readable, safe on every OS, unique per node id."""
+    import hashlib  # noqa: PLC0415
+
+    digest = hashlib.sha1(nodeid.encode(), usedforsecurity=False).hexdigest()[:10]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("._")[:80]
+    return f"{readable}-{digest}.jsonl"
+
+
+def _save_journal(settings: Settings, state: TestState) -> None:
+    from faults.journal import save  # noqa: PLC0415
+
+    assert settings.journal_dir is not None
+    assert state.spec is not None
+    settings.journal_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.journal_dir / journal_file_name(state.nodeid)
+    save(state.journal, path, spec=state.spec, seed=settings.seed, scope=state.nodeid)
+
+
+# ----------------------------------------------------------------------- summary
+
+
+class _Reporter:
+    """Gathers the figures of every test's reports: on the xdist controller too, where the
+    reports come from the workers with their user properties."""
+
+    def __init__(self, totals: _Totals) -> None:
+        self.totals = totals
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not report.user_properties:
+            return
+        props = dict(report.user_properties)
+        if report.when == "teardown" and _PROP in props:
+            self.totals.add(json.loads(str(props[_PROP])))
+        if report.when == "call" and report.failed and _REPRO in props:
+            self.totals.reproduce.append(str(props[_REPRO]))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    settings = config.stash.get(_SETTINGS, None)
+    if settings is None:
+        return
+    totals = settings.totals
+    if not (totals.under_faults or totals.faults or totals.counts.get("leaks")):
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("resilience")
+    rows: list[tuple[str, str]] = [
+        ("fault seed", f"{settings.seed} (rerun with --fault-seed {settings.seed})"),
+        ("tests under faults", str(totals.under_faults)),
+    ]
+    faults = sorted(totals.faults.items())
+    rows.append(("faults injected", str(sum(n for _, n in faults))))
+    rows += [(f"  {site} {kind}", str(n)) for (site, kind), n in faults]
+    rows.append(("retries scheduled", str(totals.counts.get("retries", 0))))
+    rows.append(("breaker transitions", _counted(totals.transitions)))
+    rows.append(("fallbacks used", _counted(totals.fallbacks)))
+    rows.append(("leaks found", str(totals.counts.get("leaks", 0))))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        write(f"{label:<{width}}  {value}")
+    if totals.reproduce:
+        write("reproduce the failures under faults with:")
+        for command in totals.reproduce:
+            write(f"  {command}")
+
+
+def _counted(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} x{n}" for k, n in sorted(counts.items())) or "none"
+
+
+# ----------------------------------------------------------------------- pytest-timeout
+
+
+def hanging_sites() -> list[str]:
+    """The fault sites some thread (or the running loop's task) is hanging in right now."""
+    sites = sys.modules.get("faults.sites")
+    found: list[str] = []
+    if sites is None:
+        return found
+    code = sites.SiteFaults.hang.__code__
+    for frame in sys._current_frames().values():
+        f: Any = frame
+        while f is not None:
+            if f.f_code is code:
+                owner = f.f_locals.get("self")
+                found.append(f"{getattr(owner, 'name', '?')} ({f.f_locals.get('kind', '?')})")
+            f = f.f_back
+    asyncio = sys.modules.get("asyncio")
+    loop = asyncio.events._get_running_loop() if asyncio is not None else None
+    if asyncio is not None and loop is not None:
+        found += [
+            t.get_name().partition("(hung in ")[2].rstrip(")")
+            for t in asyncio.all_tasks(loop)
+            if "(hung in " in t.get_name()
+        ]
+    return found
+
+
+class _TimeoutHooks:
+    """Registered only when pytest-timeout is there: say which site was hanging."""
+
+    @pytest.hookimpl(wrapper=True, optionalhook=True)
+    def pytest_timeout_set_timer(
+        self, item: pytest.Item, settings: Any
+    ) -> Generator[None, object, object]:
+        result = yield
+        import signal  # noqa: PLC0415
+        import threading  # noqa: PLC0415
+
+        def note() -> None:
+            found = hanging_sites()
+            if found:
+                state_of(item).hanging = found
+                sys.stderr.write(f"\nresilience: hanging in {', '.join(found)}\n")
+
+        handler = signal.getsignal(signal.SIGALRM) if hasattr(signal, "SIGALRM") else None
+        if getattr(settings, "method", "") == "signal" and callable(handler):
+
+            def on_alarm(signum: int, frame: Any) -> None:
+                __tracebackhide__ = True
+                note()
+                handler(signum, frame)
+
+            signal.signal(signal.SIGALRM, on_alarm)
+        else:
+            for thread in threading.enumerate():
+                function = getattr(thread, "function", None)
+                if thread.name.endswith(item.nodeid) and callable(function):
+                    thread.function = _before(note, function)  # type: ignore[attr-defined]
+        return result
+
+
+def _before(first: Callable[[], None], then: Callable[..., Any]) -> Callable[..., Any]:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        first()
+        return then(*args, **kwargs)
+
+    return run
+
+
+# ----------------------------------------------------------------------- fixtures
+# Thin declarations: the implementations (and their imports) live in fixtures.py, which is
+# imported only when a test asks for one of them.
+
+
+@pytest.fixture
+def journal(request: pytest.FixtureRequest) -> Journal:
+    """The test's :class:`~pytest_resilience.events.Journal`; injected faults land in it too."""
+    return state_of(request.node).journal
+
+
+@pytest.fixture
+def clock(request: pytest.FixtureRequest) -> Iterator[TestClock]:
+    """A :class:`~pytest_resilience.fixtures.TestClock` (a VirtualClock) for this test."""
+    from pytest_resilience.fixtures import clock_fixture  # noqa: PLC0415
+
+    yield from clock_fixture(request)
+
+
+@pytest.fixture
+def faults(request: pytest.FixtureRequest) -> Iterator[FaultsFactory]:
+    """``faults(spec, **options)`` installs an injector for the rest of the test; returns it."""
+    from pytest_resilience.fixtures import faults_fixture  # noqa: PLC0415
+
+    yield from faults_fixture(request)
+
+
+@pytest.fixture
+def leak_check(request: pytest.FixtureRequest) -> Iterator[LeakCheck]:
+    """Fail the test if it leaves threads, fds, child processes or registered resources."""
+    from pytest_resilience.fixtures import leak_check_fixture  # noqa: PLC0415
+
+    yield from leak_check_fixture(request)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """The path of the built-in tiny GGUF model (written on first use, never downloaded)."""
+    from pytest_resilience.backends.tiny import tiny_model_path  # noqa: PLC0415
+
+    return tiny_model_path()
+
+
+@pytest.fixture
+def llama(tiny_model: Path) -> Iterator[LlamaBackend]:
+    """A :class:`LlamaBackend` on the tiny model (``n_threads=1``), closed at teardown."""
+    from pytest_resilience.fixtures import llama_fixture  # noqa: PLC0415
+
+    yield from llama_fixture(tiny_model)
+
+
+@pytest.fixture
+def daemon(request: pytest.FixtureRequest, tiny_model: Path) -> Iterator[DaemonProcess]:
+    """A running :class:`DaemonProcess` on loopback with the tiny model, stopped at teardown."""
+    from pytest_resilience.fixtures import daemon_fixture  # noqa: PLC0415
+
+    yield from daemon_fixture(request, tiny_model)
+
+
+@pytest.fixture
+def resilient_client(
+    request: pytest.FixtureRequest, daemon: DaemonProcess, tiny_model: Path
+) -> Iterator[ResilientClient]:
+    """A :class:`ResilientClient`: the ``daemon`` first, the tiny model in process after."""
+    from pytest_resilience.fixtures import resilient_fixture  # noqa: PLC0415
+
+    yield from resilient_fixture(request, daemon, tiny_model)

@@ -10,6 +10,7 @@
     )
     text = client.generate(prompt)             # daemon, else in process
     for chunk in client.stream(prompt): ...    # finishes in process if the daemon dies
+    stream = await client.astream(prompt)      # the same, async (in process: worker threads)
     monitor = client.watch(interval=5.0, restart=True)   # a health thread; close() stops it
 
 How a call is answered
@@ -44,7 +45,10 @@ Streams
     already holds: the stream raises
     :class:`~pytest_resilience.errors.StreamInterrupted` (reason ``"fallback diverged"``,
     ``partial`` = the delivered text), like the stream guard's buffered mode. ``stream()``
-    returns once the first chunk has arrived from one side or the other.
+    returns once the first chunk has arrived from one side or the other. ``astream()`` does
+    the same in async code: the daemon's ``astream`` under the guard's ``awrap``; the
+    in-process fallback, which blocks, is iterated one chunk per worker-thread call, and
+    ``aclose()`` waits for a call still running before it closes the in-process stream.
 
 Policies
     ``policy="raise"``: when the direct backend fails too,
@@ -77,6 +81,8 @@ if the client built it; backends and the process given to it stay the caller's.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import threading
 from typing import TYPE_CHECKING, Literal, Self, TypeVar
 
@@ -104,15 +110,15 @@ from ..stream import StreamGuard
 from .base import Backend, GenerationParams
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
     from types import TracebackType
 
     from ..breaker import Permit
     from ..events import Event, Journal
-    from ..stream import GuardedStream
+    from ..stream import AsyncGuardedStream, GuardedStream
     from .daemon import DaemonBackend, DaemonProcess
 
-__all__ = ["Policy", "ResilientClient", "ResilientStream"]
+__all__ = ["AsyncResilientStream", "Policy", "ResilientClient", "ResilientStream"]
 
 T = TypeVar("T")
 Policy = Literal["raise", "never_fail"]
@@ -390,6 +396,19 @@ class ResilientClient:
             return list(await self.daemon.aembed(text))
 
         return await self._aanswer(on_daemon, lambda direct: list(direct.embed(text)))
+
+    async def astream(
+        self, prompt: str, params: GenerationParams | None = None
+    ) -> AsyncResilientStream | None:
+        """The async :meth:`stream`: the daemon's ``astream``, finished in process (the
+        direct backend iterated in worker threads) if the daemon fails. Returns once the
+        first chunk (or the end) has arrived; raises like :meth:`stream`.
+        """
+        stream = AsyncResilientStream(self, prompt, params or GenerationParams())
+        await stream._prime()
+        if stream.error is not None and not stream.text and stream._ahead is None:
+            return None  # never_fail, and neither side could start the answer
+        return stream
 
     # --------------------------------------------------------------------------- health
 
@@ -701,3 +720,314 @@ class ResilientStream:
     def __repr__(self) -> str:
         state = "complete" if self.complete else ("ended" if self._ended else "open")
         return f"<ResilientStream {self.source} {state} chars={len(self.text)}>"
+
+
+class AsyncResilientStream:
+    """The async :class:`ResilientStream`: ``async for`` over it; ``aclose()`` (or ``async
+    with``) stops it early. Same attributes, same switch to the direct backend, which runs in
+    worker threads (one ``next()`` per chunk) and is closed, its thread idle, when the stream
+    ends however it ends.
+    """
+
+    def __init__(self, client: ResilientClient, prompt: str, params: GenerationParams) -> None:
+        self._client = client
+        self._prompt = prompt
+        self._params = params
+        self._parts: list[str] = []
+        self._ahead: str | None = None  # the chunk read by astream() before returning
+        self._inner: AsyncGuardedStream | None = None
+        self._permit: Permit | None = None
+        self._daemon_error: BaseException | None = None
+        self._replay = ""  # delivered text the in-process replay must reproduce first
+        self._matched = 0
+        self._started_at = 0.0
+        self.source = "daemon"
+        self.fell_back = False
+        self.complete = False
+        self.error: BaseException | None = None
+        self._ended = False
+
+    @property
+    def text(self) -> str:
+        """Everything delivered so far."""
+        return "".join(self._parts)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> str:
+        chunk, self._ahead = self._ahead, None
+        if chunk is None:
+            chunk = await self._pull()
+            if chunk is None:
+                raise StopAsyncIteration
+        self._parts.append(chunk)
+        return chunk
+
+    # ------------------------------------------------------------------------- sources
+
+    async def _daemon_chunks(self) -> AsyncIterator[str]:
+        # Opened at the first anext, inside the guard's scope (as the sync path does).
+        stream = self._client.daemon.astream(self._prompt, self._params)
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            await stream.aclose()
+
+    def _open_direct(self) -> Iterable[str]:
+        return self._client.load_direct().stream(self._prompt, self._params)
+
+    async def _prime(self) -> None:
+        client = self._client
+        self._started_at = client.clock.now()
+        try:
+            self._permit = client.breaker.acquire()
+        except CircuitOpenError as exc:
+            self._switch(exc)
+        else:
+            self._inner = client.guard.awrap(self._daemon_chunks())
+        self._ahead = await self._pull()
+
+    def _switch(self, exc: BaseException) -> None:
+        """Go on in process, replaying what the daemon delivered (see the module docs)."""
+        client = self._client
+        client._failed(exc)
+        client._fell_back(exc)
+        self._daemon_error = exc
+        self.source = "direct"
+        self.fell_back = True
+        self._replay, self._matched = self.text, 0
+        source = _InThread(self._open_direct, client.clock, f"{client.name} direct")
+        self._inner = client.guard.awrap(source)
+
+    # ------------------------------------------------------------------------ iteration
+
+    async def _pull(self) -> str | None:
+        """The next new chunk (None at the end), switching to in-process if the daemon fails."""
+        while not self._ended:
+            inner = self._inner
+            assert inner is not None
+            try:
+                chunk = await anext(inner)
+            except StopAsyncIteration:
+                if self._inner is not inner:  # aclose() from another task while we waited
+                    return None
+                result = inner.result
+                if result is not None and not result.complete and self.source == "daemon":
+                    # a guard with on_stall="return": a stall is still the daemon failing
+                    self._daemon_failed(StreamInterrupted(result.reason, result.text))
+                    continue
+                await self._finish()
+                return None
+            except asyncio.CancelledError:  # the task's cancellation: the guard closed inner
+                self._ended = True
+                self._release_permit()
+                raise
+            except Exception as exc:
+                if self._inner is not inner:  # aclose() from another task while we waited
+                    return None
+                result = inner.result
+                if isinstance(exc, Cancelled) or (
+                    result is not None and result.reason == "cancelled"
+                ):
+                    await self.aclose()  # the caller's decision: never a fallback
+                    raise
+                if self.source == "daemon" and _falls_back(exc):
+                    self._daemon_failed(exc)
+                    continue
+                await self._fail(exc)
+                continue
+            if self.source == "daemon":
+                if self._permit is not None:
+                    self._daemon_answered()
+                return chunk
+            rest = await self._skip_replayed(chunk)
+            if rest:
+                return rest
+        return None
+
+    def _daemon_answered(self) -> None:
+        """The daemon's first chunk: its latency, and the breaker's outcome so far."""
+        permit, self._permit = self._permit, None
+        assert permit is not None
+        permit.success()
+        self._client._answered(self._client.clock.now() - self._started_at)
+
+    def _daemon_failed(self, exc: Exception) -> None:
+        permit, self._permit = self._permit, None
+        if permit is not None:
+            permit.settle(exc)
+        else:  # it failed after its first chunk: count it against the breaker too
+            try:
+                with self._client.breaker.acquire() as late:
+                    late.settle(exc)
+            except CircuitOpenError:
+                pass
+        self._switch(exc)
+
+    async def _skip_replayed(self, chunk: str) -> str:
+        """What ``chunk`` adds after the replayed prefix; raises if the replay diverged."""
+        want = len(self._replay) - self._matched
+        if want <= 0:
+            return chunk
+        n = min(want, len(chunk))
+        if chunk[:n] != self._replay[self._matched : self._matched + n]:
+            await self._diverged()
+            return ""  # never_fail: the stream has ended
+        self._matched += n
+        return chunk[n:]
+
+    async def _diverged(self) -> None:
+        text = self.text
+        self._client._record(StreamCancelled, reason="fallback diverged", partial=text)
+        await self._fail(StreamInterrupted("fallback diverged", text))
+
+    # --------------------------------------------------------------------------- ending
+
+    async def _finish(self) -> None:
+        if self.source == "direct" and self._matched < len(self._replay):
+            await self._diverged()  # the replay ended before it reproduced what was delivered
+            return
+        if self._permit is not None:  # an empty answer from the daemon
+            self._daemon_answered()
+        self.complete = True
+        self._ended = True
+
+    async def _fail(self, exc: Exception) -> None:
+        """End the stream with ``exc``: raise it (wrapped) or, never_fail, just stop."""
+        self._ended = True
+        await self._close_inner()
+        error: Exception = exc
+        if self.source == "direct" and _falls_back(exc) and not isinstance(exc, StreamInterrupted):
+            assert self._daemon_error is not None
+            error = self._client._exhausted(self._daemon_error, exc)
+        self.error = error
+        if self._client.policy == "raise" or not _falls_back(exc):
+            if error is exc:
+                raise exc
+            raise error from exc
+
+    def _release_permit(self) -> None:
+        permit, self._permit = self._permit, None
+        if permit is not None:
+            permit.ignore()  # stopped by the consumer: neither a success nor a failure
+
+    async def _close_inner(self) -> None:
+        inner, self._inner = self._inner, None
+        try:
+            if inner is not None:
+                await inner.aclose()
+        finally:
+            self._release_permit()
+
+    async def aclose(self) -> None:
+        """Stop the answer early and close its source (joining an in-process step still
+        running in its worker thread). Idempotent."""
+        self._ended = True
+        await self._close_inner()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else ("ended" if self._ended else "open")
+        return f"<AsyncResilientStream {self.source} {state} chars={len(self.text)}>"
+
+
+class _InThread:
+    """A blocking text stream as an async iterator: each ``next()`` runs in a worker thread.
+
+    The stream is opened (``open_()``, which may load a model) in the first step, in the
+    context of the code that built this object, inside a scope of our own: a backend that
+    captures the current scope when it starts (the llama backend) sees the caller's scopes
+    and our stop flag, not the guard's per-chunk deadline scope, which ends after one chunk.
+    Each step runs in a copy of the awaiting task's context, so the guard's deadline reaches
+    sources that check the current scope, inside a child scope that ``aclose()`` can cancel.
+
+    ``aclose()`` cancels both scopes, waits for a step still running (a cooperative source
+    stops at its next check), then closes the stream: no thread is left generating.
+    """
+
+    def __init__(self, open_: Callable[[], Iterable[str]], clock: Clock, name: str) -> None:
+        self._open = open_
+        self._ctx = contextvars.copy_context()
+        self._stop = CancelScope(None, clock=clock, name=name)
+        self._entered = False  # _stop, entered in _ctx by the first step
+        self._it: Iterator[str] | None = None
+        self._step_scope: CancelScope | None = None
+        self._pending: asyncio.Future[str | None] | None = None
+        self._closing = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._closing:
+            raise StopAsyncIteration
+        pending = self._pending  # a step left running by a cancelled anext: its chunk is next
+        if pending is None:
+            step = functools.partial(contextvars.copy_context().run, self._step)
+            pending = self._pending = asyncio.get_running_loop().run_in_executor(None, step)
+        # shield: if this task is cancelled (the guard's deadline), the step runs on and
+        # aclose() waits for it rather than leave a thread inside the source
+        try:
+            chunk = await asyncio.shield(pending)
+        except Exception:
+            self._pending = None
+            raise
+        self._pending = None
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+    def _step(self) -> str | None:
+        """In a worker thread: the next chunk, or None at the end."""
+        with CancelScope(None, name=self._stop.name) as scope:
+            self._step_scope = scope
+            if self._closing:  # aclose() ran before this step began
+                scope.cancel("stream closed")
+            if self._it is None:
+                if not self._entered:
+                    self._ctx.run(self._stop.__enter__)
+                    self._entered = True
+                self._it = iter(self._ctx.run(self._open))
+            return next(self._it, None)
+
+    async def aclose(self) -> None:
+        """Stop the source, wait for a step still running, close it. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        self._stop.cancel("stream closed")
+        step = self._step_scope
+        if step is not None:
+            step.cancel("stream closed")
+        pending = self._pending
+        if pending is None or pending.done():
+            self._close_source(pending)
+            return
+        # if this wait is cancelled, the source is closed when the step ends
+        pending.add_done_callback(self._close_source)
+        await asyncio.wait([pending])
+
+    def _close_source(self, pending: asyncio.Future[str | None] | None) -> None:
+        if pending is not None and not pending.cancelled():
+            pending.exception()  # retrieved: the stream is ending anyway
+        it, self._it = self._it, None
+        try:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self._entered:  # even if opening failed: leave the caller's scope tree clean
+                self._entered = False
+                self._ctx.run(self._stop.__exit__, None, None, None)

@@ -1,0 +1,1489 @@
+"""Scenario files: a failure, the steps that meet it, and what must hold (DESIGN §7).
+
+A scenario is a TOML file, read with the stdlib ``tomllib``; Chaos Toolkit's experiment is
+the model: a steady state checked before and after, a method (the steps, run under the
+faults), and rollbacks that always run. pytest collects scenario files as test items (the
+plugin calls :func:`load` and :func:`run`); ``python -m faults.scenario scenarios/`` runs a
+folder of them and prints a report.
+
+::
+
+    scenario = load("scenarios/daemon_lost.toml")      # ScenarioError: file, line, key
+    outcome = run(scenario, seed=1234)
+    if not outcome.passed:
+        print(format_failure(outcome))                  # failures, timeline, replay command
+
+The file (every key is checked: an unknown key or a wrong type is a :class:`ScenarioError`
+naming the file, the line and the key, with a suggestion for a misspelt key)::
+
+    version = 1                       # required; the only version so far
+    title = "..."                     # required
+    seed = 1234                       # the fault seed (default 0); run(seed=) overrides it
+    clock = "virtual"                 # "virtual" (default: waits cost nothing) or "real"
+
+    [target]                          # what the steps call
+    client = "resilient"              # llama | daemon | resilient (default llama) ...
+    factory = "myapp.llm:build"       # ... or a callable: factory(TargetContext) -> Backend
+    model = "tiny"                    # tiny | tiny-small | gemma3-270m | a .gguf path
+                                      # (relative to the scenario file); default tiny
+    max_tokens = 32                   # generation length of every step (default 32)
+    timeout = 10.0                    # resilient: seconds per daemon call (default 10)
+    policy = "raise"                  # resilient: raise | never_fail
+
+    [faults]
+    spec = "daemon.stream=@2lost(after=3)"     # the --inject-faults grammar (DESIGN §6)
+
+    [resilience.retry]                # every table optional; each configures one core object
+    attempts = 3                      # counting the first
+    base = 0.5                        # Backoff(base, factor, cap, jitter)
+    factor = 2.0
+    cap = 30.0
+    jitter = "full"                   # none | full | equal | decorrelated | proportional
+    budget = 60.0                     # seconds for all attempts
+    on = ["InvalidOutput"]            # exception names (builtins, pytest_resilience errors,
+                                      # dotted paths); default: BackendError, ConnectionError,
+                                      # TimeoutError
+    on_result = "none"                # also retry a None ("none") or empty ("empty") answer
+    [resilience.breaker]
+    name = "model"                    # the journal source (default: "daemon" for daemon and
+                                      # resilient targets, else "model")
+    failures = 3                      # consecutive failures that open it
+    recovery = 30.0                   # seconds open before half-open
+    probes = 1
+    successes = 1                     # probe successes that close it
+    on = ["BackendError"]             # what counts as a failure (default as retry's)
+    [resilience.stream]               # the StreamGuard
+    first_token = 10.0
+    idle = 5.0
+    total = 120.0
+    on_stall = "return"               # return (keep the partial answer) | raise
+    [resilience.fallback]             # a chain after the target's model
+    models = ["tiny-small"]           # step names are the model names
+    static = "The model is resting."  # a last step that always answers (text ops)
+    [resilience.degrade]              # a Degrader; OOM steps down at once
+    models = ["tiny", "tiny-small"]   # large to small: the level picks the model
+    lowest = "minimal"                # reduced | minimal | cached_only | static
+    [resilience.checkpoint]           # what the "job" op does
+    key = "story"
+    parts = 5                         # one generation per part, a checkpoint after each
+
+    [steady_state]                    # optional: a probe that must succeed before the
+    op = "generate"                   # steps, and again after them once the faults are
+    prompt = "Hello"                  # removed (generate | stream | embed | chat)
+
+    [[steps]]                         # run in order, under the faults
+    op = "stream"                     # generate | stream | embed | chat | job (model ops)
+                                      # kill_daemon | pause_daemon | resume_daemon |
+                                      # restart_daemon | advance (act on the world)
+    prompt = "Tell me a story"
+    repeat = 5                        # default 1
+    seconds = 30.0                    # advance: virtual seconds (real clock: sleeps)
+    max_tokens = 16                   # overrides the target's
+    resilience = { retry = { attempts = 5 } }   # per step: retry and stream only (the
+                                      # stateful breaker, fallback, degradation and
+                                      # checkpoint belong to the whole scenario)
+
+    [expect]                          # evaluated over the journal of the steps
+    success_rate = 1.0                # model ops that answered / model ops (to 0.005)
+    fallbacks = ["direct"]            # the fallback steps that answered, in first-use order
+    transitions.daemon = ["closed->open", "open->half_open", "half_open->closed"]
+    max_attempts = 3                  # no call took more attempts than this
+    retries = 2                       # retries scheduled, exactly
+    rejected = 1                      # calls an open breaker refused, exactly
+    min_retry_delay = 5.0             # every retry waited at least this (Retry-After)
+    degraded_to = "reduced"           # the degradation level at the end
+    partial_kept = true               # a stalled stream kept what it had delivered
+    source_closed = true              # every guarded stream's source was closed
+    resumed_from_checkpoint = true    # a job resumed from its last checkpoint
+    faults_injected = 2               # faults that fired, exactly
+    leaks = "none"                    # no thread, fd or child process left behind
+
+Model ops count towards ``success_rate``: an op *fails* when it raises one of the errors a
+failure produces (any :class:`~pytest_resilience.errors.ResilienceError`, ``OSError``,
+``TimeoutError``, ``MemoryError``) or answers ``None`` (``never_fail``); a stream that
+stalls with ``on_stall = "return"`` answers (with its partial text). Any other exception
+ends the steps (``Outcome.error``); the rollbacks run all the same: the faults are
+uninstalled, every stream, backend and client is closed, the daemon is stopped, the
+checkpoint folder removed.
+
+Under a virtual clock the daemon (a real child process) still runs in real time; only the
+waits of the core and of the injected faults are virtual. Daemon targets start
+``llama_cpp.server`` with the chosen model (``n_threads=1``; with embeddings configured
+when a step embeds, in which case that daemon serves embeddings only).
+
+Every step and model op is journaled (``scenario.step``, ``scenario.op`` events) next to
+the faults and the reactions, so :meth:`Journal.timeline` reads as one story.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+import math
+import re
+import shlex
+import sys
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
+
+from faults.injector import Injector
+from faults.kinds import resolve_exception_type
+from faults.schedule import derive_rng
+from faults.spec import Spec, SpecError, parse
+from pytest_resilience.analytics import Summary, summarize
+from pytest_resilience.backends.base import GenerationParams
+from pytest_resilience.breaker import CircuitBreaker, ConsecutiveFailures, Recovery
+from pytest_resilience.clock import SystemClock, VirtualClock
+from pytest_resilience.degrade import Degrader, Level
+from pytest_resilience.errors import (
+    BackendError,
+    InvalidOutput,
+    ResilienceError,
+    StreamInterrupted,
+    StreamStalled,
+)
+from pytest_resilience.events import (
+    AttemptFailed,
+    AttemptStarted,
+    DegradationChanged,
+    Event,
+    FallbackUsed,
+    FaultInjected,
+    Journal,
+    Recovered,
+    RetryScheduled,
+)
+from pytest_resilience.fallback import Fallback
+from pytest_resilience.retry import Backoff, Retry, result_is_empty, result_is_none
+from pytest_resilience.stream import StreamGuard
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+
+    from pytest_resilience.backends.base import Backend, TextStream
+    from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess
+    from pytest_resilience.backends.resilient import ResilientClient
+    from pytest_resilience.clock import Clock
+    from pytest_resilience.leaks import Leak
+
+__all__ = [
+    "Outcome",
+    "Scenario",
+    "ScenarioError",
+    "ScenarioOp",
+    "ScenarioStep",
+    "Stats",
+    "Step",
+    "Target",
+    "TargetContext",
+    "format_failure",
+    "format_report",
+    "key_lines",
+    "load",
+    "main",
+    "replay_command",
+    "run",
+]
+
+T = TypeVar("T")
+
+MODEL_OPS: Final = ("generate", "stream", "embed", "chat", "job")
+DAEMON_OPS: Final = ("kill_daemon", "pause_daemon", "resume_daemon", "restart_daemon")
+OPS: Final = (*MODEL_OPS, *DAEMON_OPS, "advance")
+CLIENTS: Final = ("llama", "daemon", "resilient")
+LEVELS: Final = tuple(level.label for level in Level)
+#: What a failed model op raises; anything else is a bug and ends the steps.
+FAILURES: Final[tuple[type[Exception], ...]] = (
+    ResilienceError,
+    OSError,
+    TimeoutError,
+    MemoryError,
+)
+_DEFAULT_ON: Final = ("BackendError", "ConnectionError", "TimeoutError")
+_RATE_TOLERANCE: Final = 0.005
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be used: ``path``, ``line`` (1-based), ``key`` (dotted,
+    ``steps[2].op`` for the second step; empty for a problem with the whole file) and
+    ``message``. ``str()``: ``"scenarios/x.toml:12: expect.sucess_rate: unknown key (did you
+    mean 'success_rate'?)"``."""
+
+    def __init__(self, path: str, line: int, key: str, message: str) -> None:
+        super().__init__(message)
+        self.path, self.line, self.key, self.message = path, line, key, message
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}: "
+        return where + (f"{self.key}: {self.message}" if self.key else self.message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.line, self.key, self.message))
+
+
+# ================================================================================ lines
+
+_BARE = r"[A-Za-z0-9_-]+"
+_PART = rf"(?:{_BARE}|\"[^\"]*\"|'[^']*')"
+_DOTTED = rf"{_PART}(?:\s*\.\s*{_PART})*"
+_HEADER = re.compile(rf"^\s*(\[\[?)\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
+_KEY = re.compile(rf"^\s*({_DOTTED})\s*=")
+_SPLIT = re.compile(_PART)
+
+Path_ = tuple[str | int, ...]
+
+
+def _split_key(text: str) -> list[str]:
+    return [p[1:-1] if p[0] in "\"'" else p for p in _SPLIT.findall(text)]
+
+
+def key_lines(source: str) -> dict[Path_, int]:
+    """The line (1-based) of every table and key of a TOML text, by path.
+
+    tomllib gives no positions, so the lines are found by scanning the text: table headers
+    (``[a.b]``; ``[[steps]]`` counts its entries: ``("steps", 0)`` is the first) and
+    ``key = `` lines, dotted keys registering each prefix. Keys inside inline tables and
+    multi-line strings are not located: look up the nearest enclosing path instead
+    (:func:`_line_of` does).
+    """
+    found: dict[Path_, int] = {}
+    arrays: dict[tuple[str, ...], int] = {}  # array-of-tables path -> current index
+    table: Path_ = ()
+    closing: str | None = None  # the quotes that end a multi-line string
+    for number, line in enumerate(source.splitlines(), 1):
+        if closing is not None:
+            if closing in line:
+                closing = None
+            continue
+        if header := _HEADER.match(line):
+            names = _split_key(header.group(2))
+            if header.group(1) == "[[":
+                key = tuple(names)
+                arrays[key] = arrays.get(key, -1) + 1
+                for nested in [k for k in arrays if len(k) > len(key) and k[: len(key)] == key]:
+                    del arrays[nested]  # a new entry starts its own sub-arrays afresh
+            table = _resolve(names, arrays)
+            found.setdefault(table, number)
+            continue
+        if key_match := _KEY.match(line):
+            names = _split_key(key_match.group(1))
+            for i in range(1, len(names) + 1):
+                found.setdefault((*table, *names[:i]), number)
+            rest = line[key_match.end() :]
+            for quotes in ('"""', "'''"):
+                if rest.count(quotes) == 1:
+                    closing = quotes
+    return found
+
+
+def _resolve(names: list[str], arrays: Mapping[tuple[str, ...], int]) -> Path_:
+    path: list[str | int] = []
+    for i, name in enumerate(names):
+        path.append(name)
+        index = arrays.get(tuple(names[: i + 1]))
+        if index is not None:
+            path.append(index)
+    return tuple(path)
+
+
+def _line_of(lines: Mapping[Path_, int], path: Path_) -> int:
+    """The line of ``path``, else of its nearest located ancestor, else 1."""
+    for end in range(len(path), 0, -1):
+        line = lines.get(path[:end])
+        if line is not None:
+            return line
+    return 1
+
+
+def _dotted(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part + 1}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+# =============================================================================== schema
+
+
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    """A value: what it must be (``desc``), how to check it, and the allowed choices."""
+
+    desc: str
+    check: Callable[[Any], bool]
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    fields: Mapping[str, _Leaf | _Table | _Tables | _Map]
+    required: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    """An array of tables (``[[steps]]``)."""
+
+    table: _Table
+
+
+@dataclass(frozen=True, slots=True)
+class _Map:
+    """A table with free keys, each holding a ``leaf`` (``transitions.<breaker>``)."""
+
+    leaf: _Leaf
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+INT = _Leaf("an integer", _is_int)
+POSINT = _Leaf("an integer >= 1", lambda v: _is_int(v) and v >= 1)
+NUM = _Leaf("a number >= 0", lambda v: _is_num(v) and v >= 0)
+RATE = _Leaf("a number from 0 to 1", lambda v: _is_num(v) and 0 <= v <= 1)
+STR = _Leaf("a string", lambda v: isinstance(v, str))
+BOOL = _Leaf("true or false", lambda v: isinstance(v, bool))
+STRS = _Leaf(
+    "a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)
+)
+
+
+def _choice(*choices: str) -> _Leaf:
+    return _Leaf("one of " + ", ".join(repr(c) for c in choices), lambda v: v in choices, choices)
+
+
+_RETRY = _Table(
+    {
+        "attempts": POSINT,
+        "base": NUM,
+        "factor": _Leaf("a number >= 1", lambda v: _is_num(v) and v >= 1),
+        "cap": NUM,
+        "jitter": _choice("none", "full", "equal", "decorrelated", "proportional"),
+        "budget": _Leaf("a number > 0", lambda v: _is_num(v) and v > 0),
+        "on": STRS,
+        "on_result": _choice("none", "empty"),
+    }
+)
+_BREAKER = _Table(
+    {
+        "name": STR,
+        "failures": POSINT,
+        "recovery": NUM,
+        "probes": POSINT,
+        "successes": POSINT,
+        "on": STRS,
+    }
+)
+_STREAM = _Table(
+    {"first_token": NUM, "idle": NUM, "total": NUM, "on_stall": _choice("return", "raise")}
+)
+_RESILIENCE = _Table(
+    {
+        "retry": _RETRY,
+        "breaker": _BREAKER,
+        "stream": _STREAM,
+        "fallback": _Table({"models": STRS, "static": STR}),
+        "degrade": _Table({"models": STRS, "lowest": _choice(*LEVELS[1:])}),
+        "checkpoint": _Table({"key": STR, "parts": POSINT}),
+    }
+)
+_STEP_RESILIENCE = _Table({"retry": _RETRY, "stream": _STREAM})
+_STEP = _Table(
+    {
+        "op": _choice(*OPS),
+        "prompt": STR,
+        "repeat": POSINT,
+        "seconds": NUM,
+        "max_tokens": POSINT,
+        "resilience": _STEP_RESILIENCE,
+    },
+    required=frozenset({"op"}),
+)
+_PROBE = _Table(
+    {"op": _choice("generate", "stream", "embed", "chat"), "prompt": STR, "max_tokens": POSINT},
+    required=frozenset({"op"}),
+)
+_EXPECT = _Table(
+    {
+        "success_rate": RATE,
+        "fallbacks": STRS,
+        "transitions": _Map(STRS),
+        "max_attempts": POSINT,
+        "retries": _Leaf("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+        "rejected": _Leaf("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+        "min_retry_delay": NUM,
+        "degraded_to": _choice(*LEVELS),
+        "partial_kept": BOOL,
+        "source_closed": BOOL,
+        "resumed_from_checkpoint": BOOL,
+        "faults_injected": _Leaf("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+        "leaks": _choice("none"),
+    }
+)
+_SCHEMA = _Table(
+    {
+        "version": INT,
+        "title": STR,
+        "seed": INT,
+        "clock": _choice("virtual", "real"),
+        "target": _Table(
+            {
+                "client": _choice(*CLIENTS),
+                "factory": STR,
+                "model": STR,
+                "max_tokens": POSINT,
+                "timeout": NUM,
+                "policy": _choice("raise", "never_fail"),
+            }
+        ),
+        "faults": _Table({"spec": STR}),
+        "resilience": _RESILIENCE,
+        "steady_state": _PROBE,
+        "steps": _Tables(_STEP),
+        "expect": _EXPECT,
+    },
+    required=frozenset({"version", "title", "steps"}),
+)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    name = {int: "an integer", float: "a float", str: "a string"}.get(type(value))
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return f"{name or type(value).__name__} ({shown})"
+
+
+class _Checker:
+    """Checks a parsed document against the schema; the first problem raises."""
+
+    def __init__(self, path: str, lines: Mapping[Path_, int]) -> None:
+        self.path, self.lines = path, lines
+
+    def error(self, at: Path_, message: str) -> ScenarioError:
+        return ScenarioError(self.path, _line_of(self.lines, at), _dotted(at), message)
+
+    def table(self, data: Mapping[str, Any], schema: _Table, at: Path_) -> None:
+        for key, value in data.items():
+            spec = schema.fields.get(key)
+            if spec is None:
+                known = sorted(schema.fields)
+                near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                hint = (
+                    f"did you mean {near[0]!r}?" if near else "expected one of: " + ", ".join(known)
+                )
+                raise self.error((*at, key), f"unknown key ({hint})")
+            self.value(value, spec, (*at, key))
+        for key in sorted(schema.required - data.keys()):
+            where = "the file" if not at else f"[{_dotted(at)}]"
+            raise ScenarioError(
+                self.path,
+                _line_of(self.lines, at) if at else 1,
+                _dotted((*at, key)),
+                f"required key missing in {where}",
+            )
+
+    def value(self, value: Any, spec: _Leaf | _Table | _Tables | _Map, at: Path_) -> None:
+        if isinstance(spec, _Table | _Map):
+            if not isinstance(value, dict):
+                raise self.error(at, f"expected a table, got {_kind(value)}")
+            if isinstance(spec, _Table):
+                self.table(value, spec, at)
+            else:
+                for key, item in value.items():
+                    self.value(item, spec.leaf, (*at, key))
+        elif isinstance(spec, _Tables):
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise self.error(
+                    at, f"expected an array of tables ([[{at[-1]}]]), got {_kind(value)}"
+                )
+            if not value:
+                raise self.error(at, "needs at least one entry")
+            for i, item in enumerate(value):
+                self.table(item, spec.table, (*at, i))
+        elif not spec.check(value):
+            if spec.choices and isinstance(value, str):
+                near = difflib.get_close_matches(value, spec.choices, n=1, cutoff=0.6)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise self.error(at, f"expected {spec.desc}, got {value!r}{hint}")
+            raise self.error(at, f"expected {spec.desc}, got {_kind(value)}")
+
+
+# ================================================================================ model
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What the steps call (``[target]``)."""
+
+    client: str = "llama"  # llama | daemon | resilient | factory
+    model: str = "tiny"
+    factory: str | None = None
+    max_tokens: int = 32
+    timeout: float = 10.0
+    policy: str = "raise"
+
+    @property
+    def has_daemon(self) -> bool:
+        return self.client in ("daemon", "resilient")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One ``[[steps]]`` entry (or the steady-state probe); ``line`` is its ``op =`` line."""
+
+    op: str
+    prompt: str = "Once upon a time"
+    repeat: int = 1
+    seconds: float = 0.0
+    max_tokens: int | None = None
+    resilience: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A loaded, validated scenario (see the module docstring for the file).
+
+    ``resilience`` and ``expect`` hold the checked tables as read; ``faults`` is the parsed
+    spec; ``source`` the file's text.
+    """
+
+    path: Path
+    title: str
+    seed: int
+    clock: str
+    target: Target
+    faults: Spec
+    steps: tuple[Step, ...]
+    expect: Mapping[str, Any]
+    resilience: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    steady_state: Step | None = None
+    version: int = 1
+    source: str = field(default="", repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def load(path: str | os.PathLike[str]) -> Scenario:
+    """Read and validate a scenario file. Raises :class:`ScenarioError` for any problem:
+    an unreadable file, bad TOML, an unknown key, a wrong type, a missing required key, an
+    unknown version, a malformed fault spec (its caret included), or a step the target
+    cannot do."""
+    file = Path(path)
+    where = str(path)
+    try:
+        source = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(where, 1, "", f"cannot read the scenario: {exc}") from None
+    try:
+        data = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        found = re.search(r"line (\d+)", str(exc))
+        raise ScenarioError(
+            where, int(found.group(1)) if found else 1, "", f"invalid TOML: {exc}"
+        ) from None
+    lines = key_lines(source)
+    checker = _Checker(where, lines)
+    checker.table(data, _SCHEMA, ())
+    if data["version"] != 1:
+        raise checker.error(
+            ("version",), f"unknown version {data['version']} (this reader knows 1)"
+        )
+
+    raw_target = data.get("target", {})
+    if "client" in raw_target and "factory" in raw_target:
+        raise checker.error(("target", "factory"), "give either client or factory, not both")
+    target = Target(
+        client="factory" if "factory" in raw_target else raw_target.get("client", "llama"),
+        model=raw_target.get("model", "tiny"),
+        factory=raw_target.get("factory"),
+        max_tokens=raw_target.get("max_tokens", 32),
+        timeout=float(raw_target.get("timeout", 10.0)),
+        policy=raw_target.get("policy", "raise"),
+    )
+    if target.factory is not None and ":" not in target.factory:
+        raise checker.error(("target", "factory"), "expected 'module:callable'")
+
+    spec_text = data.get("faults", {}).get("spec", "")
+    try:
+        spec = parse(spec_text)
+    except SpecError as exc:
+        raise checker.error(("faults", "spec"), f"bad fault spec: {exc}") from None
+    if not target.has_daemon and any(e.site.family == "daemon" for e in spec):
+        raise checker.error(
+            ("faults", "spec"), f"daemon sites need a daemon target, not {target.client!r}"
+        )
+
+    resilience = data.get("resilience", {})
+    _check_names(checker, resilience, ("resilience",))
+    steps = tuple(_step(checker, raw, ("steps", i)) for i, raw in enumerate(data["steps"]))
+    for i, step in enumerate(steps):
+        _check_step(checker, target, resilience, step, ("steps", i))
+    probe = None
+    if "steady_state" in data:
+        probe = _step(checker, data["steady_state"], ("steady_state",))
+        _check_step(checker, target, resilience, probe, ("steady_state",))
+    return Scenario(
+        path=file,
+        title=data["title"],
+        seed=data.get("seed", 0),
+        clock=data.get("clock", "virtual"),
+        target=target,
+        faults=spec,
+        steps=steps,
+        expect=data.get("expect", {}),
+        resilience=resilience,
+        steady_state=probe,
+        version=data["version"],
+        source=source,
+    )
+
+
+def _check_names(checker: _Checker, resilience: Mapping[str, Any], at: Path_) -> None:
+    """Exception names must resolve, and the policies must build, now rather than halfway
+    through a run: each problem is a ScenarioError at its table's line."""
+    for section in ("retry", "breaker"):
+        for name in resilience.get(section, {}).get("on", ()):
+            try:
+                resolve_exception_type(name)
+            except SpecError as exc:
+                hint = f" (did you mean {exc.suggestion!r}?)" if exc.suggestion else ""
+                raise checker.error((*at, section, "on"), f"{exc.message}{hint}") from None
+    policies = _Policies(Target(), VirtualClock(), Journal(), 0, "")
+    builders: dict[str, Callable[[Mapping[str, Any]], object]] = {
+        "retry": policies.retry,
+        "breaker": policies.breaker,
+        "stream": policies.guard,
+        "degrade": policies.degrader,
+    }
+    for section, build in builders.items():
+        if section in resilience:
+            try:
+                build(resilience[section])
+            except ValueError as exc:
+                raise checker.error((*at, section), str(exc)) from None
+
+
+def _step(checker: _Checker, raw: Mapping[str, Any], at: Path_) -> Step:
+    resilience = raw.get("resilience", {})
+    _check_names(checker, resilience, (*at, "resilience"))
+    return Step(
+        op=raw["op"],
+        prompt=raw.get("prompt", "Once upon a time"),
+        repeat=raw.get("repeat", 1),
+        seconds=float(raw.get("seconds", 0.0)),
+        max_tokens=raw.get("max_tokens"),
+        resilience=resilience,
+        line=_line_of(checker.lines, (*at, "op")),
+    )
+
+
+def _check_step(
+    checker: _Checker, target: Target, resilience: Mapping[str, Any], step: Step, at: Path_
+) -> None:
+    op_at = (*at, "op")
+    if step.op in DAEMON_OPS and not target.has_daemon:
+        raise checker.error(
+            op_at, f"{step.op} needs a daemon target (client = 'daemon' or 'resilient')"
+        )
+    if step.op == "chat" and target.client in ("daemon", "resilient"):
+        raise checker.error(op_at, f"chat is not supported by a {target.client!r} target")
+    if step.op == "job" and "checkpoint" not in resilience:
+        raise checker.error(op_at, "job needs a [resilience.checkpoint] table")
+    if step.op == "advance" and step.seconds <= 0:
+        raise checker.error(op_at, "advance needs seconds > 0")
+
+
+# ============================================================================== events
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScenarioStep(Event):
+    """A step began (``index`` from 1), or a phase: ``steady_state``, ``rollback``."""
+
+    kind: ClassVar[str] = "scenario.step"
+    index: int
+    op: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScenarioOp(Event):
+    """A model op ended: ``outcome`` is ``ok``, ``partial`` or ``failed``."""
+
+    kind: ClassVar[str] = "scenario.op"
+    op: str
+    outcome: str
+    detail: str = ""
+
+
+# ============================================================================== outcome
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counts and durations of one run: model ops by op name ``(ok, failed)``, wall-clock
+    seconds, and seconds on the scenario's clock (virtual under a virtual clock)."""
+
+    ops: dict[str, list[int]] = field(default_factory=dict)
+    wall: float = 0.0
+    elapsed: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(ok + failed for ok, failed in self.ops.values())
+
+    @property
+    def ok(self) -> int:
+        return sum(ok for ok, _ in self.ops.values())
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.ok / self.total if self.total else None
+
+    def count(self, op: str, ok: bool) -> None:
+        counts = self.ops.setdefault(op, [0, 0])
+        counts[0 if ok else 1] += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One expectation: what was expected, what happened, and whether it held."""
+
+    key: str
+    expected: Any
+    actual: Any
+    held: bool
+
+    def __str__(self) -> str:
+        return f"expect.{self.key} = {self.expected!r}: got {self.actual!r}"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What :func:`run` found: ``passed``, the ``failures`` (readable lines), the
+    ``journal`` of the run, ``stats``, each expectation's ``checks``, the journal's
+    ``summary`` over the steps, the ``seed`` used, and ``error`` when a step raised."""
+
+    scenario: Scenario
+    seed: int
+    passed: bool = False
+    failures: list[str] = field(default_factory=list)
+    journal: Journal = field(default_factory=Journal)
+    stats: Stats = field(default_factory=Stats)
+    checks: list[Check] = field(default_factory=list)
+    summary: Summary = field(default_factory=Summary)
+    error: str | None = None
+
+
+def replay_command(scenario: Scenario, seed: int) -> str:
+    """The command that replays ``scenario`` with ``seed``:
+    ``pytest scenarios/daemon_lost.toml --fault-seed 1234``."""
+    path = scenario.path
+    with contextlib.suppress(ValueError):
+        path = path.resolve().relative_to(Path.cwd())
+    return f"pytest {shlex.quote(str(path))} --fault-seed {seed}"
+
+
+def format_failure(outcome: Outcome) -> str:
+    """The failures, the journal as a timeline, the summary and the replay command."""
+    scenario = outcome.scenario
+    lines = [f"scenario {scenario.path} failed: {scenario.title}", "", "failures:"]
+    lines += [f"  - {f}" for f in outcome.failures] or ["  (none)"]
+    lines += ["", f"timeline ({scenario.clock} clock, seconds):"]
+    timeline = outcome.journal.timeline()
+    lines += [f"  {t}" for t in timeline.splitlines()] or ["  (no events)"]
+    lines += ["", *str(outcome.summary).splitlines()]
+    lines += ["", f"replay: {replay_command(scenario, outcome.seed)}"]
+    return "\n".join(lines)
+
+
+# ============================================================================ the world
+
+
+@dataclass(frozen=True, slots=True)
+class TargetContext:
+    """What a ``factory`` target receives: the model's path, the clock, the journal."""
+
+    model_path: Path
+    clock: Clock
+    journal: Journal
+
+
+def _model_path(name: str, base: Path) -> Path:
+    from pytest_resilience.backends.tiny import TinyModelSpec, tiny_model_path  # noqa: PLC0415
+
+    if name == "tiny":
+        return tiny_model_path()
+    if name == "tiny-small":
+        return tiny_model_path(spec=TinyModelSpec(n_embd=32, n_layer=1, n_head=4, n_ff=64))
+    if name == "gemma3-270m":
+        from pytest_resilience.backends.gemma import gemma_model_path  # noqa: PLC0415
+
+        return gemma_model_path()
+    path = Path(name)
+    return path if path.is_absolute() else base / path
+
+
+class _Policies:
+    """Builds the core objects a ``[resilience]`` table describes, on one clock and journal."""
+
+    def __init__(
+        self, target: Target, clock: Clock, journal: Journal, seed: int, scope: str
+    ) -> None:
+        self.target, self.clock, self.journal = target, clock, journal
+        self.seed, self.scope = seed, scope
+
+    def _exceptions(self, names: Sequence[str]) -> tuple[type[BaseException], ...]:
+        return tuple(resolve_exception_type(n) for n in names)
+
+    def retry(self, conf: Mapping[str, Any] | None) -> Retry | None:
+        if conf is None:
+            return None
+        on_result = {"none": result_is_none, "empty": result_is_empty}.get(
+            conf.get("on_result", "")
+        )
+        return Retry(
+            on=self._exceptions(conf.get("on", _DEFAULT_ON)),
+            attempts=conf.get("attempts", 3),
+            backoff=Backoff(
+                base=conf.get("base", 0.5),
+                factor=conf.get("factor", 2.0),
+                cap=conf.get("cap", 30.0),
+                jitter=conf.get("jitter", "full"),
+            ),
+            budget=conf.get("budget"),
+            on_result=on_result,
+            clock=self.clock,
+            rng=derive_rng(self.seed, self.scope, "retry"),
+            journal=self.journal,
+            name="retry",
+        )
+
+    def breaker(self, conf: Mapping[str, Any]) -> CircuitBreaker:
+        default = "daemon" if self.target.has_daemon else "model"
+        return CircuitBreaker(
+            conf.get("name", default),
+            on=self._exceptions(conf.get("on", _DEFAULT_ON)),
+            trip=ConsecutiveFailures(conf.get("failures", 3)),
+            recovery=Recovery(
+                after=conf.get("recovery", 30.0),
+                probes=conf.get("probes", 1),
+                successes=conf.get("successes", 1),
+            ),
+            clock=self.clock,
+            journal=self.journal,
+        )
+
+    def guard(self, conf: Mapping[str, Any]) -> StreamGuard:
+        return StreamGuard(
+            first_token=conf.get("first_token"),
+            idle=conf.get("idle"),
+            total=conf.get("total"),
+            on_stall="return" if conf.get("on_stall", "raise") == "return" else "raise",
+            clock=self.clock,
+            journal=self.journal,
+            name="stream",
+        )
+
+    def degrader(self, conf: Mapping[str, Any]) -> Degrader:
+        lowest = Level[conf.get("lowest", "minimal").upper()]
+        models = conf.get("models", [self.target.model])
+        return Degrader(
+            "degrade", models=models, lowest=lowest, clock=self.clock, journal=self.journal
+        )
+
+
+class _World:
+    """Everything a run builds, and the rollbacks that take it all down again."""
+
+    def __init__(self, scenario: Scenario, clock: Clock, journal: Journal, seed: int) -> None:
+        self.scenario, self.clock, self.journal, self.seed = scenario, clock, journal, seed
+        self.policies = _Policies(scenario.target, clock, journal, seed, scenario.path.name)
+        self.target = scenario.target
+        self.base = scenario.path.parent
+        self.backends: dict[str, Backend] = {}
+        self.daemon: DaemonProcess | None = None
+        self.daemon_backend: DaemonBackend | None = None
+        self.client: ResilientClient | None = None
+        self.factory_backend: Backend | None = None
+        self.watched: list[_Watched] = []
+        self.streams: list[_StreamRecord] = []
+        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.resumed = False
+        res, policies = scenario.resilience, self.policies
+        self.breaker = policies.breaker(res["breaker"]) if "breaker" in res else None
+        self.degrader = policies.degrader(res["degrade"]) if "degrade" in res else None
+        self.fallback = self._fallback(res["fallback"]) if "fallback" in res else None
+
+    # ----------------------------------------------------------------------- building
+
+    def start(self) -> None:
+        """Start the daemon and build the client; models load on first use."""
+        target = self.target
+        if target.has_daemon:
+            from pytest_resilience.backends.daemon import (  # noqa: PLC0415
+                DaemonBackend,
+                DaemonProcess,
+                ServerOptions,
+            )
+
+            embeds = any(s.op == "embed" for s in self.scenario.steps)
+            options = ServerOptions(
+                n_ctx=1024,
+                n_threads=1,
+                embedding=embeds,
+                kv_overrides=("llama.pooling_type=int:1",) if embeds else (),
+            )
+            # The child runs in real time: its readiness polls must not jump a virtual clock.
+            self.daemon = DaemonProcess(
+                _model_path(target.model, self.base), options, clock=SystemClock()
+            )
+            self.daemon.start()
+            self.daemon_backend = DaemonBackend(self.daemon.base_url, clock=self.clock)
+        if target.client == "resilient":
+            self.client = self._resilient()
+        if target.factory is not None:
+            module, _, name = target.factory.partition(":")
+            build = getattr(importlib.import_module(module), name)
+            context = TargetContext(_model_path(target.model, self.base), self.clock, self.journal)
+            self.factory_backend = build(context)
+
+    def _resilient(self) -> ResilientClient:
+        from pytest_resilience.backends.resilient import ResilientClient  # noqa: PLC0415
+
+        assert self.daemon_backend is not None
+        res = self.scenario.resilience
+        return ResilientClient(
+            self.daemon_backend,
+            lambda: self.model(self.target.model, daemon=False),
+            breaker=self.breaker,
+            retry=self.policies.retry(res.get("retry")),
+            guard=self.policies.guard(res["stream"]) if "stream" in res else None,
+            timeout=self.target.timeout,
+            policy="never_fail" if self.target.policy == "never_fail" else "raise",
+            process=self.daemon,
+            clock=self.clock,
+            journal=self.journal,
+        )
+
+    def model(self, name: str, *, daemon: bool = True) -> Backend:
+        """The backend of model ``name``: the target's own for its model, else a
+        llama-cpp-python backend loaded on first use (a failed load is tried again)."""
+        if name == self.target.model and daemon:
+            if self.factory_backend is not None:
+                return self.factory_backend
+            if self.daemon_backend is not None:
+                return self.daemon_backend
+        backend = self.backends.get(name)
+        if backend is None:
+            from pytest_resilience.backends.llama import LlamaBackend  # noqa: PLC0415
+
+            backend = LlamaBackend(_model_path(name, self.base), n_ctx=1024, n_threads=1, name=name)
+            self.backends[name] = backend
+        return backend
+
+    def _fallback(self, conf: Mapping[str, Any]) -> Fallback:
+        names = [self.target.model, *conf.get("models", ())]
+        steps: list[tuple[str, Callable[..., Any]]] = [
+            (n, lambda call, params, n=n: call(self.model(n), params)) for n in names
+        ]
+        static = conf.get("static")
+        if static is not None:
+            steps.append(("static", lambda call, params: static))
+        return Fallback("fallback", steps, on=FAILURES, clock=self.clock, journal=self.journal)
+
+    # ---------------------------------------------------------------------- rollbacks
+
+    def close(self) -> None:
+        """Close every stream, backend and client; stop the daemon; remove temporary
+        files. Each rollback runs even when one before it fails; the first error is
+        raised at the end."""
+        rollbacks: list[Callable[[], object]] = [w.close for w in self.watched]
+        if self.client is not None:
+            rollbacks.append(self.client.close)
+        if self.factory_backend is not None:
+            rollbacks.append(self.factory_backend.close)
+        rollbacks += [b.close for b in self.backends.values()]
+        if self.daemon_backend is not None:
+            rollbacks.append(self.daemon_backend.close)
+        if self.daemon is not None:
+            rollbacks.append(self.daemon.close)
+        if self.tmp is not None:
+            rollbacks.append(self.tmp.cleanup)
+        with contextlib.ExitStack() as stack:  # runs them all, last registered first
+            for rollback in reversed(rollbacks):
+                stack.callback(rollback)
+
+
+class _Watched:
+    """A stream source that remembers whether it was closed (``expect.source_closed``)."""
+
+    def __init__(self, source: TextStream) -> None:
+        self.source, self.closed = source, False
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self.source)
+
+    def close(self) -> None:
+        self.closed = True
+        self.source.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamRecord:
+    delivered: str
+    complete: bool
+    kept: str  # the partial text the guard or the error kept ("" when complete)
+
+
+# ================================================================================= ops
+
+
+class _Runner:
+    """Runs steps against a :class:`_World`, journaling each op and counting outcomes."""
+
+    def __init__(self, world: _World, stats: Stats) -> None:
+        self.world, self.stats = world, stats
+        self.clock, self.journal = world.clock, world.journal
+        self.ops: dict[str, Callable[[Step], object]] = {
+            "generate": self.generate,
+            "stream": self.stream,
+            "embed": self.embed,
+            "chat": self.chat,
+            "job": self.job,
+        }
+
+    def record(self, event: type[Event], **fields: Any) -> None:
+        self.journal.append(event(time=self.clock.now(), source="scenario", **fields))
+
+    def step(self, index: int, step: Step, *, count: bool = True) -> bool:
+        """Run ``step`` (all its repeats); False if a model op failed."""
+        self.record(ScenarioStep, index=index, op=step.op, detail=_describe_step(step))
+        if step.op not in MODEL_OPS:
+            self.act(step)
+            return True
+        all_ok = True
+        for _ in range(step.repeat):
+            try:
+                answer = self.ops[step.op](step)
+            except FAILURES as exc:
+                ok, detail = False, f"{type(exc).__name__}: {exc}"
+            else:
+                ok, detail = answer is not None, "" if answer is not None else "answered None"
+                if isinstance(answer, _StreamRecord) and not answer.complete:
+                    detail = f"partial answer kept ({len(answer.kept)} chars)"
+            outcome = ("partial" if "partial" in detail else "ok") if ok else "failed"
+            self.record(ScenarioOp, op=step.op, outcome=outcome, detail=detail[:200])
+            if count:
+                self.stats.count(step.op, ok)
+            all_ok = all_ok and ok
+        return all_ok
+
+    def act(self, step: Step) -> None:
+        daemon = self.world.daemon
+        if step.op == "advance":
+            if isinstance(self.clock, VirtualClock):
+                self.clock.advance(step.seconds)
+            else:
+                self.clock.sleep(step.seconds)
+            return
+        assert daemon is not None  # load() refuses daemon ops without a daemon target
+        {
+            "kill_daemon": daemon.kill,
+            "pause_daemon": daemon.pause,
+            "resume_daemon": daemon.resume,
+            "restart_daemon": daemon.restart,
+        }[step.op]()
+
+    # ------------------------------------------------------------------ model ops
+
+    def params(self, step: Step) -> GenerationParams:
+        return GenerationParams(max_tokens=step.max_tokens or self.world.target.max_tokens)
+
+    def call(self, step: Step, fn: Callable[[Backend, GenerationParams], T]) -> T | None:
+        """``fn(backend, params)`` through the scenario's retry, breaker, degradation and
+        fallback (outermost first), or through the resilient client."""
+        world = self.world
+        params = self.params(step)
+        res = {**world.scenario.resilience, **step.resilience}
+        retry = world.policies.retry(res.get("retry"))
+
+        def once() -> T:
+            if world.breaker is not None:
+                return world.breaker.call(self.through, fn, params)
+            return self.through(fn, params)
+
+        return retry.call(once) if retry is not None else once()
+
+    def through(self, fn: Callable[[Backend, GenerationParams], T], params: GenerationParams) -> T:
+        world = self.world
+        degrader = world.degrader
+        if degrader is not None:
+            model = degrader.model or world.target.model
+            started = self.clock.now()
+            try:
+                answer = fn(world.model(model), degrader.adjust(params))
+            except FAILURES as exc:
+                degrader.record(False, self.clock.now() - started, error=exc)
+                raise
+            degrader.record(True, self.clock.now() - started)
+            return answer
+        if world.fallback is not None:
+            result: T = world.fallback(fn, params)
+            return result
+        return fn(world.model(world.target.model), params)
+
+    def generate(self, step: Step) -> str | None:
+        client = self.world.client
+        if client is not None:
+            return client.generate(step.prompt, self.params(step))
+        return self.call(step, lambda b, p: b.generate(step.prompt, p))
+
+    def embed(self, step: Step) -> list[float] | None:
+        client = self.world.client
+        if client is not None:
+            return client.embed(step.prompt)
+        return self.call(step, lambda b, p: list(b.embed(step.prompt)))
+
+    def chat(self, step: Step) -> str | None:
+        def ask(backend: Backend, params: GenerationParams) -> str:
+            chat = getattr(backend, "chat", None)
+            if chat is None:
+                raise BackendError(f"{backend.name} has no chat")
+            text: str = chat([{"role": "user", "content": step.prompt}], params)
+            return text
+
+        return self.call(step, ask)
+
+    def stream(self, step: Step) -> _StreamRecord | None:
+        world = self.world
+        params = self.params(step)
+        if world.client is not None:
+            resilient = world.client.stream(step.prompt, params)
+            if resilient is None:
+                return None
+            with resilient:
+                text = "".join(resilient)
+            return _StreamRecord(text, resilient.complete, "" if resilient.complete else text)
+        conf = {**world.scenario.resilience, **step.resilience}.get("stream", {})
+        model = world.degrader.model if world.degrader is not None else None
+        source = _Watched(world.model(model or world.target.model).stream(step.prompt, params))
+        world.watched.append(source)
+        delivered: list[str] = []
+        guarded = world.policies.guard(conf).wrap(source)
+        try:
+            with guarded:
+                delivered.extend(guarded)
+        except (StreamStalled, StreamInterrupted) as exc:
+            text = "".join(delivered)
+            world.streams.append(
+                _StreamRecord(text, False, exc.partial if exc.partial == text else "")
+            )
+            raise
+        text = "".join(delivered)
+        result = guarded.result
+        complete = result is not None and result.complete
+        kept = result.text if result is not None and not complete and result.text == text else ""
+        record = _StreamRecord(text, complete, kept)
+        world.streams.append(record)
+        return record
+
+    def job(self, step: Step) -> str:
+        from pytest_resilience.recovery import (  # noqa: PLC0415
+            CheckpointStore,
+            RecoveryContext,
+            execute_with_recovery,
+        )
+
+        world = self.world
+        conf = world.scenario.resilience["checkpoint"]
+        if world.tmp is None:
+            world.tmp = tempfile.TemporaryDirectory(prefix="scenario-checkpoints-")
+        store = CheckpointStore(Path(world.tmp.name), clock=self.clock, journal=self.journal)
+        parts = conf.get("parts", 3)
+
+        def work(rec: RecoveryContext) -> str:
+            done: dict[str, Any] = rec.state or {"next": 0, "parts": []}
+            for i in range(done["next"], parts):
+                text = self.generate(
+                    Step("generate", f"{step.prompt} (part {i + 1})", max_tokens=step.max_tokens)
+                )
+                if text is None:
+                    raise InvalidOutput(f"part {i + 1}: the model answered None")
+                done["parts"].append(text)
+                done["next"] = i + 1
+                rec.save(done, step=i + 1)
+            return "".join(done["parts"])
+
+        return execute_with_recovery(
+            work,
+            on=FAILURES,
+            checkpoint_key=conf.get("key", "job"),
+            store=store,
+            clock=self.clock,
+            journal=self.journal,
+        )
+
+
+def _describe_step(step: Step) -> str:
+    if step.op == "advance":
+        return f"{step.seconds:g}s"
+    if step.op in MODEL_OPS:
+        times = f" x{step.repeat}" if step.repeat > 1 else ""
+        return f"{step.prompt!r}{times}"
+    return ""
+
+
+# ================================================================================= run
+
+
+def run(scenario: Scenario, *, seed: int | None = None, journal: Journal | None = None) -> Outcome:
+    """Run ``scenario``: the steady-state probe, the steps under the faults (seeded by
+    ``seed``, default the file's), the probe again once the faults are removed, and the
+    rollbacks, which always run. Then evaluate ``[expect]`` over the journal of the steps.
+
+    Returns an :class:`Outcome`; a step that raises something other than a failure ends
+    the steps and fails the outcome (``Outcome.error``). ``KeyboardInterrupt`` propagates,
+    after the rollbacks.
+    """
+    used_seed = scenario.seed if seed is None else seed
+    journal = journal if journal is not None else Journal()
+    clock: Clock = VirtualClock() if scenario.clock == "virtual" else SystemClock()
+    wall = SystemClock()
+    outcome = Outcome(scenario, used_seed, journal=journal)
+    with contextlib.suppress(ImportError):
+        importlib.import_module("llama_cpp")  # before the leak snapshot: not a leak
+    before = _leak_snapshot() if scenario.expect.get("leaks") == "none" else None
+    started_wall, started = wall.now(), clock.now()
+    world = _World(scenario, clock, journal, used_seed)
+    try:
+        first, last = _method(world, _Runner(world, outcome.stats), outcome)
+    finally:
+        world.close()
+    outcome.stats.wall = wall.now() - started_wall
+    outcome.stats.elapsed = clock.now() - started
+    if outcome.error is not None:
+        outcome.failures.insert(0, outcome.error)
+    events = journal.events()[first:last]
+    outcome.summary = summarize(events)
+    outcome.checks = _evaluate(scenario.expect, events, outcome.summary, world, outcome.stats)
+    if before is not None:
+        leaks = _leaks_since(before)
+        outcome.checks.append(Check("leaks", "none", [str(x) for x in leaks], not leaks))
+    outcome.failures += [str(c) for c in outcome.checks if not c.held]
+    outcome.passed = not outcome.failures
+    return outcome
+
+
+def _method(world: _World, runner: _Runner, outcome: Outcome) -> tuple[int, int]:
+    """Set up, probe, run the steps under the faults, probe again; the journal slice
+    ``(first, last)`` of the steps. A step's error is recorded in ``outcome.error``."""
+    scenario, journal = world.scenario, world.journal
+    first = last = len(journal)
+    phase = "setting up"
+    try:
+        world.start()
+        probe = scenario.steady_state
+        phase = "steady state before the steps"
+        if probe is not None and not runner.step(0, probe, count=False):
+            outcome.failures.append(f"{phase}: the probe failed")
+            return first, last
+        first = len(journal)
+        injector = Injector(
+            scenario.faults,
+            seed=outcome.seed,
+            scope=scenario.path.name,
+            clock=world.clock,
+            journal=journal,
+            daemon=world.daemon,
+        )
+        phase = "a step"
+        try:
+            with injector:
+                for index, step in enumerate(scenario.steps, 1):
+                    phase = f"step {index} ({step.op}, line {step.line})"
+                    runner.step(index, step)
+        finally:
+            last = len(journal)
+        phase = "steady state after the steps"
+        if probe is not None and not runner.step(0, probe, count=False):
+            outcome.failures.append(f"{phase}: the probe failed")
+    except Exception as exc:  # noqa: BLE001 - isolation boundary: reported in the outcome; the rollbacks run
+        outcome.error = f"{phase} raised {type(exc).__name__}: {exc}"
+    return first, last
+
+
+def _leak_snapshot() -> object:
+    from pytest_resilience.leaks import snapshot  # noqa: PLC0415
+
+    return snapshot()
+
+
+def _leaks_since(before: object) -> list[Leak]:
+    from pytest_resilience.leaks import Snapshot, check  # noqa: PLC0415
+
+    assert isinstance(before, Snapshot)
+    return check(before)
+
+
+def _evaluate(
+    expect: Mapping[str, Any], events: list[Event], summary: Summary, world: _World, stats: Stats
+) -> list[Check]:
+    checks: list[Check] = []
+
+    def add(key: str, expected: Any, actual: Any, held: bool) -> None:
+        checks.append(Check(key, expected, actual, held))
+
+    for key, expected in expect.items():
+        if key == "success_rate":
+            rate = stats.success_rate
+            shown = None if rate is None else round(rate, 4)
+            add(key, expected, shown, rate is not None and abs(rate - expected) <= _RATE_TOLERANCE)
+        elif key == "fallbacks":
+            used = list(dict.fromkeys(e.step for e in events if isinstance(e, FallbackUsed)))
+            add(key, expected, used, used == expected)
+        elif key == "transitions":
+            for name, wanted in expected.items():
+                actual = list(summary.transitions.get(name, ()))
+                add(f"transitions.{name}", wanted, actual, actual == wanted)
+        elif key == "max_attempts":
+            attempts = [e.attempt for e in events if isinstance(e, AttemptStarted | AttemptFailed)]
+            most = max(attempts, default=1)
+            add(key, expected, most, most <= expected)
+        elif key == "retries":
+            add(key, expected, summary.retries, summary.retries == expected)
+        elif key == "rejected":
+            add(key, expected, summary.rejected, summary.rejected == expected)
+        elif key == "min_retry_delay":
+            delays = [e.delay for e in events if isinstance(e, RetryScheduled)]
+            least = min(delays, default=None)
+            add(key, expected, least, least is not None and least >= expected)
+        elif key == "degraded_to":
+            levels = [e.to_level for e in events if isinstance(e, DegradationChanged)]
+            level = levels[-1] if levels else Level.FULL.label
+            add(key, expected, level, level == expected)
+        elif key == "partial_kept":
+            kept = any(r.kept for r in world.streams)
+            add(key, expected, kept, kept == expected)
+        elif key == "source_closed":
+            closed = bool(world.watched) and all(w.closed for w in world.watched)
+            add(key, expected, closed, closed == expected)
+        elif key == "resumed_from_checkpoint":
+            resumed = any(isinstance(e, Recovered) and e.how == "checkpoint" for e in events)
+            add(key, expected, resumed, resumed == expected)
+        elif key == "faults_injected":
+            fired = sum(isinstance(e, FaultInjected) for e in events)
+            add(key, expected, fired, fired == expected)
+        # "leaks" is checked by run() after the rollbacks
+    return checks
+
+
+# ============================================================================ the report
+
+
+def format_report(outcome: Outcome) -> str:
+    """A few lines on one run: what was injected, how the code reacted, whether it held."""
+    scenario, summary, stats = outcome.scenario, outcome.summary, outcome.stats
+    mark = "PASS" if outcome.passed else "FAIL"
+    lines = [
+        f"{mark}  {scenario.path.name}: {scenario.title}",
+        f"      {stats.wall:.2f}s wall, {stats.elapsed:.3g}s on the {scenario.clock} clock,"
+        f" {stats.ok}/{stats.total} model ops answered",
+    ]
+    injected = _injected(outcome.journal)
+    lines.append(f"      injected: {injected or 'nothing'}")
+    reaction: list[str] = []
+    if summary.retries:
+        reaction.append(f"{summary.retries} retr{'ies' if summary.retries > 1 else 'y'}")
+    reaction += [f"breaker {n}: {', '.join(t)}" for n, t in summary.transitions.items()]
+    if summary.rejected:
+        reaction.append(f"{summary.rejected} call{'s' if summary.rejected > 1 else ''} rejected")
+    for name, steps in summary.fallbacks.items():
+        reaction.append(f"fell back ({name}) to {', '.join(dict.fromkeys(steps))} x{len(steps)}")
+    reaction += [f"degraded ({n}): {', '.join(t)}" for n, t in summary.degradations.items()]
+    kinds = {e.kind for e in outcome.journal.events()}
+    if "stream.stalled" in kinds:
+        reaction.append("stream stall detected")
+    if any(isinstance(e, Recovered) for e in outcome.journal.events()):
+        reaction.append(
+            "recovered: " + ", ".join(sorted({e.how for e in outcome.journal.events(Recovered)}))
+        )
+    lines.append(f"      reaction: {'; '.join(reaction) or 'none'}")
+    held = ", ".join(c.key for c in outcome.checks if c.held)
+    lines.append(f"      held: {held or '(no expectations)'}")
+    lines += [f"      FAILED: {f}" for f in outcome.failures]
+    return "\n".join(lines)
+
+
+def _injected(journal: Journal) -> str:
+    calls: dict[tuple[str, str], list[int]] = {}
+    for e in journal.events(FaultInjected):
+        calls.setdefault((e.site, e.fault), []).append(e.call)
+    return "; ".join(
+        f"{site} {fault} at call{'s' if len(n) > 1 else ''} {', '.join(map(str, n))}"
+        for (site, fault), n in calls.items()
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m faults.scenario [PATH ...] [--seed N]``: run scenario files (a folder
+    means its ``*.toml``, sorted) and print a report; exit status 1 if any failed."""
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m faults.scenario", description=main.__doc__)
+    parser.add_argument("paths", nargs="*", default=["scenarios"], help="files or folders")
+    parser.add_argument("--seed", type=int, default=None, help="override every file's seed")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every timeline")
+    args = parser.parse_args(argv)
+    files: list[Path] = []
+    for given in map(Path, args.paths):
+        files += sorted(given.glob("*.toml")) if given.is_dir() else [given]
+    if not files:
+        print("no scenario files found", file=sys.stderr)
+        return 2
+    wall = SystemClock()
+    started = wall.now()
+    failed = 0
+    for file in files:
+        try:
+            scenario = load(file)
+        except ScenarioError as exc:
+            print(f"ERROR {exc}\n")
+            failed += 1
+            continue
+        outcome = run(scenario, seed=args.seed)
+        print(format_report(outcome))
+        if not outcome.passed:
+            failed += 1
+            print("\n" + format_failure(outcome))
+        elif args.verbose:
+            print("\n".join(f"        {t}" for t in outcome.journal.timeline().splitlines()))
+        print()
+    total = len(files)
+    print(f"{total - failed} of {total} scenarios held ({wall.now() - started:.1f}s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""The implementations behind the plugin's fixtures (declared in :mod:`pytest_resilience.plugin`).
+
+The plugin declares each fixture in a few lines and imports this module only when a test
+asks for one, so that loading the plugin stays cheap; this module may import the core.
+
+- ``clock``: a :class:`TestClock`, a :class:`~pytest_resilience.clock.VirtualClock` that can
+  also make wall-clock reads follow it (:meth:`TestClock.freeze_wall_time`, freezegun with
+  ``real_asyncio=True``) and run the sleeps of tenacity, stamina and backoff on it
+  (:meth:`TestClock.patch_sleeps`); both are undone at teardown. The ``virtual_time``
+  marker asks for it: ``@pytest.mark.virtual_time(wall=True, sleeps=True)``.
+- ``faults``: a :class:`FaultsFactory`; ``faults("llama.generate=2*none")`` installs an
+  injector on the test's clock and journal and returns it; uninstalled at the end of the
+  call phase, or at teardown, even when the test fails.
+- ``leak_check``: a :class:`LeakCheck`; the test fails at teardown with the list of what
+  leaked and where.
+- ``llama``, ``daemon``, ``resilient_client``: backends on the tiny model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import importlib.util
+import time
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_resilience.clock import VirtualClock
+from pytest_resilience.leaks import ResourceRegistry, check, format_leaks, snapshot
+from pytest_resilience.plugin import settings_of, state_of
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from faults.injector import Injector
+    from faults.proxy import FaultProxy
+    from faults.spec import Spec
+    from pytest_resilience.backends.daemon import DaemonProcess
+    from pytest_resilience.backends.llama import LlamaBackend
+    from pytest_resilience.backends.resilient import ResilientClient
+    from pytest_resilience.clock import Clock
+    from pytest_resilience.events import Journal
+    from pytest_resilience.leaks import Leak, Snapshot
+
+__all__ = ["SLEEP_SITES", "FaultsFactory", "LeakCheck", "TestClock"]
+
+#: Where each library looks up ``time.sleep``: (module, attribute holding the ``time`` module).
+#: stamina's sync retries sleep through tenacity's default ``sleep``, hence tenacity's module.
+SLEEP_SITES: dict[str, tuple[str, str]] = {
+    "tenacity": ("tenacity.nap", "time"),
+    "stamina": ("tenacity.nap", "time"),
+    "backoff": ("backoff._sync", "time"),
+}
+# Our own modules keep real time under freezegun: the virtual clock's bookkeeping and the
+# leak check's grace period are real seconds by design.
+_FREEZE_IGNORE = ("pytest_resilience", "faults")
+
+
+class _TimeOnClock:
+    """Stands in for the ``time`` module inside one library: ``sleep`` waits on the clock,
+    every other attribute is the real module's."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self._clock = clock
+
+    def sleep(self, seconds: float) -> None:
+        self._clock.sleep(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+class _WallFollowsClock:
+    """A freezegun time factory: the frozen start plus the virtual time elapsed since."""
+
+    def __init__(self, clock: VirtualClock, start: dt.datetime) -> None:
+        self._clock, self._start, self._base = clock, start, clock.now()
+
+    def __call__(self) -> dt.datetime:
+        return self._start + dt.timedelta(seconds=self._clock.now() - self._base)
+
+
+class TestClock(VirtualClock):
+    """A :class:`VirtualClock` for one test, with two opt-in bridges for downstream code.
+
+    Both are undone by :meth:`close` (the fixture calls it at teardown).
+    """
+
+    __test__ = False  # not a test class, whatever pytest's naming rules say
+
+    def __init__(self, start: float = 0.0, **options: float) -> None:
+        super().__init__(start, **options)
+        self._undo = ExitStack()
+        self._frozen = False
+
+    def freeze_wall_time(self, start: dt.datetime | str = "2025-01-01T00:00:00") -> None:
+        """Make ``time.time``, ``datetime.now`` and friends follow this clock from ``start``
+        (freezegun, with ``real_asyncio=True`` so that asyncio keeps working). Costs a few
+        milliseconds. Raises ``RuntimeError`` if already frozen."""
+        if self._frozen:
+            raise RuntimeError("wall time already follows this clock")
+        import freezegun  # noqa: PLC0415 - optional, and slow to import
+        import freezegun.api  # noqa: PLC0415
+
+        freezer = freezegun.freeze_time(start, real_asyncio=True, ignore=list(_FREEZE_IGNORE))
+        freezer.start()
+        self._undo.callback(freezer.stop)
+        # freezer.start() pushed a fixed-time factory: follow the clock instead.
+        freezegun.api.freeze_factories[-1] = _WallFollowsClock(self, freezer.time_to_freeze)  # type: ignore[call-overload]
+        self._frozen = True
+
+    def patch_sleeps(self, *libraries: str) -> list[str]:
+        """Run the sync sleeps of ``libraries`` (default: those of tenacity, stamina and
+        backoff that are installed) on this clock; returns the libraries patched. Raises
+        ``ValueError`` for a library it does not know, ``ModuleNotFoundError`` for a named
+        one that is not installed."""
+        unknown = sorted(set(libraries) - set(SLEEP_SITES))
+        if unknown:
+            raise ValueError(f"cannot patch the sleeps of {unknown}; known: {sorted(SLEEP_SITES)}")
+        names = list(libraries) or [
+            n for n in SLEEP_SITES if importlib.util.find_spec(n.partition(".")[0]) is not None
+        ]
+        done: set[tuple[str, str]] = set()
+        for name in names:
+            where = SLEEP_SITES[name]
+            if where in done:
+                continue
+            module = importlib.import_module(where[0])
+            original = getattr(module, where[1])
+            setattr(module, where[1], _TimeOnClock(self))
+            self._undo.callback(setattr, module, where[1], original)
+            done.add(where)
+        return names
+
+    def close(self) -> None:
+        """Undo :meth:`freeze_wall_time` and :meth:`patch_sleeps`, last first. Idempotent."""
+        self._frozen = False
+        self._undo.close()
+
+
+def clock_fixture(request: pytest.FixtureRequest) -> Iterator[TestClock]:
+    clock = TestClock()
+    marker = request.node.get_closest_marker("virtual_time")
+    try:
+        if marker is not None:
+            if marker.kwargs.get("sleeps", True):
+                clock.patch_sleeps()
+            if marker.kwargs.get("wall", False):
+                start = marker.kwargs.get("start")
+                clock.freeze_wall_time(*(() if start is None else (start,)))
+        state_of(request.node).clock = clock
+        yield clock
+    finally:
+        clock.close()
+
+
+# ----------------------------------------------------------------------- faults
+
+
+class FaultsFactory:
+    """``faults(spec, ...)``: install an :class:`~faults.Injector` for the rest of the test.
+
+    Defaults: the run's seed, the test's node id as scope, the test's ``clock`` (when it
+    uses one, else real time) and ``journal``. Returns the installed injector. Raises
+    ``SpecError`` for a malformed spec.
+    """
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self._item = request.node
+        self._seed = settings_of(request.config).seed
+
+    def __call__(
+        self,
+        spec: str | Spec,
+        *,
+        seed: int | str | None = None,
+        scope: str | None = None,
+        clock: Clock | None = None,
+        journal: Journal | None = None,
+        daemon: DaemonProcess | None = None,
+        proxy: FaultProxy | None = None,
+    ) -> Injector:
+        from faults.injector import Injector  # noqa: PLC0415
+
+        state = state_of(self._item)
+        injector = Injector(
+            spec,
+            seed=self._seed if seed is None else seed,
+            scope=self._item.nodeid if scope is None else scope,
+            clock=clock if clock is not None else state.clock,
+            journal=journal if journal is not None else state.journal,
+            daemon=daemon,
+            proxy=proxy,
+        )
+        injector.install()
+        state.installed.append(injector)
+        return injector
+
+
+def faults_fixture(request: pytest.FixtureRequest) -> Iterator[FaultsFactory]:
+    try:
+        yield FaultsFactory(request)
+    finally:
+        state_of(request.node).uninstall()
+
+
+# ----------------------------------------------------------------------- leaks
+
+
+class LeakCheck:
+    """What a test had before it ran; :meth:`leaks` compares now. ``registry`` tracks the
+    closeable resources the test registers (streams, responses) as well."""
+
+    def __init__(self, grace: float = 0.5) -> None:
+        self.registry = ResourceRegistry()
+        self.grace = grace
+        self.before: Snapshot = snapshot()
+
+    def leaks(self) -> list[Leak]:
+        """What is alive now and was not before (after the grace period)."""
+        return check(self.before, registry=self.registry, grace=self.grace)
+
+
+def leak_check_fixture(request: pytest.FixtureRequest) -> Iterator[LeakCheck]:
+    checker = LeakCheck()
+    yield checker
+    leaks = checker.leaks()
+    if leaks:
+        state_of(request.node).leaks += len(leaks)
+        pytest.fail(format_leaks(leaks), pytrace=False)
+
+
+# ----------------------------------------------------------------------- backends
+
+
+def llama_fixture(model: Path) -> Iterator[LlamaBackend]:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from pytest_resilience.backends.llama import LlamaBackend  # noqa: PLC0415
+
+    backend = LlamaBackend(model, n_threads=1, name="tiny")
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def daemon_fixture(request: pytest.FixtureRequest, model: Path) -> Iterator[DaemonProcess]:
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
+    from pytest_resilience.backends.daemon import DaemonProcess  # noqa: PLC0415
+
+    process = DaemonProcess(model, journal=state_of(request.node).journal)
+    try:
+        process.start()
+        yield process
+    finally:
+        process.close()
+
+
+def resilient_fixture(
+    request: pytest.FixtureRequest, process: DaemonProcess, model: Path
+) -> Iterator[ResilientClient]:
+    from pytest_resilience.backends.daemon import DaemonBackend  # noqa: PLC0415
+    from pytest_resilience.backends.llama import LlamaBackend  # noqa: PLC0415
+    from pytest_resilience.backends.resilient import ResilientClient  # noqa: PLC0415
+
+    state = state_of(request.node)
+    backend = DaemonBackend(process.base_url, model=process.alias)
+    client = ResilientClient(
+        backend,
+        lambda: LlamaBackend(model, n_threads=1, name="direct"),
+        process=process,
+        journal=state.journal,
+    )
+    try:
+        yield client
+    finally:
+        client.close()
+        backend.close()

@@ -1,0 +1,144 @@
+"""The shipped scenarios run and hold, against the tiny model and a real daemon; a wrong
+expectation fails readably; rollbacks run when a step raises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil  # type: ignore[import-untyped]
+import pytest
+
+from faults.scenario import ScenarioOp, format_failure, load, main, replay_command, run
+from pytest_resilience.backends.resilient import ResilientClient
+from pytest_resilience.events import FaultInjected, Journal
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
+
+SCENARIOS = Path(__file__).parents[2] / "scenarios"
+SHIPPED = sorted(SCENARIOS.glob("*.toml"))
+GENERATE = vars(ResilientClient)["generate"]
+
+
+def _children() -> set[int]:
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture(autouse=True)
+def no_process_left() -> Iterator[None]:
+    before = _children()
+    yield
+    stray = _children() - before
+    for pid in stray:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            continue
+    assert not stray, f"child processes left behind: {sorted(stray)}"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_scenario_really_fails_and_holds(path: Path) -> None:
+    scenario = load(path)
+    outcome = run(scenario)
+    assert outcome.passed, format_failure(outcome)
+    assert outcome.failures == []
+    assert outcome.error is None
+    # Every expectation written in the file was checked, and the faults really fired
+    checked = {c.key.split(".")[0] for c in outcome.checks}
+    assert checked == set(scenario.expect)
+    assert outcome.journal.events(FaultInjected)
+    assert outcome.stats.total >= 1
+    if scenario.clock == "virtual":
+        assert outcome.stats.wall < 20.0
+
+
+def test_the_same_seed_gives_the_same_faults_at_the_same_calls() -> None:
+    scenario = load(SCENARIOS / "none_retried.toml")
+
+    def fired(seed: int) -> list[tuple[str, int]]:
+        outcome = run(scenario, seed=seed)
+        return [(e.site, e.call) for e in outcome.journal.events(FaultInjected)]
+
+    assert fired(5) == fired(5) == [("llama.generate", 1), ("llama.generate", 2)]
+
+
+def test_a_wrong_expectation_fails_with_the_timeline_and_the_replay_command(
+    tmp_path: Path,
+) -> None:
+    text = (SCENARIOS / "none_retried.toml").read_text()
+    assert "retries = 2" in text
+    path = tmp_path / "wrong.toml"
+    path.write_text(text.replace("retries = 2", "retries = 5"))
+    scenario = load(path)
+    outcome = run(scenario, seed=77)
+    assert not outcome.passed
+    assert outcome.failures == ["expect.retries = 5: got 2"]
+    report = format_failure(outcome)
+    assert "expect.retries = 5: got 2" in report
+    assert "fault.injected [faults] site='llama.generate' fault='none' call=1" in report
+    assert "retry.scheduled [retry] attempt=2" in report
+    assert "scenario.step [scenario] index=1 op='generate'" in report
+    assert report.rstrip().endswith(f"replay: {replay_command(scenario, 77)}")
+    assert "--fault-seed 77" in report
+
+
+def test_rollbacks_run_when_a_step_raises(tmp_path: Path) -> None:
+    path = tmp_path / "raises.toml"
+    path.write_text(
+        """\
+version = 1
+title = "a step raises a caller's bug"
+[target]
+client = "resilient"
+[faults]
+spec = "py:pytest_resilience.backends.resilient:ResilientClient.generate=@2raise(TypeError)"
+[steady_state]
+op = "generate"
+prompt = "Hello"
+[[steps]]
+op = "generate"
+repeat = 3
+[[steps]]
+op = "kill_daemon"
+[expect]
+success_rate = 1.0
+leaks = "none"
+"""
+    )
+    journal = Journal()
+    outcome = run(load(path), journal=journal)
+    assert not outcome.passed
+    assert outcome.error is not None
+    assert outcome.error.startswith("step 1 (generate, line 11) raised TypeError")
+    assert outcome.failures[0] == outcome.error
+    # the rollbacks ran: faults uninstalled, daemon stopped (the autouse check), no leaks
+    assert vars(ResilientClient)["generate"] is GENERATE
+    assert {c.key: c.held for c in outcome.checks}["leaks"]
+    ops = [e.outcome for e in journal.events(ScenarioOp)]
+    assert ops == ["ok", "ok"]  # the probe and the first call; the second raised
+    assert outcome.stats.ops == {"generate": [1, 0]}
+
+
+def test_the_cli_reports_each_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("none_retried.toml", "stream_stall.toml"):
+        (tmp_path / name).write_text((SCENARIOS / name).read_text())
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "PASS  none_retried.toml: two None answers are retried" in out
+    assert "injected: llama.generate none at calls 1, 2" in out
+    assert "reaction: 2 retries" in out
+    assert "injected: llama.stream stall(after=5) at call 1" in out
+    assert "2 of 2 scenarios held" in out
+
+    (tmp_path / "none_retried.toml").write_text(
+        (SCENARIOS / "none_retried.toml").read_text().replace("retries = 2", "retries = 1")
+    )
+    assert main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  none_retried.toml" in out
+    assert "replay: pytest" in out
+    assert "1 of 2 scenarios held" in out

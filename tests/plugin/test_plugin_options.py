@@ -1,0 +1,450 @@
+"""The plugin's options, ini keys, environment variables, markers and their precedence, as
+users run them (pytester, in process)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import pytest
+
+import faults  # noqa: F401 - loaded once here, so that pytester's runs do not reload it
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytest_plugins = ["pytester"]
+
+ENV = (
+    "PYTEST_INJECT_FAULTS",
+    "PYTEST_FAULT_SEED",
+    "PYTEST_FAULT_JOURNAL",
+    "PYTEST_REPLAY_JOURNAL",
+    "PYTEST_LEAK_CHECK",
+)
+INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+
+# A downstream module and a suite that knows nothing of faults: it prints which of five
+# calls returned None ("N") and which answered (".").
+TARGET = """
+def answer():
+    return "ok"
+"""
+SUITE = """
+import target
+
+def test_pattern():
+    got = [target.answer() for _ in range(5)]
+    print("PATTERN", "".join("N" if g is None else "." for g in got))
+"""
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    pytester.makeini(INI)
+    pytester.makepyfile(target=TARGET, test_suite=SUITE)
+    return pytester
+
+
+def patterns(result: pytest.RunResult) -> list[str]:
+    return re.findall(r"PATTERN (\S+)", result.stdout.str())
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    # hypothesis' plugin imports all of hypothesis at the end of every in-process run (about a
+    # second, as pytester unloads what a run imported): these runs do not need it.
+    return pytester.runpytest("-s", "-p", "no:hypothesispytest", *args)
+
+
+def test_inject_faults_runs_an_unchanged_suite_under_faults(suite: pytest.Pytester) -> None:
+    result = run(suite, "--inject-faults", "py:target:answer=2*none")
+    result.assert_outcomes(passed=1)
+    assert patterns(result) == ["NN..."]
+
+
+def test_without_faults_nothing_changes(suite: pytest.Pytester) -> None:
+    result = run(suite)
+    assert patterns(result) == ["....."]
+    assert "resilience summary" not in result.stdout.str()
+
+
+def test_repeated_option_specs_are_merged(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        other="def hello():\n    return 'hi'\n",
+        test_other="import other\n\ndef test_hi():\n    assert other.hello() is None\n",
+    )
+    result = run(
+        suite,
+        "--inject-faults",
+        "py:target:answer=1*none",
+        "--inject-faults",
+        "py:other:hello=none",
+    )
+    result.assert_outcomes(passed=2)
+    assert patterns(result) == ["N...."]
+
+
+@pytest.mark.parametrize(
+    ("env", "ini", "cli", "marker", "expected"),
+    [
+        ("3*none", None, None, None, "NNN.."),
+        (None, "2*none", None, None, "NN..."),
+        ("3*none", "2*none", None, None, "NN..."),
+        ("3*none", "2*none", "1*none", None, "N...."),
+        ("3*none", "2*none", "1*none", "4*none", "NNNN."),
+        (None, None, "1*none", "off", "....."),
+    ],
+)
+def test_precedence_marker_cli_ini_env(  # noqa: PLR0917 - parametrized: one argument a column
+    suite: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    env: str | None,
+    ini: str | None,
+    cli: str | None,
+    marker: str | None,
+    expected: str,
+) -> None:
+    site = "py:target:answer="
+    if env is not None:
+        monkeypatch.setenv("PYTEST_INJECT_FAULTS", site + env)
+    if ini is not None:
+        suite.makeini(INI + f"resilience_inject_faults = {site}{ini}\n")
+    if marker is not None:
+        suite.makepyfile(
+            test_suite=SUITE.replace(
+                "def test_pattern",
+                f"import pytest\n\n@pytest.mark.faults({site + marker!r})\ndef test_pattern",
+            )
+        )
+    args = ["--inject-faults", site + cli] if cli is not None else []
+    assert patterns(run(suite, *args)) == [expected]
+
+
+def test_no_faults_marker_beats_the_command_line(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_suite=SUITE.replace(
+            "def test_pattern", "import pytest\n\n@pytest.mark.no_faults\ndef test_pattern"
+        )
+    )
+    assert patterns(run(suite, "--inject-faults", "py:target:answer=none")) == ["....."]
+
+
+def test_scenario_file_as_the_spec(suite: pytest.Pytester) -> None:
+    suite.makefile(".toml", chaos='version = 1\n[faults]\nspec = "py:target:answer=@2none"\n')
+    assert patterns(run(suite, "--inject-faults", "chaos.toml")) == [".N..."]
+
+
+# ----------------------------------------------------------------------- the seed
+
+
+SEEDED = "py:target:answer=50%none"
+
+
+def test_the_seed_decides_the_faults_and_is_in_the_header(suite: pytest.Pytester) -> None:
+    first = run(suite, "--inject-faults", SEEDED, "--fault-seed", "11")
+    again = run(suite, "--inject-faults", SEEDED, "--fault-seed", "11")
+    first.stdout.fnmatch_lines(["resilience: --fault-seed=11 (--fault-seed)"])
+    assert patterns(first) == patterns(again)
+    others = {
+        tuple(patterns(run(suite, "--inject-faults", SEEDED, "--fault-seed", str(s))))
+        for s in range(6)
+    }
+    assert len(others) > 1  # 5 fair coins: six seeds giving one pattern is a 1 in 2^25 chance
+
+
+def test_seed_sources_and_precedence(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_FAULT_SEED", "3")
+    run(suite).stdout.fnmatch_lines(
+        ["resilience: --fault-seed=3 (environment variable PYTEST_FAULT_SEED)"]
+    )
+    suite.makeini(INI + "resilience_fault_seed = 4\n")
+    run(suite).stdout.fnmatch_lines(
+        ["resilience: --fault-seed=4 (ini option resilience_fault_seed *)"]
+    )
+    run(suite, "--fault-seed", "5").stdout.fnmatch_lines(
+        ["resilience: --fault-seed=5 (--fault-seed)"]
+    )
+
+
+def test_default_seed_is_random_and_last_reuses_it(suite: pytest.Pytester) -> None:
+    header = re.compile(r"resilience: --fault-seed=(\d+) \((.*)\)")
+    first = header.search(run(suite).stdout.str())
+    assert first is not None
+    assert first.group(2) == "random"
+    last = header.search(run(suite, "--fault-seed", "last").stdout.str())
+    assert last is not None
+    assert (last.group(1), last.group(2)) == (first.group(1), "the last run's")
+
+
+# ----------------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize(
+    ("how", "where"),
+    [
+        ("cli", "--inject-faults: malformed fault spec: *"),
+        ("ini", "ini option resilience_inject_faults (*tox.ini): malformed fault spec: *"),
+        ("env", "environment variable PYTEST_INJECT_FAULTS: malformed fault spec: *"),
+        ("marker", "@pytest.mark.faults on test_suite.py::test_pattern (test_suite.py:4): *"),
+    ],
+)
+def test_a_malformed_spec_is_a_usage_error_naming_its_source(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, how: str, where: str
+) -> None:
+    bad = "py:target:answer=2*nope"
+    args: list[str] = []
+    if how == "cli":
+        args = ["--inject-faults", bad]
+    elif how == "ini":
+        suite.makeini(INI + f"resilience_inject_faults = {bad}\n")
+    elif how == "env":
+        monkeypatch.setenv("PYTEST_INJECT_FAULTS", bad)
+    else:
+        suite.makepyfile(
+            test_suite=SUITE.replace(
+                "def test_pattern", f"import pytest\n@pytest.mark.faults({bad!r})\ndef test_pattern"
+            )
+        )
+    result = run(suite, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"ERROR: {where}", f"  {bad}", "  " + " " * bad.index("nope") + "^"]
+    )
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "ini", "message"),
+    [
+        (
+            ["--fault-seed", "abc"],
+            {},
+            "",
+            "ERROR: --fault-seed: the fault seed must be an integer or 'last', not 'abc'",
+        ),
+        (
+            [],
+            {"PYTEST_FAULT_SEED": "1.5"},
+            "",
+            "ERROR: environment variable PYTEST_FAULT_SEED: the fault seed must be*",
+        ),
+        (
+            [],
+            {},
+            "resilience_fault_seed = x\n",
+            "ERROR: ini option resilience_fault_seed (*): the fault seed must be*",
+        ),
+        (
+            ["--fault-seed", "last", "-p", "no:cacheprovider"],
+            {},
+            "",
+            "ERROR: --fault-seed: 'last' reuses the seed kept in the pytest cache*",
+        ),
+        (
+            [],
+            {"PYTEST_LEAK_CHECK": "maybe"},
+            "",
+            "ERROR: environment variable PYTEST_LEAK_CHECK: expected true or false, not 'maybe'",
+        ),
+        (
+            [],
+            {},
+            "resilience_leak_check = sometimes\n",
+            "ERROR: ini option resilience_leak_check (*): expected true or false*",
+        ),
+        (
+            ["--inject-faults", "missing.toml"],
+            {},
+            "",
+            "ERROR: --inject-faults: cannot read scenario *missing.toml*",
+        ),
+        (
+            ["--replay-journal", "missing.jsonl"],
+            {},
+            "",
+            "ERROR: --replay-journal: cannot replay: *missing.jsonl*",
+        ),
+    ],
+)
+def test_bad_values_are_usage_errors_naming_their_source(  # noqa: PLR0917 - parametrized: one argument a column
+    suite: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    ini: str,
+    message: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    suite.makeini(INI + ini)
+    result = run(suite, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_a_spec_error_inside_a_scenario_file_names_the_file(suite: pytest.Pytester) -> None:
+    suite.makefile(".toml", bad='version = 1\n[faults]\nspec = "llama.generat=none"\n')
+    result = run(suite, "--inject-faults", "bad.toml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: --inject-faults: *bad.toml: [[]faults[]] spec: *did you mean 'llama.generate'?"]
+    )
+
+
+# ----------------------------------------------------------------------- markers
+
+
+def test_all_markers_pass_strict_markers(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_marked="""
+        import pytest
+
+        @pytest.mark.faults("py:target:answer=none")
+        def test_a():
+            pass
+
+        @pytest.mark.no_faults
+        def test_b():
+            pass
+
+        @pytest.mark.virtual_time(wall=False, sleeps=False)
+        def test_c(clock):
+            pass
+
+        @pytest.mark.no_leak_check
+        def test_d():
+            pass
+        """
+    )
+    run(suite, "--strict-markers", "test_marked.py").assert_outcomes(passed=4)
+
+
+def test_class_and_function_markers_merge_closest_wins(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        other="def hello():\n    return 'hi'\n",
+        test_marked="""
+        import pytest, target, other
+
+        @pytest.mark.faults("py:target:answer=none;py:other:hello=none")
+        class TestBoth:
+            @pytest.mark.faults("py:target:answer=off")
+            def test_closest(self):
+                assert target.answer() == "ok"
+                assert other.hello() is None
+        """,
+    )
+    run(suite, "test_marked.py").assert_outcomes(passed=1)
+
+
+# ----------------------------------------------------------------------- journals
+
+
+def test_fault_journal_writes_one_file_per_test_and_replay_repeats_it(
+    suite: pytest.Pytester, tmp_path: Path
+) -> None:
+    suite.makepyfile(
+        test_suite=SUITE + "\n\nimport pytest\n\n@pytest.mark.parametrize('x', ['a/b', 'c d'])\n"
+        "def test_param(x):\n    target.answer()\n"
+    )
+    folder = tmp_path / "journals"
+    first = run(
+        suite, "--inject-faults", SEEDED, "--fault-seed", "21", "--fault-journal", str(folder)
+    )
+    first.assert_outcomes(passed=3)
+    files = sorted(p.name for p in folder.iterdir())
+    assert len(files) == 3
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+\.jsonl", name) for name in files)
+    pattern = [f for f in files if f.startswith("test_suite.py_test_pattern")]
+    assert pattern
+    replayed = run(
+        suite,
+        "test_suite.py::test_pattern",
+        "--replay-journal",
+        str(folder / pattern[0]),
+        "--fault-seed",
+        "999",
+    )
+    assert patterns(replayed) == patterns(first)
+
+
+def test_fault_journal_from_ini_and_env(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PYTEST_FAULT_JOURNAL", str(tmp_path / "env"))
+    run(suite, "--inject-faults", "py:target:answer=none")
+    assert len(list((tmp_path / "env").iterdir())) == 1
+    suite.makeini(INI + f"resilience_fault_journal = {tmp_path / 'ini'}\n")
+    run(suite, "--inject-faults", "py:target:answer=none")
+    assert len(list((tmp_path / "ini").iterdir())) == 1
+
+
+# ----------------------------------------------------------------------- leak check
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "ini", "on"),
+    [
+        ([], None, None, False),
+        (["--leak-check"], None, None, True),
+        ([], "1", None, True),
+        ([], None, "true", True),
+        (["--no-leak-check"], None, "true", False),
+        ([], "yes", "false", False),
+    ],
+)
+def test_leak_check_switch_sources(  # noqa: PLR0917 - parametrized: one argument a column
+    suite: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: str | None,
+    ini: str | None,
+    on: bool,
+) -> None:
+    if env is not None:
+        monkeypatch.setenv("PYTEST_LEAK_CHECK", env)
+    if ini is not None:
+        suite.makeini(INI + f"resilience_leak_check = {ini}\n")
+    result = run(suite, *args)
+    result.assert_outcomes(passed=1)
+    assert ("resilience: leak check on" in result.stdout.str()) is on
+
+
+LEAKY = """
+import os
+import pytest
+
+kept = []
+
+def test_leaks_a_pipe():
+    kept.extend(os.pipe())
+
+@pytest.mark.no_leak_check
+def test_leaks_on_purpose():
+    kept.extend(os.pipe())
+
+def test_clean():
+    pass
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_at_the_end():
+    yield
+    for fd in kept:
+        os.close(fd)
+"""
+
+
+def test_leak_check_fails_the_leaking_test_with_what_leaked_real_time(
+    suite: pytest.Pytester,
+) -> None:
+    suite.makepyfile(test_leaky=LEAKY)
+    result = run(suite, "--leak-check", "test_leaky.py")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*ERROR at teardown of test_leaks_a_pipe*", "*2 things leaked:", "*- fd: * -> pipe:*"]
+    )
+    result.stdout.fnmatch_lines(["leaks found*2"])

@@ -1,0 +1,328 @@
+"""Scenario files: what load() accepts, and the errors it gives (file, line, key, message)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from faults.scenario import ScenarioError, key_lines, load, replay_command
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+SHIPPED = sorted((Path(__file__).parents[2] / "scenarios").glob("*.toml"))
+
+GOOD = """\
+version = 1
+title = "daemon dies mid-stream"
+seed = 1234
+clock = "virtual"
+
+[target]
+client = "resilient"
+model = "tiny"
+
+[faults]
+spec = "daemon.stream=@2lost(after=3)"
+
+[resilience.breaker]
+failures = 3
+recovery = 10.0
+
+[[steps]]
+op = "stream"
+prompt = "Tell me a story"
+repeat = 5
+
+[[steps]]
+op = "advance"
+seconds = 10
+
+[expect]
+success_rate = 1.0
+fallbacks = ["direct"]
+transitions.daemon = ["closed->open", "open->half_open", "half_open->closed"]
+max_attempts = 3
+leaks = "none"
+"""
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[[str], Path]:
+    def make(text: str) -> Path:
+        path = tmp_path / "x.toml"
+        path.write_text(text)
+        return path
+
+    return make
+
+
+def test_a_good_file_loads_with_every_field(write: Callable[[str], Path]) -> None:
+    scenario = load(write(GOOD))
+    assert scenario.title == "daemon dies mid-stream"
+    assert (scenario.seed, scenario.clock, scenario.version) == (1234, "virtual", 1)
+    assert (scenario.target.client, scenario.target.model) == ("resilient", "tiny")
+    assert str(scenario.faults) == "daemon.stream=@2lost(after=3)"
+    assert [(s.op, s.repeat, s.line) for s in scenario.steps] == [
+        ("stream", 5, 18),
+        ("advance", 1, 23),
+    ]
+    assert scenario.steps[1].seconds == 10.0
+    assert scenario.expect["transitions"] == {
+        "daemon": ["closed->open", "open->half_open", "half_open->closed"]
+    }
+    assert scenario.resilience["breaker"] == {"failures": 3, "recovery": 10.0}
+
+
+def _edit(old: str, new: str) -> str:
+    assert old in GOOD, old
+    return GOOD.replace(old, new, 1)
+
+
+# (what is wrong, the file's text, the line, the key, a piece of the message)
+ERRORS = [
+    (
+        "misspelt expectation",
+        _edit("success_rate = 1.0", "sucess_rate = 1.0"),
+        27,
+        "expect.sucess_rate",
+        "unknown key (did you mean 'success_rate'?)",
+    ),
+    (
+        "unknown top-level key",
+        _edit("seed = 1234", "seed = 1234\nflavour = 2"),
+        4,
+        "flavour",
+        "unknown key (expected one of: clock, expect,",
+    ),
+    (
+        "misspelt table",
+        _edit("[target]", "[targte]"),
+        6,
+        "targte",
+        "did you mean 'target'?",
+    ),
+    (
+        "misspelt key in the second step",
+        _edit("seconds = 10", "secnds = 10"),
+        24,
+        "steps[2].secnds",
+        "did you mean 'seconds'?",
+    ),
+    (
+        "wrong type",
+        _edit("repeat = 5", 'repeat = "five"'),
+        20,
+        "steps[1].repeat",
+        "expected an integer >= 1, got a string ('five')",
+    ),
+    (
+        "boolean is not an integer",
+        _edit("seed = 1234", "seed = true"),
+        3,
+        "seed",
+        "expected an integer, got a boolean",
+    ),
+    (
+        "rate out of range",
+        _edit("success_rate = 1.0", "success_rate = 1.5"),
+        27,
+        "expect.success_rate",
+        "expected a number from 0 to 1",
+    ),
+    (
+        "bad choice with a suggestion",
+        _edit('clock = "virtual"', 'clock = "virtul"'),
+        4,
+        "clock",
+        "expected one of 'virtual', 'real', got 'virtul' (did you mean 'virtual'?)",
+    ),
+    (
+        "unknown op",
+        _edit('op = "advance"', 'op = "sleep"'),
+        23,
+        "steps[2].op",
+        "expected one of 'generate'",
+    ),
+    (
+        "dotted key with a wrong type",
+        _edit('transitions.daemon = ["closed->open",', 'transitions.daemon = [1, "closed->open",'),
+        29,
+        "expect.transitions.daemon",
+        "expected a list of strings",
+    ),
+    (
+        "missing required key",
+        _edit('title = "daemon dies mid-stream"\n', ""),
+        1,
+        "title",
+        "required key missing in the file",
+    ),
+    (
+        "missing op in a step",
+        _edit('op = "advance"\n', ""),
+        22,
+        "steps[2].op",
+        "required key missing in [steps[2]]",
+    ),
+    (
+        "bad version",
+        _edit("version = 1", "version = 2"),
+        1,
+        "version",
+        "unknown version 2 (this reader knows 1)",
+    ),
+    (
+        "bad fault spec",
+        _edit('spec = "daemon.stream=@2lost(after=3)"', 'spec = "daemon.stream=@2lots(after=3)"'),
+        11,
+        "faults.spec",
+        "bad fault spec: unknown fault kind 'lots'",
+    ),
+    (
+        "unknown exception name",
+        _edit("failures = 3", 'failures = 3\non = ["DaemonUnavaliable"]'),
+        15,
+        "resilience.breaker.on",
+        "did you mean 'DaemonUnavailable'?",
+    ),
+    (
+        "daemon op without a daemon",
+        _edit('client = "resilient"', 'client = "llama"').replace(
+            "daemon.stream=@2lost(after=3)", ""
+        )
+        + '[[steps]]\nop = "kill_daemon"\n',
+        33,
+        "steps[3].op",
+        "kill_daemon needs a daemon target",
+    ),
+    (
+        "daemon fault without a daemon",
+        _edit('client = "resilient"', 'client = "llama"'),
+        11,
+        "faults.spec",
+        "daemon sites need a daemon target",
+    ),
+    (
+        "inline table in a step",
+        _edit("repeat = 5", "repeat = 5\nresilience = { retry = { attemps = 2 } }"),
+        21,
+        "steps[1].resilience.retry.attemps",
+        "did you mean 'attempts'?",
+    ),
+    (
+        "stateful policy per step",
+        _edit("repeat = 5", "repeat = 5\nresilience = { breaker = { failures = 2 } }"),
+        21,
+        "steps[1].resilience.breaker",
+        "unknown key (expected one of: retry, stream)",
+    ),
+    (
+        "invalid TOML",
+        _edit("repeat = 5", "repeat = = 5"),
+        20,
+        "",
+        "invalid TOML",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "message"),
+    [case[1:] for case in ERRORS],
+    ids=[case[0] for case in ERRORS],
+)
+def test_errors_name_the_file_line_and_key(
+    write: Callable[[str], Path], text: str, line: int, key: str, message: str
+) -> None:
+    path = write(text)
+    with pytest.raises(ScenarioError) as raised:
+        load(path)
+    error = raised.value
+    assert (error.line, error.key) == (line, key), str(error)
+    assert message in error.message
+    prefix = f"{path}:{line}: " + (f"{key}: " if key else "")
+    assert str(error).startswith(prefix)
+    assert isinstance(error, ValueError)
+
+
+def test_the_message_reads_as_the_brief_shows(write: Callable[[str], Path]) -> None:
+    path = write(_edit("success_rate = 1.0", "sucess_rate = 1.0"))
+    with pytest.raises(ScenarioError) as raised:
+        load(path)
+    assert str(raised.value) == (
+        f"{path}:27: expect.sucess_rate: unknown key (did you mean 'success_rate'?)"
+    )
+
+
+def test_a_bad_spec_shows_the_spec_error_with_its_caret(write: Callable[[str], Path]) -> None:
+    with pytest.raises(ScenarioError) as raised:
+        load(write(_edit("@2lost(after=3)", "@2lost(aftr=3)")))
+    shown = str(raised.value).splitlines()
+    assert shown[0].startswith(f"{raised.value.path}:11: faults.spec: bad fault spec:")
+    assert "did you mean 'after'" in shown[0]
+    assert shown[1].strip() == "daemon.stream=@2lost(aftr=3)"
+    caret = shown[2].index("^") - shown[1].index("d")
+    assert shown[1][shown[1].index("d") + caret :].startswith("aftr")
+
+
+def test_an_unreadable_file_is_a_scenario_error(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="cannot read the scenario") as raised:
+        load(tmp_path / "missing.toml")
+    assert raised.value.line == 1
+
+
+def test_key_lines_locates_tables_arrays_dotted_keys_and_skips_multiline_strings() -> None:
+    source = """\
+title = "t"   # a comment
+[target]
+"model" = 'tiny'
+[[steps]]
+op = "a"
+note = \"\"\"
+fake = 1
+\"\"\"
+[[steps]]
+  op = "b"
+[steps.resilience.retry]
+attempts = 2
+[expect]
+transitions.daemon = [
+  "closed->open",
+]
+"""
+    lines = key_lines(source)
+    assert lines[("title",)] == 1
+    assert lines[("target",)] == 2
+    assert lines[("target", "model")] == 3
+    assert lines[("steps", 0)] == 4
+    assert lines[("steps", 0, "op")] == 5
+    assert ("steps", 0, "fake") not in lines
+    assert lines[("steps", 1, "op")] == 10
+    assert lines[("steps", 1, "resilience", "retry")] == 11
+    assert lines[("steps", 1, "resilience", "retry", "attempts")] == 12
+    assert lines[("expect", "transitions")] == 14
+    assert lines[("expect", "transitions", "daemon")] == 14
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_scenario_loads_and_says_what_it_demonstrates(path: Path) -> None:
+    scenario = load(path)
+    assert scenario.title
+    assert path.read_text().startswith("# Demonstrates: ")
+    assert len(scenario.faults) >= 1
+    assert scenario.expect.get("leaks") == "none"
+    assert "faults_injected" in scenario.expect
+
+
+def test_eight_failure_modes_are_shipped() -> None:
+    assert len(SHIPPED) >= 8
+
+
+def test_replay_command_names_the_file_and_the_seed(write: Callable[[str], Path]) -> None:
+    scenario = load(write(GOOD))
+    command = replay_command(scenario, 99)
+    assert command.startswith("pytest ")
+    assert command.endswith("x.toml --fault-seed 99")
