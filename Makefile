@@ -6,7 +6,7 @@ LLAMA_VERSION := 0.3.36
 CACHE_DIR ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)/pytest-resilience
 WHEELS := $(CACHE_DIR)/wheels
 
-.PHONY: test lint typecheck unit bench demo clean
+.PHONY: test lint typecheck unit docs bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,17 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(BIN)/pytest -q
 
-test: lint typecheck unit
+docs: $(VENV)/.installed
+	site=$$(mktemp -d) && $(BIN)/mkdocs build --quiet --strict --site-dir "$$site"; status=$$?; rm -rf "$$site"; exit $$status
+
+test: lint typecheck docs unit
+
+# The shipped scenarios against the built-in tiny model and a real daemon, with a report.
+demo: $(VENV)/.installed
+	$(BIN)/python -m faults.scenario scenarios/
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m tests.bench.run
+	$(BIN)/python -m tests.bench.all
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
