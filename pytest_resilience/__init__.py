@@ -110,7 +110,7 @@ _EXPORTS: dict[str, str] = {
     "Degrader": "degrade",
     "DiskCheck": "health",
     "Event": "events",
-    "ExceptionFilter": "retry",
+    "ExceptionFilter": "errors",
     "Fallback": "fallback",
     "FallbackError": "errors",
     "GuardedStream": "stream",

@@ -73,16 +73,15 @@ import functools
 import inspect
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, Protocol, Self, TypeVar, overload
 
 from .clock import Clock, SystemClock
-from .errors import CircuitOpenError
+from .errors import CircuitOpenError, ExceptionFilter, exception_filter
 from .events import BreakerTransition, CallRejected
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Coroutine
+    from collections.abc import Awaitable, Callable, Coroutine
     from types import TracebackType
 
     from .events import Journal
@@ -105,9 +104,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 #: What ``on=`` and ``exclude=`` accept: a class, a tuple of classes, or a predicate.
-ExceptionFilter = (
-    type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
-)
 
 
 class State(enum.StrEnum):
@@ -384,18 +380,6 @@ class BreakerStats:
     retry_after: float | None  # while open: seconds until half-open
 
 
-def _matcher(spec: ExceptionFilter, what: str) -> Callable[[BaseException], bool]:
-    if isinstance(spec, type | tuple):
-        types = spec if isinstance(spec, tuple) else (spec,)
-        bad = [t for t in types if not (isinstance(t, type) and issubclass(t, BaseException))]
-        if bad:
-            raise TypeError(f"{what}= takes exception classes, got {bad!r}")
-        return lambda exc: isinstance(exc, types)
-    if callable(spec):
-        return spec
-    raise TypeError(f"{what}= takes an exception class, a tuple of them or a predicate: {spec!r}")
-
-
 # ------------------------------------------------------------------------------- breaker
 
 
@@ -429,8 +413,8 @@ class CircuitBreaker:
         self.slow_after = slow_after
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.journal = journal
-        self._is_failure = _matcher(on, "on")
-        self._is_excluded = _matcher(exclude, "exclude") if exclude != () else None
+        self._is_failure = exception_filter(on, "on")[1]
+        self._is_excluded = exception_filter(exclude, "exclude")[1] if exclude != () else None
         self._timed = self.trip.timed
         self._lock = threading.RLock()  # re-entrant: a journal listener may read the breaker
         self._state = _CLOSED

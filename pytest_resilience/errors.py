@@ -56,6 +56,7 @@ __all__ = [
     "DaemonLost",
     "DaemonUnavailable",
     "DeadlineExceeded",
+    "ExceptionFilter",
     "FallbackError",
     "HangDetected",
     "InvalidOutput",
@@ -70,6 +71,7 @@ __all__ = [
     "StreamInterrupted",
     "StreamStalled",
     "classify",
+    "exception_filter",
 ]
 
 
@@ -456,6 +458,30 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 del C, S, A
 
 _UNSET = object()
+
+#: What counts: an exception class, a tuple of them, or a predicate.
+ExceptionFilter = (
+    type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+)
+
+
+def exception_filter(
+    spec: ExceptionFilter, what: str = "on"
+) -> tuple[tuple[type[BaseException], ...] | None, Callable[[BaseException], bool]]:
+    """``(types, predicate)`` for an ``on=``-style argument; types are None for a predicate.
+
+    Raises ``TypeError`` naming the argument ``what`` when ``spec`` is neither.
+    """
+    if isinstance(spec, type | tuple):
+        types = spec if isinstance(spec, tuple) else (spec,)
+        bad = [t for t in types if not (isinstance(t, type) and issubclass(t, BaseException))]
+        if bad:
+            raise TypeError(f"{what}= takes exception classes, got {bad!r}")
+        return types, lambda exc: isinstance(exc, types)
+    if callable(spec):
+        return None, spec
+    raise TypeError(f"{what}= takes an exception class, a tuple of them or a predicate: {spec!r}")
+
 
 AnyRule = Rule | Callable[[BaseException], Classification | None]
 

@@ -38,16 +38,15 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .breaker import _matcher
 from .cancel import check_cancelled
 from .clock import Clock, SystemClock
-from .errors import FallbackError
+from .errors import FallbackError, exception_filter
 from .events import Event, FallbackUsed
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from .breaker import ExceptionFilter
+    from .errors import ExceptionFilter
     from .events import Journal
 
 __all__ = [
@@ -90,7 +89,7 @@ class _Resolved:
     def __init__(self, step: Step, on: ExceptionFilter, reject: Callable[[Any], bool]) -> None:
         self.name = step.name
         self.fn = step.fn
-        self.is_failure = _matcher(step.on if step.on is not None else on, "on")
+        self.is_failure = exception_filter(step.on if step.on is not None else on, "on")[1]
         self.rejects = step.reject if step.reject is not None else reject
 
 

@@ -80,17 +80,23 @@ import inspect
 import math
 import random
 import reprlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 
 from .cancel import CancelScope, current_scope
 from .clock import Clock, SystemClock
-from .errors import Cancelled, DeadlineExceeded, RetryError, classify
+from .errors import (
+    Cancelled,
+    DeadlineExceeded,
+    ExceptionFilter,
+    RetryError,
+    classify,
+    exception_filter,
+)
 from .events import AttemptFailed, AttemptStarted, GaveUp, RetryScheduled
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
     from types import TracebackType
 
     from .errors import Classification, Classifier
@@ -112,9 +118,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 #: What ``on=`` accepts: an exception class, a tuple of them, or a predicate.
-ExceptionFilter = (
-    type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
-)
 
 #: Less budget than this counts as none: no attempt can run in it.
 _NO_TIME = 1e-6
@@ -231,21 +234,6 @@ def result_is_empty(result: object) -> bool:
         return False
 
 
-def _matcher(
-    spec: ExceptionFilter,
-) -> tuple[tuple[type[BaseException], ...] | None, Callable[[BaseException], bool]]:
-    """``(types, predicate)``: types for a fast ``isinstance``, else the predicate."""
-    if isinstance(spec, type | tuple):
-        types = spec if isinstance(spec, tuple) else (spec,)
-        bad = [t for t in types if not (isinstance(t, type) and issubclass(t, BaseException))]
-        if bad:
-            raise TypeError(f"on= takes exception classes, got {bad!r}")
-        return types, lambda exc: isinstance(exc, types)
-    if callable(spec):
-        return None, spec
-    raise TypeError(f"on= takes an exception class, a tuple of them or a predicate: {spec!r}")
-
-
 def _name_of(fn: object) -> str:
     return str(getattr(fn, "__qualname__", None) or type(fn).__qualname__)
 
@@ -309,7 +297,7 @@ class Retry:
             raise ValueError(f"budget must be positive and finite (or None), got {self.budget!r}")
         if not isinstance(self.backoff, Backoff):
             raise TypeError(f"backoff must be a Backoff, got {self.backoff!r}")
-        types, match = _matcher(self.on)
+        types, match = exception_filter(self.on)
         object.__setattr__(self, "_types", types)
         object.__setattr__(self, "_match", match)
         object.__setattr__(self, "_no_wait", self.backoff.base == 0.0 or self.backoff.cap == 0.0)
