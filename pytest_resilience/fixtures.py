@@ -29,7 +29,7 @@ import pytest
 
 from pytest_resilience.clock import VirtualClock
 from pytest_resilience.leaks import ResourceRegistry, check, format_leaks, snapshot
-from pytest_resilience.plugin import settings_of, state_of
+from pytest_resilience.plugin import SHARED_DAEMON, settings_of, state_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -247,16 +247,38 @@ def llama_fixture(model: Path) -> Iterator[LlamaBackend]:
         backend.close()
 
 
-def daemon_fixture(request: pytest.FixtureRequest, model: Path) -> Iterator[DaemonProcess]:
+def daemon_process_fixture(request: pytest.FixtureRequest, model: Path) -> Iterator[DaemonProcess]:
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
     from pytest_resilience.backends.daemon import DaemonProcess  # noqa: PLC0415
 
-    process = DaemonProcess(model, journal=state_of(request.node).journal)
+    process = DaemonProcess(model)
     try:
         process.start()
+        if request.scope == "session":
+            request.config.stash[SHARED_DAEMON] = process
         yield process
     finally:
+        if request.config.stash.get(SHARED_DAEMON, None) is process:
+            del request.config.stash[SHARED_DAEMON]
         process.close()
+
+
+def revive(process: DaemonProcess) -> None:
+    """Get a shared daemon running again after a test killed or paused it."""
+    if process.paused:
+        process.resume()
+    if not process.alive:
+        process.restart()
+
+
+def daemon_fixture(
+    request: pytest.FixtureRequest, process: DaemonProcess
+) -> Iterator[DaemonProcess]:
+    process.journal = state_of(request.node).journal
+    try:
+        yield process
+    finally:
+        process.journal = None
 
 
 def resilient_fixture(

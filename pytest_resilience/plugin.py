@@ -38,7 +38,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import pytest
 
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from pytest_resilience.events import Journal
     from pytest_resilience.fixtures import FaultsFactory, LeakCheck, TestClock
 
-__all__ = ["Settings", "TestState", "settings_of", "state_of"]
+__all__ = ["SHARED_DAEMON", "Settings", "TestState", "settings_of", "state_of"]
 
 ENV_FAULTS: Final = "PYTEST_INJECT_FAULTS"
 ENV_SEED: Final = "PYTEST_FAULT_SEED"
@@ -68,6 +68,8 @@ _WORKER_KEY: Final = "resilience_fault_seed"
 _PROP: Final = "resilience.figures"  # the user property that carries a test's figures as JSON
 _REPRO: Final = "resilience.reproduce"
 _TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
+_DaemonScope = Literal["function", "session"]
+_DAEMON_SCOPES: Final = ("function", "session")
 
 
 # ----------------------------------------------------------------------- state
@@ -114,6 +116,7 @@ class Settings:
     journal_dir: Path | None = None
     replay: Recording | None = None
     leak_check: bool = False
+    daemon_scope: _DaemonScope = "function"
     totals: _Totals = field(default_factory=_Totals)
 
 
@@ -153,6 +156,7 @@ class TestState:
 _SETTINGS = pytest.StashKey[Settings]()
 _STATE = pytest.StashKey[TestState]()
 _MARKER_SPEC = pytest.StashKey["Spec | None"]()
+SHARED_DAEMON = pytest.StashKey["DaemonProcess"]()  # with resilience_daemon_scope = session
 
 
 def settings_of(config: pytest.Config) -> Settings:
@@ -219,6 +223,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("resilience_leak_check", "fail tests that leak (true/false)")
     parser.addini("resilience_scenarios", "folders whose *.toml scenario files are collected",
                   type="paths")  # fmt: skip
+    parser.addini("resilience_daemon_scope",
+                  "the `daemon` fixture's process: function (default) or session")  # fmt: skip
 
 
 def _values(config: pytest.Config, option: str, ini: str, env: str) -> list[_Value]:
@@ -284,6 +290,16 @@ def _scenario_spec(name: str, where: str, base: Path | None) -> Spec:
         return parse(spec)
     except SpecError as exc:
         raise pytest.UsageError(f"{where}: {path}: [faults] spec: {exc}") from None
+
+
+def _daemon_scope_of(config: pytest.Config) -> _DaemonScope:
+    value = str(config.getini("resilience_daemon_scope")).strip() or "function"
+    if value not in _DAEMON_SCOPES:
+        raise pytest.UsageError(
+            f"ini option resilience_daemon_scope ({config.inipath}): expected "
+            f"{' or '.join(_DAEMON_SCOPES)}, not {value!r}"
+        )
+    return value  # type: ignore[return-value]  # checked just above
 
 
 def _seed(config: pytest.Config) -> tuple[int, str]:
@@ -355,6 +371,7 @@ def pytest_configure(config: pytest.Config) -> None:
         except (OSError, JournalFileError) as exc:
             raise pytest.UsageError(f"{replays[-1].where}: cannot replay: {exc}") from None
     settings.leak_check = _bool(config)
+    settings.daemon_scope = _daemon_scope_of(config)
     config.stash[_SETTINGS] = settings
     config.pluginmanager.register(_Reporter(settings.totals), "resilience-reporter")
     if settings.leak_check:
@@ -771,12 +788,41 @@ def llama(tiny_model: Path) -> Iterator[LlamaBackend]:
     yield from llama_fixture(tiny_model)
 
 
+def _daemon_scope(fixture_name: str, config: pytest.Config) -> _DaemonScope:
+    return settings_of(config).daemon_scope
+
+
+@pytest.fixture(scope=_daemon_scope)
+def _resilience_daemon_process(
+    request: pytest.FixtureRequest, tiny_model: Path
+) -> Iterator[DaemonProcess]:
+    """The process behind ``daemon``; lives as long as ``resilience_daemon_scope`` says."""
+    from pytest_resilience.fixtures import daemon_process_fixture  # noqa: PLC0415
+
+    yield from daemon_process_fixture(request, tiny_model)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any of the test's fixtures, so that the leak check's "before" already has it:
+    # a session daemon that the previous test killed or paused runs again for this one.
+    shared = item.config.stash.get(SHARED_DAEMON, None)
+    if shared is not None and "daemon" in getattr(item, "fixturenames", ()):
+        from pytest_resilience.fixtures import revive  # noqa: PLC0415
+
+        revive(shared)
+
+
 @pytest.fixture
-def daemon(request: pytest.FixtureRequest, tiny_model: Path) -> Iterator[DaemonProcess]:
-    """A running :class:`DaemonProcess` on loopback with the tiny model, stopped at teardown."""
+def daemon(
+    request: pytest.FixtureRequest, _resilience_daemon_process: DaemonProcess
+) -> Iterator[DaemonProcess]:
+    """A running :class:`DaemonProcess` on loopback with the tiny model, writing to the test's
+    journal. Stopped at teardown, or shared by the session (``resilience_daemon_scope``);
+    a shared one is running at the start of every test, whatever the test before did to it."""
     from pytest_resilience.fixtures import daemon_fixture  # noqa: PLC0415
 
-    yield from daemon_fixture(request, tiny_model)
+    yield from daemon_fixture(request, _resilience_daemon_process)
 
 
 @pytest.fixture

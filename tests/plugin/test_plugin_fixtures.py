@@ -321,6 +321,44 @@ def test_daemon_and_resilient_client_fixtures_real_time(ptr: pytest.Pytester) ->
     run(ptr, "-p", "no:randomly").assert_outcomes(passed=2)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python")
+def test_a_session_daemon_is_shared_and_revived_after_a_kill_real_time(
+    ptr: pytest.Pytester,
+) -> None:
+    ptr.makeini(INI + "resilience_daemon_scope = session\nresilience_leak_check = true\n")
+    ptr.makepyfile(
+        test_it="""
+        from pytest_resilience.events import DaemonDown
+
+        pids = []
+
+        def test_kill(daemon, journal):
+            pids.append(daemon.pid)
+            daemon.kill()
+            assert journal.events(DaemonDown)  # the test's journal hears of it
+
+        def test_running_again(daemon, journal):
+            assert daemon.alive and daemon.pid != pids[0]
+            pids.append(daemon.pid)
+
+        def test_same_process(daemon, journal):
+            assert daemon.pid == pids[1]
+            assert not journal.events(DaemonDown)  # the earlier tests' events are theirs
+        """
+    )
+    run(ptr, "-p", "no:randomly").assert_outcomes(passed=3)
+
+
+def test_a_bad_daemon_scope_is_a_usage_error(ptr: pytest.Pytester) -> None:
+    ptr.makeini(INI + "resilience_daemon_scope = forever\n")
+    ptr.makepyfile(test_it="def test_it():\n    pass\n")
+    result = run(ptr)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    expected = "ERROR: ini option resilience_daemon_scope (*): expected function or session, not"
+    result.stderr.fnmatch_lines([expected + " 'forever'"])
+
+
 def test_virtual_time_marker_alone_provides_the_clock(ptr: pytest.Pytester) -> None:
     ptr.makepyfile(
         test_it="""
