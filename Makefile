@@ -24,6 +24,7 @@ lint: $(VENV)/.installed
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
+	cd docs/example && ../../$(BIN)/mypy --strict --explicit-package-bases tales tests
 
 unit: $(VENV)/.installed
 	$(BIN)/pytest -q

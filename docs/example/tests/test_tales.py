@@ -1,0 +1,49 @@
+"""The storyteller's error handling, each piece proven by a fault that needs it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from tales import RESTING
+
+from pytest_resilience.assertions import assert_retried, assert_transitions
+
+if TYPE_CHECKING:
+    from tales import Storyteller
+
+    from pytest_resilience import Journal
+    from pytest_resilience.fixtures import FaultsFactory, TestClock
+
+
+def test_tells_a_story(teller: Storyteller) -> None:
+    assert teller.tell("Once upon a time")
+
+
+@pytest.mark.faults("llama.generate=2*none")
+def test_empty_answers_are_retried(teller: Storyteller, journal: Journal, clock: TestClock) -> None:
+    story = teller.tell("Once upon a time")
+    assert story
+    assert story != RESTING
+    assert_retried(journal, times=2, source="story")
+    assert clock.now() == 0.5 + 1.0  # the backoff, in virtual seconds
+
+
+@pytest.mark.no_faults  # it counts the model's calls exactly
+def test_a_failing_model_opens_the_breaker_and_recovers(
+    teller: Storyteller, faults: FaultsFactory, journal: Journal, clock: TestClock
+) -> None:
+    injector = faults("llama.generate=3*raise(RuntimeError)")
+    assert [teller.tell("Once upon a time") for _ in range(5)] == [RESTING] * 5
+    assert injector.calls("llama.generate") == 3  # the open breaker spared the model
+    clock.advance(60)
+    assert teller.tell("Once upon a time") != RESTING
+    assert_transitions(journal, "model", ["closed->open", "open->half_open", "half_open->closed"])
+
+
+@pytest.mark.faults("llama.stream=stall(after=3)")
+def test_a_stalled_stream_keeps_its_partial_story(teller: Storyteller, clock: TestClock) -> None:
+    result = teller.stream("Once upon a time")
+    assert result.reason == "idle"
+    assert result.text  # the three chunks that came before the stall
+    assert clock.now() == 5.0  # the idle deadline, in virtual seconds
