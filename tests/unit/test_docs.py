@@ -26,6 +26,7 @@ import contextlib
 import importlib
 import importlib.util
 import io
+import os
 import pkgutil
 import re
 import shlex
@@ -46,6 +47,8 @@ from pytest_resilience.errors import DEFAULT_RULES
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 MKDOCS = DOCS.parent / "mkdocs.yml"
 PAGES = sorted(p.name for p in DOCS.glob("*.md"))
+# the README's example is real too; paths are relative to docs/
+EXAMPLED = [*PAGES, "../README.md"]
 
 # pytester puts sys.modules back as it was after each page: a module first imported by an
 # example would be imported afresh by the next page, with new classes (httpx would no longer
@@ -80,7 +83,7 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"docs/{self.page}:{self.line}"
+        return f"{os.path.normpath('docs/' + self.page)}:{self.line}"
 
 
 def blocks(page: str) -> list[Block]:
@@ -211,7 +214,7 @@ def _runs(block: Block) -> bool:
     )
 
 
-RUNNABLE = [p for p in PAGES if any(_runs(b) for b in blocks(p))]
+RUNNABLE = [p for p in EXAMPLED if any(_runs(b) for b in blocks(p))]
 
 
 @pytest.mark.parametrize("page", RUNNABLE)
@@ -249,7 +252,7 @@ def test_every_page_is_in_the_nav() -> None:
 
 
 def test_examples_use_fences_and_directives_the_runner_knows() -> None:
-    for page in PAGES:
+    for page in EXAMPLED:
         for block in blocks(page):
             if block.lang == "py":
                 raise AssertionError(f"{block.where}: write ```python, which this test runs")
