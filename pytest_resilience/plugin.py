@@ -591,7 +591,8 @@ def _figures(state: TestState) -> dict[str, Any]:
         "transitions": transitions,
         "fallbacks": fallbacks,
         "leaks": state.leaks,
-        "under_faults": int(state.spec is not None),
+        # run-wide or marker faults, or faults the test injected itself (the fixture)
+        "under_faults": int(state.spec is not None or bool(faults)),
     }
 
 

@@ -131,6 +131,41 @@ def test_async_tests_meet_faults(ptr: pytest.Pytester) -> None:
     run(ptr).assert_outcomes(passed=1)
 
 
+def test_anyio_and_asyncio_tests_wait_in_virtual_time(ptr: pytest.Pytester) -> None:
+    ptr.makepyfile(
+        test_it="""
+        import time
+        import pytest
+        import target
+
+        @pytest.fixture
+        def anyio_backend():
+            return "asyncio"
+
+        @pytest.mark.anyio
+        async def test_anyio(faults, clock):
+            faults("py:target:aanswer=1*raise(ConnectionError)->latency(10m)")
+            with pytest.raises(ConnectionError):
+                await target.aanswer()
+            started = time.perf_counter()
+            assert await target.aanswer() == "ok"
+            assert clock.now() == 600.0
+            assert time.perf_counter() - started < 5
+
+        @pytest.mark.asyncio
+        async def test_pytest_asyncio(faults, clock):
+            faults("py:target:aanswer=latency(10m)")
+            started = time.perf_counter()
+            assert await target.aanswer() == "ok"
+            assert clock.now() == 600.0
+            assert time.perf_counter() - started < 5
+        """
+    )
+    result = run(ptr)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["tests under faults * 2"])  # the fixture's faults count too
+
+
 SLEEPERS = """
 import time
 import pytest
