@@ -1450,6 +1450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m faults.scenario [PATH ...] [--seed N]``: run scenario files (a folder
     means its ``*.toml``, sorted) and print a report; exit status 1 if any failed."""
     import argparse  # noqa: PLC0415
+    import textwrap  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="python -m faults.scenario", description=main.__doc__)
     parser.add_argument("paths", nargs="*", default=["scenarios"], help="files or folders")
@@ -1462,6 +1463,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not files:
         print("no scenario files found", file=sys.stderr)
         return 2
+    intro = (
+        f"Replaying {len(files)} scenario file{'s' if len(files) > 1 else ''}. Each builds the"
+        " code under test (the model in process, or a real model daemon), injects the failures"
+        " of its [faults] spec, runs its steps, and checks its [expect] table against what"
+        " happened."
+    )
+    print(textwrap.fill(intro, width=92) + "\n")
     wall = SystemClock()
     started = wall.now()
     failed = 0
@@ -1482,6 +1490,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
     total = len(files)
     print(f"{total - failed} of {total} scenarios held ({wall.now() - started:.1f}s)")
+    if not args.verbose:
+        print(
+            f"Every event of one: python -m faults.scenario -v {files[0]}\n"
+            f"The same as a pytest test: pytest {files[0]}"
+        )
     return 1 if failed else 0
 
 

@@ -133,6 +133,8 @@ def test_the_cli_reports_each_scenario(tmp_path: Path, capsys: pytest.CaptureFix
     assert "reaction: 2 retries" in out
     assert "injected: llama.stream stall(after=5) at call 1" in out
     assert "2 of 2 scenarios held" in out
+    assert out.startswith("Replaying 2 scenario files. Each builds the code under test")
+    assert f"The same as a pytest test: pytest {tmp_path / 'none_retried.toml'}" in out
 
     (tmp_path / "none_retried.toml").write_text(
         (SCENARIOS / "none_retried.toml").read_text().replace("retries = 2", "retries = 1")
