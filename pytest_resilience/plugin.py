@@ -16,6 +16,7 @@ option                      ini                           environment
 ``--replay-journal FILE``   ``resilience_replay_journal`` ``PYTEST_REPLAY_JOURNAL``
 ``--[no-]leak-check``       ``resilience_leak_check``     ``PYTEST_LEAK_CHECK``
 ``resilience_scenarios``    (ini only: folders whose ``*.toml`` scenarios are collected)
+``resilience_daemon_scope`` (ini only: ``function`` or ``session``, the ``daemon`` process)
 ==========================  ============================  ==========================
 
 Fault specs from several sources are merged (:func:`faults.merge`): for a site named by
