@@ -812,6 +812,11 @@ class _Contract:
     def fail(self, problem: str) -> AssertionError:
         timeline = self.machine._timeline[: self.read][-_SHOWN:]
         shown = "\n".join(_describe(item) for item in timeline)
+        if self.machine.breaker_name is None and self.source is not None:
+            problem += (
+                f"\n(watching breaker {self.source!r}, the first in the journal; set "
+                "breaker_name to watch another)"
+            )
         return AssertionError(f"{problem}\n\ntimeline (virtual seconds):\n{shown}")
 
     def catch_up(self) -> None:
