@@ -307,8 +307,14 @@ def settle(breaker: CircuitBreaker, failed: bool) -> None:
         breaker.call(outcome)
 
 
+# Any recovery but an instant one: the test needs an open breaker to stay open.
+LASTING = st.builds(
+    Recovery, after=st.floats(0.001, 600.0), probes=st.integers(1, 3), successes=st.integers(1, 3)
+)
+
+
 @given(
-    settings_=breaker_settings(trip=trip_policies(max_calls=6)),
+    settings_=breaker_settings(trip=trip_policies(max_calls=6), recovery=LASTING),
     history=st.lists(st.booleans(), max_size=30),
 )
 @SETTINGS
