@@ -260,9 +260,10 @@ def fault_specs(
     ``sites``: built-in site names or ``py:MODULE:QUALNAME`` (default: every built-in
     site, never a ``py:`` one). ``kinds``: fault kinds (default: every kind but ``off``).
     A site is drawn with the kinds it admits. ``exceptions``: what ``raise(...)`` raises
-    (default: common connection, timeout and model errors). Examples shrink towards the
-    first site and the first kind given, and by default towards ``llama.generate=none``:
-    one site, one term, no modifiers, default arguments.
+    (default: common connection, timeout and model errors). Examples shrink towards one
+    site with one term, no modifiers and default arguments, preferring the sites and kinds
+    given first (and, as hypothesis does, kinds with fewer arguments): by default towards
+    ``llama.generate=none``.
 
     Raises ``ValueError`` naming the culprit for an unknown or malformed site, an unknown
     kind or exception name, a named site that admits none of the kinds (or no site at
@@ -930,16 +931,15 @@ class BreakerMachine(RuleBasedStateMachine):
 
         TestClient = ClientMachine.TestCase
 
-    Each example builds your code afresh with a new :class:`~pytest_resilience.clock.
-    VirtualClock`, :class:`~pytest_resilience.events.Journal` and :class:`Dependency`.
-    The rules switch the dependency between failing, healthy, slow (twice ``slow_after``:
-    a failure) and lagging (half of it: a success); call your code 1 to 8 times (the
-    coroutine of an ``async`` function runs on the clock's event loop); let 0.5 to 2 times
-    ``recovery`` pass; while the breaker is open, call your code just before the recovery
-    time is up; and while it is open or half-open, heal the dependency, wait out
-    ``recovery`` and call ``successes`` times, after which it must be closed. After every
-    step the machine reads the journal's breaker transitions and the dependency's calls in
-    order, and fails at the first of these that does not hold:
+    Each example builds your code afresh, with a new ``VirtualClock``, ``Journal`` and
+    :class:`Dependency`. The rules switch the dependency between failing, healthy, slow
+    (twice ``slow_after``: a failure) and lagging (half of it: a success); call your code
+    1 to 8 times (the coroutine of an ``async`` function runs on the clock's event loop);
+    let 0.5 to 2 times ``recovery`` pass; while the breaker is open, call your code just
+    before the recovery time is up; and while it is open or half-open, heal the
+    dependency, wait out ``recovery`` and call ``successes`` times, after which it must be
+    closed. After every step the machine reads the journal's breaker transitions and the
+    dependency's calls in order, and fails at the first of these that does not hold:
 
     - transitions follow the breaker's graph (closed -> open -> half_open -> closed or
       back to open; manual resets and forcing from anywhere), each from the state the
