@@ -66,6 +66,9 @@ naming the file, the line and the key, with a suggestion for a misspelt key)::
     [resilience.checkpoint]           # what the "job" op does
     key = "story"
     parts = 5                         # one generation per part, a checkpoint after each
+    killed_after = 2                  # the first run is a child process, SIGKILLed once
+                                      # it has saved 2 checkpoints; the job then resumes
+                                      # in process from what it left on disk
 
     [steady_state]                    # optional: a probe that must succeed before the
     op = "generate"                   # steps, and again after them once the faults are
@@ -121,8 +124,11 @@ import contextlib
 import difflib
 import importlib
 import math
+import os
 import re
+import select
 import shlex
+import subprocess
 import sys
 import tempfile
 import tomllib
@@ -162,7 +168,6 @@ from pytest_resilience.retry import Backoff, Retry, result_is_empty, result_is_n
 from pytest_resilience.stream import StreamGuard
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from pytest_resilience.backends.base import Backend, TextStream
@@ -170,6 +175,7 @@ if TYPE_CHECKING:
     from pytest_resilience.backends.resilient import ResilientClient
     from pytest_resilience.clock import Clock
     from pytest_resilience.leaks import Leak
+    from pytest_resilience.recovery import CheckpointStore
 
 __all__ = [
     "Outcome",
@@ -394,7 +400,7 @@ _RESILIENCE = _Table(
         "stream": _STREAM,
         "fallback": _Table({"models": STRS, "static": STR}),
         "degrade": _Table({"models": STRS, "lowest": _choice(*LEVELS[1:])}),
-        "checkpoint": _Table({"key": STR, "parts": POSINT}),
+        "checkpoint": _Table({"key": STR, "parts": POSINT, "killed_after": POSINT}),
     }
 )
 _STEP_RESILIENCE = _Table({"retry": _RETRY, "stream": _STREAM})
@@ -633,6 +639,13 @@ def load(path: str | os.PathLike[str]) -> Scenario:
 
     resilience = data.get("resilience", {})
     _check_names(checker, resilience, ("resilience",))
+    checkpoint = resilience.get("checkpoint", {})
+    if checkpoint.get("killed_after", 0) >= checkpoint.get("parts", _PARTS):
+        raise checker.error(
+            ("resilience", "checkpoint", "killed_after"),
+            f"killed_after must be less than parts ({checkpoint.get('parts', _PARTS)}): "
+            "a job killed after its last checkpoint has nothing left to resume",
+        )
     steps = tuple(_step(checker, raw, ("steps", i)) for i, raw in enumerate(data["steps"]))
     for i, step in enumerate(steps):
         _check_step(checker, target, resilience, step, ("steps", i))
@@ -928,6 +941,7 @@ class _World:
         self.streams: list[_StreamRecord] = []
         self.tmp: tempfile.TemporaryDirectory[str] | None = None
         self.resumed = False
+        self.job_killed = False  # a job's first run is killed once per scenario run
         res, policies = scenario.resilience, self.policies
         self.breaker = policies.breaker(res["breaker"]) if "breaker" in res else None
         self.degrader = policies.degrader(res["degrade"]) if "degrade" in res else None
@@ -1221,7 +1235,10 @@ class _Runner:
         if world.tmp is None:
             world.tmp = tempfile.TemporaryDirectory(prefix="scenario-checkpoints-")
         store = CheckpointStore(Path(world.tmp.name), clock=self.clock, journal=self.journal)
-        parts = conf.get("parts", 3)
+        parts = conf.get("parts", _PARTS)
+        if "killed_after" in conf and not world.job_killed:
+            world.job_killed = True
+            self.kill_job(step, store, conf["killed_after"], parts)
 
         def work(rec: RecoveryContext) -> str:
             done: dict[str, Any] = rec.state or {"next": 0, "parts": []}
@@ -1244,6 +1261,79 @@ class _Runner:
             clock=self.clock,
             journal=self.journal,
         )
+
+    def kill_job(self, step: Step, store: CheckpointStore, after: int, parts: int) -> None:
+        """Run the job's first attempt in a child process on the target's model file, and
+        SIGKILL it as soon as it has saved ``after`` checkpoints into ``store``: a real kill,
+        at whatever the child is doing next (generating the next part, or writing it)."""
+        world = self.world
+        key = world.scenario.resilience["checkpoint"].get("key", "job")
+        model = _model_path(world.target.model, world.base)
+        max_tokens = step.max_tokens or world.target.max_tokens
+        argv = [str(model), str(store.directory), key, step.prompt, str(parts), str(max_tokens)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([_PACKAGE_ROOT, *sys.path])}
+        with (
+            tempfile.TemporaryFile() as errors,
+            subprocess.Popen(
+                [sys.executable, "-c", _JOB_CHILD, *argv],
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                env=env,
+            ) as child,
+        ):
+            assert child.stdout is not None
+            saved = 0
+            while saved < after:
+                # The child runs in real time; a bounded wait, so a wedged child fails the
+                # step instead of the run.
+                ready, _, _ = select.select([child.stdout], [], [], _JOB_CHILD_LIMIT)
+                line = child.stdout.readline() if ready else b""
+                if not line:
+                    child.kill()
+                    child.wait()
+                    errors.seek(0)
+                    tail = errors.read().decode("utf-8", "replace").strip().splitlines()[-5:]
+                    raise BackendError(
+                        f"the job's child process ended after {saved} of {after} checkpoints "
+                        f"(exit status {child.returncode}): {' | '.join(tail) or 'no output'}"
+                    )
+                saved += 1
+            child.kill()  # SIGKILL: no handler, no cleanup, no last write
+            child.wait()
+        self.journal.append(
+            FaultInjected(
+                time=self.clock.now(),
+                source="scenario",
+                site="job.process",
+                fault=f"lost(after={after})",
+                call=1,
+            )
+        )
+
+
+# The first run of a "job" step, as a separate process: argv is model, checkpoint folder,
+# key, prompt, parts, max_tokens. It writes one checkpoint a part, as the in-process job does
+# (the same state), and prints a line after each, for the parent to count before it kills.
+_JOB_CHILD: Final = """
+import sys
+from pytest_resilience.backends.base import GenerationParams
+from pytest_resilience.backends.llama import LlamaBackend
+from pytest_resilience.recovery import CheckpointStore
+
+model, folder, key, prompt, parts, max_tokens = sys.argv[1:]
+store = CheckpointStore(folder)
+done = {"next": 0, "parts": []}
+with LlamaBackend(model, n_ctx=1024, n_threads=1) as llm:
+    for i in range(int(parts)):
+        params = GenerationParams(max_tokens=int(max_tokens))
+        done["parts"].append(llm.generate(f"{prompt} (part {i + 1})", params))
+        done["next"] = i + 1
+        store.save(key, done, step=i + 1)
+        print(i + 1, flush=True)
+"""
+_JOB_CHILD_LIMIT: Final = 60.0  # real seconds the parent waits for each checkpoint
+_PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[1])
+_PARTS: Final = 3  # a job's parts when [resilience.checkpoint] does not say
 
 
 def _describe_step(step: Step) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from faults.scenario import ScenarioOp, format_failure, load, main, replay_command, run
 from pytest_resilience.backends.resilient import ResilientClient
-from pytest_resilience.events import FaultInjected, Journal
+from pytest_resilience.events import CheckpointSaved, FaultInjected, Journal, Recovered
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -144,3 +144,30 @@ def test_the_cli_reports_each_scenario(tmp_path: Path, capsys: pytest.CaptureFix
     assert "FAIL  none_retried.toml" in out
     assert "replay: pytest" in out
     assert "1 of 2 scenarios held" in out
+
+
+def test_a_killed_job_is_a_real_process_and_resumes_where_it_died() -> None:
+    outcome = run(load(SCENARIOS / "checkpoint_resume.toml"))
+    assert outcome.passed, format_failure(outcome)
+    killed = outcome.journal.events(FaultInjected)
+    assert [(e.site, e.fault) for e in killed] == [("job.process", "lost(after=2)")]
+    # the child saved parts 1 and 2 (perhaps 3, if the kill landed after its write): the
+    # resumed run in process saved only what came after, up to the last of 5 parts
+    saved = [e.step for e in outcome.journal.events(CheckpointSaved)]
+    assert saved[-1] == 5
+    assert saved[0] in (3, 4)
+    assert saved == list(range(saved[0], 6))
+    assert [e.how for e in outcome.journal.events(Recovered)] == ["checkpoint"]
+
+
+def test_a_job_whose_child_dies_early_fails_the_step_with_its_error(tmp_path: Path) -> None:
+    text = (SCENARIOS / "checkpoint_resume.toml").read_text()
+    (tmp_path / "broken.gguf").write_bytes(b"not a model")
+    path = tmp_path / "killed.toml"
+    path.write_text(text.replace('model = "tiny"', 'model = "broken.gguf"'))
+    outcome = run(load(path))
+    assert not outcome.passed
+    assert outcome.error is None  # a failed model op, not a crash of the scenario
+    failed = [e.detail for e in outcome.journal.events(ScenarioOp) if e.outcome == "failed"]
+    assert len(failed) == 1
+    assert failed[0].startswith("BackendError: the job's child process ended after 0 of 2")

@@ -220,6 +220,16 @@ ERRORS = [
         "unknown key (expected one of: retry, stream)",
     ),
     (
+        "a job killed after its last checkpoint",
+        _edit(
+            "recovery = 10.0",
+            "recovery = 10.0\n\n[resilience.checkpoint]\nparts = 2\nkilled_after = 2",
+        ),
+        19,
+        "resilience.checkpoint.killed_after",
+        "killed_after must be less than parts (2)",
+    ),
+    (
         "invalid TOML",
         _edit("repeat = 5", "repeat = = 5"),
         20,
@@ -312,7 +322,8 @@ def test_every_shipped_scenario_loads_and_says_what_it_demonstrates(path: Path) 
     scenario = load(path)
     assert scenario.title
     assert path.read_text().startswith("# Demonstrates: ")
-    assert len(scenario.faults) >= 1
+    killed = "killed_after" in scenario.resilience.get("checkpoint", {})  # a real SIGKILL
+    assert len(scenario.faults) >= 1 or killed
     assert scenario.expect.get("leaks") == "none"
     assert "faults_injected" in scenario.expect
 
