@@ -526,6 +526,17 @@ class _VirtualEventLoop(asyncio.SelectorEventLoop):
         future.add_done_callback(lambda _: clock._job_progress(job, delivered=True))
         return future
 
+    async def shutdown_default_executor(self, *args: Any) -> None:
+        # asyncio joins the executor's threads from a thread of its own, which the clock
+        # cannot see: the loop waiting for it would look like a hang. It is a job for the
+        # loop like any other, running until the shutdown has returned to the loop.
+        job = _Job()
+        self.clock._job_submitted(job)
+        try:
+            await super().shutdown_default_executor(*args)
+        finally:
+            self.clock._job_progress(job, delivered=True)
+
 
 def _describe_hang(loop: asyncio.AbstractEventLoop | None) -> str:
     tasks = [t for t in asyncio.all_tasks(loop) if not t.done()] if loop is not None else []

@@ -298,3 +298,23 @@ def test_an_unguarded_await_is_reported_as_a_hang() -> None:
     assert "stalled-reader at never_answers()" in message
     assert "asyncio.timeout" in message
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_slow_executor_shutdown_is_waited_for_not_called_a_hang_real_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # asyncio.run's last act joins the executor's threads from a thread of its own; make
+    # that thread slower than the clock's hang grace (0.25 real seconds), as a loaded
+    # machine sometimes does
+    shutdown = asyncio.BaseEventLoop._do_shutdown  # type: ignore[attr-defined]
+
+    def slow_shutdown(loop: asyncio.BaseEventLoop, future: asyncio.Future[None]) -> None:
+        threading.Event().wait(0.4)
+        shutdown(loop, future)
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "_do_shutdown", slow_shutdown)
+
+    async def main() -> str:
+        return await asyncio.to_thread(str, "done")
+
+    assert VirtualClock().run(main()) == "done"

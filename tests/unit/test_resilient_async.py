@@ -32,7 +32,7 @@ from pytest_resilience.events import DaemonDown, DaemonUp, FallbackUsed, Journal
 from pytest_resilience.fallback import FallbackExhausted
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
+    from collections.abc import AsyncIterator, Callable, Generator, Iterator
 
     from pytest_resilience.backends.base import Backend, GenerationParams
     from pytest_resilience.backends.daemon import DaemonBackend
@@ -205,26 +205,6 @@ def make(
         client.close()
 
 
-def run(clock: VirtualClock, main: Callable[[], Coroutine[object, object, T]]) -> T:
-    """``clock.run(main())``, with a bystander thread alive meanwhile.
-
-    Why: at the end of ``clock.run``, the loop awaits ``shutdown_default_executor``, whose
-    thread the clock does not know; if that thread writes the loop's self-pipe and exits
-    between the loop's last poll and its registering as a waiter, the clock sees every thread
-    waiting and reports a hang (about 1 run in 200 with worker threads). A live thread outside
-    the clock turns that instant verdict into the ``hang_grace`` one, by which time the loop
-    has seen its self-pipe.
-    """
-    done = threading.Event()
-    bystander = threading.Thread(target=done.wait, name="bystander")
-    bystander.start()
-    try:
-        return clock.run(main())
-    finally:
-        done.set()
-        bystander.join()
-
-
 async def opened(client: ResilientClient) -> AsyncResilientStream:
     stream = await client.astream(PROMPT)
     assert stream is not None
@@ -258,7 +238,7 @@ def test_a_healthy_daemon_streams_and_the_direct_backend_is_never_built(
         return built[-1]
 
     client = make(direct=factory)
-    stream, received = run(clock, lambda: read_all(client))
+    stream, received = clock.run(read_all(client))
     assert received == chunks(ANSWER, 3)
     assert stream.text == ANSWER
     assert (stream.source, stream.fell_back, stream.complete) == ("daemon", False, True)
@@ -282,7 +262,7 @@ def test_astream_returns_once_the_first_chunk_has_arrived(
         await stream.aclose()
         return seen, text, first
 
-    seen, text, first = run(clock, main)
+    seen, text, first = clock.run(main())
     assert (seen, text, first) == (1, "", ANSWER[:3])
 
 
@@ -305,7 +285,7 @@ def test_a_down_daemon_is_answered_in_process_in_worker_threads(
     client = make(direct=factory)
     daemon.mode = "down"
     for _ in range(4):
-        stream, received = run(clock, lambda: read_all(client))
+        stream, received = clock.run(read_all(client))
         assert "".join(received) == ANSWER
         assert received == chunks(ANSWER, 4)
         assert (stream.source, stream.fell_back, stream.complete) == ("direct", True, True)
@@ -335,7 +315,7 @@ def test_a_daemon_frozen_before_its_first_chunk_is_given_up_at_the_first_token_d
 ) -> None:
     client = make(timeout=5.0)
     daemon.mode = "frozen"
-    stream, received = run(clock, lambda: read_all(client))
+    stream, received = clock.run(read_all(client))
     assert "".join(received) == ANSWER
     assert stream.source == "direct"
     assert clock.now() == 5.0
@@ -357,7 +337,7 @@ def test_a_stream_that_fails_midway_is_finished_in_process_without_loss_or_dupli
     clock, journal = cast("VirtualClock", client.clock), client.journal
     assert journal is not None
     daemon.fail_after, daemon.failure = after, failure
-    stream, received = run(clock, lambda: read_all(client))
+    stream, received = clock.run(read_all(client))
     assert "".join(received) == ANSWER
     assert received[:after] == chunks(ANSWER, 3)[:after]  # the daemon's part came first
     assert all(received)  # no empty chunk is delivered
@@ -382,9 +362,9 @@ def test_the_daemon_answering_again_is_journaled_as_up(
 ) -> None:
     client = make()
     daemon.mode = "down"
-    run(clock, lambda: read_all(client))
+    clock.run(read_all(client))
     daemon.mode = "ok"
-    stream, _ = run(clock, lambda: read_all(client))
+    stream, _ = clock.run(read_all(client))
     assert stream.source == "daemon"
     assert [type(e) for e in journal.events(DaemonDown, DaemonUp)] == [DaemonDown, DaemonUp]
 
@@ -406,7 +386,7 @@ def test_a_diverging_replay_raises_with_the_delivered_text(
             await anext(stream)
         return first, interrupted.value, [c async for c in stream]
 
-    first, error, after = run(clock, main)
+    first, error, after = clock.run(main())
     assert error.reason == "fallback diverged"
     assert error.partial == first == ANSWER[:6]
     assert after == []
@@ -418,7 +398,7 @@ def test_never_fail_ends_a_diverging_stream_quietly_with_the_error(
 ) -> None:
     client = make(direct=FakeDirect(diverge=True), policy="never_fail")
     daemon.fail_after = 2
-    stream, received = run(clock, lambda: read_all(client))
+    stream, received = clock.run(read_all(client))
     assert "".join(received) == ANSWER[:6]
     assert not stream.complete
     assert isinstance(stream.error, StreamInterrupted)
@@ -437,7 +417,7 @@ def test_raise_policy_raises_fallback_error_when_both_fail_before_the_first_chun
     client = make(direct=FakeDirect(fail=True))
     daemon.mode = "down"
     with pytest.raises(FallbackError) as failed:
-        run(clock, lambda: client.astream(PROMPT))
+        clock.run(client.astream(PROMPT))
     assert [name for name, _ in failed.value.failures] == ["daemon", "direct"]
     assert isinstance(failed.value.__cause__, ModelNotFound)
     (exhausted,) = journal.events(FallbackExhausted)
@@ -452,10 +432,10 @@ def test_never_fail_returns_none_when_both_fail_before_the_first_chunk(
 
     client = make(direct=missing, policy="never_fail")
     daemon.mode = "down"
-    assert run(clock, lambda: client.astream(PROMPT)) is None
+    assert clock.run(client.astream(PROMPT)) is None
     daemon.mode = "ok"
     client.breaker.reset()
-    _, received = run(clock, lambda: read_all(client))
+    _, received = clock.run(read_all(client))
     assert "".join(received) == ANSWER  # the policy only changes how failure looks
 
 
@@ -477,7 +457,7 @@ def test_a_direct_backend_failing_after_the_daemon_was_lost(
             return stream, exc
         return stream, None
 
-    stream, raised = run(clock, main)
+    stream, raised = clock.run(main())
     assert stream.text == ANSWER[:6]
     assert not stream.complete
     assert isinstance(stream.error, FallbackError)
@@ -503,7 +483,7 @@ def test_an_in_process_stall_is_ended_by_the_guard_and_its_thread_stops(
         assert replay.closed
         return failed.value
 
-    error = run(clock, main)
+    error = clock.run(main())
     assert isinstance(error.failures[1][1], StreamStalled)
     assert error.failures[1][1].which == "idle"
     assert clock.now() == 5.0  # the idle deadline after the replay's last delivered chunk
@@ -527,7 +507,7 @@ def test_aclose_during_the_daemon_part_closes_it_and_counts_nothing(
                     break
         return stream
 
-    stream = run(clock, main)
+    stream = clock.run(main())
     assert stream.text == ANSWER[:6]
     assert not stream.complete
     assert daemon.closed == 1
@@ -553,7 +533,7 @@ def test_aclose_during_the_in_process_part_closes_the_replay(
         await stream.aclose()  # idempotent
         return stream
 
-    stream = run(clock, main)
+    stream = clock.run(main())
     assert stream.text == ANSWER[: len(stream.text)]
     assert stream.source == "direct"
     assert not stream.complete
@@ -582,7 +562,7 @@ def test_a_consumer_cancelled_while_a_worker_is_blocked_waits_for_the_worker(
         assert replay.closed
         return stream
 
-    stream = run(clock, main)
+    stream = clock.run(main())
     assert clock.now() == 3.0
     assert stream.text == ANSWER[:8]
 
@@ -611,7 +591,7 @@ def test_concurrent_aclose_ends_a_pending_read_quietly(
         assert replay.closed
         return stream, await reader
 
-    stream, received = run(clock, main)
+    stream, received = clock.run(main())
     assert received == [ANSWER[:4]]
     assert stream.error is None
     assert not stream.complete
@@ -636,7 +616,7 @@ def test_cancellation_is_never_a_reason_to_fall_back(
         with pytest.raises(Cancelled, match="user left"):
             await read_two_cancelling_between()
 
-    run(clock, main)
+    clock.run(main())
     assert daemon.closed == 1
     assert direct.streams == []
     stats = client.breaker.stats()
@@ -673,7 +653,7 @@ def test_a_backend_that_captures_the_scope_at_the_start_runs_past_the_first_toke
     direct = CapturingDirect(clock)
     client = make(direct=direct, timeout=5.0)  # first-token and idle deadlines: 5 s
     daemon.mode = "down"
-    stream, received = run(clock, lambda: read_all(client))
+    stream, received = clock.run(read_all(client))
     assert "".join(received) == ANSWER
     assert stream.complete
     assert clock.now() == 3.0 * len(received)  # far past the first chunk's deadline
