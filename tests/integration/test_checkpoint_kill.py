@@ -90,12 +90,16 @@ def test_sigkill_at_random_moments_leaves_the_last_complete_checkpoint_real_time
             assert int(server.stdout.readline()) == signal.SIGKILL, f"run {run}: writer died"
 
             latest = store.latest("job")  # raises CheckpointError for a partial file
-            assert latest is not None, f"run {run}: nothing written in 5-50 ms"
+            if latest is None:  # killed before its very first save was complete
+                assert not steps, f"run {run}: the checkpoint of step {steps[-1]} vanished"
+                continue
             state = latest.state
             assert state["step"] == latest.step
             expected = hashlib.sha256(f"{state['step']}:{state['pad']}".encode()).hexdigest()
             assert state["digest"] == expected, f"run {run}: checkpoint {latest.step} not whole"
-            assert not steps or latest.step > steps[-1], f"run {run}: no progress"
+            # A kill may land before the next save completes (a loaded machine): the step
+            # can stand still, never go back
+            assert not steps or latest.step >= steps[-1], f"run {run}: went backwards"
             steps.append(latest.step)
 
             leftovers = list(directory.glob(".job.*.tmp"))
@@ -110,7 +114,7 @@ def test_sigkill_at_random_moments_leaves_the_last_complete_checkpoint_real_time
         err = server.stderr.read()
         server.stderr.close()
     assert server.returncode == 0, err.decode()
-    assert len(steps) == RUNS
+    assert len(set(steps)) >= RUNS // 2, f"too few runs made progress: {steps}"
     # Kills do land inside a save (about a third here; the fsyncs dominate a save), which
     # is the window this test is about; a run where none did would prove nothing
     assert killed_mid_write > 0, "no kill landed inside a save"
