@@ -29,7 +29,7 @@ import pytest
 
 from pytest_resilience.clock import VirtualClock
 from pytest_resilience.leaks import ResourceRegistry, check, format_leaks, snapshot
-from pytest_resilience.plugin import SHARED_DAEMON, settings_of, state_of
+from pytest_resilience.plugin import SHARED_DAEMON, in_virtual_time, settings_of, state_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -144,12 +144,14 @@ class TestClock(VirtualClock):
 def clock_fixture(request: pytest.FixtureRequest) -> Iterator[TestClock]:
     clock = TestClock()
     marker = request.node.get_closest_marker("virtual_time")
+    # under --virtual-time, a test runs as if marked virtual_time with its defaults
+    options = marker.kwargs if marker is not None else {}
     try:
-        if marker is not None:
-            if marker.kwargs.get("sleeps", True):
+        if in_virtual_time(request.node, settings_of(request.config)):
+            if options.get("sleeps", True):
                 clock.patch_sleeps()
-            if marker.kwargs.get("wall", False):
-                start = marker.kwargs.get("start")
+            if options.get("wall", False):
+                start = options.get("start")
                 clock.freeze_wall_time(*(() if start is None else (start,)))
         state_of(request.node).clock = clock
         yield clock

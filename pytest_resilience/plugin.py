@@ -15,6 +15,7 @@ option                      ini                           environment
 ``--fault-journal DIR``     ``resilience_fault_journal``  ``PYTEST_FAULT_JOURNAL``
 ``--replay-journal FILE``   ``resilience_replay_journal`` ``PYTEST_REPLAY_JOURNAL``
 ``--[no-]leak-check``       ``resilience_leak_check``     ``PYTEST_LEAK_CHECK``
+``--[no-]virtual-time``     ``resilience_virtual_time``   ``PYTEST_VIRTUAL_TIME``
 ``resilience_scenarios``    (ini only: folders whose ``*.toml`` scenarios are collected)
 ``resilience_daemon_scope`` (ini only: ``function`` or ``session``, the ``daemon`` process)
 ==========================  ============================  ==========================
@@ -22,7 +23,12 @@ option                      ini                           environment
 Fault specs from several sources are merged (:func:`faults.merge`): for a site named by
 several, the one of higher precedence wins. A value ending in ``.toml`` is a scenario file
 whose ``[faults] spec`` is used. Markers: ``faults(spec)``, ``no_faults``,
-``virtual_time(wall=False, sleeps=True)``, ``no_leak_check``.
+``virtual_time(wall=False, sleeps=True)``, ``real_time``, ``no_leak_check``.
+
+``--virtual-time`` gives every test the ``clock`` fixture, as if each were marked
+``virtual_time``: injected waits (``timeout``, ``latency``, ``stall``) and the sleeps of
+tenacity, stamina and backoff take no real time, and a hang that nothing can end fails at
+once naming its site. ``@pytest.mark.real_time`` keeps a test in real time.
 
 Each test under faults runs its call phase inside an :class:`faults.Injector` seeded by
 (run seed, node id, site), on the test's ``clock`` fixture when it uses one (else real
@@ -57,13 +63,14 @@ if TYPE_CHECKING:
     from pytest_resilience.events import Journal
     from pytest_resilience.fixtures import FaultsFactory, LeakCheck, TestClock
 
-__all__ = ["SHARED_DAEMON", "Settings", "TestState", "settings_of", "state_of"]
+__all__ = ["SHARED_DAEMON", "Settings", "TestState", "in_virtual_time", "settings_of", "state_of"]
 
 ENV_FAULTS: Final = "PYTEST_INJECT_FAULTS"
 ENV_SEED: Final = "PYTEST_FAULT_SEED"
 ENV_JOURNAL: Final = "PYTEST_FAULT_JOURNAL"
 ENV_REPLAY: Final = "PYTEST_REPLAY_JOURNAL"
 ENV_LEAKS: Final = "PYTEST_LEAK_CHECK"
+ENV_VIRTUAL: Final = "PYTEST_VIRTUAL_TIME"
 _CACHE_KEY: Final = "resilience/fault_seed"
 _WORKER_KEY: Final = "resilience_fault_seed"
 _PROP: Final = "resilience.figures"  # the user property that carries a test's figures as JSON
@@ -117,6 +124,7 @@ class Settings:
     journal_dir: Path | None = None
     replay: Recording | None = None
     leak_check: bool = False
+    virtual_time: bool = False
     daemon_scope: _DaemonScope = "function"
     totals: _Totals = field(default_factory=_Totals)
 
@@ -221,7 +229,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("resilience_fault_seed", "seed of the probabilistic faults (N or last)")
     parser.addini("resilience_fault_journal", "folder for the per-test fault journals")
     parser.addini("resilience_replay_journal", "a saved journal whose faults every test replays")
+    group.addoption(
+        "--virtual-time",
+        action="store_true",
+        default=None,
+        dest="resilience_virtual_time",
+        help="run every test on a virtual clock, as if marked virtual_time: injected waits "
+        f"and library sleeps take no real time (env {ENV_VIRTUAL}=1)",
+    )
+    group.addoption(
+        "--no-virtual-time",
+        action="store_false",
+        dest="resilience_virtual_time",
+        help="turn run-wide virtual time off",
+    )
     parser.addini("resilience_leak_check", "fail tests that leak (true/false)")
+    parser.addini("resilience_virtual_time", "run every test on a virtual clock (true/false)")
     parser.addini("resilience_scenarios", "folders whose *.toml scenario files are collected",
                   type="paths")  # fmt: skip
     parser.addini("resilience_daemon_scope",
@@ -246,11 +269,11 @@ def _values(config: pytest.Config, option: str, ini: str, env: str) -> list[_Val
     return found
 
 
-def _bool(config: pytest.Config) -> bool:
-    cli = config.getoption("resilience_leak_check")
+def _bool(config: pytest.Config, name: str, env: str) -> bool:
+    cli = config.getoption(name)
     if cli is not None:
         return bool(cli)
-    for value in reversed(_values(config, "", "resilience_leak_check", ENV_LEAKS)):
+    for value in reversed(_values(config, "", name, env)):
         text = value.text.lower()
         if text in _TRUE or text in _FALSE:
             return text in _TRUE
@@ -343,6 +366,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "virtual_time(wall=False, sleeps=True, start=None): give the test a virtual `clock`; "
         "wall=True makes time.time/datetime follow it, sleeps runs tenacity/stamina/backoff "
         "sleeps on it",
+        "real_time: run this test in real time, even under --virtual-time",
         "no_leak_check: do not fail this test for leaked threads, fds or processes",
     ):
         config.addinivalue_line("markers", line)
@@ -371,7 +395,8 @@ def pytest_configure(config: pytest.Config) -> None:
             settings.replay = load(base / replays[-1].text)
         except (OSError, JournalFileError) as exc:
             raise pytest.UsageError(f"{replays[-1].where}: cannot replay: {exc}") from None
-    settings.leak_check = _bool(config)
+    settings.leak_check = _bool(config, "resilience_leak_check", ENV_LEAKS)
+    settings.virtual_time = _bool(config, "resilience_virtual_time", ENV_VIRTUAL)
     settings.daemon_scope = _daemon_scope_of(config)
     config.stash[_SETTINGS] = settings
     config.pluginmanager.register(_Reporter(settings.totals), "resilience-reporter")
@@ -414,6 +439,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         lines.append(f"resilience: replaying the faults of '{settings.replay.spec}'")
     if settings.leak_check:
         lines.append("resilience: leak check on")
+    if settings.virtual_time:
+        lines.append("resilience: virtual time on (tests marked real_time excepted)")
     return lines
 
 
@@ -421,7 +448,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Parse every ``faults`` marker now, so a bad one is a usage error before any test."""
+    """Parse every ``faults`` marker now, so a bad one is a usage error before any test;
+    give the ``clock`` fixture to the tests that run in virtual time."""
+    settings = config.stash[_SETTINGS]
     for item in items:
         markers = list(item.iter_markers("faults"))
         if markers:
@@ -436,10 +465,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             from faults.spec import merge  # noqa: PLC0415
 
             item.stash[_MARKER_SPEC] = merge(*specs)
-        if item.get_closest_marker("virtual_time") is not None:
+        if in_virtual_time(item, settings):
             names = getattr(item, "fixturenames", None)
             if isinstance(names, list) and "clock" not in names:
                 names.append("clock")  # requested as if named in the signature
+
+
+def in_virtual_time(item: pytest.Item, settings: Settings) -> bool:
+    """Whether ``item`` runs on a virtual ``clock``: marked so, or under ``--virtual-time``."""
+    if item.get_closest_marker("virtual_time") is not None:
+        return True
+    return settings.virtual_time and item.get_closest_marker("real_time") is None
 
 
 def _effective_spec(item: pytest.Item, settings: Settings) -> Spec | None:

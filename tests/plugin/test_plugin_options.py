@@ -21,6 +21,7 @@ ENV = (
     "PYTEST_FAULT_JOURNAL",
     "PYTEST_REPLAY_JOURNAL",
     "PYTEST_LEAK_CHECK",
+    "PYTEST_VIRTUAL_TIME",
 )
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
 
@@ -257,6 +258,12 @@ def test_a_malformed_spec_is_a_usage_error_naming_its_source(
             "ERROR: ini option resilience_leak_check (*): expected true or false*",
         ),
         (
+            [],
+            {"PYTEST_VIRTUAL_TIME": "soon"},
+            "",
+            "ERROR: environment variable PYTEST_VIRTUAL_TIME: expected true or false, not 'soon'",
+        ),
+        (
             ["--inject-faults", "missing.toml"],
             {},
             "",
@@ -448,3 +455,68 @@ def test_leak_check_fails_the_leaking_test_with_what_leaked_real_time(
         ["*ERROR at teardown of test_leaks_a_pipe*", "*2 things leaked:", "*- fd: * -> pipe:*"]
     )
     result.stdout.fnmatch_lines(["leaks found*2"])
+
+
+# ----------------------------------------------------------------------- virtual time
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "ini", "on"),
+    [
+        ([], None, None, False),
+        (["--virtual-time"], None, None, True),
+        ([], "1", None, True),
+        ([], None, "true", True),
+        (["--no-virtual-time"], "1", "true", False),
+        ([], "yes", "false", False),
+    ],
+)
+def test_virtual_time_switch_sources(  # noqa: PLR0917 - parametrized: one argument a column
+    suite: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: str | None,
+    ini: str | None,
+    on: bool,
+) -> None:
+    if env is not None:
+        monkeypatch.setenv("PYTEST_VIRTUAL_TIME", env)
+    if ini is not None:
+        suite.makeini(INI + f"resilience_virtual_time = {ini}\n")
+    suite.makepyfile(
+        test_suite="""
+        def test_clock(request):
+            print("CLOCK", "clock" in request.fixturenames)
+        """
+    )
+    result = run(suite, *args)
+    result.assert_outcomes(passed=1)
+    assert ("resilience: virtual time on" in result.stdout.str()) is on
+    result.stdout.fnmatch_lines([f"*CLOCK {on}*"])
+
+
+def test_virtual_time_makes_an_unchanged_suites_waits_instant(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_suite="""
+        import time
+        import pytest
+        import tenacity.nap
+        import target
+
+        def test_an_injected_ten_minutes(request):
+            started = time.perf_counter()
+            assert target.answer() == "ok"
+            assert time.perf_counter() - started < 5
+            assert request.getfixturevalue("clock").now() == 600.0
+
+        def test_a_library_sleep():
+            tenacity.nap.sleep(30)  # tenacity's own sleep, on the test's clock
+
+        @pytest.mark.real_time
+        def test_kept_in_real_time(request):
+            assert "clock" not in request.fixturenames
+            assert tenacity.nap.time is time
+        """
+    )
+    result = run(suite, "--virtual-time", "--inject-faults", "py:target:answer=latency(10m)")
+    result.assert_outcomes(passed=3)
