@@ -1272,34 +1272,28 @@ class _Runner:
         max_tokens = step.max_tokens or world.target.max_tokens
         argv = [str(model), str(store.directory), key, step.prompt, str(parts), str(max_tokens)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([_PACKAGE_ROOT, *sys.path])}
-        with (
-            tempfile.TemporaryFile() as errors,
-            subprocess.Popen(
+        with tempfile.TemporaryFile() as errors:
+            child = subprocess.Popen(
                 [sys.executable, "-c", _JOB_CHILD, *argv],
                 stdout=subprocess.PIPE,
                 stderr=errors,
                 env=env,
-            ) as child,
-        ):
+                bufsize=0,  # raw reads: select() must see every line the child wrote
+            )
             assert child.stdout is not None
-            saved = 0
-            while saved < after:
-                # The child runs in real time; a bounded wait, so a wedged child fails the
-                # step instead of the run.
-                ready, _, _ = select.select([child.stdout], [], [], _JOB_CHILD_LIMIT)
-                line = child.stdout.readline() if ready else b""
-                if not line:
-                    child.kill()
-                    child.wait()
-                    errors.seek(0)
-                    tail = errors.read().decode("utf-8", "replace").strip().splitlines()[-5:]
-                    raise BackendError(
-                        f"the job's child process ended after {saved} of {after} checkpoints "
-                        f"(exit status {child.returncode}): {' | '.join(tail) or 'no output'}"
-                    )
-                saved += 1
-            child.kill()  # SIGKILL: no handler, no cleanup, no last write
-            child.wait()
+            try:
+                saved = _count_lines(child.stdout.fileno(), after)
+            finally:
+                child.kill()  # SIGKILL: no handler, no cleanup, no last write
+                child.wait()
+                child.stdout.close()
+            if saved < after:
+                errors.seek(0)
+                tail = errors.read().decode("utf-8", "replace").strip().splitlines()[-5:]
+                raise BackendError(
+                    f"the job's child process ended after {saved} of {after} checkpoints "
+                    f"(exit status {child.returncode}): {' | '.join(tail) or 'no output'}"
+                )
         self.journal.append(
             FaultInjected(
                 time=self.clock.now(),
@@ -1332,6 +1326,22 @@ with LlamaBackend(model, n_ctx=1024, n_threads=1) as llm:
         print(i + 1, flush=True)
 """
 _JOB_CHILD_LIMIT: Final = 60.0  # real seconds the parent waits for each checkpoint
+
+
+def _count_lines(fd: int, wanted: int) -> int:
+    """Read ``fd`` until ``wanted`` lines have come, it ends, or a line takes longer than
+    ``_JOB_CHILD_LIMIT`` real seconds (the child runs in real time: a wedged one must fail
+    the step, not the run). Returns the lines seen."""
+    seen = 0
+    while seen < wanted:
+        ready, _, _ = select.select([fd], [], [], _JOB_CHILD_LIMIT)
+        data = os.read(fd, 4096) if ready else b""
+        if not data:
+            break
+        seen += data.count(b"\n")
+    return seen
+
+
 _PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[1])
 _PARTS: Final = 3  # a job's parts when [resilience.checkpoint] does not say
 
