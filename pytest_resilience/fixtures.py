@@ -18,6 +18,7 @@ asks for one, so that loading the plugin stays cheap; this module may import the
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib
 import importlib.util
@@ -229,6 +230,12 @@ class LeakCheck:
 def leak_check_fixture(request: pytest.FixtureRequest) -> Iterator[LeakCheck]:
     checker = LeakCheck()
     yield checker
+    shared = request.config.stash.get(SHARED_DAEMON, None)
+    if shared is not None and shared.pid is not None and checker.before.processes is not None:
+        # The session's daemon outlives every test by design, also when this test
+        # restarted it (a new pid).
+        processes = {**checker.before.processes, shared.pid: "the session's daemon"}
+        checker.before = dataclasses.replace(checker.before, processes=processes)
     leaks = checker.leaks()
     if leaks:
         state_of(request.node).leaks += len(leaks)
@@ -253,7 +260,9 @@ def daemon_process_fixture(request: pytest.FixtureRequest, model: Path) -> Itera
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
     from pytest_resilience.backends.daemon import DaemonProcess  # noqa: PLC0415
 
-    process = DaemonProcess(model)
+    # a daemon of the test's own records into the test's journal from its start to its stop
+    journal = state_of(request.node).journal if request.scope == "function" else None
+    process = DaemonProcess(model, journal=journal)
     try:
         process.start()
         if request.scope == "session":
@@ -280,7 +289,8 @@ def daemon_fixture(
     try:
         yield process
     finally:
-        process.journal = None
+        if request.config.stash.get(SHARED_DAEMON, None) is process:
+            process.journal = None  # the next test's, from its start
 
 
 def resilient_fixture(

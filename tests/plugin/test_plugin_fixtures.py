@@ -23,7 +23,12 @@ INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\nasyncio_mode = s
 
 @pytest.fixture
 def ptr(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    for name in ("PYTEST_INJECT_FAULTS", "PYTEST_FAULT_SEED", "PYTEST_LEAK_CHECK"):
+    for name in (
+        "PYTEST_INJECT_FAULTS",
+        "PYTEST_FAULT_SEED",
+        "PYTEST_LEAK_CHECK",
+        "PYTEST_VIRTUAL_TIME",
+    ):
         monkeypatch.delenv(name, raising=False)
     pytester.makeini(INI)
     pytester.makepyfile(
@@ -341,9 +346,11 @@ def test_daemon_and_resilient_client_fixtures_real_time(ptr: pytest.Pytester) ->
     ptr.makepyfile(
         test_it="""
         from pytest_resilience.assertions import assert_fell_back
+        from pytest_resilience.events import DaemonUp
 
         def test_client(daemon, resilient_client, journal):
             assert daemon.alive
+            assert journal.events(DaemonUp)  # its start is in the test's journal
             first = resilient_client.generate("Hello")
             daemon.kill()
             assert resilient_client.generate("Hello") == first
@@ -380,9 +387,20 @@ def test_a_session_daemon_is_shared_and_revived_after_a_kill_real_time(
         def test_same_process(daemon, journal):
             assert daemon.pid == pids[1]
             assert not journal.events(DaemonDown)  # the earlier tests' events are theirs
+
+        def test_restart_within_the_test(daemon):
+            daemon.restart()  # a new child, which outlives the test: not a leak
+            pids.append(daemon.pid)
+
+        def test_pause(daemon):
+            assert daemon.pid == pids[2]
+            daemon.pause()
+
+        def test_resumed(daemon):
+            assert daemon.alive and not daemon.paused and daemon.pid == pids[2]
         """
     )
-    run(ptr, "-p", "no:randomly").assert_outcomes(passed=3)
+    run(ptr, "-p", "no:randomly").assert_outcomes(passed=6)
 
 
 def test_a_bad_daemon_scope_is_a_usage_error(ptr: pytest.Pytester) -> None:
