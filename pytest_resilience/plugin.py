@@ -26,8 +26,8 @@ whose ``[faults] spec`` is used. Markers: ``faults(spec)``, ``no_faults``,
 ``virtual_time(wall=False, sleeps=True)``, ``real_time``, ``no_leak_check``.
 
 ``--virtual-time`` gives every test the ``clock`` fixture, as if each were marked
-``virtual_time``: injected waits (``timeout``, ``latency``, ``stall``) and the sleeps of
-tenacity, stamina and backoff take no real time, and a hang that nothing can end fails at
+``virtual_time``: injected waits (``timeout``, ``latency``, ``stall``) and the sync sleeps
+of tenacity, stamina and backoff take no real time, and a hang that nothing can end fails at
 once naming its site. ``@pytest.mark.real_time`` keeps a test in real time.
 
 Each test under faults runs its call phase inside an :class:`faults.Injector` seeded by
@@ -235,7 +235,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         dest="resilience_virtual_time",
         help="run every test on a virtual clock, as if marked virtual_time: injected waits "
-        f"and library sleeps take no real time (env {ENV_VIRTUAL}=1)",
+        f"and sync library sleeps take no real time (env {ENV_VIRTUAL}=1)",
     )
     group.addoption(
         "--no-virtual-time",
@@ -472,10 +472,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def in_virtual_time(item: pytest.Item, settings: Settings) -> bool:
-    """Whether ``item`` runs on a virtual ``clock``: marked so, or under ``--virtual-time``."""
-    if item.get_closest_marker("virtual_time") is not None:
-        return True
-    return settings.virtual_time and item.get_closest_marker("real_time") is None
+    """Whether ``item`` runs on a virtual ``clock``: the closer of its ``virtual_time`` and
+    ``real_time`` markers decides, else ``--virtual-time``."""
+    for marker in item.iter_markers():  # the function's first, then its class's, module's
+        if marker.name in ("virtual_time", "real_time"):
+            return marker.name == "virtual_time"
+    return settings.virtual_time
 
 
 def _effective_spec(item: pytest.Item, settings: Settings) -> Spec | None:

@@ -520,3 +520,31 @@ def test_virtual_time_makes_an_unchanged_suites_waits_instant(suite: pytest.Pyte
     )
     result = run(suite, "--virtual-time", "--inject-faults", "py:target:answer=latency(10m)")
     result.assert_outcomes(passed=3)
+
+
+def test_the_closer_of_virtual_time_and_real_time_wins(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_suite="""
+        import pytest
+
+        pytestmark = pytest.mark.virtual_time
+
+        def test_from_the_module(request):
+            assert "clock" in request.fixturenames
+
+        @pytest.mark.real_time
+        def test_real_beats_the_module(request):
+            assert "clock" not in request.fixturenames
+
+        @pytest.mark.real_time
+        class TestReal:
+            def test_from_the_class(self, request):
+                assert "clock" not in request.fixturenames
+
+            @pytest.mark.virtual_time
+            def test_virtual_beats_the_class(self, request):
+                assert "clock" in request.fixturenames
+        """
+    )
+    run(suite).assert_outcomes(passed=4)
+    run(suite, "--virtual-time").assert_outcomes(passed=4)
