@@ -18,7 +18,12 @@ SERVICE = Path("tales") / "service.py"
 
 @pytest.fixture
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    for name in ("PYTEST_INJECT_FAULTS", "PYTEST_FAULT_SEED", "PYTEST_LEAK_CHECK"):
+    for name in (
+        "PYTEST_INJECT_FAULTS",
+        "PYTEST_FAULT_SEED",
+        "PYTEST_LEAK_CHECK",
+        "PYTEST_VIRTUAL_TIME",
+    ):
         monkeypatch.delenv(name, raising=False)
     shutil.copytree(
         EXAMPLE,
