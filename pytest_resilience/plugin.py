@@ -63,7 +63,15 @@ if TYPE_CHECKING:
     from pytest_resilience.events import Journal
     from pytest_resilience.fixtures import FaultsFactory, LeakCheck, TestClock
 
-__all__ = ["SHARED_DAEMON", "Settings", "TestState", "in_virtual_time", "settings_of", "state_of"]
+__all__ = [
+    "ENVIRONMENT",
+    "SHARED_DAEMON",
+    "Settings",
+    "TestState",
+    "in_virtual_time",
+    "settings_of",
+    "state_of",
+]
 
 ENV_FAULTS: Final = "PYTEST_INJECT_FAULTS"
 ENV_SEED: Final = "PYTEST_FAULT_SEED"
@@ -71,6 +79,8 @@ ENV_JOURNAL: Final = "PYTEST_FAULT_JOURNAL"
 ENV_REPLAY: Final = "PYTEST_REPLAY_JOURNAL"
 ENV_LEAKS: Final = "PYTEST_LEAK_CHECK"
 ENV_VIRTUAL: Final = "PYTEST_VIRTUAL_TIME"
+#: Every environment variable the plugin reads.
+ENVIRONMENT: Final = (ENV_FAULTS, ENV_SEED, ENV_JOURNAL, ENV_REPLAY, ENV_LEAKS, ENV_VIRTUAL)
 _CACHE_KEY: Final = "resilience/fault_seed"
 _WORKER_KEY: Final = "resilience_fault_seed"
 _PROP: Final = "resilience.figures"  # the user property that carries a test's figures as JSON

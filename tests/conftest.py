@@ -3,4 +3,19 @@ pyproject.toml): a test that leaves a thread, a file descriptor or a child proce
 fails at teardown with the list of what leaked. Session and module fixtures are set up
 before the check starts, so what they hold is not counted; function fixtures are torn down
 before it ends. A test that leaks on purpose says so with ``@pytest.mark.no_leak_check``.
+
+The pytest runs that tests start themselves (pytester) read the plugin's environment
+variables: a developer's own settings are cleared, so that they cannot change the results.
 """
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_resilience.plugin import ENVIRONMENT
+
+
+@pytest.fixture(autouse=True)
+def _no_resilience_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)

@@ -17,14 +17,7 @@ SERVICE = Path("tales") / "service.py"
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    for name in (
-        "PYTEST_INJECT_FAULTS",
-        "PYTEST_FAULT_SEED",
-        "PYTEST_LEAK_CHECK",
-        "PYTEST_VIRTUAL_TIME",
-    ):
-        monkeypatch.delenv(name, raising=False)
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
     shutil.copytree(
         EXAMPLE,
         pytester.path,

@@ -22,14 +22,7 @@ INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\nasyncio_mode = s
 
 
 @pytest.fixture
-def ptr(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    for name in (
-        "PYTEST_INJECT_FAULTS",
-        "PYTEST_FAULT_SEED",
-        "PYTEST_LEAK_CHECK",
-        "PYTEST_VIRTUAL_TIME",
-    ):
-        monkeypatch.delenv(name, raising=False)
+def ptr(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makeini(INI)
     pytester.makepyfile(
         target="def answer():\n    return 'ok'\n\nasync def aanswer():\n    return 'ok'\n"

@@ -15,14 +15,6 @@ if TYPE_CHECKING:
 
 pytest_plugins = ["pytester"]
 
-ENV = (
-    "PYTEST_INJECT_FAULTS",
-    "PYTEST_FAULT_SEED",
-    "PYTEST_FAULT_JOURNAL",
-    "PYTEST_REPLAY_JOURNAL",
-    "PYTEST_LEAK_CHECK",
-    "PYTEST_VIRTUAL_TIME",
-)
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
 
 # A downstream module and a suite that knows nothing of faults: it prints which of five
@@ -41,9 +33,7 @@ def test_pattern():
 
 
 @pytest.fixture
-def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    for name in ENV:
-        monkeypatch.delenv(name, raising=False)
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makeini(INI)
     pytester.makepyfile(target=TARGET, test_suite=SUITE)
     return pytester

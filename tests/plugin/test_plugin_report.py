@@ -52,14 +52,7 @@ def test_fails(journal):
 
 
 @pytest.fixture
-def ptr(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    for name in (
-        "PYTEST_INJECT_FAULTS",
-        "PYTEST_FAULT_SEED",
-        "PYTEST_LEAK_CHECK",
-        "PYTEST_VIRTUAL_TIME",
-    ):
-        monkeypatch.delenv(name, raising=False)
+def ptr(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makeini(INI)
     pytester.makepyfile(target=TARGET, test_suite=SUITE)
     return pytester

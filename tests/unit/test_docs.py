@@ -199,15 +199,8 @@ def _run_python(block: Block, module: types.ModuleType, monkeypatch: pytest.Monk
 
 
 @pytest.fixture
-def scratch(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
+def scratch(pytester: pytest.Pytester) -> Path:
     """The page's folder: the current directory, on sys.path, with a plain pytest.ini."""
-    for name in (
-        "PYTEST_INJECT_FAULTS",
-        "PYTEST_FAULT_SEED",
-        "PYTEST_LEAK_CHECK",
-        "PYTEST_VIRTUAL_TIME",
-    ):
-        monkeypatch.delenv(name, raising=False)
     pytester.makeini(_INI)
     pytester.syspathinsert()
     return pytester.path
