@@ -383,17 +383,39 @@ def test_fault_journal_from_ini_and_env(
 # ----------------------------------------------------------------------- leak check
 
 
-@pytest.mark.parametrize(
+# Every source of a true/false switch, lowest precedence first: env < ini < command line.
+# "{}" stands for the switch's name in its flags.
+SWITCH_SOURCES = pytest.mark.parametrize(
     ("args", "env", "ini", "on"),
     [
         ([], None, None, False),
-        (["--leak-check"], None, None, True),
+        (["--{}"], None, None, True),
         ([], "1", None, True),
         ([], None, "true", True),
-        (["--no-leak-check"], None, "true", False),
+        (["--no-{}"], "1", "true", False),
         ([], "yes", "false", False),
     ],
 )
+
+
+def run_switch(  # noqa: PLR0917 - one argument a column of SWITCH_SOURCES
+    suite: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    args: list[str],
+    env: str | None,
+    ini: str | None,
+) -> pytest.RunResult:
+    """Run the suite with switch ``name`` (say ``leak-check``) given by these sources."""
+    key = name.replace("-", "_")
+    if env is not None:
+        monkeypatch.setenv(f"PYTEST_{key.upper()}", env)
+    if ini is not None:
+        suite.makeini(INI + f"resilience_{key} = {ini}\n")
+    return run(suite, *(arg.format(name) for arg in args))
+
+
+@SWITCH_SOURCES
 def test_leak_check_switch_sources(  # noqa: PLR0917 - parametrized: one argument a column
     suite: pytest.Pytester,
     monkeypatch: pytest.MonkeyPatch,
@@ -402,11 +424,7 @@ def test_leak_check_switch_sources(  # noqa: PLR0917 - parametrized: one argumen
     ini: str | None,
     on: bool,
 ) -> None:
-    if env is not None:
-        monkeypatch.setenv("PYTEST_LEAK_CHECK", env)
-    if ini is not None:
-        suite.makeini(INI + f"resilience_leak_check = {ini}\n")
-    result = run(suite, *args)
+    result = run_switch(suite, monkeypatch, "leak-check", args, env, ini)
     result.assert_outcomes(passed=1)
     assert ("resilience: leak check on" in result.stdout.str()) is on
 
@@ -450,17 +468,7 @@ def test_leak_check_fails_the_leaking_test_with_what_leaked_real_time(
 # ----------------------------------------------------------------------- virtual time
 
 
-@pytest.mark.parametrize(
-    ("args", "env", "ini", "on"),
-    [
-        ([], None, None, False),
-        (["--virtual-time"], None, None, True),
-        ([], "1", None, True),
-        ([], None, "true", True),
-        (["--no-virtual-time"], "1", "true", False),
-        ([], "yes", "false", False),
-    ],
-)
+@SWITCH_SOURCES
 def test_virtual_time_switch_sources(  # noqa: PLR0917 - parametrized: one argument a column
     suite: pytest.Pytester,
     monkeypatch: pytest.MonkeyPatch,
@@ -469,17 +477,13 @@ def test_virtual_time_switch_sources(  # noqa: PLR0917 - parametrized: one argum
     ini: str | None,
     on: bool,
 ) -> None:
-    if env is not None:
-        monkeypatch.setenv("PYTEST_VIRTUAL_TIME", env)
-    if ini is not None:
-        suite.makeini(INI + f"resilience_virtual_time = {ini}\n")
     suite.makepyfile(
         test_suite="""
         def test_clock(request):
             print("CLOCK", "clock" in request.fixturenames)
         """
     )
-    result = run(suite, *args)
+    result = run_switch(suite, monkeypatch, "virtual-time", args, env, ini)
     result.assert_outcomes(passed=1)
     assert ("resilience: virtual time on" in result.stdout.str()) is on
     result.stdout.fnmatch_lines([f"*CLOCK {on}*"])
