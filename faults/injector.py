@@ -26,12 +26,14 @@ whatever the seed.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
 from faults.journal import Recording, dump, load, save
 from faults.schedule import schedules as build_schedules
 from faults.sites import Env, install
 from faults.spec import Site, Spec, parse
+from faults.target import Target
 from pytest_resilience.clock import SystemClock
 from pytest_resilience.events import Journal
 
@@ -43,11 +45,13 @@ if TYPE_CHECKING:
 
     from faults.proxy import FaultProxy
     from faults.schedule import Decision, Schedule
-    from faults.sites import Restorer
-    from pytest_resilience.backends.daemon import DaemonProcess
+    from faults.sites import Installed
+    from faults.sites.daemon import DaemonSites
+    from faults.spec import Term
+    from faults.target import Server
     from pytest_resilience.clock import Clock
 
-__all__ = ["Injector", "inject"]
+__all__ = ["Injector", "Unreached", "inject"]
 
 _stack: list[Injector] = []  # installed injectors, innermost last
 _stack_lock = threading.Lock()
@@ -59,9 +63,12 @@ class Injector:
     ``seed`` and ``scope`` seed each site's generator (probabilistic terms, latency
     jitter). ``clock`` paces hangs and latency and stamps events (default: the system
     clock). ``journal`` receives the ``FaultInjected`` events (default: a journal of the
-    injector's own, :attr:`journal`). ``daemon`` is the ``DaemonProcess`` the daemon.*
-    sites act on; ``proxy`` a running ``FaultProxy`` in front of it. Raises ``SpecError``
-    for a malformed spec.
+    injector's own, :attr:`journal`). ``daemon`` is the server the daemon.* sites act on: a
+    ``DaemonProcess``, a :class:`~faults.target.Target`, or the base URL of a server of the
+    app's own; ``proxy`` a running ``FaultProxy`` in front of it. Only traffic to their
+    addresses is faulted; with neither, the daemon.* sites fault nothing and
+    :meth:`unreached` says so. Raises ``SpecError`` for a malformed spec, ``ValueError``
+    for a ``daemon`` URL without scheme or host.
     """
 
     def __init__(
@@ -72,7 +79,7 @@ class Injector:
         scope: str = "",
         clock: Clock | None = None,
         journal: Journal | None = None,
-        daemon: DaemonProcess | None = None,
+        daemon: Server | str | None = None,
         proxy: FaultProxy | None = None,
     ) -> None:
         self.spec = parse(spec) if isinstance(spec, str) else spec
@@ -80,13 +87,14 @@ class Injector:
         self.scope = scope
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.journal = journal if journal is not None else Journal()
-        self.daemon = daemon
+        self.daemon: Server | None = Target(daemon) if isinstance(daemon, str) else daemon
         self.proxy = proxy
         self._schedules: dict[Site, Schedule] = dict(
             build_schedules(self.spec, seed=seed, scope=scope)
         )
-        self._env = Env(self.clock, self.journal, seed, scope, daemon, proxy)
-        self._installed: list[Restorer] | None = None
+        self._env = Env(self.clock, self.journal, seed, scope, self.daemon, proxy)
+        self._installed: Installed | None = None
+        self._daemon_sites: DaemonSites | None = None
 
     # ------------------------------------------------------------------ replay
 
@@ -99,7 +107,7 @@ class Injector:
         scope: str | None = None,
         clock: Clock | None = None,
         journal: Journal | None = None,
-        daemon: DaemonProcess | None = None,
+        daemon: Server | str | None = None,
         proxy: FaultProxy | None = None,
     ) -> Injector:
         """An injector that fires exactly the faults of a saved run (a path or its lines).
@@ -127,7 +135,7 @@ class Injector:
         scope: str | None = None,
         clock: Clock | None = None,
         journal: Journal | None = None,
-        daemon: DaemonProcess | None = None,
+        daemon: Server | str | None = None,
         proxy: FaultProxy | None = None,
     ) -> Injector:
         """:meth:`replay` from a :class:`~faults.journal.Recording` already read."""
@@ -156,6 +164,7 @@ class Injector:
             if self._installed is not None:
                 raise RuntimeError(f"{self!r} is already installed")
             self._installed = install(self.spec, self._schedules, self._env)
+            self._daemon_sites = self._installed.daemon
             _stack.append(self)
         return self
 
@@ -214,6 +223,45 @@ class Injector:
     def schedules(self) -> Mapping[Site, Schedule]:
         return dict(self._schedules)
 
+    def unreached(self) -> list[Unreached]:
+        """The sites whose faults were asked for without chance and never fired, each with
+        the likely reason. A term without ``pct%`` is a request that must be met: when none
+        of a site's terms fired, the test proved nothing about that fault."""
+        found: list[Unreached] = []
+        for entry in self.spec.entries:
+            schedule = self._schedules[entry.site]
+            certain = [t for t in entry.chain if t.kind != "off" and t.pct is None]
+            if not certain or schedule.fired:
+                continue
+            found.append(Unreached(str(entry.site), self._why(entry.site, schedule, certain)))
+        return found
+
+    def _why(self, site: Site, schedule: Schedule, terms: list[Term]) -> str:
+        calls = schedule.calls
+        if calls:
+            first = min((t.at for t in terms if t.at is not None), default=None)
+            need = f"; its fault waits for call {first}" if first is not None else ""
+            return f"{site} was called {calls} time(s) but no fault fired{need}"
+        if site.family != "daemon":
+            return f"{site} was never called"
+        sites = self._daemon_sites
+        if self.daemon is None and self.proxy is None:
+            return (
+                f"{site} has no daemon to act on: pass daemon= (a DaemonProcess, a Target "
+                "or a base URL), use the `daemon` fixture, or set resilience_daemon_url"
+            )
+        where = ", ".join(f"{host}:{port}" for host, port in sites.addresses()) if sites else "?"
+        if sites is not None and sites.elsewhere:
+            others = ", ".join(f"{a} x{n}" for a, n in sites.elsewhere.most_common(3))
+            return f"{site}: requests went to other servers ({others}), not to {where}"
+        if site.target == "stream":
+            return f"{site}: no streamed (text/event-stream) answer from {where} was read"
+        hooked = ", ".join(sites.clients) if sites else "none"
+        return (
+            f"{site}: no hooked client ({hooked}) sent a request to {where}; a client that is "
+            "not hooked needs the wire route (resilience_daemon_proxy)"
+        )
+
     def dump(self, stream: IO[str]) -> None:
         """Write the journal, with a header naming this spec and seed (:mod:`faults.journal`)."""
         dump(self.journal, stream, spec=self.spec, seed=self.seed, scope=self.scope)
@@ -227,6 +275,17 @@ class Injector:
         return f"<Injector {str(self.spec)!r} seed={self.seed!r} {state}>"
 
 
+@dataclass(frozen=True, slots=True)
+class Unreached:
+    """A site whose requested fault never fired, and the likely reason."""
+
+    site: str
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 def inject(
     spec: str | Spec,
     *,
@@ -234,7 +293,7 @@ def inject(
     scope: str = "",
     clock: Clock | None = None,
     journal: Journal | None = None,
-    daemon: DaemonProcess | None = None,
+    daemon: Server | str | None = None,
     proxy: FaultProxy | None = None,
 ) -> Injector:
     """An :class:`Injector` to use with ``with`` (``with inject(...) as run:``)."""

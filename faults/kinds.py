@@ -317,6 +317,12 @@ def _after(*, required: bool = False) -> Param:
     return Param("after", ArgType.INT, 0 if not required else None, required, keyword=True)
 
 
+def _check_status(value: ArgValue) -> tuple[str, str | None] | None:
+    if isinstance(value, int) and 400 <= value <= 599:
+        return None
+    return (f"status() needs an HTTP error status from 400 to 599, not {value!r}", None)
+
+
 _KIND_LIST: Final = (
     KindInfo("off", "pass through: the real call runs", _EVERYWHERE),
     KindInfo("none", "return None instead of calling", _GEN | {"llama.embed", PY}),
@@ -382,6 +388,15 @@ _KIND_LIST: Final = (
         "the daemon answers 429, with Retry-After if given",
         frozenset({"daemon.request"}),
         (Param("retry_after", _D, keyword=True),),
+    ),
+    KindInfo(
+        "status",
+        "the daemon answers this HTTP error status (500, 503, ...) with a JSON error body",
+        frozenset({"daemon.request"}),
+        (
+            Param("code", ArgType.INT, required=True, check=_check_status),
+            Param("retry_after", _D, keyword=True),
+        ),
     ),
     KindInfo(
         "restart",

@@ -55,7 +55,8 @@ EXAMPLED = [*PAGES, "../README.md"]
 # recognise httpcore's exceptions) or failing outright (extension modules load once per
 # process). So everything the examples import is imported here, once.
 _PRELOAD = ("numpy", "gguf", "llama_cpp", "llama_cpp.server", "httpcore", "httpx", "tenacity",
-            "stamina", "backoff", "freezegun")  # fmt: skip
+            "stamina", "backoff", "freezegun", "httpx2", "openai", "urllib3", "requests",
+            "aiohttp", "ollama", "langchain_openai")  # fmt: skip
 for _name in _PRELOAD:
     if importlib.util.find_spec(_name.partition(".")[0]) is not None:
         importlib.import_module(_name)

@@ -1,0 +1,514 @@
+"""The daemon.* sites: what is decided once per request, whatever client sends it.
+
+Each HTTP client family has a module of its own (:data:`CLIENTS`) that hooks the client's
+send path and asks :meth:`DaemonSites.begin` what to do with a request. This module owns
+everything the families share:
+
+- which traffic is the daemon's: requests to the target's address (the ``DaemonProcess``,
+  a :class:`~faults.target.Target`, or the fault proxy in front of either). Traffic to any
+  other host passes untouched; with no target at all, nothing is faulted and the
+  injector's :meth:`~faults.Injector.unreached` says why;
+- ``daemon.process``: counted on every request to the target, and acted on before it is
+  sent (``lost`` SIGKILL, now or after n chunks of that answer; ``pause(d)`` SIGSTOP and
+  SIGCONT after d on the injector's clock; ``restart``);
+- ``daemon.request``: the decision and its parts that do not depend on the client (the
+  hang on the clock, the status and OpenAI-style JSON body of ``ratelimit`` and
+  ``status``, a closed port to be refused by);
+- ``daemon.stream``: counted on answers of type ``text/event-stream``; :func:`events` and
+  :func:`aevents` cut a client's body into whole SSE events and apply ``stall``,
+  ``truncate`` (``data: [DONE]`` after n chunks: a clean end), ``corrupt`` (each chunk's
+  data is invalid JSON) and ``lost(after=n)`` (the daemon is SIGKILLed after n chunks and
+  the client reads the real loss).
+
+A client family passes in what only it knows: its own exception types (:class:`Errors`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import json
+import math
+import re
+import socket
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from faults.sites.base import Cleanup, after_of, close_source, seconds_of
+from faults.target import same_host
+from pytest_resilience.clock import VirtualClock
+from pytest_resilience.errors import DaemonUnavailable
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+
+    from faults.schedule import Decision
+    from faults.sites.base import Env, Restorer, SiteFaults
+    from faults.spec import Term
+    from faults.target import Server
+
+__all__ = ["CLIENTS", "Call", "DaemonSites", "Errors", "aevents", "events", "install"]
+
+#: The client families whose hooks carry the daemon.* sites: (the package they hook, our
+#: module with its ``hook(sites, package)``). A family is hooked when its package is
+#: installed; adding one is adding a line here.
+CLIENTS: tuple[tuple[str, str], ...] = (
+    ("httpx", "faults.sites.httpx_client"),
+    ("httpx2", "faults.sites.httpx_client"),
+)
+
+_SSE_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINES = re.compile(rb"\r\n|\n|\r")
+DONE = b"data: [DONE]\n\n"
+
+#: What an OpenAI-compatible server says with each status (the body's ``error`` object).
+_ERRORS: Mapping[int, tuple[str, str, str | None]] = {
+    429: ("rate limit reached, retry later", "rate_limit_error", "rate_limit_exceeded"),
+    500: ("the server had an error while processing your request", "server_error", None),
+    502: ("bad gateway", "server_error", None),
+    503: ("the server is overloaded or not ready yet", "server_error", None),
+    504: ("the server did not answer in time", "server_error", None),
+}
+
+
+def error_body(status: int, site: str) -> bytes:
+    """The JSON error body an OpenAI-compatible server sends with ``status``."""
+    message, kind, code = _ERRORS.get(status, ("request failed", "invalid_request_error", None))
+    error = {"message": f"{message} (fault injected at {site})", "type": kind, "code": code}
+    return json.dumps({"error": {**error, "param": None}}).encode()
+
+
+def _retry_after(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+
+
+def closed_port(host: str) -> int:
+    """A port nobody listens on (bound a moment ago, then released)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# ================================================================================ SSE
+
+
+def _data(event: bytes) -> bytes | None:
+    """The data of an SSE event that carries a chunk (None for comments, [DONE], ...)."""
+    values = [
+        line[5:].removeprefix(b" ") for line in _LINES.split(event) if line.startswith(b"data:")
+    ]
+    if not values:
+        return None
+    data = b"\n".join(values)
+    return None if data.strip() == b"[DONE]" else data
+
+
+def _corrupt_event(event: bytes) -> bytes:
+    from faults.kinds import corrupt_json  # noqa: PLC0415 - kinds is loaded already
+
+    data = _data(event) or b""
+    return b"data: " + corrupt_json(data.decode("utf-8", "replace")).encode() + b"\n\n"
+
+
+class _Splitter:
+    """Cuts a byte stream into whole SSE events (each with its blank line)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buffer += data
+        found = []
+        while m := _SSE_END.search(self.buffer):
+            found.append(self.buffer[: m.end()])
+            self.buffer = self.buffer[m.end() :]
+        return found
+
+
+@dataclass(slots=True)
+class Action:
+    after: int  # before the chunk numbered after+1 is delivered
+    kind: str  # stall, truncate, kill, reset
+    faults: SiteFaults
+    seconds: float = 0.0
+
+
+class Plan:
+    """What happens to one answer's body."""
+
+    def __init__(self, sites: DaemonSites) -> None:
+        self.sites = sites
+        self.actions: list[Action] = []
+        self.corrupt = False
+
+    def due(self, n: int) -> list[Action]:
+        return [a for a in self.actions if a.after == n]
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions and not self.corrupt
+
+
+@dataclass(frozen=True, slots=True)
+class Errors:
+    """A client family's own errors for a connection that dies while the answer is read.
+
+    ``reset()`` is what it raises for a connection reset by the peer, ``cut()`` for a body
+    that ends before it is complete, and ``transport`` the exception types its reads raise
+    (caught while draining the socket of a killed daemon, to hand the client its own).
+    """
+
+    reset: Callable[[], BaseException]
+    cut: Callable[[], BaseException]
+    transport: tuple[type[BaseException], ...]
+
+
+def _lose(plan: Plan, action: Action, it: Iterator[bytes], errors: Errors) -> BaseException:
+    if action.kind == "reset":
+        close_source(it)
+        return errors.reset()
+    if plan.sites.kill_now():
+        try:  # read what the dead daemon's socket still holds, up to the real failure
+            for _ in it:
+                pass
+        except errors.transport as exc:
+            return exc
+    return errors.cut()
+
+
+async def _alose(
+    plan: Plan, action: Action, it: AsyncIterator[bytes], errors: Errors
+) -> BaseException:
+    if action.kind == "reset":
+        return errors.reset()
+    if plan.sites.kill_now():
+        try:
+            async for _ in it:
+                pass
+        except errors.transport as exc:
+            return exc
+    return errors.cut()
+
+
+def events(plan: Plan, chunks: Iterator[bytes], errors: Errors) -> Iterator[bytes]:
+    """The bytes of ``chunks`` re-cut into whole SSE events, with ``plan`` applied."""
+    splitter, n = _Splitter(), 0
+    it = iter(chunks)
+    try:
+        for data in it:
+            for event in splitter.feed(data):
+                if _data(event) is not None:
+                    for action in plan.due(n):
+                        if action.kind == "stall":
+                            action.faults.hang(action.seconds, "stall")
+                        elif action.kind == "truncate":
+                            yield DONE
+                            return
+                        else:
+                            raise _lose(plan, action, it, errors)
+                    n += 1
+                    yield _corrupt_event(event) if plan.corrupt else event
+                    continue
+                yield event
+        if splitter.buffer:
+            yield splitter.buffer
+    finally:
+        close_source(it)
+
+
+async def aevents(plan: Plan, chunks: AsyncIterator[bytes], errors: Errors) -> AsyncIterator[bytes]:
+    """:func:`events` for an async byte stream."""
+    splitter, n = _Splitter(), 0
+    it = aiter(chunks)
+    try:
+        async for data in it:
+            for event in splitter.feed(data):
+                if _data(event) is not None:
+                    for action in plan.due(n):
+                        if action.kind == "stall":
+                            await action.faults.ahang(action.seconds, "stall")
+                        elif action.kind == "truncate":
+                            yield DONE
+                            return
+                        else:
+                            raise await _alose(plan, action, it, errors)
+                    n += 1
+                    yield _corrupt_event(event) if plan.corrupt else event
+                    continue
+                yield event
+        if splitter.buffer:
+            yield splitter.buffer
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+# ============================================================================ one call
+
+
+class Call:
+    """One request to the daemon: the request fault decided for it (``kind`` is ``"off"``
+    when none fired) and the plan for its answer."""
+
+    __slots__ = ("decision", "plan", "sites")
+
+    def __init__(self, sites: DaemonSites, plan: Plan, decision: Decision | None) -> None:
+        self.sites, self.plan, self.decision = sites, plan, decision
+
+    @property
+    def kind(self) -> str:
+        return "off" if self.decision is None else self.decision.term.kind
+
+    @property
+    def term(self) -> Term:
+        assert self.decision is not None, "no request fault fired"
+        return self.decision.term
+
+    @property
+    def faults(self) -> SiteFaults:
+        f = self.sites.request
+        assert f is not None, "no daemon.request site"
+        return f
+
+    @property
+    def site(self) -> str:
+        return self.faults.name
+
+    def exception(self) -> BaseException:
+        """The exception of ``raise(...)``."""
+        return self.faults.exception(self.term)
+
+    def _timeout(self, client_timeout: float | None) -> float:
+        seconds = seconds_of(self.term, "duration")
+        return seconds if client_timeout is None else min(seconds, client_timeout)
+
+    def wait(self, client_timeout: float | None = None) -> None:
+        """The hang of ``timeout`` (until the client's own read timeout, if it has one, or
+        the fault's duration) or of ``latency``, on the clock or in the cancel scope."""
+        f = self.faults
+        if self.kind == "timeout":
+            f.hang(self._timeout(client_timeout), "timeout")
+        else:
+            f.hang(f.delay(self.term), "latency")
+
+    async def await_(self, client_timeout: float | None = None) -> None:
+        """:meth:`wait` for async clients."""
+        f = self.faults
+        if self.kind == "timeout":
+            await f.ahang(self._timeout(client_timeout), "timeout")
+        else:
+            await f.ahang(f.delay(self.term), "latency")
+
+    @property
+    def status(self) -> int:
+        """The HTTP status of ``ratelimit`` (429) or ``status(code)``."""
+        code = 429 if self.kind == "ratelimit" else self.term.arg("code")
+        assert isinstance(code, int)
+        return code
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers of the error answer: JSON, and ``Retry-After`` when given."""
+        headers = {"content-type": "application/json"}
+        seconds = self.term.arg("retry_after")
+        if isinstance(seconds, int | float):
+            headers["retry-after"] = _retry_after(float(seconds))
+        return headers
+
+    @property
+    def body(self) -> bytes:
+        return error_body(self.status, self.site)
+
+    @property
+    def lost_at_once(self) -> bool:
+        """``lost`` with no chunk count: the connection dies before any answer."""
+        return self.kind == "lost" and not self.plan.actions
+
+    def answer(self, sse: bool) -> bool:
+        """Let the stream site decide on the answer; whether its body must be wrapped."""
+        return self.sites.stream_plan(self.plan, sse=sse)
+
+    @property
+    def may_wrap(self) -> bool:
+        """Whether the answer may need its body wrapped (else the client can pass through)."""
+        return self.sites.stream is not None or bool(self.plan.actions)
+
+
+# ========================================================================== the sites
+
+
+class DaemonSites:
+    """The daemon.* sites of one injection, shared by every client family's hooks."""
+
+    def __init__(self, faults: Mapping[str, SiteFaults], env: Env) -> None:
+        self.request = faults.get("request")
+        self.stream = faults.get("stream")
+        self.process = faults.get("process")
+        self.env = env
+        self.resume_at: float | None = None
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.lock = threading.Lock()
+        self.clients: list[str] = []  # the families hooked
+        self.elsewhere: Counter[str] = Counter()  # host:port of requests to other servers
+
+    # ------------------------------------------------------------------ install
+
+    def install(self) -> list[Restorer]:
+        """Hook every installed client family; the restorers (the cleanup first)."""
+        done: list[Restorer] = [Cleanup(self.finish)]
+        try:
+            for package, ours in CLIENTS:
+                if package not in self.clients and importlib.util.find_spec(package) is None:
+                    continue
+                hook = importlib.import_module(ours).hook
+                done.extend(hook(self, importlib.import_module(package)))
+                self.clients.append(package)
+        except BaseException:
+            for restorer in reversed(done):
+                restorer.restore()
+            raise
+        return done
+
+    def finish(self) -> None:
+        """At uninstall: stop the resume timers and resume a daemon we paused."""
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+        daemon = self.env.daemon
+        if self.resume_at is not None and daemon is not None and daemon.paused:
+            with contextlib.suppress(DaemonUnavailable):
+                daemon.resume()
+        self.resume_at = None
+
+    # ------------------------------------------------------------------ whose traffic
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """Where the target listens: the daemon, and the proxy in front of it."""
+        found: list[tuple[str, int]] = []
+        daemon, proxy = self.env.daemon, self.env.proxy
+        if daemon is not None and daemon.port is not None:
+            found.append((same_host(daemon.host), daemon.port))
+        if proxy is not None and proxy.running:
+            host, port = proxy.address
+            found.append((same_host(host), port))
+        return found
+
+    def targets(self, host: str | None, port: int | None) -> bool:
+        """Whether a request to ``host:port`` goes to the target (and counts it if not)."""
+        where = (same_host(host), port)
+        if where in self.addresses():
+            return True
+        with self.lock:
+            self.elsewhere[f"{where[0]}:{where[1]}"] += 1
+        return False
+
+    def via_proxy(self, host: str | None, port: int | None) -> bool:
+        proxy = self.env.proxy
+        return (
+            proxy is not None
+            and proxy.running
+            and (same_host(host), port) == (same_host(proxy.address[0]), proxy.address[1])
+        )
+
+    # ------------------------------------------------------------------ decisions
+
+    def begin(self, host: str | None, port: int | None) -> Call | None:
+        """A request to ``host:port`` is about to be sent: None if it is not the daemon's;
+        else the process fault is applied now and the request fault decided."""
+        if not self.targets(host, port):
+            return None
+        plan = Plan(self)
+        self.maybe_resume()
+        f = self.process
+        d = f.decide() if f is not None else None
+        if f is not None and d is not None:
+            f.fire(d)
+            daemon = self.server()
+            kind = d.term.kind
+            if kind == "lost":
+                after = after_of(d.term)
+                if after == 0:
+                    daemon.kill()
+                else:
+                    plan.actions.append(Action(after, "kill", f))
+            elif kind == "pause":
+                self.pause(daemon, seconds_of(d.term, "duration"))
+            elif kind == "restart":
+                daemon.restart()
+        r = self.request.decide() if self.request is not None else None
+        if r is not None and self.request is not None:
+            self.request.fire(r)
+            if r.term.kind == "lost" and (after := after_of(r.term)):
+                plan.actions.append(Action(after, "reset", self.request))
+        return Call(self, plan, r)
+
+    def server(self) -> Server:
+        daemon = self.env.daemon
+        assert daemon is not None, "a daemon.* request was targeted without a daemon"
+        return daemon
+
+    def kill_now(self) -> bool:
+        """Kill the target (a ``lost`` due now); whether there was a process to kill."""
+        daemon = self.env.daemon
+        if daemon is None:
+            return False
+        daemon.kill()
+        return True
+
+    def pause(self, daemon: Server, seconds: float) -> None:
+        daemon.pause()
+        clock = self.env.clock
+        with self.lock:
+            self.resume_at = clock.now() + seconds
+        if isinstance(clock, VirtualClock) or math.isinf(seconds):
+            return  # resumed lazily, when a request finds the clock past it, or at uninstall
+
+        def resume_later() -> None:
+            if not clock.wait(self.stop, seconds, what="the daemon's pause"):
+                self.maybe_resume(force=True)
+
+        thread = threading.Thread(target=resume_later, name="faults-resume:daemon", daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def maybe_resume(self, *, force: bool = False) -> None:
+        with self.lock:
+            due = self.resume_at is not None and (force or self.env.clock.now() >= self.resume_at)
+            if due:
+                self.resume_at = None
+        daemon = self.env.daemon
+        if due and daemon is not None and daemon.paused:
+            with contextlib.suppress(DaemonUnavailable):
+                daemon.resume()
+
+    def stream_plan(self, plan: Plan, *, sse: bool) -> bool:
+        """Let the stream site decide on an answer; whether its body needs wrapping."""
+        f = self.stream
+        if sse and f is not None and (d := f.decide()) is not None:
+            f.fire(d)
+            kind, term = d.term.kind, d.term
+            if kind == "corrupt":
+                plan.corrupt = True
+            else:
+                after = after_of(term)
+                action = {"stall": "stall", "truncate": "truncate", "lost": "kill"}[kind]
+                seconds = seconds_of(term, "for") if kind == "stall" else 0.0
+                plan.actions.append(Action(after, action, f, seconds))
+        if not sse:
+            for kill in [a for a in plan.actions if a.kind == "kill"]:
+                self.kill_now()  # not a stream: the daemon dies after answering
+                plan.actions.remove(kill)
+        return not plan.empty
+
+
+def install(faults: Mapping[str, SiteFaults], env: Env) -> tuple[DaemonSites, list[Restorer]]:
+    """Hook the daemon.* sites into every installed client family."""
+    sites = DaemonSites(faults, env)
+    return sites, sites.install()
