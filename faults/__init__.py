@@ -17,11 +17,12 @@ It imports the core (``pytest_resilience``) and never pytest.
 
 from __future__ import annotations
 
-from faults.injector import Injector, inject
+from faults.injector import FaultNotReached, Injector, Unreached, inject
 from faults.journal import JournalFileError, Recording
 from faults.kinds import KINDS, SITES, ArgType, KindInfo, Param
 from faults.schedule import Decision, Schedule, derive_rng, schedules
 from faults.spec import Entry, Site, Spec, SpecError, Term, format_duration, merge, parse
+from faults.target import Target
 
 __all__ = [
     "KINDS",
@@ -29,6 +30,7 @@ __all__ = [
     "ArgType",
     "Decision",
     "Entry",
+    "FaultNotReached",
     "Injector",
     "JournalFileError",
     "KindInfo",
@@ -38,7 +40,9 @@ __all__ = [
     "Site",
     "Spec",
     "SpecError",
+    "Target",
     "Term",
+    "Unreached",
     "derive_rng",
     "format_duration",
     "inject",

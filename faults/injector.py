@@ -46,12 +46,12 @@ if TYPE_CHECKING:
     from faults.proxy import FaultProxy
     from faults.schedule import Decision, Schedule
     from faults.sites import Installed
+    from faults.sites.base import Route
     from faults.sites.daemon import DaemonSites
-    from faults.spec import Term
     from faults.target import Server
     from pytest_resilience.clock import Clock
 
-__all__ = ["Injector", "Unreached", "inject"]
+__all__ = ["FaultNotReached", "Injector", "Unreached", "inject"]
 
 _stack: list[Injector] = []  # installed injectors, innermost last
 _stack_lock = threading.Lock()
@@ -65,7 +65,10 @@ class Injector:
     clock). ``journal`` receives the ``FaultInjected`` events (default: a journal of the
     injector's own, :attr:`journal`). ``daemon`` is the server the daemon.* sites act on: a
     ``DaemonProcess``, a :class:`~faults.target.Target`, or the base URL of a server of the
-    app's own; ``proxy`` a running ``FaultProxy`` in front of it. Only traffic to their
+    app's own; ``proxy`` a running ``FaultProxy`` in front of it. ``route`` says how the
+    daemon.* faults reach the traffic: ``"hooks"`` in this process's HTTP clients (waits on
+    ``clock``), or ``"wire"``: the proxy applies them to whatever connects to it (any
+    client, any process; real time). Only traffic to their
     addresses is faulted; with neither, the daemon.* sites fault nothing and
     :meth:`unreached` says so. Raises ``SpecError`` for a malformed spec, ``ValueError``
     for a ``daemon`` URL without scheme or host.
@@ -81,7 +84,10 @@ class Injector:
         journal: Journal | None = None,
         daemon: Server | str | None = None,
         proxy: FaultProxy | None = None,
+        route: Route = "hooks",
     ) -> None:
+        if route == "wire" and proxy is None:
+            raise ValueError("route='wire' needs the fault proxy in front of the daemon: proxy=")
         self.spec = parse(spec) if isinstance(spec, str) else spec
         self.seed = seed
         self.scope = scope
@@ -92,7 +98,8 @@ class Injector:
         self._schedules: dict[Site, Schedule] = dict(
             build_schedules(self.spec, seed=seed, scope=scope)
         )
-        self._env = Env(self.clock, self.journal, seed, scope, self.daemon, proxy)
+        self.route: Route = route
+        self._env = Env(self.clock, self.journal, seed, scope, self.daemon, proxy, route)
         self._installed: Installed | None = None
         self._daemon_sites: DaemonSites | None = None
 
@@ -233,11 +240,16 @@ class Injector:
             certain = [t for t in entry.chain if t.kind != "off" and t.pct is None]
             if not certain or schedule.fired:
                 continue
-            found.append(Unreached(str(entry.site), self._why(entry.site, schedule, certain)))
+            found.append(Unreached(str(entry.site), self.reason(entry.site)))
         return found
 
-    def _why(self, site: Site, schedule: Schedule, terms: list[Term]) -> str:
+    def reason(self, site: str | Site) -> str:
+        """Why the faults of ``site`` did not fire (so far): never called, called too few
+        times, or, for a daemon.* site, where its requests went instead."""
+        site = Site.parse(site) if isinstance(site, str) else site
+        schedule = self.schedule(site)
         calls = schedule.calls
+        terms = [t for e in self.spec.entries if e.site == site for t in e.chain]
         if calls:
             first = min((t.at for t in terms if t.at is not None), default=None)
             need = f"; its fault waits for call {first}" if first is not None else ""
@@ -273,6 +285,11 @@ class Injector:
     def __repr__(self) -> str:
         state = "installed" if self.installed else "not installed"
         return f"<Injector {str(self.spec)!r} seed={self.seed!r} {state}>"
+
+
+class FaultNotReached(UserWarning):
+    """A fault that a test asked for never fired: the test passed without meeting it, so it
+    proves nothing about that failure. The message names the site and the likely reason."""
 
 
 @dataclass(frozen=True, slots=True)

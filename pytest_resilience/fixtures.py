@@ -30,7 +30,13 @@ import pytest
 
 from pytest_resilience.clock import VirtualClock
 from pytest_resilience.leaks import ResourceRegistry, check, format_leaks, snapshot
-from pytest_resilience.plugin import SHARED_DAEMON, in_virtual_time, settings_of, state_of
+from pytest_resilience.plugin import (
+    SHARED_DAEMON,
+    daemon_target,
+    in_virtual_time,
+    settings_of,
+    state_of,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
     from faults.injector import Injector
     from faults.proxy import FaultProxy
     from faults.spec import Spec
+    from faults.target import Server
     from pytest_resilience.backends.daemon import DaemonProcess
     from pytest_resilience.backends.llama import LlamaBackend
     from pytest_resilience.backends.resilient import ResilientClient
@@ -167,13 +174,16 @@ class FaultsFactory:
     """``faults(spec, ...)``: install an :class:`~faults.Injector` for the rest of the test.
 
     Defaults: the run's seed, the test's node id as scope, the test's ``clock`` (when it
-    uses one, else real time) and ``journal``. Returns the installed injector. Raises
-    ``SpecError`` for a malformed spec.
+    uses one, else real time) and ``journal``, and as ``daemon`` the test's daemon (its
+    ``daemon`` fixture, the session's daemon, or ``--daemon-url``; ``daemon=None`` for
+    none). Returns the installed injector. Raises ``SpecError`` for a malformed spec.
     """
 
     def __init__(self, request: pytest.FixtureRequest) -> None:
         self._item = request.node
         self._seed = settings_of(request.config).seed
+
+    _DEFAULT: Any = object()
 
     def __call__(
         self,
@@ -183,12 +193,14 @@ class FaultsFactory:
         scope: str | None = None,
         clock: Clock | None = None,
         journal: Journal | None = None,
-        daemon: DaemonProcess | None = None,
+        daemon: Server | str | None = _DEFAULT,
         proxy: FaultProxy | None = None,
     ) -> Injector:
         from faults.injector import Injector  # noqa: PLC0415
 
         state = state_of(self._item)
+        if daemon is self._DEFAULT:
+            daemon = daemon_target(self._item)
         injector = Injector(
             spec,
             seed=self._seed if seed is None else seed,
@@ -285,7 +297,9 @@ def revive(process: DaemonProcess) -> None:
 def daemon_fixture(
     request: pytest.FixtureRequest, process: DaemonProcess
 ) -> Iterator[DaemonProcess]:
-    process.journal = state_of(request.node).journal
+    state = state_of(request.node)
+    process.journal = state.journal
+    state.daemon = process
     try:
         yield process
     finally:

@@ -16,6 +16,7 @@ option                      ini                           environment
 ``--replay-journal FILE``   ``resilience_replay_journal`` ``PYTEST_REPLAY_JOURNAL``
 ``--[no-]leak-check``       ``resilience_leak_check``     ``PYTEST_LEAK_CHECK``
 ``--[no-]virtual-time``     ``resilience_virtual_time``   ``PYTEST_VIRTUAL_TIME``
+``--daemon-url URL``        ``resilience_daemon_url``     ``PYTEST_DAEMON_URL``
 ``resilience_scenarios``    (ini only: folders whose ``*.toml`` scenarios are collected)
 ``resilience_daemon_scope`` (ini only: ``function`` or ``session``, the ``daemon`` process)
 ==========================  ============================  ==========================
@@ -29,6 +30,13 @@ whose ``[faults] spec`` is used. Markers: ``faults(spec)``, ``no_faults``,
 ``virtual_time``: injected waits (``timeout``, ``latency``, ``stall``) and the sync sleeps
 of tenacity, stamina and backoff take no real time, and a hang that nothing can end fails at
 once naming its site. ``@pytest.mark.real_time`` keeps a test in real time.
+
+The daemon.* sites act on the test's daemon: the ``daemon`` fixture's process when the test
+uses it, else the session's daemon, else the server at ``--daemon-url`` (an app's own); a
+test with none of these runs as if the daemon.* sites were not named. A fault that a test
+asked for without chance (no ``pct%``: ``1*refuse``, ``@2lost``) and that never fired gives
+the test a :class:`faults.FaultNotReached` warning naming the site and the likely reason;
+the summary says, for each site of the run-wide spec, in how many tests it was reached.
 
 Each test under faults runs its call phase inside an :class:`faults.Injector` seeded by
 (run seed, node id, site), on the test's ``clock`` fixture when it uses one (else real
@@ -79,8 +87,17 @@ ENV_JOURNAL: Final = "PYTEST_FAULT_JOURNAL"
 ENV_REPLAY: Final = "PYTEST_REPLAY_JOURNAL"
 ENV_LEAKS: Final = "PYTEST_LEAK_CHECK"
 ENV_VIRTUAL: Final = "PYTEST_VIRTUAL_TIME"
+ENV_DAEMON_URL: Final = "PYTEST_DAEMON_URL"
 #: Every environment variable the plugin reads.
-ENVIRONMENT: Final = (ENV_FAULTS, ENV_SEED, ENV_JOURNAL, ENV_REPLAY, ENV_LEAKS, ENV_VIRTUAL)
+ENVIRONMENT: Final = (
+    ENV_FAULTS,
+    ENV_SEED,
+    ENV_JOURNAL,
+    ENV_REPLAY,
+    ENV_LEAKS,
+    ENV_VIRTUAL,
+    ENV_DAEMON_URL,
+)
 _CACHE_KEY: Final = "resilience/fault_seed"
 _WORKER_KEY: Final = "resilience_fault_seed"
 _PROP: Final = "resilience.figures"  # the user property that carries a test's figures as JSON
@@ -110,9 +127,16 @@ class _Totals:
     transitions: dict[str, int] = field(default_factory=dict)
     fallbacks: dict[str, int] = field(default_factory=dict)
     reproduce: list[str] = field(default_factory=list)
+    # per site of the run-wide spec: [tests reached, faults fired, why it was not reached]
+    reach: dict[str, list[Any]] = field(default_factory=dict)
 
     def add(self, figures: dict[str, Any]) -> None:
         self.tests += 1
+        for site, (reached, fired, why) in figures.get("reach", {}).items():
+            row = self.reach.setdefault(site, [0, 0, ""])
+            row[0] += int(reached)
+            row[1] += int(fired)
+            row[2] = row[2] or why
         self.under_faults += int(figures.get("under_faults", 0))
         for site, kinds in figures.get("faults", {}).items():
             for kind, n in kinds.items():
@@ -131,11 +155,13 @@ class Settings:
     seed: int
     seed_source: str
     spec: Spec | None = None  # env < ini < command line, merged; None: no run-wide faults
+    sources: list[tuple[Spec, str]] = field(default_factory=list)  # each spec, and its where
     journal_dir: Path | None = None
     replay: Recording | None = None
     leak_check: bool = False
     virtual_time: bool = False
     daemon_scope: _DaemonScope = "function"
+    daemon_url: str | None = None  # the app's own server, for the daemon.* sites
     totals: _Totals = field(default_factory=_Totals)
 
 
@@ -149,6 +175,9 @@ class TestState:
     spec: Spec | None = None  # the run-wide/marker spec the test ran under
     leaks: int = 0
     hanging: list[str] = field(default_factory=list)
+    daemon: DaemonProcess | None = None  # the ``daemon`` fixture's, once requested
+    reach: dict[str, list[Any]] = field(default_factory=dict)  # run-wide sites, see _Totals
+    missed: list[str] = field(default_factory=list)  # faults asked for that never fired
     _journal: Journal | None = None
 
     @property
@@ -253,6 +282,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="resilience_virtual_time",
         help="turn run-wide virtual time off",
     )
+    group.addoption(
+        "--daemon-url",
+        dest="resilience_daemon_url",
+        metavar="URL",
+        help="the base URL of the app's own model server, for the daemon.* faults of tests "
+        f"that use no `daemon` fixture (env {ENV_DAEMON_URL})",
+    )
+    parser.addini("resilience_daemon_url", "the base URL of the app's own model server")
     parser.addini("resilience_leak_check", "fail tests that leak (true/false)")
     parser.addini("resilience_virtual_time", "run every test on a virtual clock (true/false)")
     parser.addini("resilience_scenarios", "folders whose *.toml scenario files are collected",
@@ -383,10 +420,11 @@ def pytest_configure(config: pytest.Config) -> None:
     seed, source = _seed(config)
     settings = Settings(seed=seed, seed_source=source)
     base = config.invocation_params.dir
-    specs = [
-        parse_spec(v.text, v.where, base)
+    settings.sources = [
+        (parse_spec(v.text, v.where, base), v.where)
         for v in _values(config, "resilience_inject_faults", "resilience_inject_faults", ENV_FAULTS)
     ]
+    specs = [spec for spec, _ in settings.sources]
     if specs:
         from faults.spec import merge  # noqa: PLC0415
 
@@ -408,6 +446,15 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.leak_check = _bool(config, "resilience_leak_check", ENV_LEAKS)
     settings.virtual_time = _bool(config, "resilience_virtual_time", ENV_VIRTUAL)
     settings.daemon_scope = _daemon_scope_of(config)
+    urls = _values(config, "resilience_daemon_url", "resilience_daemon_url", ENV_DAEMON_URL)
+    if urls:
+        from faults.target import address_of  # noqa: PLC0415
+
+        try:
+            address_of(urls[-1].text)
+        except ValueError as exc:
+            raise pytest.UsageError(f"{urls[-1].where}: {exc}") from None
+        settings.daemon_url = urls[-1].text
     config.stash[_SETTINGS] = settings
     config.pluginmanager.register(_Reporter(settings.totals), "resilience-reporter")
     if settings.leak_check:
@@ -461,6 +508,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Parse every ``faults`` marker now, so a bad one is a usage error before any test;
     give the ``clock`` fixture to the tests that run in virtual time."""
     settings = config.stash[_SETTINGS]
+    for spec, where in settings.sources:
+        _check_py_sites(spec, where)
     for item in items:
         markers = list(item.iter_markers("faults"))
         if markers:
@@ -472,6 +521,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 if not isinstance(text, str):
                     raise pytest.UsageError(f"{where}: expected a fault spec string, got {text!r}")
                 specs.append(parse_spec(text, where, config.invocation_params.dir))
+                _check_py_sites(specs[-1], where)
             from faults.spec import merge  # noqa: PLC0415
 
             item.stash[_MARKER_SPEC] = merge(*specs)
@@ -479,6 +529,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             names = getattr(item, "fixturenames", None)
             if isinstance(names, list) and "clock" not in names:
                 names.append("clock")  # requested as if named in the signature
+
+
+def _check_py_sites(spec: Spec, where: str) -> None:
+    """A ``py:`` site whose module or attribute does not exist is a usage error now, once,
+    rather than a failure in every test (test modules are imported: sys.path is set)."""
+    entries = [e for e in spec.entries if e.site.family == "py"]
+    if not entries:
+        return
+    from faults.sites.py import resolve  # noqa: PLC0415
+    from faults.spec import SpecError  # noqa: PLC0415
+
+    for entry in entries:
+        try:
+            resolve(entry)
+        except SpecError as exc:
+            raise pytest.UsageError(f"{where}: {exc}") from None
 
 
 def in_virtual_time(item: pytest.Item, settings: Settings) -> bool:
@@ -508,30 +574,93 @@ def _effective_spec(item: pytest.Item, settings: Settings) -> Spec | None:
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     settings = item.config.stash[_SETTINGS]
     spec = _effective_spec(item, settings)
-    if spec is None and settings.replay is None:
-        state = item.stash.get(_STATE, None)
-        keep = 0 if state is None else len(state.installed)
+    state = item.stash.get(_STATE, None)
+    run_wide: Injector | None = None
+    if spec is not None or settings.replay is not None:
+        state = state_of(item)
+        _adopt_fixtures(item, state)
+    keep = 0 if state is None else len(state.installed)
+    if state is not None and (spec is not None or settings.replay is not None):
+        run_wide = _injector(item, settings, state, spec)
         try:
-            return (yield)
-        finally:
-            if state is None:
-                state = item.stash.get(_STATE, None)
-            if state is not None:
-                state.uninstall(keep)  # what the ``faults`` fixture installed in the test
-    state = state_of(item)
-    _adopt_fixtures(item, state)
-    keep = len(state.installed)
-    injector = _injector(item, settings, state, spec)
+            run_wide.install()
+        except ValueError as exc:  # SpecError: a py: site that cannot be patched
+            pytest.fail(f"cannot install the faults '{run_wide.spec}': {exc}", pytrace=False)
+        state.installed.append(run_wide)
+        state.spec = run_wide.spec
+    passed = False
     try:
-        injector.install()
-    except ValueError as exc:  # SpecError: a py: site that cannot be patched
-        pytest.fail(f"cannot install the faults '{injector.spec}': {exc}", pytrace=False)
-    state.installed.append(injector)
-    state.spec = injector.spec
-    try:
-        return (yield)
+        result = yield
+        passed = True
+        return result
     finally:
-        state.uninstall(keep)
+        state = item.stash.get(_STATE, None)  # the ``faults`` fixture may have made it
+        if state is not None:
+            missed = _unreached(item, settings, state, run_wide)
+            state.uninstall(keep)  # what the test installed (the ``faults`` fixture) too
+            if passed:
+                _warn_unreached(item, missed)
+            else:
+                state.missed = missed
+
+
+def _unreached(
+    item: pytest.Item, settings: Settings, state: TestState, run_wide: Injector | None
+) -> list[str]:
+    """The faults this test asked for that never fired (the ``faults`` fixture's, the
+    marker's); for the run-wide spec, the figures of each site instead."""
+    marker = item.stash.get(_MARKER_SPEC, None)
+    own = {str(e.site) for e in marker.entries} if marker is not None else set()
+    missed = [
+        f"{u.site}: {u.reason}"
+        for injector in state.installed
+        for u in injector.unreached()
+        if injector is not run_wide or u.site in own
+    ]
+    if run_wide is not None and settings.spec is not None:
+        for entry in settings.spec.entries:
+            site = str(entry.site)
+            if site in own:
+                continue
+            schedule = run_wide.schedule(entry.site)
+            why = "" if schedule.calls else run_wide.reason(entry.site)
+            state.reach[site] = [int(schedule.calls > 0), schedule.fired, why]
+    return missed
+
+
+def _warn_unreached(item: pytest.Item, missed: list[str]) -> None:
+    if not missed:
+        return
+    import warnings  # noqa: PLC0415
+
+    from faults.injector import FaultNotReached  # noqa: PLC0415
+
+    path, line, _ = item.reportinfo()
+    errors: list[str] = []
+    for text in missed:
+        try:
+            warnings.warn_explicit(
+                FaultNotReached(f"a fault asked for never fired: {text}"),
+                FaultNotReached,
+                filename=str(path),
+                lineno=(line or 0) + 1,
+            )
+        except FaultNotReached as exc:  # -W error: the test fails, without our traceback
+            errors.append(f"FaultNotReached: {exc}")
+    if errors:
+        pytest.fail("\n".join(errors), pytrace=False)
+
+
+def daemon_target(item: pytest.Item) -> DaemonProcess | str | None:
+    """What the test's daemon.* faults act on: its ``daemon`` fixture's process, else the
+    session's daemon, else ``--daemon-url``; None when it has none of them."""
+    state = item.stash.get(_STATE, None)
+    if state is not None and state.daemon is not None:
+        return state.daemon
+    shared = item.config.stash.get(SHARED_DAEMON, None)
+    if shared is not None:
+        return shared
+    return item.config.stash[_SETTINGS].daemon_url
 
 
 def _adopt_fixtures(item: pytest.Item, state: TestState) -> None:
@@ -556,14 +685,25 @@ def _adopt_fixtures(item: pytest.Item, state: TestState) -> None:
         state._journal = theirs
 
 
-def _injector(item: pytest.Item, settings: Settings, state: TestState, spec: Spec | None) -> Any:
+def _injector(
+    item: pytest.Item, settings: Settings, state: TestState, spec: Spec | None
+) -> Injector:
     from faults.injector import Injector  # noqa: PLC0415
 
-    clock = state.clock
+    clock, daemon = state.clock, daemon_target(item)
     if settings.replay is not None:
-        return Injector.from_recording(settings.replay, clock=clock, journal=state.journal)
+        return Injector.from_recording(
+            settings.replay, clock=clock, journal=state.journal, daemon=daemon
+        )
     assert spec is not None
-    return Injector(spec, seed=settings.seed, scope=item.nodeid, clock=clock, journal=state.journal)
+    return Injector(
+        spec,
+        seed=settings.seed,
+        scope=item.nodeid,
+        clock=clock,
+        journal=state.journal,
+        daemon=daemon,
+    )
 
 
 def reproduce_command(nodeid: str, spec: Spec | str, seed: int) -> str:
@@ -595,7 +735,7 @@ def pytest_runtest_makereport(
         item.user_properties += [
             (f"resilience.{k}", v if isinstance(v, int) else sum(v.values()))
             for k, v in figures.items()
-            if k != "faults"
+            if k not in ("faults", "reach")
         ]
         if state.spec is not None:
             item.user_properties.append(("resilience.seed", settings.seed))
@@ -605,6 +745,9 @@ def pytest_runtest_makereport(
     if state.hanging:
         report.sections.append(("resilience: hanging when the timeout fired", "\n".join(
             f"  {site}" for site in state.hanging)))  # fmt: skip
+    if call.when == "call" and state.missed:
+        lines = "\n".join(f"  {text}" for text in state.missed)
+        report.sections.append(("resilience: faults asked for that never fired", lines))
     if report.failed and call.when == "call" and (state.spec is not None or len(state.journal)):
         report.sections.append(("resilience: journal", state.journal.timeline(last=50) or "empty"))
         if state.spec is not None:
@@ -642,6 +785,7 @@ def _figures(state: TestState) -> dict[str, Any]:
         "leaks": state.leaks,
         # run-wide or marker faults, or faults the test injected itself (the fixture)
         "under_faults": int(state.spec is not None or bool(faults)),
+        "reach": state.reach,
     }
 
 
@@ -689,7 +833,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if settings is None:
         return
     totals = settings.totals
-    if not (totals.under_faults or totals.faults or totals.counts.get("leaks")):
+    if not (totals.under_faults or totals.faults or totals.counts.get("leaks") or totals.reach):
         return
     write = terminalreporter.write_line
     terminalreporter.section("resilience")
@@ -704,6 +848,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     rows.append(("breaker transitions", _counted(totals.transitions)))
     rows.append(("fallbacks used", _counted(totals.fallbacks)))
     rows.append(("leaks found", str(totals.counts.get("leaks", 0))))
+    if totals.reach:
+        rows.append(("run-wide sites", "reached in / faults fired"))
+    for site, (reached, fired, why) in sorted(totals.reach.items()):
+        text = f"{reached} of {totals.tests} tests, {fired} faults"
+        rows.append((f"  {site}", text + (f" (never reached: {why})" if not reached else "")))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         write(f"{label:<{width}}  {value}")

@@ -99,6 +99,7 @@ _KIND_ORDER: Final = (
     "off",
     "truncate",
     "ratelimit",
+    "status",
     "timeout",
     "lost",
     "raise",
@@ -199,12 +200,23 @@ def _value(param: Param, exceptions: tuple[str, ...]) -> st.SearchStrategy[ArgVa
     elif param.type is ArgType.STRING:
         value = st.text(alphabet=_MESSAGE_CHARS, min_size=1, max_size=12)
     elif param.type is ArgType.INT:
-        value = st.integers(0, 10)
+        value = _ints(param, st.integers(0, 10))
     elif param.required and param.forever:
         value = _DURATIONS | st.just(math.inf)
     else:  # an optional forever is the default, so it is already drawn first
         value = _DURATIONS
     return value if param.required else st.just(param.default) | value
+
+
+_STATUSES: Final = (400, 429, 500, 502, 503, 504, 599)
+
+
+def _ints(param: Param, wide: st.SearchStrategy[int]) -> st.SearchStrategy[int]:
+    """Whole numbers for ``param``: ``wide``, or the HTTP statuses its check accepts."""
+    check = param.check
+    if check is None:
+        return wide
+    return st.sampled_from([n for n in _STATUSES if check(n) is None])
 
 
 _PCTS: Final = st.none() | st.integers(1, 100).map(float)
@@ -375,7 +387,7 @@ def _any_strings(draw: st.DrawFn) -> tuple[str, str]:
 
 def _any_values(param: Param) -> st.SearchStrategy[tuple[str, ArgValue]]:
     if param.type is ArgType.INT:
-        return st.integers(0, 10**9).map(lambda n: (str(n), n))
+        return _ints(param, st.integers(0, 10**9)).map(lambda n: (str(n), n))
     if param.type is ArgType.DURATION:
         return _any_durations(param.forever)
     if param.type is ArgType.STRING:

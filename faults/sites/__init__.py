@@ -83,7 +83,11 @@ def install(entries: Iterable[Entry], schedules: Mapping[Site, Schedule], env: E
             from faults.sites.llama import LlamaSites  # noqa: PLC0415
 
             done.extend(LlamaSites(llama).install(llama_cpp.Llama))
-        if daemon:
+        if daemon and env.route == "wire":
+            from faults.sites.wire import install_wire  # noqa: PLC0415
+
+            done.extend(install_wire(daemon, env))
+        elif daemon:
             from faults.sites import daemon as daemon_sites  # noqa: PLC0415
 
             done.daemon, restorers = daemon_sites.install(daemon, env)

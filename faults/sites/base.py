@@ -17,7 +17,7 @@ import asyncio
 import math
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from faults.kinds import make_exception, resolve_exception_type
 from faults.schedule import derive_rng
@@ -43,6 +43,7 @@ __all__ = [
     "Outputs",
     "Patch",
     "Restorer",
+    "Route",
     "SiteFaults",
     "after_of",
     "check_terms",
@@ -50,6 +51,10 @@ __all__ = [
     "identity",
     "seconds_of",
 ]
+
+#: How the daemon.* sites reach the traffic: hooks in the HTTP clients of this process, or
+#: the fault proxy on the wire (any client, any process, in real time).
+Route = Literal["hooks", "wire"]
 
 #: The ``source`` of the FaultInjected events the injector writes (replay reads only these).
 SOURCE = "faults"
@@ -107,6 +112,7 @@ class Env:
     scope: str = ""
     daemon: Server | None = None
     proxy: FaultProxy | None = None
+    route: Route = "hooks"
 
     def __post_init__(self) -> None:
         self.decisions: list[tuple[str, Decision]] = []

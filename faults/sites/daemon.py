@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from faults.sites.base import Cleanup, after_of, close_source, seconds_of
-from faults.target import same_host
+from faults.target import Target, same_host
 from pytest_resilience.clock import VirtualClock
 from pytest_resilience.errors import DaemonUnavailable
 
@@ -361,7 +361,13 @@ class DaemonSites:
     # ------------------------------------------------------------------ install
 
     def install(self) -> list[Restorer]:
-        """Hook every installed client family; the restorers (the cleanup first)."""
+        """Hook every installed client family; the restorers (the cleanup first). Raises
+        ``RuntimeError`` for daemon.process faults on a target whose process is unknown."""
+        daemon = self.env.daemon
+        if self.process is not None and isinstance(daemon, Target) and daemon.pid is None:
+            raise RuntimeError(
+                f"daemon.process needs the server's process: Target(url, pid=...) ({daemon!r})"
+            )
         done: list[Restorer] = [Cleanup(self.finish)]
         try:
             for package, ours in CLIENTS:

@@ -53,14 +53,22 @@ def resolve(entry: Entry) -> tuple[Any, str]:
     except ImportError as exc:
         raise SpecError(f"cannot import {site.module!r} for {site}: {exc}", text, 3) from exc
     *path, name = site.qualname.split(".")
+    column = text.find(":", 3) + 1  # the caret goes under the missing attribute
     for part in path:
         found = getattr(owner, part, None)
         if found is None:
-            raise SpecError(f"{site}: {owner!r} has no attribute {part!r}", text, 0)
+            raise SpecError(f"{site}: {_named(owner)} has no attribute {part!r}", text, column)
         owner = found
+        column += len(part) + 1
     if not hasattr(owner, name):
-        raise SpecError(f"{site}: {owner!r} has no attribute {name!r}", text, 0)
+        raise SpecError(f"{site}: {_named(owner)} has no attribute {name!r}", text, column)
     return owner, name
+
+
+def _named(owner: Any) -> str:
+    if inspect.ismodule(owner):
+        return f"module {owner.__name__!r}"
+    return f"{type(owner).__name__} {getattr(owner, '__qualname__', owner)!r}"
 
 
 def _raw(owner: Any, name: str) -> Any:

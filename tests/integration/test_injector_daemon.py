@@ -294,10 +294,60 @@ def test_the_proxy_address_is_a_daemon_address_and_lost_resets_through_it(
     assert run.calls("daemon.request") == 3
 
 
-def test_daemon_process_without_a_daemon_is_an_error() -> None:
-    with pytest.raises(RuntimeError, match="needs the DaemonProcess"):
-        faults.inject("daemon.process=lost").install()
+def test_daemon_sites_without_a_daemon_fault_nothing_and_say_why(
+    daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
+) -> None:
+    backend = client(daemon.base_url)
+    with faults.inject("daemon.process=lost;daemon.request=1*refuse") as run:
+        assert backend.generate(PROMPT, SHORT) == baseline["text"]
+    assert daemon.alive
+    assert run.calls("daemon.request") == run.injected("daemon.process") == 0
+    reasons = {u.site: u.reason for u in run.unreached()}
+    assert set(reasons) == {"daemon.process", "daemon.request"}
+    assert "has no daemon to act on" in reasons["daemon.request"]
     _assert_restored()
+
+
+def test_traffic_to_another_server_is_untouched_and_named(
+    daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
+) -> None:
+    elsewhere = faults.Target("http://127.0.0.1:9")  # the discard port: nothing listens
+    backend = client(daemon.base_url)
+    with faults.inject("daemon.request=refuse", daemon=elsewhere) as run:
+        assert backend.generate(PROMPT, SHORT) == baseline["text"]
+    assert run.calls("daemon.request") == 0
+    [missed] = run.unreached()
+    assert f"127.0.0.1:{daemon.port} x1" in missed.reason
+    assert "127.0.0.1:9" in missed.reason
+
+
+def test_a_base_url_names_the_target(
+    daemon: DaemonProcess, client: Callable[..., DaemonBackend]
+) -> None:
+    backend = client(daemon.base_url.replace("127.0.0.1", "localhost"))
+    with (
+        faults.inject("daemon.request=1*refuse", daemon=daemon.base_url) as run,
+        pytest.raises(DaemonUnavailable),
+    ):
+        backend.generate(PROMPT, SHORT)
+    assert run.injected("daemon.request") == 1
+    assert run.unreached() == []
+
+
+def test_daemon_process_on_a_target_without_its_process_is_an_error() -> None:
+    target = faults.Target("http://127.0.0.1:9")
+    with pytest.raises(RuntimeError, match="needs the server's process"):
+        faults.inject("daemon.process=lost", daemon=target).install()
+    _assert_restored()
+    with pytest.raises(RuntimeError, match="needs the server's process"):
+        target.pause()
+    with pytest.raises(RuntimeError, match="restart needs a DaemonProcess"):
+        target.restart()
+
+
+def test_a_target_url_must_name_a_host() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        faults.Target("127.0.0.1:8080")
 
 
 def test_async_streams_meet_the_stream_faults(

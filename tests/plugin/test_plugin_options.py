@@ -301,9 +301,11 @@ def test_all_markers_pass_strict_markers(suite: pytest.Pytester) -> None:
         test_marked="""
         import pytest
 
+        import target
+
         @pytest.mark.faults("py:target:answer=none")
         def test_a():
-            pass
+            assert target.answer() is None
 
         @pytest.mark.no_faults
         def test_b():

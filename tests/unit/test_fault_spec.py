@@ -419,7 +419,7 @@ DESIGN_TABLE = {
     "llama.chat": {"none", "raise", "timeout", "latency", "oom", "corrupt"},
     "llama.stream": {"stall", "truncate", "raise", "latency", "corrupt", "lost"},
     "llama.embed": {"none", "raise", "nan", "corrupt"},
-    "daemon.request": {"lost", "refuse", "timeout", "latency", "ratelimit", "raise"},
+    "daemon.request": {"lost", "refuse", "timeout", "latency", "ratelimit", "status", "raise"},
     "daemon.stream": {"stall", "lost", "truncate", "corrupt"},
     "daemon.process": {"lost", "pause", "restart"},
     PY: {"none", "raise", "timeout", "latency", "oom", "corrupt", "stall", "truncate"},
@@ -430,6 +430,7 @@ MINIMAL_ARGS = {
     "latency": "(1s)",
     "truncate": "(after=2)",
     "pause": "(5s)",
+    "status": "(503)",
 }
 
 
