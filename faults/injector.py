@@ -116,6 +116,7 @@ class Injector:
         journal: Journal | None = None,
         daemon: Server | str | None = None,
         proxy: FaultProxy | None = None,
+        route: Route = "hooks",
     ) -> Injector:
         """An injector that fires exactly the faults of a saved run (a path or its lines).
 
@@ -131,6 +132,7 @@ class Injector:
             journal=journal,
             daemon=daemon,
             proxy=proxy,
+            route=route,
         )
 
     @classmethod
@@ -144,6 +146,7 @@ class Injector:
         journal: Journal | None = None,
         daemon: Server | str | None = None,
         proxy: FaultProxy | None = None,
+        route: Route = "hooks",
     ) -> Injector:
         """:meth:`replay` from a :class:`~faults.journal.Recording` already read."""
         injector = cls(
@@ -154,6 +157,7 @@ class Injector:
             journal=journal,
             daemon=daemon,
             proxy=proxy,
+            route=route,
         )
         injector._schedules = recording.schedules()
         return injector
@@ -312,8 +316,16 @@ def inject(
     journal: Journal | None = None,
     daemon: Server | str | None = None,
     proxy: FaultProxy | None = None,
+    route: Route = "hooks",
 ) -> Injector:
     """An :class:`Injector` to use with ``with`` (``with inject(...) as run:``)."""
     return Injector(
-        spec, seed=seed, scope=scope, clock=clock, journal=journal, daemon=daemon, proxy=proxy
+        spec,
+        seed=seed,
+        scope=scope,
+        clock=clock,
+        journal=journal,
+        daemon=daemon,
+        proxy=proxy,
+        route=route,
     )

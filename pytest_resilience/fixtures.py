@@ -34,6 +34,7 @@ from pytest_resilience.plugin import (
     SHARED_DAEMON,
     daemon_target,
     in_virtual_time,
+    route_of,
     settings_of,
     state_of,
 )
@@ -176,7 +177,9 @@ class FaultsFactory:
     Defaults: the run's seed, the test's node id as scope, the test's ``clock`` (when it
     uses one, else real time) and ``journal``, and as ``daemon`` the test's daemon (its
     ``daemon`` fixture, the session's daemon, or ``--daemon-url``; ``daemon=None`` for
-    none). Returns the installed injector. Raises ``SpecError`` for a malformed spec.
+    none); on the wire route, the fault proxy in front of the test's daemon, and the faults
+    act on the wire. Returns the installed injector. Raises ``SpecError`` for a malformed
+    spec.
     """
 
     def __init__(self, request: pytest.FixtureRequest) -> None:
@@ -194,13 +197,15 @@ class FaultsFactory:
         clock: Clock | None = None,
         journal: Journal | None = None,
         daemon: Server | str | None = _DEFAULT,
-        proxy: FaultProxy | None = None,
+        proxy: FaultProxy | None = _DEFAULT,
     ) -> Injector:
         from faults.injector import Injector  # noqa: PLC0415
 
         state = state_of(self._item)
         if daemon is self._DEFAULT:
             daemon = daemon_target(self._item)
+        if proxy is self._DEFAULT:
+            proxy = state.proxy if daemon is state.daemon else None
         injector = Injector(
             spec,
             seed=self._seed if seed is None else seed,
@@ -209,6 +214,7 @@ class FaultsFactory:
             journal=journal if journal is not None else state.journal,
             daemon=daemon,
             proxy=proxy,
+            route="wire" if proxy is not None and proxy is state.proxy else "hooks",
         )
         injector.install()
         state.installed.append(injector)
@@ -300,11 +306,19 @@ def daemon_fixture(
     state = state_of(request.node)
     process.journal = state.journal
     state.daemon = process
-    try:
-        yield process
-    finally:
-        if request.config.stash.get(SHARED_DAEMON, None) is process:
-            process.journal = None  # the next test's, from its start
+    with ExitStack() as undo:
+        if route_of(request.node) == "wire":
+            from faults.proxy import FaultProxy  # noqa: PLC0415
+
+            assert process.port is not None  # started by the process fixture
+            state.proxy = undo.enter_context(FaultProxy(upstream=(process.host, process.port)))
+            process.front = state.proxy.url
+            undo.callback(setattr, process, "front", None)
+        try:
+            yield process
+        finally:
+            if request.config.stash.get(SHARED_DAEMON, None) is process:
+                process.journal = None  # the next test's, from its start
 
 
 def resilient_fixture(

@@ -17,6 +17,7 @@ option                      ini                           environment
 ``--[no-]leak-check``       ``resilience_leak_check``     ``PYTEST_LEAK_CHECK``
 ``--[no-]virtual-time``     ``resilience_virtual_time``   ``PYTEST_VIRTUAL_TIME``
 ``--daemon-url URL``        ``resilience_daemon_url``     ``PYTEST_DAEMON_URL``
+``--daemon-route ROUTE``    ``resilience_daemon_route``   ``PYTEST_DAEMON_ROUTE``
 ``resilience_scenarios``    (ini only: folders whose ``*.toml`` scenarios are collected)
 ``resilience_daemon_scope`` (ini only: ``function`` or ``session``, the ``daemon`` process)
 ==========================  ============================  ==========================
@@ -37,6 +38,11 @@ test with none of these runs as if the daemon.* sites were not named. A fault th
 asked for without chance (no ``pct%``: ``1*refuse``, ``@2lost``) and that never fired gives
 the test a :class:`faults.FaultNotReached` warning naming the site and the likely reason;
 the summary says, for each site of the run-wide spec, in how many tests it was reached.
+
+``--daemon-route wire`` (or ``@pytest.mark.faults(..., route="wire")``) puts a fault proxy in
+front of the ``daemon`` fixture's process, so that ``daemon.base_url`` is the proxy and the
+daemon.* faults act on the wire, for any client in any process, in real time; the default,
+``hooks``, acts in this process's HTTP clients, on the test's clock.
 
 Each test under faults runs its call phase inside an :class:`faults.Injector` seeded by
 (run seed, node id, site), on the test's ``clock`` fixture when it uses one (else real
@@ -63,6 +69,7 @@ if TYPE_CHECKING:
 
     from faults.injector import Injector
     from faults.journal import Recording
+    from faults.proxy import FaultProxy
     from faults.spec import Spec
     from pytest_resilience.backends.daemon import DaemonProcess
     from pytest_resilience.backends.llama import LlamaBackend
@@ -88,6 +95,7 @@ ENV_REPLAY: Final = "PYTEST_REPLAY_JOURNAL"
 ENV_LEAKS: Final = "PYTEST_LEAK_CHECK"
 ENV_VIRTUAL: Final = "PYTEST_VIRTUAL_TIME"
 ENV_DAEMON_URL: Final = "PYTEST_DAEMON_URL"
+ENV_DAEMON_ROUTE: Final = "PYTEST_DAEMON_ROUTE"
 #: Every environment variable the plugin reads.
 ENVIRONMENT: Final = (
     ENV_FAULTS,
@@ -97,6 +105,7 @@ ENVIRONMENT: Final = (
     ENV_LEAKS,
     ENV_VIRTUAL,
     ENV_DAEMON_URL,
+    ENV_DAEMON_ROUTE,
 )
 _CACHE_KEY: Final = "resilience/fault_seed"
 _WORKER_KEY: Final = "resilience_fault_seed"
@@ -105,6 +114,8 @@ _REPRO: Final = "resilience.reproduce"
 _TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
 _DaemonScope = Literal["function", "session"]
 _DAEMON_SCOPES: Final = ("function", "session")
+_Route = Literal["hooks", "wire"]
+_ROUTES: Final = ("hooks", "wire")
 
 
 # ----------------------------------------------------------------------- state
@@ -162,6 +173,7 @@ class Settings:
     virtual_time: bool = False
     daemon_scope: _DaemonScope = "function"
     daemon_url: str | None = None  # the app's own server, for the daemon.* sites
+    route: _Route = "hooks"  # how the daemon.* faults reach the `daemon` fixture's traffic
     totals: _Totals = field(default_factory=_Totals)
 
 
@@ -176,6 +188,7 @@ class TestState:
     leaks: int = 0
     hanging: list[str] = field(default_factory=list)
     daemon: DaemonProcess | None = None  # the ``daemon`` fixture's, once requested
+    proxy: FaultProxy | None = None  # in front of it, on the wire route
     reach: dict[str, list[Any]] = field(default_factory=dict)  # run-wide sites, see _Totals
     missed: list[str] = field(default_factory=list)  # faults asked for that never fired
     _journal: Journal | None = None
@@ -290,6 +303,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"that use no `daemon` fixture (env {ENV_DAEMON_URL})",
     )
     parser.addini("resilience_daemon_url", "the base URL of the app's own model server")
+    group.addoption(
+        "--daemon-route",
+        dest="resilience_daemon_route",
+        metavar="hooks|wire",
+        help="how daemon.* faults reach the `daemon` fixture: hooks in this process's HTTP "
+        f"clients (default), or a fault proxy on the wire (env {ENV_DAEMON_ROUTE})",
+    )
+    parser.addini("resilience_daemon_route", "daemon.* faults through hooks or on the wire")
     parser.addini("resilience_leak_check", "fail tests that leak (true/false)")
     parser.addini("resilience_virtual_time", "run every test on a virtual clock (true/false)")
     parser.addini("resilience_scenarios", "folders whose *.toml scenario files are collected",
@@ -373,6 +394,20 @@ def _daemon_scope_of(config: pytest.Config) -> _DaemonScope:
     return value  # type: ignore[return-value]  # checked just above
 
 
+def _route(value: object, where: str) -> _Route:
+    if value not in _ROUTES:
+        raise pytest.UsageError(f"{where}: expected {' or '.join(_ROUTES)}, not {value!r}")
+    return value  # checked just above
+
+
+def route_of(item: pytest.Item) -> _Route:
+    """The test's daemon route: its ``faults`` marker's ``route=``, else the run's."""
+    for marker in item.iter_markers("faults"):
+        if "route" in marker.kwargs:
+            return _route(marker.kwargs["route"], f"@pytest.mark.faults on {item.nodeid}")
+    return item.config.stash[_SETTINGS].route
+
+
 def _seed(config: pytest.Config) -> tuple[int, str]:
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None and _WORKER_KEY in workerinput:
@@ -408,7 +443,8 @@ def _seed(config: pytest.Config) -> tuple[int, str]:
 @pytest.hookimpl(trylast=True)  # after the cache provider has set config.cache
 def pytest_configure(config: pytest.Config) -> None:
     for line in (
-        "faults(spec): run this test under these faults (beats --inject-faults per site)",
+        "faults(spec, route=None): run this test under these faults (beats --inject-faults per "
+        "site); route='wire' puts a fault proxy in front of the `daemon` fixture",
         "no_faults: run this test without any injected faults",
         "virtual_time(wall=False, sleeps=True, start=None): give the test a virtual `clock`; "
         "wall=True makes time.time/datetime follow it, sleeps runs tenacity/stamina/backoff "
@@ -455,6 +491,9 @@ def pytest_configure(config: pytest.Config) -> None:
         except ValueError as exc:
             raise pytest.UsageError(f"{urls[-1].where}: {exc}") from None
         settings.daemon_url = urls[-1].text
+    routes = _values(config, "resilience_daemon_route", "resilience_daemon_route", ENV_DAEMON_ROUTE)
+    if routes:
+        settings.route = _route(routes[-1].text, routes[-1].where)
     config.stash[_SETTINGS] = settings
     config.pluginmanager.register(_Reporter(settings.totals), "resilience-reporter")
     if settings.leak_check:
@@ -511,7 +550,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for spec, where in settings.sources:
         _check_py_sites(spec, where)
     for item in items:
-        markers = list(item.iter_markers("faults"))
+        markers = [m for m in item.iter_markers("faults") if m.args or "spec" in m.kwargs]
+        route_of(item)  # a bad route= is a usage error now
         if markers:
             specs = []
             for marker in reversed(markers):  # farthest (module, class) first
@@ -690,10 +730,16 @@ def _injector(
 ) -> Injector:
     from faults.injector import Injector  # noqa: PLC0415
 
-    clock, daemon = state.clock, daemon_target(item)
+    clock, daemon, proxy = state.clock, daemon_target(item), state.proxy
+    route: _Route = "wire" if proxy is not None else "hooks"
     if settings.replay is not None:
         return Injector.from_recording(
-            settings.replay, clock=clock, journal=state.journal, daemon=daemon
+            settings.replay,
+            clock=clock,
+            journal=state.journal,
+            daemon=daemon,
+            proxy=proxy,
+            route=route,
         )
     assert spec is not None
     return Injector(
@@ -703,6 +749,8 @@ def _injector(
         clock=clock,
         journal=state.journal,
         daemon=daemon,
+        proxy=proxy,
+        route=route,
     )
 
 

@@ -270,6 +270,7 @@ class DaemonProcess:
         self.journal = journal
         self.name = name
         self.paused = False
+        self.front: str | None = None  # the base URL clients are given, when not the server's
         self.startup_time: float | None = None  # seconds from spawn to ready, last start
         self._handles = _Handles()
         self._log_start = 0  # where the current child's output begins in the log
@@ -296,7 +297,13 @@ class DaemonProcess:
 
     @property
     def base_url(self) -> str:
-        """``http://host:port`` of the server (still answers "refused" after a stop)."""
+        """Where clients should send: ``front`` when something (a fault proxy) stands in
+        front of the server, else :attr:`server_url`."""
+        return self.front if self.front is not None else self.server_url
+
+    @property
+    def server_url(self) -> str:
+        """``http://host:port`` of the server itself (still answers "refused" after a stop)."""
         if self.port is None:
             raise RuntimeError(f"{self.name} has not been started")
         return f"http://{self.host}:{self.port}"

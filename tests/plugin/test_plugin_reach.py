@@ -19,7 +19,16 @@ pytest_plugins = ["pytester"]
 
 # pytester unloads what its runs import; a client imported afresh would no longer know its
 # own transport's exceptions. Load them here, once.
-for _name in ("numpy", "gguf", "llama_cpp", "llama_cpp.server", "httpx", "httpx2", "openai"):
+for _name in (
+    "numpy",
+    "gguf",
+    "llama_cpp",
+    "llama_cpp.server",
+    "httpcore",
+    "httpx",
+    "httpx2",
+    "openai",
+):
     if importlib.util.find_spec(_name.partition(".")[0]) is not None:
         importlib.import_module(_name)
 
