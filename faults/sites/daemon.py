@@ -145,6 +145,7 @@ class Plan:
         self.sites = sites
         self.actions: list[Action] = []
         self.corrupt = False
+        self.read_timeout: float | None = None  # the client's own: it ends a longer stall
 
     def due(self, n: int) -> list[Action]:
         return [a for a in self.actions if a.after == n]
@@ -161,11 +162,23 @@ class Errors:
     ``reset()`` is what it raises for a connection reset by the peer, ``cut()`` for a body
     that ends before it is complete, and ``transport`` the exception types its reads raise
     (caught while draining the socket of a killed daemon, to hand the client its own).
+    ``timeout()``, when given, is what it raises for a read that waits past its read
+    timeout (a ``stall`` longer than the plan's ``read_timeout`` ends with it).
     """
 
     reset: Callable[[], BaseException]
     cut: Callable[[], BaseException]
     transport: tuple[type[BaseException], ...]
+    timeout: Callable[[], BaseException] | None = None
+
+
+def _stall(plan: Plan, action: Action, errors: Errors) -> tuple[float, BaseException | None]:
+    """How long a stall hangs, and what the client raises after it: a stall longer than the
+    client's own read timeout ends there, with the client's read timeout error."""
+    limit = plan.read_timeout
+    if limit is not None and limit < action.seconds and errors.timeout is not None:
+        return limit, errors.timeout()
+    return action.seconds, None
 
 
 def _lose(plan: Plan, action: Action, it: Iterator[bytes], errors: Errors) -> BaseException:
@@ -205,7 +218,10 @@ def events(plan: Plan, chunks: Iterator[bytes], errors: Errors) -> Iterator[byte
                 if _data(event) is not None:
                     for action in plan.due(n):
                         if action.kind == "stall":
-                            action.faults.hang(action.seconds, "stall")
+                            seconds, error = _stall(plan, action, errors)
+                            action.faults.hang(seconds, "stall")
+                            if error is not None:
+                                raise error
                         elif action.kind == "truncate":
                             yield DONE
                             return
@@ -231,7 +247,10 @@ async def aevents(plan: Plan, chunks: AsyncIterator[bytes], errors: Errors) -> A
                 if _data(event) is not None:
                     for action in plan.due(n):
                         if action.kind == "stall":
-                            await action.faults.ahang(action.seconds, "stall")
+                            seconds, error = _stall(plan, action, errors)
+                            await action.faults.ahang(seconds, "stall")
+                            if error is not None:
+                                raise error
                         elif action.kind == "truncate":
                             yield DONE
                             return
@@ -284,26 +303,29 @@ class Call:
         """The exception of ``raise(...)``."""
         return self.faults.exception(self.term)
 
-    def _timeout(self, client_timeout: float | None) -> float:
-        seconds = seconds_of(self.term, "duration")
-        return seconds if client_timeout is None else min(seconds, client_timeout)
-
-    def wait(self, client_timeout: float | None = None) -> None:
-        """The hang of ``timeout`` (until the client's own read timeout, if it has one, or
-        the fault's duration) or of ``latency``, on the clock or in the cancel scope."""
+    def _wait_for(self, client_timeout: float | None) -> tuple[float, bool]:
+        """How long the hang lasts, and whether the client's own read timeout ends it."""
         f = self.faults
-        if self.kind == "timeout":
-            f.hang(self._timeout(client_timeout), "timeout")
-        else:
-            f.hang(f.delay(self.term), "latency")
+        wanted = (
+            seconds_of(self.term, "duration") if self.kind == "timeout" else f.delay(self.term)
+        )
+        if client_timeout is not None and client_timeout < wanted:
+            return client_timeout, True
+        return wanted, self.kind == "timeout"
 
-    async def await_(self, client_timeout: float | None = None) -> None:
+    def wait(self, client_timeout: float | None = None) -> bool:
+        """The hang of ``timeout`` or ``latency``, on the clock or in the cancel scope;
+        whether the client must now raise its read timeout. A hang longer than the client's
+        own read timeout (``client_timeout``) ends there, as a silent server's would."""
+        seconds, timed_out = self._wait_for(client_timeout)
+        self.faults.hang(seconds, self.kind)
+        return timed_out
+
+    async def await_(self, client_timeout: float | None = None) -> bool:
         """:meth:`wait` for async clients."""
-        f = self.faults
-        if self.kind == "timeout":
-            await f.ahang(self._timeout(client_timeout), "timeout")
-        else:
-            await f.ahang(f.delay(self.term), "latency")
+        seconds, timed_out = self._wait_for(client_timeout)
+        await self.faults.ahang(seconds, self.kind)
+        return timed_out
 
     @property
     def status(self) -> int:

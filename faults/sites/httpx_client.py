@@ -10,7 +10,8 @@ Each fault is what the package itself raises or returns for the real failure:
                a sync request through the fault proxy gets a real reset instead;
                ``lost(after=n)``: ``ReadError`` (connection reset) after n chunks.
 ``timeout``    hangs until the request's own read timeout (or the fault's duration, if
-               shorter), then ``ReadTimeout``.
+               shorter), then ``ReadTimeout``. ``latency`` longer than the read timeout
+               ends the same way.
 ``ratelimit``  a 429 answer with ``Retry-After`` and an OpenAI-style JSON error body;
 ``status``     the same with the status given (500, 503, ...), so ``openai`` raises its
                own ``RateLimitError`` / ``InternalServerError`` and retries as it would.
@@ -18,7 +19,8 @@ Each fault is what the package itself raises or returns for the real failure:
 =============  =========================================================================
 
 A streamed answer's body is re-cut into whole SSE events (:func:`faults.sites.daemon.events`);
-a daemon killed mid-answer is read to the real error httpx raises for it.
+a daemon killed mid-answer is read to the real error httpx raises for it, and a ``stall``
+longer than the request's read timeout ends with ``ReadTimeout`` there.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class _Family:
             reset=lambda: hx.ReadError("[Errno 104] Connection reset by peer"),
             cut=lambda: hx.RemoteProtocolError(_CUT_BODY),
             transport=(hx.TransportError,),
+            timeout=lambda: hx.ReadTimeout("timed out"),
         )
 
         class SyncEvents(hx.SyncByteStream):  # type: ignore[name-defined,misc]
@@ -118,10 +121,8 @@ class _Family:
             kind = call.kind
             if kind == "raise":
                 raise call.exception()
-            if kind in ("timeout", "latency"):
-                call.wait(_read_timeout(request))
-                if kind == "timeout":
-                    raise hx.ReadTimeout(f"fault injected at {call.site}", request=request)
+            if kind in ("timeout", "latency") and call.wait(_read_timeout(request)):
+                raise hx.ReadTimeout(f"fault injected at {call.site}", request=request)
             if kind in ("ratelimit", "status"):
                 return self.ratelimited(request, call)
             if kind == "refuse":
@@ -142,6 +143,7 @@ class _Family:
                 return original(client, request, stream=stream, **kw)
             response = original(client, request, stream=True, **kw)
             try:
+                call.plan.read_timeout = _read_timeout(request)
                 if call.answer(_is_sse(response)):
                     response.stream = self.sync_events(response.stream, call)
                 if not stream:
@@ -164,10 +166,8 @@ class _Family:
             kind = call.kind
             if kind == "raise":
                 raise call.exception()
-            if kind in ("timeout", "latency"):
-                await call.await_(_read_timeout(request))
-                if kind == "timeout":
-                    raise hx.ReadTimeout(f"fault injected at {call.site}", request=request)
+            if kind in ("timeout", "latency") and await call.await_(_read_timeout(request)):
+                raise hx.ReadTimeout(f"fault injected at {call.site}", request=request)
             if kind in ("ratelimit", "status"):
                 return self.ratelimited(request, call)
             if kind == "refuse":
@@ -182,6 +182,7 @@ class _Family:
                 return await original(client, request, stream=stream, **kw)
             response = await original(client, request, stream=True, **kw)
             try:
+                call.plan.read_timeout = _read_timeout(request)
                 if call.answer(_is_sse(response)):
                     response.stream = self.async_events(response.stream, call)
                 if not stream:
