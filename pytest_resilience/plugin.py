@@ -169,6 +169,7 @@ class Settings:
     sources: list[tuple[Spec, str]] = field(default_factory=list)  # each spec, and its where
     journal_dir: Path | None = None
     replay: Recording | None = None
+    replay_path: str = ""  # as given, for the reproduce command
     leak_check: bool = False
     virtual_time: bool = False
     daemon_scope: _DaemonScope = "function"
@@ -477,6 +478,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         try:
             settings.replay = load(base / replays[-1].text)
+            settings.replay_path = replays[-1].text
         except (OSError, JournalFileError) as exc:
             raise pytest.UsageError(f"{replays[-1].where}: cannot replay: {exc}") from None
     settings.leak_check = _bool(config, "resilience_leak_check", ENV_LEAKS)
@@ -754,9 +756,32 @@ def _injector(
     )
 
 
-def reproduce_command(nodeid: str, spec: Spec | str, seed: int) -> str:
-    """The command line that reruns ``nodeid`` under ``spec`` with ``seed``."""
-    return f"pytest {_quote(nodeid)} --inject-faults {_quote(str(spec))} --fault-seed {seed}"
+def reproduce_command(item: pytest.Item, spec: Spec | str) -> str:
+    """The command line that reruns ``item`` as it ran: its node id as seen from where
+    pytest was started, the faults (the spec and seed, or the journal replayed), and every
+    option that changes what the faults do (virtual time, the daemon's URL and route)."""
+    settings = item.config.stash[_SETTINGS]
+    parts = ["pytest", _quote(_node_argument(item))]
+    if settings.replay is not None:
+        parts += ["--replay-journal", _quote(settings.replay_path)]
+    else:
+        parts += ["--inject-faults", _quote(str(spec)), "--fault-seed", str(settings.seed)]
+    if settings.virtual_time:
+        parts.append("--virtual-time")
+    if settings.daemon_url is not None:
+        parts += ["--daemon-url", _quote(settings.daemon_url)]
+    if settings.route != "hooks":
+        parts += ["--daemon-route", settings.route]
+    return " ".join(parts)
+
+
+def _node_argument(item: pytest.Item) -> str:
+    """``item``'s node id with its path relative to the directory pytest was started in
+    (node ids are relative to the rootdir, which may be above it)."""
+    path, sep, rest = item.nodeid.partition("::")
+    here = item.config.invocation_params.dir
+    relative = os.path.relpath(item.config.rootpath / path, here)
+    return relative.replace(os.sep, "/") + sep + rest
 
 
 def _quote(text: str) -> str:
@@ -774,9 +799,7 @@ def pytest_runtest_makereport(
         return (yield)
     settings = item.config.stash[_SETTINGS]
     if call.when == "call" and state.spec is not None:
-        item.user_properties.append(
-            (_REPRO, reproduce_command(item.nodeid, state.spec, settings.seed))
-        )
+        item.user_properties.append((_REPRO, reproduce_command(item, state.spec)))
     if call.when == "teardown":
         figures = _figures(state)
         item.user_properties.append((_PROP, json.dumps(figures, sort_keys=True)))
@@ -799,7 +822,7 @@ def pytest_runtest_makereport(
     if report.failed and call.when == "call" and (state.spec is not None or len(state.journal)):
         report.sections.append(("resilience: journal", state.journal.timeline(last=50) or "empty"))
         if state.spec is not None:
-            command = reproduce_command(item.nodeid, state.spec, settings.seed)
+            command = reproduce_command(item, state.spec)
             report.sections.append(("resilience: reproduce with", command))
     return report
 

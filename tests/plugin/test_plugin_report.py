@@ -243,3 +243,51 @@ def test_assert_no_leaks() -> None:
     assert_no_leaks([])
     with pytest.raises(AssertionError, match="1 thing leaked:\n  - fd: 9 -> pipe"):
         assert_no_leaks([Leak("fd", "9 -> pipe")])
+
+
+def _printed_command(result: pytest.RunResult) -> list[str]:
+    """The arguments of the one command the report printed under "reproduce with"."""
+    lines = result.stdout.lines
+    at = next(i for i, line in enumerate(lines) if "resilience: reproduce with" in line)
+    return shlex.split(lines[at + 1])[1:]
+
+
+def test_the_printed_command_keeps_virtual_time(ptr: pytest.Pytester) -> None:
+    # In real time this fault hangs for an hour: the command must keep --virtual-time.
+    spec = "py:target:answer=timeout(1h)"
+    first = run(ptr, "--virtual-time", "--inject-faults", spec, "--fault-seed", "5")
+    first.assert_outcomes(failed=3)
+    args = _printed_command(first)
+    assert "--virtual-time" in args
+    again = run(ptr, *args)
+    again.assert_outcomes(failed=1)
+    again.stdout.fnmatch_lines(["*TimeoutError: fault injected at py:target:answer*"])
+
+
+def test_the_printed_command_under_replay_replays(ptr: pytest.Pytester) -> None:
+    spec = "py:target:answer=1*raise(ConnectionError)"
+    run(ptr, "test_suite.py::test_fails", "--inject-faults", spec, "--fault-journal", "saved")
+    [saved] = (ptr.path / "saved").iterdir()
+    journal = f"saved/{saved.name}"
+    first = run(ptr, "test_suite.py::test_fails", "--replay-journal", journal)
+    first.assert_outcomes(failed=1)
+    args = _printed_command(first)
+    assert args == ["test_suite.py::test_fails", "--replay-journal", journal]
+    again = run(ptr, *args)
+    again.assert_outcomes(failed=1)
+    again.stdout.fnmatch_lines(["*ConnectionError: fault injected at py:target:answer*"])
+
+
+def test_the_printed_command_works_from_a_subdirectory(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeini(INI)
+    sub = pytester.mkdir("suite")
+    (sub / "target.py").write_text(TARGET)
+    (sub / "test_it.py").write_text("import target\n\ndef test_it():\n    assert target.answer()\n")
+    monkeypatch.chdir(sub)
+    first = run(pytester, "test_it.py", "--inject-faults", "py:target:answer=none")
+    first.assert_outcomes(failed=1)
+    args = _printed_command(first)
+    assert args[0] == "test_it.py::test_it"  # not suite/test_it.py: we are in suite/
+    run(pytester, *args).assert_outcomes(failed=1)
