@@ -436,8 +436,6 @@ def _seed(config: pytest.Config) -> tuple[int, str]:
             raise pytest.UsageError(
                 f"{value.where}: the fault seed must be an integer or 'last', not {value.text!r}"
             ) from None
-    if cache is not None and workerinput is None:
-        cache.set(_CACHE_KEY, seed)
     return seed, source
 
 
@@ -897,6 +895,18 @@ class _Reporter:
             self.totals.add(json.loads(str(props[_PROP])))
         if report.when == "call" and report.failed and _REPRO in props:
             self.totals.reproduce.append(str(props[_REPRO]))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Keep the seed for ``--fault-seed last``, but only of a run that injected a fault: a
+    ``--collect-only`` or a run without faults must not overwrite the one worth repeating."""
+    config = session.config
+    settings = config.stash.get(_SETTINGS, None)
+    cache = getattr(config, "cache", None)
+    if settings is None or cache is None or hasattr(config, "workerinput"):
+        return
+    if sum(settings.totals.faults.values()):
+        cache.set(_CACHE_KEY, settings.seed)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

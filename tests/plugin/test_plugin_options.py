@@ -22,6 +22,9 @@ INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
 TARGET = """
 def answer():
     return "ok"
+
+def unused():
+    return "ok"
 """
 SUITE = """
 import target
@@ -161,14 +164,27 @@ def test_seed_sources_and_precedence(
     )
 
 
+SEED = re.compile(r"resilience: --fault-seed=(\d+) \((.*)\)")
+
+
+def _seed_of(result: pytest.RunResult) -> tuple[str, str]:
+    found = SEED.search(result.stdout.str())
+    assert found is not None
+    return found.group(1), found.group(2)
+
+
 def test_default_seed_is_random_and_last_reuses_it(suite: pytest.Pytester) -> None:
-    header = re.compile(r"resilience: --fault-seed=(\d+) \((.*)\)")
-    first = header.search(run(suite).stdout.str())
-    assert first is not None
-    assert first.group(2) == "random"
-    last = header.search(run(suite, "--fault-seed", "last").stdout.str())
-    assert last is not None
-    assert (last.group(1), last.group(2)) == (first.group(1), "the last run's")
+    seed, source = _seed_of(run(suite, "--inject-faults", "py:target:answer=1*none"))
+    assert source == "random"
+    assert _seed_of(run(suite, "--fault-seed", "last")) == (seed, "the last run's")
+
+
+def test_last_is_the_seed_of_the_last_run_that_injected_a_fault(suite: pytest.Pytester) -> None:
+    run(suite, "--inject-faults", "py:target:answer=1*none", "--fault-seed", "41")
+    run(suite, "--collect-only", "--fault-seed", "42")  # collects, injects nothing
+    run(suite, "--fault-seed", "43")  # no faults asked for
+    run(suite, "--inject-faults", "py:target:unused=1*none", "--fault-seed", "44")  # unreached
+    assert _seed_of(run(suite, "--fault-seed", "last")) == ("41", "the last run's")
 
 
 # ----------------------------------------------------------------------- bad values
