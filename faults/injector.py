@@ -147,10 +147,16 @@ class Injector:
         daemon: Server | str | None = None,
         proxy: FaultProxy | None = None,
         route: Route = "hooks",
+        overrides: Spec | None = None,
     ) -> Injector:
-        """:meth:`replay` from a :class:`~faults.journal.Recording` already read."""
+        """:meth:`replay` from a :class:`~faults.journal.Recording` already read.
+
+        ``overrides`` replaces the recording's faults at the sites it names (a test's
+        ``faults`` marker does so under ``--replay-journal``); its sites are decided afresh.
+        """
+        spec = recording.spec if overrides is None else recording.spec.merged(overrides)
         injector = cls(
-            recording.spec,
+            spec,
             seed=recording.seed if seed is None else seed,
             scope=recording.scope if scope is None else scope,
             clock=clock,
@@ -159,7 +165,9 @@ class Injector:
             proxy=proxy,
             route=route,
         )
-        injector._schedules = recording.schedules()
+        replayed = recording.schedules()
+        kept = set() if overrides is None else {e.site for e in overrides.entries}
+        injector._schedules.update({k: v for k, v in replayed.items() if k not in kept})
         return injector
 
     # ------------------------------------------------------------------ install

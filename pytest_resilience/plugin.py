@@ -529,10 +529,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if settings is None:
         return []
     lines = [f"resilience: --fault-seed={settings.seed} ({settings.seed_source})"]
-    if settings.spec is not None:
+    if settings.spec is not None and settings.replay is None:
         lines.append(f"resilience: --inject-faults='{settings.spec}'")
     if settings.replay is not None:
-        lines.append(f"resilience: replaying the faults of '{settings.replay.spec}'")
+        ignored = " (it replaces --inject-faults)" if settings.spec is not None else ""
+        lines.append(f"resilience: replaying the faults of '{settings.replay.spec}'{ignored}")
     if settings.leak_check:
         lines.append("resilience: leak check on")
     if settings.virtual_time:
@@ -614,13 +615,14 @@ def _effective_spec(item: pytest.Item, settings: Settings) -> Spec | None:
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     settings = item.config.stash[_SETTINGS]
     spec = _effective_spec(item, settings)
+    replaying = settings.replay is not None and item.get_closest_marker("no_faults") is None
     state = item.stash.get(_STATE, None)
     run_wide: Injector | None = None
-    if spec is not None or settings.replay is not None:
+    if spec is not None or replaying:
         state = state_of(item)
         _adopt_fixtures(item, state)
     keep = 0 if state is None else len(state.installed)
-    if state is not None and (spec is not None or settings.replay is not None):
+    if state is not None and (spec is not None or replaying):
         run_wide = _injector(item, settings, state, spec)
         try:
             run_wide.install()
@@ -733,6 +735,7 @@ def _injector(
     clock, daemon, proxy = state.clock, daemon_target(item), state.proxy
     route: _Route = "wire" if proxy is not None else "hooks"
     if settings.replay is not None:
+        # the journal replaces the run-wide spec; a marker's sites replace the journal's
         return Injector.from_recording(
             settings.replay,
             clock=clock,
@@ -740,6 +743,7 @@ def _injector(
             daemon=daemon,
             proxy=proxy,
             route=route,
+            overrides=item.stash.get(_MARKER_SPEC, None),
         )
     assert spec is not None
     return Injector(

@@ -387,6 +387,45 @@ def test_fault_journal_writes_one_file_per_test_and_replay_repeats_it(
     assert patterns(replayed) == patterns(first)
 
 
+def _saved_journal(suite: pytest.Pytester, tmp_path: Path) -> Path:
+    """The journal of test_pattern under a fault on its 2nd and 4th calls."""
+    folder = tmp_path / "saved"
+    run(suite, "--inject-faults", "py:target:answer=@2none->@4none", "--fault-journal", str(folder))
+    [saved] = folder.iterdir()
+    return saved
+
+
+def test_replay_precedence_no_faults_marker_and_inject_faults(
+    suite: pytest.Pytester, tmp_path: Path
+) -> None:
+    saved = _saved_journal(suite, tmp_path)
+    suite.makepyfile(
+        test_suite=SUITE
+        + """
+import pytest
+
+@pytest.mark.no_faults
+def test_quiet():
+    got = [target.answer() for _ in range(5)]
+    print("PATTERN", "".join("N" if g is None else "." for g in got))
+
+@pytest.mark.faults("py:target:answer=@1none")
+def test_marked():
+    got = [target.answer() for _ in range(5)]
+    print("PATTERN", "".join("N" if g is None else "." for g in got))
+"""
+    )
+    # --inject-faults beside the replay is replaced by it, and the header says so
+    result = run(
+        suite, "-s", "--replay-journal", str(saved), "--inject-faults", "py:target:answer=none"
+    )
+    result.stdout.fnmatch_lines(
+        ["resilience: replaying the faults of *(it replaces --inject-faults)"]
+    )
+    # in file order: the replayed journal; no_faults: nothing; the marker's site wins
+    assert patterns(result) == [".N.N.", ".....", "N...."]
+
+
 def test_fault_journal_from_ini_and_env(
     suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
