@@ -359,9 +359,12 @@ def parse_spec(value: str, where: str, base: Path | None = None) -> Spec:
     if text.endswith(".toml"):
         return _scenario_spec(text, where, base)
     try:
-        return parse(text)
+        spec = parse(text)
     except SpecError as exc:
         raise pytest.UsageError(f"{where}: malformed fault spec: {exc}") from None
+    if not len(spec):
+        raise pytest.UsageError(f"{where}: the fault spec is empty: it would inject nothing")
+    return spec
 
 
 def _scenario_spec(name: str, where: str, base: Path | None) -> Spec:
@@ -380,9 +383,30 @@ def _scenario_spec(name: str, where: str, base: Path | None) -> Spec:
     if not isinstance(spec, str):
         raise pytest.UsageError(f"{where}: {path}: [faults] spec must be a string")
     try:
-        return parse(spec)
+        parsed = parse(spec)
     except SpecError as exc:
         raise pytest.UsageError(f"{where}: {path}: [faults] spec: {exc}") from None
+    if not len(parsed):
+        raise pytest.UsageError(
+            f"{where}: {path} has no [faults] spec: as a fault spec it would inject nothing"
+        )
+    return parsed
+
+
+def _check_repeated_sites(sources: list[tuple[Spec, str]]) -> None:
+    """Two values from the same place (two --inject-faults, two ini lines) that name the
+    same site are a usage error, as the same site twice in one spec is; across places the
+    higher precedence wins, as documented."""
+    seen: dict[tuple[str, str], str] = {}
+    for spec, where in sources:
+        for entry in spec.entries:
+            key = (where, str(entry.site))
+            if key in seen:
+                raise pytest.UsageError(
+                    f"{where}: site {entry.site} is given twice ('{seen[key]}' and "
+                    f"'{entry}'): join its terms into one chain with '->'"
+                )
+            seen[key] = str(entry)
 
 
 def _daemon_scope_of(config: pytest.Config) -> _DaemonScope:
@@ -459,6 +483,7 @@ def pytest_configure(config: pytest.Config) -> None:
         (parse_spec(v.text, v.where, base), v.where)
         for v in _values(config, "resilience_inject_faults", "resilience_inject_faults", ENV_FAULTS)
     ]
+    _check_repeated_sites(settings.sources)
     specs = [spec for spec, _ in settings.sources]
     if specs:
         from faults.spec import merge  # noqa: PLC0415

@@ -80,6 +80,36 @@ def test_repeated_option_specs_are_merged(suite: pytest.Pytester) -> None:
     assert patterns(result) == ["N...."]
 
 
+def test_one_site_in_two_values_of_one_place_is_a_usage_error(suite: pytest.Pytester) -> None:
+    result = run(
+        suite,
+        "--inject-faults",
+        "py:target:answer=1*none",
+        "--inject-faults",
+        "py:target:answer=off",
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: --inject-faults: site py:target:answer is given twice (*): join its terms*"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("", "--inject-faults: the fault spec is empty: it would inject nothing"),
+        ("plain.toml", "--inject-faults: *plain.toml has no [[]faults[]] spec*inject nothing"),
+    ],
+)
+def test_a_spec_that_injects_nothing_is_a_usage_error(
+    suite: pytest.Pytester, value: str, problem: str
+) -> None:
+    (suite.path / "plain.toml").write_text('version = 1\ntitle = "no faults"\n')
+    result = run(suite, "--inject-faults", value)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {problem}"])
+
+
 @pytest.mark.parametrize(
     ("env", "ini", "cli", "marker", "expected"),
     [
@@ -416,9 +446,7 @@ def test_marked():
 """
     )
     # --inject-faults beside the replay is replaced by it, and the header says so
-    result = run(
-        suite, "-s", "--replay-journal", str(saved), "--inject-faults", "py:target:answer=none"
-    )
+    result = run(suite, "--replay-journal", str(saved), "--inject-faults", "py:target:answer=none")
     result.stdout.fnmatch_lines(
         ["resilience: replaying the faults of *(it replaces --inject-faults)"]
     )
