@@ -5,7 +5,7 @@ imports nothing heavy at module level: each hook imports what it needs when it r
 run without faults never imports :mod:`faults`.
 
 Options (each with an ini key and an environment variable; a marker beats the command line,
-which beats the ini file, which beats the environment):
+which beats the environment, which beats the ini file):
 
 ==========================  ============================  ==========================
 option                      ini                           environment
@@ -165,7 +165,7 @@ class Settings:
 
     seed: int
     seed_source: str
-    spec: Spec | None = None  # env < ini < command line, merged; None: no run-wide faults
+    spec: Spec | None = None  # ini < environment < command line, merged; None: no run-wide faults
     sources: list[tuple[Spec, str]] = field(default_factory=list)  # each spec, and its where
     journal_dir: Path | None = None
     replay: Recording | None = None
@@ -321,16 +321,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _values(config: pytest.Config, option: str, ini: str, env: str) -> list[_Value]:
-    """Every value given, lowest precedence first: environment, ini file, command line."""
+    """Every value given, lowest precedence first: ini file, environment, command line (so
+    that CI can override a project's ini file from the environment)."""
     found: list[_Value] = []
-    if os.environ.get(env, "").strip():
-        found.append(_Value(os.environ[env].strip(), f"environment variable {env}"))
     raw = config.getini(ini)
     where = f"ini option {ini} ({config.inipath})"
     if isinstance(raw, list):
         found += [_Value(str(v).strip(), where) for v in raw if str(v).strip()]
     elif str(raw).strip():
         found.append(_Value(str(raw).strip(), where))
+    if os.environ.get(env, "").strip():
+        found.append(_Value(os.environ[env].strip(), f"environment variable {env}"))
     cli = config.getoption(option, None)
     flag = "--" + option.removeprefix("resilience_").replace("_", "-")
     for v in cli if isinstance(cli, list) else [] if cli is None else [cli]:
@@ -479,7 +480,7 @@ def pytest_configure(config: pytest.Config) -> None:
     seed, source = _seed(config)
     settings = Settings(seed=seed, seed_source=source)
     base = config.invocation_params.dir
-    settings.sources = [
+    settings.sources = [  # ini < environment < command line
         (parse_spec(v.text, v.where, base), v.where)
         for v in _values(config, "resilience_inject_faults", "resilience_inject_faults", ENV_FAULTS)
     ]

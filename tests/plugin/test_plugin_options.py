@@ -115,7 +115,7 @@ def test_a_spec_that_injects_nothing_is_a_usage_error(
     [
         ("3*none", None, None, None, "NNN.."),
         (None, "2*none", None, None, "NN..."),
-        ("3*none", "2*none", None, None, "NN..."),
+        ("3*none", "2*none", None, None, "NNN.."),  # the environment beats the ini file
         ("3*none", "2*none", "1*none", None, "N...."),
         ("3*none", "2*none", "1*none", "4*none", "NNNN."),
         (None, None, "1*none", "off", "....."),
@@ -181,13 +181,13 @@ def test_the_seed_decides_the_faults_and_is_in_the_header(suite: pytest.Pytester
 def test_seed_sources_and_precedence(
     suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PYTEST_FAULT_SEED", "3")
-    run(suite).stdout.fnmatch_lines(
-        ["resilience: --fault-seed=3 (environment variable PYTEST_FAULT_SEED)"]
-    )
     suite.makeini(INI + "resilience_fault_seed = 4\n")
     run(suite).stdout.fnmatch_lines(
         ["resilience: --fault-seed=4 (ini option resilience_fault_seed *)"]
+    )
+    monkeypatch.setenv("PYTEST_FAULT_SEED", "3")  # the environment beats the ini file
+    run(suite).stdout.fnmatch_lines(
+        ["resilience: --fault-seed=3 (environment variable PYTEST_FAULT_SEED)"]
     )
     run(suite, "--fault-seed", "5").stdout.fnmatch_lines(
         ["resilience: --fault-seed=5 (--fault-seed)"]
@@ -457,18 +457,18 @@ def test_marked():
 def test_fault_journal_from_ini_and_env(
     suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("PYTEST_FAULT_JOURNAL", str(tmp_path / "env"))
-    run(suite, "--inject-faults", "py:target:answer=none")
-    assert len(list((tmp_path / "env").iterdir())) == 1
     suite.makeini(INI + f"resilience_fault_journal = {tmp_path / 'ini'}\n")
     run(suite, "--inject-faults", "py:target:answer=none")
     assert len(list((tmp_path / "ini").iterdir())) == 1
+    monkeypatch.setenv("PYTEST_FAULT_JOURNAL", str(tmp_path / "env"))  # beats the ini file
+    run(suite, "--inject-faults", "py:target:answer=none")
+    assert len(list((tmp_path / "env").iterdir())) == 1
 
 
 # ----------------------------------------------------------------------- leak check
 
 
-# Every source of a true/false switch, lowest precedence first: env < ini < command line.
+# Every source of a true/false switch, lowest precedence first: ini < env < command line.
 # "{}" stands for the switch's name in its flags.
 SWITCH_SOURCES = pytest.mark.parametrize(
     ("args", "env", "ini", "on"),
@@ -478,7 +478,8 @@ SWITCH_SOURCES = pytest.mark.parametrize(
         ([], "1", None, True),
         ([], None, "true", True),
         (["--no-{}"], "1", "true", False),
-        ([], "yes", "false", False),
+        ([], "yes", "false", True),  # the environment beats the ini file
+        ([], "no", "true", False),
     ],
 )
 
