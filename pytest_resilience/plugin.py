@@ -946,6 +946,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     totals = settings.totals
     if not (totals.under_faults or totals.faults or totals.counts.get("leaks") or totals.reach):
         return
+    if config.get_verbosity() < -1:  # -qq: as quiet as pytest's own summary
+        return
     write = terminalreporter.write_line
     terminalreporter.section("resilience")
     rows: list[tuple[str, str]] = [
@@ -958,7 +960,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     rows.append(("retries scheduled", str(totals.counts.get("retries", 0))))
     rows.append(("breaker transitions", _counted(totals.transitions)))
     rows.append(("fallbacks used", _counted(totals.fallbacks)))
-    rows.append(("leaks found", str(totals.counts.get("leaks", 0))))
+    if settings.leak_check or totals.counts.get("leaks"):
+        rows.append(("leaks found", str(totals.counts.get("leaks", 0))))
     if totals.reach:
         rows.append(("run-wide sites", "reached in / faults fired"))
     for site, (reached, fired, why) in sorted(totals.reach.items()):

@@ -66,7 +66,7 @@ SPEC = "py:target:answer=1*raise(ConnectionError)"
 
 
 def test_summary_table_sums_faults_retries_transitions_fallbacks(ptr: pytest.Pytester) -> None:
-    result = run(ptr, "--inject-faults", SPEC, "--fault-seed", "7")
+    result = run(ptr, "--inject-faults", SPEC, "--fault-seed", "7", "--leak-check")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -85,6 +85,20 @@ def test_summary_table_sums_faults_retries_transitions_fallbacks(ptr: pytest.Pyt
             f"  pytest 'test_suite.py::test_fails' --inject-faults '{SPEC}' --fault-seed 7",
         ]
     )
+
+
+def test_the_summary_says_nothing_of_leaks_without_the_leak_check(ptr: pytest.Pytester) -> None:
+    result = run(ptr, "--inject-faults", SPEC, "--no-leak-check")
+    result.stdout.fnmatch_lines(["*= resilience =*", "fallbacks used * cache x1"])
+    assert "leaks found" not in result.stdout.str()
+
+
+def test_the_summary_is_quiet_under_qq(ptr: pytest.Pytester) -> None:
+    assert "= resilience =" in run(ptr, "--inject-faults", SPEC, "-q").stdout.str()
+    quiet = run(ptr, "--inject-faults", SPEC, "-qq")
+    assert quiet.ret == pytest.ExitCode.TESTS_FAILED
+    assert "= resilience =" not in quiet.stdout.str()
+    assert "faults injected" not in quiet.stdout.str()
 
 
 def test_a_failure_shows_its_timeline_and_a_command_that_reproduces_it(
