@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
 from faults.journal import Recording, dump, load, save
+from faults.schedule import derive_rng
 from faults.schedule import schedules as build_schedules
 from faults.sites import Env, install
 from faults.spec import Site, Spec, parse
@@ -241,6 +242,15 @@ class Injector:
     @property
     def schedules(self) -> Mapping[Site, Schedule]:
         return dict(self._schedules)
+
+    def restart(self) -> None:
+        """Start every site's schedule afresh (a new example of a property test meets the
+        same faults as the first); the counts of :meth:`calls` and :meth:`injected` go on.
+        A replayed injector replays again from call 1."""
+        for site, schedule in self._schedules.items():
+            needs_rng = any(t.pct is not None for t in schedule.chain)
+            rng = derive_rng(self.seed, self.scope, site) if needs_rng else None
+            schedule.restart(rng)
 
     def unreached(self) -> list[Unreached]:
         """The sites whose faults were asked for without chance and never fired, each with

@@ -105,7 +105,7 @@ class Schedule:
     randomness is always injected, never global. ``site`` names the site in ``repr``.
     """
 
-    __slots__ = ("_calls", "_fired", "_live", "_rng", "chain", "site")
+    __slots__ = ("_calls", "_fired", "_live", "_past", "_rng", "chain", "site")
 
     def __init__(
         self, chain: Iterable[Term], *, rng: random.Random | None = None, site: str = ""
@@ -116,6 +116,20 @@ class Schedule:
         if rng is None and any(s.p is not None for s in self._live):
             raise ValueError("a chain with a probabilistic term needs a seeded rng")
         self._rng = rng or random.Random(0)  # never drawn from: no term needs it
+        self._past = (0, 0)  # calls and firings before the last restart()
+        self._calls = itertools.count(1)
+        self._fired = itertools.count(1)
+        self._prune(1)
+
+    def restart(self, rng: random.Random | None = None) -> None:
+        """Start the chain afresh, as if new: call numbers count from 1 again, each term
+        can fire again, and ``rng`` (if given) draws the chances. :attr:`calls` and
+        :attr:`fired` keep counting across restarts. Not for use while calls are decided
+        on other threads."""
+        self._past = (self.calls, self.fired)
+        self._live = [_Slot(i, t) for i, t in enumerate(self.chain)]
+        if rng is not None:
+            self._rng = rng
         self._calls = itertools.count(1)
         self._fired = itertools.count(1)
         self._prune(1)
@@ -141,12 +155,12 @@ class Schedule:
     @property
     def calls(self) -> int:
         """How many times :meth:`decide` was called."""
-        return _value(self._calls) - 1
+        return self._past[0] + _value(self._calls) - 1
 
     @property
     def fired(self) -> int:
         """How many decisions injected a fault (``off`` firing is not counted)."""
-        return _value(self._fired) - 1
+        return self._past[1] + _value(self._fired) - 1
 
     @property
     def spent(self) -> bool:

@@ -656,12 +656,14 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
             pytest.fail(f"cannot install the faults '{run_wide.spec}': {exc}", pytrace=False)
         state.installed.append(run_wide)
         state.spec = run_wide.spec
+    undo = _per_example(item, run_wide)
     passed = False
     try:
         result = yield
         passed = True
         return result
     finally:
+        undo()
         state = item.stash.get(_STATE, None)  # the ``faults`` fixture may have made it
         if state is not None:
             missed = _unreached(item, settings, state, run_wide)
@@ -670,6 +672,25 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
                 _warn_unreached(item, missed)
             else:
                 state.missed = missed
+
+
+def _per_example(item: pytest.Item, injector: Injector | None) -> Callable[[], None]:
+    """Under a hypothesis ``@given`` test, restart the run-wide faults for each example, so
+    that ``1*none`` means the first call of every example (the same for each, as hypothesis
+    needs to shrink), not of the first example only. Returns the undo."""
+    hypothesis: Any = getattr(getattr(item, "obj", None), "hypothesis", None)
+    inner = getattr(hypothesis, "inner_test", None)
+    if injector is None or inner is None:
+        return lambda: None
+    import functools  # noqa: PLC0415
+
+    @functools.wraps(inner)
+    def each_example(*args: Any, **kwargs: Any) -> Any:
+        injector.restart()
+        return inner(*args, **kwargs)
+
+    hypothesis.inner_test = each_example
+    return lambda: setattr(hypothesis, "inner_test", inner)
 
 
 def _unreached(

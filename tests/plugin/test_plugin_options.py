@@ -628,3 +628,25 @@ def test_the_closer_of_virtual_time_and_real_time_wins(suite: pytest.Pytester) -
     )
     run(suite).assert_outcomes(passed=4)
     run(suite, "--virtual-time").assert_outcomes(passed=4)
+
+
+def test_each_hypothesis_example_meets_the_faults_afresh(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_given="""
+        import pytest
+        from hypothesis import given, settings, strategies as st
+
+        import target
+
+        @pytest.mark.faults("py:target:answer=1*none")
+        @settings(max_examples=20, database=None)
+        @given(st.integers())
+        def test_first_call_of_each_example(n):
+            assert target.answer() is None
+            assert target.answer() == "ok"
+        """
+    )
+    result = run(suite, "test_given.py")
+    result.assert_outcomes(passed=1)
+    # the count goes on across examples: 20 examples, 20 faults
+    result.stdout.fnmatch_lines(["*py:target:answer none * 20*"])

@@ -318,3 +318,20 @@ def test_observed_rate_is_within_bounds(pct: float, seed: int) -> None:
     fired = sum(s.decide() is not None for _ in range(calls))
     p = pct / 100
     assert abs(fired - calls * p) < 5 * math.sqrt(calls * p * (1 - p)) + 1
+
+
+def test_restart_starts_the_chain_afresh_and_keeps_the_totals() -> None:
+    schedule = Schedule.for_entry(parse("llama.generate=@2none->1*corrupt").entries[0])
+    first = [d and (d.term.kind, d.call) for d in (schedule.decide() for _ in range(4))]
+    schedule.restart()
+    again = [d and (d.term.kind, d.call) for d in (schedule.decide() for _ in range(4))]
+    assert first == again == [("corrupt", 1), ("none", 2), None, None]
+    assert (schedule.calls, schedule.fired) == (8, 4)
+
+
+def test_restart_with_the_same_generator_draws_the_same_chances() -> None:
+    entry = parse("llama.generate=50%none").entries[0]
+    schedule = Schedule.for_entry(entry, seed=3, scope="t")
+    first = [schedule.decide() is None for _ in range(20)]
+    schedule.restart(derive_rng(3, "t", "llama.generate"))
+    assert [schedule.decide() is None for _ in range(20)] == first
