@@ -21,14 +21,21 @@ naming the file, the line and the key, with a suggestion for a misspelt key)::
     seed = 1234                       # the fault seed (default 0); run(seed=) overrides it
     clock = "virtual"                 # "virtual" (default: waits cost nothing) or "real"
 
-    [target]                          # what the steps call
+    [target]                          # what the steps call: one of client, factory, callable
     client = "resilient"              # llama | daemon | resilient (default llama) ...
-    factory = "myapp.llm:build"       # ... or a callable: factory(TargetContext) -> Backend
+    factory = "myapp.llm:build"       # ... or factory(TargetContext) -> a Backend adapter ...
+    callable = "myapp.chat:answer"    # ... or an app function (sync or async), which "call"
+                                      # steps call; a top-level `target = "myapp.chat:answer"`
+                                      # is short for this. Given the scenario's clock and
+                                      # journal when it has parameters of those names
     model = "tiny"                    # tiny | tiny-small | gemma3-270m | a .gguf path
                                       # (relative to the scenario file); default tiny
     max_tokens = 32                   # generation length of every step (default 32)
     timeout = 10.0                    # resilient: seconds per daemon call (default 10)
     policy = "raise"                  # resilient: raise | never_fail
+    daemon_url = "http://127.0.0.1:11434"   # factory, callable: the app's own server, which
+                                      # daemon.* faults act on (not daemon.process)
+    errors = ["myapp.errors.ModelDown"]     # more exceptions that count as a failed op
 
     [faults]
     spec = "daemon.stream=@2lost(after=3)"     # the --inject-faults grammar (DESIGN §6)
@@ -76,9 +83,12 @@ naming the file, the line and the key, with a suggestion for a misspelt key)::
 
     [[steps]]                         # run in order, under the faults
     op = "stream"                     # generate | stream | embed | chat | job (model ops)
+                                      # call (a callable target's op)
                                       # kill_daemon | pause_daemon | resume_daemon |
                                       # restart_daemon | advance (act on the world)
-    prompt = "Tell me a story"
+    prompt = "Tell me a story"        # call: the first argument, when there is no args
+    args = ["Tell me a story"]        # call: the positional arguments
+    kwargs = { temperature = 0.2 }    # call: the keyword arguments
     repeat = 5                        # default 1
     seconds = 30.0                    # advance: virtual seconds (real clock: sleeps)
     max_tokens = 16                   # overrides the target's
@@ -87,7 +97,8 @@ naming the file, the line and the key, with a suggestion for a misspelt key)::
                                       # checkpoint belong to the whole scenario)
 
     [expect]                          # evaluated over the journal of the steps
-    success_rate = 1.0                # model ops that answered / model ops (to 0.005)
+    success_rate = 1.0                # model ops (or calls) that answered / all of them,
+                                      # to 0.005
     fallbacks = ["direct"]            # the fallback steps that answered, in first-use order
     transitions.daemon = ["closed->open", "open->half_open", "half_open->closed"]
     max_attempts = 3                  # no call took more attempts than this
@@ -101,13 +112,16 @@ naming the file, the line and the key, with a suggestion for a misspelt key)::
     faults_injected = 2               # faults that fired, exactly
     leaks = "none"                    # no thread, fd or child process left behind
 
-Model ops count towards ``success_rate``: an op *fails* when it raises one of the errors a
-failure produces (any :class:`~pytest_resilience.errors.ResilienceError`, ``OSError``,
-``TimeoutError``, ``MemoryError``) or answers ``None`` (``never_fail``); a stream that
-stalls with ``on_stall = "return"`` answers (with its partial text). Any other exception
-ends the steps (``Outcome.error``); the rollbacks run all the same: the faults are
-uninstalled, every stream, backend and client is closed, the daemon is stopped, the
-checkpoint folder removed.
+Model ops and calls count towards ``success_rate``: an op *fails* when it raises one of the
+errors a failure produces (any :class:`~pytest_resilience.errors.ResilienceError`,
+``OSError``, ``TimeoutError``, ``MemoryError``, and the target's ``errors``) or answers
+``None``; a stream that stalls with ``on_stall = "return"`` answers (with its partial
+text). A call of an async function runs on an event loop of its own (under a virtual
+clock, one whose ``asyncio.sleep`` is virtual); a generator's items are read to the end.
+A callable target takes ``[resilience.retry]`` and ``[resilience.breaker]`` only, and
+cannot expect ``partial_kept`` or ``source_closed``. Any other exception ends the steps
+(``Outcome.error``); the rollbacks run all the same: the faults are uninstalled, every
+stream, backend and client is closed, the daemon is stopped, the checkpoint folder removed.
 
 Under a virtual clock the daemon (a real child process) still runs in real time; only the
 waits of the core and of the injected faults are virtual. Daemon targets start
@@ -120,9 +134,12 @@ the faults and the reactions, so :meth:`Journal.timeline` reads as one story.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import copy
 import difflib
 import importlib
+import inspect
 import math
 import os
 import re
@@ -132,6 +149,8 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
@@ -140,6 +159,7 @@ from faults.injector import Injector
 from faults.kinds import resolve_exception_type
 from faults.schedule import derive_rng
 from faults.spec import Spec, SpecError, parse
+from faults.target import address_of
 from pytest_resilience.analytics import Summary, summarize
 from pytest_resilience.backends.base import GenerationParams
 from pytest_resilience.breaker import CircuitBreaker, ConsecutiveFailures, Recovery
@@ -168,7 +188,15 @@ from pytest_resilience.retry import Backoff, Retry, result_is_empty, result_is_n
 from pytest_resilience.stream import StreamGuard
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from collections.abc import (
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Coroutine,
+        Iterator,
+        Mapping,
+        Sequence,
+    )
 
     from pytest_resilience.backends.base import Backend, TextStream
     from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess
@@ -200,8 +228,14 @@ T = TypeVar("T")
 
 MODEL_OPS: Final = ("generate", "stream", "embed", "chat", "job")
 DAEMON_OPS: Final = ("kill_daemon", "pause_daemon", "resume_daemon", "restart_daemon")
-OPS: Final = (*MODEL_OPS, *DAEMON_OPS, "advance")
+#: The op of a ``callable`` target: call the function with the step's arguments.
+CALL_OP: Final = "call"
+OPS: Final = (*MODEL_OPS, CALL_OP, *DAEMON_OPS, "advance")
+#: The ops that count towards ``success_rate``: model ops and calls.
+COUNTED_OPS: Final = (*MODEL_OPS, CALL_OP)
 CLIENTS: Final = ("llama", "daemon", "resilient")
+#: The keyword arguments a callable target is given when its signature names them.
+CONTEXT_ARGS: Final = ("clock", "journal")
 LEVELS: Final = tuple(level.label for level in Level)
 #: What a failed model op raises; anything else is a bug and ends the steps.
 FAILURES: Final[tuple[type[Exception], ...]] = (
@@ -362,6 +396,8 @@ BOOL = _Leaf("true or false", lambda v: isinstance(v, bool))
 STRS = _Leaf(
     "a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)
 )
+ARRAY = _Leaf("an array", lambda v: isinstance(v, list))
+KWARGS = _Leaf("a table of keyword arguments", lambda v: isinstance(v, dict))
 
 
 def _choice(*choices: str) -> _Leaf:
@@ -411,12 +447,20 @@ _STEP = _Table(
         "repeat": POSINT,
         "seconds": NUM,
         "max_tokens": POSINT,
+        "args": ARRAY,
+        "kwargs": KWARGS,
         "resilience": _STEP_RESILIENCE,
     },
     required=frozenset({"op"}),
 )
 _PROBE = _Table(
-    {"op": _choice("generate", "stream", "embed", "chat"), "prompt": STR, "max_tokens": POSINT},
+    {
+        "op": _choice("generate", "stream", "embed", "chat", CALL_OP),
+        "prompt": STR,
+        "max_tokens": POSINT,
+        "args": ARRAY,
+        "kwargs": KWARGS,
+    },
     required=frozenset({"op"}),
 )
 _EXPECT = _Table(
@@ -446,10 +490,13 @@ _SCHEMA = _Table(
             {
                 "client": _choice(*CLIENTS),
                 "factory": STR,
+                "callable": STR,
                 "model": STR,
                 "max_tokens": POSINT,
                 "timeout": NUM,
                 "policy": _choice("raise", "never_fail"),
+                "daemon_url": STR,
+                "errors": STRS,
             }
         ),
         "faults": _Table({"spec": STR}),
@@ -460,6 +507,12 @@ _SCHEMA = _Table(
     },
     required=frozenset({"version", "title", "steps"}),
 )
+
+
+# Unknown keys a user may write for a known one, and the key they meant.
+_ALIASES: Final[Mapping[tuple[Path_, str], str]] = {
+    (("target",), name): "callable" for name in ("target", "call", "function", "func", "fn")
+}
 
 
 def _kind(value: Any) -> str:
@@ -488,7 +541,8 @@ class _Checker:
             spec = schema.fields.get(key)
             if spec is None:
                 known = sorted(schema.fields)
-                near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                near = [_ALIASES[at, key]] if (at, key) in _ALIASES else []
+                near = near or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 hint = (
                     f"did you mean {near[0]!r}?" if near else "expected one of: " + ", ".join(known)
                 )
@@ -536,16 +590,25 @@ class _Checker:
 class Target:
     """What the steps call (``[target]``)."""
 
-    client: str = "llama"  # llama | daemon | resilient | factory
+    client: str = "llama"  # llama | daemon | resilient | factory | callable
     model: str = "tiny"
     factory: str | None = None
     max_tokens: int = 32
     timeout: float = 10.0
     policy: str = "raise"
+    callable: str | None = None  # "module:function", called by the "call" op
+    daemon_url: str | None = None  # the app's own server, for daemon.* faults
+    errors: tuple[str, ...] = ()  # more exception names that count as a failed op
 
     @property
     def has_daemon(self) -> bool:
+        """The scenario starts a model daemon of its own."""
         return self.client in ("daemon", "resilient")
+
+    @property
+    def label(self) -> str:
+        """A short name of a callable target (its last attribute): ``answer``."""
+        return (self.callable or "").rpartition(":")[2].rpartition(".")[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,6 +622,8 @@ class Step:
     max_tokens: int | None = None
     resilience: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     line: int = 0
+    args: tuple[Any, ...] = ()  # "call": the positional arguments (args, or the prompt)
+    kwargs: Mapping[str, Any] = field(default_factory=dict)  # "call": keyword arguments
 
 
 @dataclass(frozen=True, slots=True)
@@ -607,38 +672,24 @@ def load(path: str | os.PathLike[str]) -> Scenario:
         ) from None
     lines = key_lines(source)
     checker = _Checker(where, lines)
+    shorthand = isinstance(data.get("target"), str)
+    if shorthand:  # target = "myapp.chat:answer": a callable target in one line
+        data["target"] = {"callable": data["target"]}
     checker.table(data, _SCHEMA, ())
     if data["version"] != 1:
         raise checker.error(
             ("version",), f"unknown version {data['version']} (this reader knows 1)"
         )
 
-    raw_target = data.get("target", {})
-    if "client" in raw_target and "factory" in raw_target:
-        raise checker.error(("target", "factory"), "give either client or factory, not both")
-    target = Target(
-        client="factory" if "factory" in raw_target else raw_target.get("client", "llama"),
-        model=raw_target.get("model", "tiny"),
-        factory=raw_target.get("factory"),
-        max_tokens=raw_target.get("max_tokens", 32),
-        timeout=float(raw_target.get("timeout", 10.0)),
-        policy=raw_target.get("policy", "raise"),
-    )
-    if target.factory is not None and ":" not in target.factory:
-        raise checker.error(("target", "factory"), "expected 'module:callable'")
+    target, function = _target(checker, data.get("target", {}), shorthand=shorthand)
 
-    spec_text = data.get("faults", {}).get("spec", "")
-    try:
-        spec = parse(spec_text)
-    except SpecError as exc:
-        raise checker.error(("faults", "spec"), f"bad fault spec: {exc}") from None
-    if not target.has_daemon and any(e.site.family == "daemon" for e in spec):
-        raise checker.error(
-            ("faults", "spec"), f"daemon sites need a daemon target, not {target.client!r}"
-        )
+    spec = _faults(checker, data.get("faults", {}).get("spec", ""), target)
 
     resilience = data.get("resilience", {})
     _check_names(checker, resilience, ("resilience",))
+    expect = data.get("expect", {})
+    if target.callable is not None:
+        _check_callable_tables(checker, resilience, expect)
     checkpoint = resilience.get("checkpoint", {})
     if checkpoint.get("killed_after", 0) >= checkpoint.get("parts", _PARTS):
         raise checker.error(
@@ -649,10 +700,18 @@ def load(path: str | os.PathLike[str]) -> Scenario:
     steps = tuple(_step(checker, raw, ("steps", i)) for i, raw in enumerate(data["steps"]))
     for i, step in enumerate(steps):
         _check_step(checker, target, resilience, step, ("steps", i))
+        if function is not None and step.op == CALL_OP:
+            raw = data["steps"][i]
+            _check_arguments(checker, step, ("steps", i), target=target, function=function, raw=raw)
     probe = None
     if "steady_state" in data:
         probe = _step(checker, data["steady_state"], ("steady_state",))
         _check_step(checker, target, resilience, probe, ("steady_state",))
+        if function is not None and probe.op == CALL_OP:
+            raw = data["steady_state"]
+            _check_arguments(
+                checker, probe, ("steady_state",), target=target, function=function, raw=raw
+            )
     return Scenario(
         path=file,
         title=data["title"],
@@ -661,12 +720,35 @@ def load(path: str | os.PathLike[str]) -> Scenario:
         target=target,
         faults=spec,
         steps=steps,
-        expect=data.get("expect", {}),
+        expect=expect,
         resilience=resilience,
         steady_state=probe,
         version=data["version"],
         source=source,
     )
+
+
+def _faults(checker: _Checker, spec_text: str, target: Target) -> Spec:
+    """The ``[faults] spec``, parsed; its daemon sites need a daemon to act on."""
+    try:
+        spec = parse(spec_text)
+    except SpecError as exc:
+        raise checker.error(("faults", "spec"), f"bad fault spec: {exc}") from None
+    daemon_sites = {e.site.target for e in spec if e.site.family == "daemon"}
+    if daemon_sites and not target.has_daemon and target.daemon_url is None:
+        own = target.client in ("callable", "factory")
+        raise checker.error(
+            ("faults", "spec"),
+            f"daemon sites need a daemon target, not {target.client!r}"
+            + ("; name your own server with [target] daemon_url" if own else ""),
+        )
+    if "process" in daemon_sites and not target.has_daemon:
+        raise checker.error(
+            ("faults", "spec"),
+            "daemon.process acts on a daemon the scenario starts (client = 'daemon' or "
+            "'resilient'); daemon_url gives only an address",
+        )
+    return spec
 
 
 def _check_names(checker: _Checker, resilience: Mapping[str, Any], at: Path_) -> None:
@@ -697,14 +779,32 @@ def _check_names(checker: _Checker, resilience: Mapping[str, Any], at: Path_) ->
 def _step(checker: _Checker, raw: Mapping[str, Any], at: Path_) -> Step:
     resilience = raw.get("resilience", {})
     _check_names(checker, resilience, (*at, "resilience"))
+    op = raw["op"]
+    args: tuple[Any, ...] = ()
+    if op == CALL_OP:
+        if "args" in raw and "prompt" in raw:
+            raise checker.error(
+                (*at, "prompt"), "give args or prompt, not both (prompt is the first argument)"
+            )
+        if "max_tokens" in raw:
+            raise checker.error((*at, "max_tokens"), "max_tokens is for model ops, not call")
+        args = tuple(raw["args"]) if "args" in raw else (raw["prompt"],) if "prompt" in raw else ()
+    else:
+        for key in ("args", "kwargs"):
+            if key in raw:
+                raise checker.error(
+                    (*at, key), f"{key} is for op = 'call' (a callable target), not {op!r}"
+                )
     return Step(
-        op=raw["op"],
+        op=op,
         prompt=raw.get("prompt", "Once upon a time"),
         repeat=raw.get("repeat", 1),
         seconds=float(raw.get("seconds", 0.0)),
         max_tokens=raw.get("max_tokens"),
         resilience=resilience,
         line=_line_of(checker.lines, (*at, "op")),
+        args=args,
+        kwargs=raw.get("kwargs", {}),
     )
 
 
@@ -712,6 +812,18 @@ def _check_step(
     checker: _Checker, target: Target, resilience: Mapping[str, Any], step: Step, at: Path_
 ) -> None:
     op_at = (*at, "op")
+    if step.op == CALL_OP and target.callable is None:
+        raise checker.error(
+            op_at, "call needs a callable target ([target] callable = 'module:function')"
+        )
+    if target.callable is not None and step.op in MODEL_OPS:
+        raise checker.error(
+            op_at, f"{step.op} needs a model target; the steps of a callable target use op = 'call'"
+        )
+    if target.callable is not None and "stream" in step.resilience:
+        raise checker.error(
+            (*at, "resilience", "stream"), "a callable target takes a per-step retry only"
+        )
     if step.op in DAEMON_OPS and not target.has_daemon:
         raise checker.error(
             op_at, f"{step.op} needs a daemon target (client = 'daemon' or 'resilient')"
@@ -722,6 +834,257 @@ def _check_step(
         raise checker.error(op_at, "job needs a [resilience.checkpoint] table")
     if step.op == "advance" and step.seconds <= 0:
         raise checker.error(op_at, "advance needs seconds > 0")
+
+
+# ====================================================================== callable targets
+
+
+class _NotFound(LookupError):
+    """A ``module:attribute`` path that does not lead to an object; the message says why."""
+
+
+_MISSING: Final = object()
+
+
+def _lookup(path: str) -> Any:
+    """The object ``module:attr.attr`` names, imported now; :class:`_NotFound` says what is
+    wrong (no colon, a module that cannot be imported or raises, a missing attribute)."""
+    module_name, colon, qualname = path.partition(":")
+    if not colon or not module_name or not qualname:
+        module_guess, _, name_guess = path.rpartition(".")
+        hint = f" (did you mean {module_guess + ':' + name_guess!r}?)" if module_guess else ""
+        raise _NotFound(
+            f"expected 'module:callable' (e.g. 'myapp.chat:answer'), got {path!r}{hint}"
+        )
+    try:
+        found: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        where = " (is it installed, or on pytest's pythonpath?)" if exc.name == module_name else ""
+        raise _NotFound(f"cannot import {module_name!r}: {exc}{where}") from None
+    except Exception as exc:  # noqa: BLE001 - the module's own error, reported with file and line
+        raise _NotFound(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
+    walked: list[str] = []
+    for part in qualname.split("."):
+        value = getattr(found, part, _MISSING)
+        if value is _MISSING:
+            owner = f"{module_name}:{'.'.join(walked)}" if walked else f"module {module_name!r}"
+            public = [n for n in dir(found) if not n.startswith("_")]
+            near = difflib.get_close_matches(part, public, n=1, cutoff=0.6)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise _NotFound(f"{owner} has no attribute {part!r}{hint}")
+        found = value
+        walked.append(part)
+    return found
+
+
+def _target(
+    checker: _Checker, raw: Mapping[str, Any], *, shorthand: bool
+) -> tuple[Target, Callable[..., Any] | None]:
+    """The ``[target]`` table as a :class:`Target`, and a callable target's function (its
+    path checked now: importable, present, callable)."""
+    at: Path_ = ("target",)
+    kinds = [k for k in ("client", "factory", "callable") if k in raw]
+    if len(kinds) > 1:
+        raise checker.error(
+            (*at, kinds[1]), f"give one of client, factory or callable, not {' and '.join(kinds)}"
+        )
+    if "callable" in raw:
+        for key in ("model", "max_tokens", "timeout", "policy"):
+            if key in raw:
+                raise checker.error(
+                    (*at, key), f"{key} is for a model target (client or factory), not a callable"
+                )
+    if "daemon_url" in raw:
+        if "factory" not in raw and "callable" not in raw:
+            raise checker.error(
+                (*at, "daemon_url"),
+                "daemon_url names your own server, for a callable or factory target (a client "
+                "target has the scenario's daemon, or none)",
+            )
+        try:
+            address_of(raw["daemon_url"])
+        except ValueError as exc:
+            raise checker.error((*at, "daemon_url"), str(exc)) from None
+    for name in raw.get("errors", ()):
+        try:
+            resolve_exception_type(name)
+        except SpecError as exc:
+            hint = f" (did you mean {exc.suggestion!r}?)" if exc.suggestion else ""
+            raise checker.error((*at, "errors"), f"{exc.message}{hint}") from None
+    function: Callable[..., Any] | None = None
+    for key in ("factory", "callable"):
+        if key in raw:
+            key_at = at if shorthand else (*at, key)
+            try:
+                found = _lookup(raw[key])
+            except _NotFound as exc:
+                raise checker.error(key_at, str(exc)) from None
+            if not callable(found):
+                raise checker.error(key_at, f"{raw[key]!r} is not callable: it is {_kind(found)}")
+            function = found if key == "callable" else None
+    target = Target(
+        client=kinds[0] if kinds and kinds[0] != "client" else raw.get("client", "llama"),
+        model=raw.get("model", "tiny"),
+        factory=raw.get("factory"),
+        max_tokens=raw.get("max_tokens", 32),
+        timeout=float(raw.get("timeout", 10.0)),
+        policy=raw.get("policy", "raise"),
+        callable=raw.get("callable"),
+        daemon_url=raw.get("daemon_url"),
+        errors=tuple(raw.get("errors", ())),
+    )
+    return target, function
+
+
+#: Tables that belong to the model ops the scenario runs itself, not to a callable target.
+_MODEL_ONLY_RESILIENCE: Final = ("stream", "fallback", "degrade", "checkpoint")
+_MODEL_ONLY_EXPECT: Final = ("partial_kept", "source_closed")
+
+
+def _check_callable_tables(
+    checker: _Checker, resilience: Mapping[str, Any], expect: Mapping[str, Any]
+) -> None:
+    for section in _MODEL_ONLY_RESILIENCE:
+        if section in resilience:
+            raise checker.error(
+                ("resilience", section),
+                f"[resilience.{section}] acts on model ops; around a callable target the "
+                "scenario can put [resilience.retry] and [resilience.breaker]",
+            )
+    for key in _MODEL_ONLY_EXPECT:
+        if key in expect:
+            raise checker.error(
+                ("expect", key), f"{key} is about the scenario's own streams: not for a callable"
+            )
+
+
+def _context_args(signature: inspect.Signature) -> list[str]:
+    """The :data:`CONTEXT_ARGS` a callable takes by name."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = signature.parameters
+    return [n for n in CONTEXT_ARGS if n in params and params[n].kind in kinds]
+
+
+def _signature(function: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature, its annotations evaluated when they can be (for messages)."""
+    with contextlib.suppress(Exception):
+        return inspect.signature(function, eval_str=True)
+    try:
+        return inspect.signature(function)
+    except (TypeError, ValueError):  # some builtins have none: the call itself will tell
+        return None
+
+
+def _hints(function: Callable[..., Any]) -> dict[str, Any]:
+    """The resolved annotations of a function's parameters ({} when they cannot be read)."""
+    source: Any = typing.cast("Any", function).__init__ if inspect.isclass(function) else function
+    if not inspect.isroutine(source):
+        return {}
+    try:
+        return typing.get_type_hints(source)
+    except Exception:  # noqa: BLE001 - one annotation names what is not importable at run time
+        pass  # (a TYPE_CHECKING import): read the others one by one
+    namespace = getattr(inspect.unwrap(source), "__globals__", {})
+    hints: dict[str, Any] = {}
+    for name, annotation in getattr(source, "__annotations__", {}).items():
+        with contextlib.suppress(Exception):
+            hints[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation
+    return hints
+
+
+def _accepts(hint: Any, value: Any) -> bool | None:
+    """Whether ``value`` (a TOML value) fits the annotation ``hint``; None: cannot tell."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        fits = [_accepts(arg, value) for arg in typing.get_args(hint)]
+        return True if True in fits else None if None in fits else False
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin is typing.Annotated:
+        return _accepts(typing.get_args(hint)[0], value)
+    if origin is not None:
+        hint = origin  # list[str] -> list: the items are not checked
+    if not isinstance(hint, type) or hint is object:
+        return None
+    if isinstance(value, bool) and hint in (int, float):
+        return False  # true and false are ints to Python, not to whoever wrote them
+    if hint is float:
+        return isinstance(value, int | float)
+    try:
+        return isinstance(value, hint)
+    except TypeError:  # a protocol that is not runtime-checkable
+        return None
+
+
+class _Shown:
+    """An annotation that could not be evaluated, shown as written (not quoted)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _signature_text(signature: inspect.Signature) -> str:
+    """``(prompt: str, *, clock: Clock | None = None)``, string annotations unquoted."""
+
+    def shown(annotation: Any) -> Any:
+        return _Shown(annotation) if isinstance(annotation, str) else annotation
+
+    params = [p.replace(annotation=shown(p.annotation)) for p in signature.parameters.values()]
+    return str(
+        signature.replace(parameters=params, return_annotation=shown(signature.return_annotation))
+    )
+
+
+def _hint_text(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _call_text(step: Step) -> str:
+    """The arguments of a call step, as Python would show them: ``'Hello', n=2``."""
+    shown = ", ".join([*map(repr, step.args), *(f"{k}={v!r}" for k, v in step.kwargs.items())])
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _check_arguments(
+    checker: _Checker,
+    step: Step,
+    at: Path_,
+    *,
+    target: Target,
+    function: Callable[..., Any],
+    raw: Mapping[str, Any],
+) -> None:
+    """A call step's arguments must bind to the function's signature, and each must fit its
+    parameter's annotation when that is a plain type (``str``, ``int | None``, ``list``)."""
+    signature = _signature(function)
+    if signature is None:
+        return
+    args_key = "args" if "args" in raw else "prompt" if "prompt" in raw else "op"
+    context = [n for n in _context_args(signature) if n not in step.kwargs]
+    try:
+        bound = signature.bind(*step.args, **dict.fromkeys(context), **step.kwargs)
+    except TypeError as exc:
+        key = "kwargs" if "kwargs" in raw and "keyword" in str(exc) else args_key
+        raise checker.error(
+            (*at, key),
+            f"cannot call {target.callable}({_call_text(step)}): {exc}; "
+            f"it takes {_signature_text(signature)}",
+        ) from None
+    hints = _hints(function)
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    for name, value in bound.arguments.items():
+        if name in context or signature.parameters[name].kind in variadic or name not in hints:
+            continue
+        if _accepts(hints[name], value) is False:
+            key = "kwargs" if name in step.kwargs else args_key
+            raise checker.error(
+                (*at, key),
+                f"{target.callable}: parameter {name!r} takes {_hint_text(hints[name])}, "
+                f"got {_kind(value)}",
+            )
 
 
 # ============================================================================== events
@@ -891,7 +1254,7 @@ class _Policies:
         )
 
     def breaker(self, conf: Mapping[str, Any]) -> CircuitBreaker:
-        default = "daemon" if self.target.has_daemon else "model"
+        default = "daemon" if self.target.has_daemon else self.target.label or "model"
         return CircuitBreaker(
             conf.get("name", default),
             on=self._exceptions(conf.get("on", _DEFAULT_ON)),
@@ -942,6 +1305,10 @@ class _World:
         self.tmp: tempfile.TemporaryDirectory[str] | None = None
         self.resumed = False
         self.job_killed = False  # a job's first run is killed once per scenario run
+        self.context: dict[str, object] = {}  # a callable target's clock and journal
+        # what a failed op raises: the defaults and the target's own errors
+        extra = tuple(resolve_exception_type(n) for n in scenario.target.errors)
+        self.failures: tuple[type[BaseException], ...] = (*FAILURES, *extra)
         res, policies = scenario.resilience, self.policies
         self.breaker = policies.breaker(res["breaker"]) if "breaker" in res else None
         self.degrader = policies.degrader(res["degrade"]) if "degrade" in res else None
@@ -975,10 +1342,36 @@ class _World:
         if target.client == "resilient":
             self.client = self._resilient()
         if target.factory is not None:
-            module, _, name = target.factory.partition(":")
-            build = getattr(importlib.import_module(module), name)
+            build = _lookup(target.factory)
             context = TargetContext(_model_path(target.model, self.base), self.clock, self.journal)
             self.factory_backend = build(context)
+        if target.callable is not None:
+            signature = _signature(_lookup(target.callable))
+            given = {"clock": self.clock, "journal": self.journal}
+            names = _context_args(signature) if signature is not None else []
+            self.context = {n: given[n] for n in names}
+
+    def invoke(self, step: Step) -> object:
+        """One call of the callable target with the step's arguments (copied: a call that
+        changes them does not change the next); a coroutine is run to its end on an event
+        loop of its own (under a virtual clock, one on the clock), a generator is read to
+        its end: the answer is the list of its items."""
+        assert self.target.callable is not None
+        function = _lookup(self.target.callable)  # now: a py: fault on it is in place
+        kwargs = {**self.context, **copy.deepcopy(dict(step.kwargs))}
+        result = function(*copy.deepcopy(step.args), **kwargs)
+        if inspect.isawaitable(result):
+            return self._run_async(_awaited(result))
+        if inspect.isasyncgen(result):
+            return self._run_async(_collected(result))
+        if inspect.isgenerator(result):
+            return list(result)
+        return result
+
+    def _run_async(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if isinstance(self.clock, VirtualClock):
+            return self.clock.run(coroutine)
+        return asyncio.run(coroutine)
 
     def _resilient(self) -> ResilientClient:
         from pytest_resilience.backends.resilient import ResilientClient  # noqa: PLC0415
@@ -1047,6 +1440,14 @@ class _World:
                 stack.callback(rollback)
 
 
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+async def _collected(items: AsyncIterator[T]) -> list[T]:
+    return [item async for item in items]
+
+
 class _Watched:
     """A stream source that remembers whether it was closed (``expect.source_closed``)."""
 
@@ -1086,6 +1487,7 @@ class _Runner:
             "embed": self.embed,
             "chat": self.chat,
             "job": self.job,
+            CALL_OP: self.call_target,
         }
 
     def record(self, event: type[Event], **fields: Any) -> None:
@@ -1093,15 +1495,16 @@ class _Runner:
 
     def step(self, index: int, step: Step, *, count: bool = True) -> bool:
         """Run ``step`` (all its repeats); False if a model op failed."""
-        self.record(ScenarioStep, index=index, op=step.op, detail=_describe_step(step))
-        if step.op not in MODEL_OPS:
+        detail = _describe_step(step, self.world.target)
+        self.record(ScenarioStep, index=index, op=step.op, detail=detail)
+        if step.op not in COUNTED_OPS:
             self.act(step)
             return True
         all_ok = True
         for _ in range(step.repeat):
             try:
                 answer = self.ops[step.op](step)
-            except FAILURES as exc:
+            except self.world.failures as exc:
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
             else:
                 ok, detail = answer is not None, "" if answer is not None else "answered None"
@@ -1167,6 +1570,19 @@ class _Runner:
             result: T = world.fallback(fn, params)
             return result
         return fn(world.model(world.target.model), params)
+
+    def call_target(self, step: Step) -> object:
+        """The callable target, through the scenario's retry and breaker (outermost first)."""
+        world = self.world
+        res = {**world.scenario.resilience, **step.resilience}
+        retry = world.policies.retry(res.get("retry"))
+
+        def once() -> object:
+            if world.breaker is not None:
+                return world.breaker.call(world.invoke, step)
+            return world.invoke(step)
+
+        return retry.call(once) if retry is not None else once()
 
     def generate(self, step: Step) -> str | None:
         client = self.world.client
@@ -1346,11 +1762,13 @@ _PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[1])
 _PARTS: Final = 3  # a job's parts when [resilience.checkpoint] does not say
 
 
-def _describe_step(step: Step) -> str:
+def _describe_step(step: Step, target: Target) -> str:
     if step.op == "advance":
         return f"{step.seconds:g}s"
+    times = f" x{step.repeat}" if step.repeat > 1 else ""
+    if step.op == CALL_OP:
+        return f"{target.label}({_call_text(step)}){times}"
     if step.op in MODEL_OPS:
-        times = f" x{step.repeat}" if step.repeat > 1 else ""
         return f"{step.prompt!r}{times}"
     return ""
 
@@ -1372,8 +1790,9 @@ def run(scenario: Scenario, *, seed: int | None = None, journal: Journal | None 
     clock: Clock = VirtualClock() if scenario.clock == "virtual" else SystemClock()
     wall = SystemClock()
     outcome = Outcome(scenario, used_seed, journal=journal)
-    with contextlib.suppress(ImportError):
-        importlib.import_module("llama_cpp")  # before the leak snapshot: not a leak
+    if scenario.target.callable is None or any(e.site.family == "llama" for e in scenario.faults):
+        with contextlib.suppress(ImportError):
+            importlib.import_module("llama_cpp")  # before the leak snapshot: not a leak
     before = _leak_snapshot() if scenario.expect.get("leaks") == "none" else None
     started_wall, started = wall.now(), clock.now()
     world = _World(scenario, clock, journal, used_seed)
@@ -1416,7 +1835,7 @@ def _method(world: _World, runner: _Runner, outcome: Outcome) -> tuple[int, int]
             scope=scenario.path.name,
             clock=world.clock,
             journal=journal,
-            daemon=world.daemon,
+            daemon=world.daemon if world.daemon is not None else scenario.target.daemon_url,
         )
         phase = "a step"
         try:
@@ -1509,7 +1928,8 @@ def format_report(outcome: Outcome) -> str:
     lines = [
         f"{mark}  {scenario.path.name}: {scenario.title}",
         f"      {stats.wall:.2f}s wall, {stats.elapsed:.3g}s on the {scenario.clock} clock,"
-        f" {stats.ok}/{stats.total} model ops answered",
+        f" {stats.ok}/{stats.total} {'calls' if scenario.target.callable else 'model ops'}"
+        " answered",
     ]
     injected = _injected(outcome.journal)
     lines.append(f"      injected: {injected or 'nothing'}")

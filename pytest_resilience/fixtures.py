@@ -108,11 +108,16 @@ class TestClock(VirtualClock):
     def freeze_wall_time(self, start: dt.datetime | str = "2025-01-01T00:00:00") -> None:
         """Make ``time.time``, ``datetime.now`` and friends follow this clock from ``start``
         (freezegun, with ``real_asyncio=True`` so that asyncio keeps working). Costs a few
-        milliseconds. Raises ``RuntimeError`` if already frozen."""
+        milliseconds. Raises ``RuntimeError`` if already frozen, ``ImportError`` naming the
+        ``wall`` extra if freezegun is not installed."""
         if self._frozen:
             raise RuntimeError("wall time already follows this clock")
-        import freezegun  # noqa: PLC0415 - optional, and slow to import
-        import freezegun.api  # noqa: PLC0415
+        try:
+            import freezegun  # noqa: PLC0415 - optional (the "wall" extra), and slow to import
+            import freezegun.api  # noqa: PLC0415
+        except ImportError as exc:
+            extra = "pip install 'pytest-resilience[wall]'"
+            raise ImportError(f"wall=True needs freezegun: {extra} ({exc})", name=exc.name) from exc
 
         freezer = freezegun.freeze_time(start, real_asyncio=True, ignore=list(_FREEZE_IGNORE))
         freezer.start()

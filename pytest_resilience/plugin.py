@@ -471,7 +471,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "site); route='wire' puts a fault proxy in front of the `daemon` fixture",
         "no_faults: run this test without any injected faults",
         "virtual_time(wall=False, sleeps=True, start=None): give the test a virtual `clock`; "
-        "wall=True makes time.time/datetime follow it, sleeps runs tenacity/stamina/backoff "
+        "wall=True (the `wall` extra) makes time.time/datetime follow it, sleeps runs "
+        "tenacity/stamina/backoff "
         "sleeps on it",
         "real_time: run this test in real time, even under --virtual-time",
         "no_leak_check: do not fail this test for leaked threads, fds or processes",

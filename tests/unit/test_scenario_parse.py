@@ -337,3 +337,372 @@ def test_replay_command_names_the_file_and_the_seed(write: Callable[[str], Path]
     command = replay_command(scenario, 99)
     assert command.startswith("pytest ")
     assert command.endswith("x.toml --fault-seed 99")
+
+
+# ============================================================== callable targets
+
+M = "tests.unit.scenario_targets"
+CALLABLE = f"""\
+version = 1
+title = "answer() meets lost connections"
+seed = 7
+
+[target]
+callable = "{M}:answer"
+errors = ["{M}.ModelDown"]
+
+[faults]
+spec = "py:{M}:complete=2*raise(ConnectionError)"
+
+[resilience.retry]
+attempts = 2
+
+[steady_state]
+op = "call"
+prompt = "Hello"
+
+[[steps]]
+op = "call"
+args = ["Tell me a story"]
+repeat = 3
+
+[[steps]]
+op = "advance"
+seconds = 5
+
+[expect]
+success_rate = 1.0
+retries = 2
+transitions.answer = ["closed->open"]
+faults_injected = 2
+"""
+
+
+def _callable(old: str, new: str) -> str:
+    assert old in CALLABLE, old
+    return CALLABLE.replace(old, new, 1)
+
+
+def test_a_callable_target_loads_with_its_arguments(write: Callable[[str], Path]) -> None:
+    scenario = load(write(CALLABLE))
+    target = scenario.target
+    assert (target.client, target.callable, target.label) == ("callable", f"{M}:answer", "answer")
+    assert target.errors == (f"{M}.ModelDown",)
+    assert (target.factory, target.daemon_url, target.has_daemon) == (None, None, False)
+    assert [(s.op, s.args, dict(s.kwargs), s.repeat, s.line) for s in scenario.steps] == [
+        ("call", ("Tell me a story",), {}, 3, 20),
+        ("advance", (), {}, 1, 25),
+    ]
+    assert scenario.steady_state is not None
+    assert scenario.steady_state.args == ("Hello",)  # the prompt is the first argument
+
+
+def test_the_short_form_and_keyword_arguments(write: Callable[[str], Path]) -> None:
+    text = f"""\
+version = 1
+title = "async"
+target = "{M}:aanswer"
+
+[[steps]]
+op = "call"
+prompt = "a cat"
+kwargs = {{ times = 2 }}
+
+[[steps]]
+op = "call"
+kwargs = {{ prompt = "a dog" }}
+"""
+    scenario = load(write(text))
+    assert (scenario.target.client, scenario.target.callable) == ("callable", f"{M}:aanswer")
+    assert [(s.args, dict(s.kwargs)) for s in scenario.steps] == [
+        (("a cat",), {"times": 2}),
+        ((), {"prompt": "a dog"}),
+    ]
+
+
+def test_a_factory_and_daemon_url_load(write: Callable[[str], Path]) -> None:
+    text = f"""\
+version = 1
+title = "factory"
+[target]
+factory = "{M}:answer"
+daemon_url = "http://localhost:11434"
+[faults]
+spec = "daemon.request=1*refuse"
+[[steps]]
+op = "generate"
+"""
+    scenario = load(write(text))
+    assert (scenario.target.client, scenario.target.factory) == ("factory", f"{M}:answer")
+    assert scenario.target.daemon_url == "http://localhost:11434"
+
+
+CALLABLE_ERRORS = [
+    (
+        "a dotted path without a colon",
+        _callable(f'"{M}:answer"', f'"{M}.answer"'),
+        6,
+        "target.callable",
+        f"expected 'module:callable' (e.g. 'myapp.chat:answer'), got '{M}.answer' "
+        f"(did you mean '{M}:answer'?)",
+    ),
+    (
+        "a module that does not exist",
+        _callable(f'"{M}:answer"', '"tests.unit.no_such_module:answer"'),
+        6,
+        "target.callable",
+        "cannot import 'tests.unit.no_such_module': No module named 'tests.unit.no_such_module'",
+    ),
+    (
+        "a misspelt function",
+        _callable(f'"{M}:answer"', f'"{M}:answr"'),
+        6,
+        "target.callable",
+        f"module '{M}' has no attribute 'answr' (did you mean 'answer'?)",
+    ),
+    (
+        "a missing attribute of an attribute",
+        _callable(f'"{M}:answer"', f'"{M}:ModelDown.nope"'),
+        6,
+        "target.callable",
+        f"{M}:ModelDown has no attribute 'nope'",
+    ),
+    (
+        "not callable",
+        _callable(f'"{M}:answer"', f'"{M}:NOT_CALLABLE"'),
+        6,
+        "target.callable",
+        f"'{M}:NOT_CALLABLE' is not callable: it is a string ('a constant')",
+    ),
+    (
+        "an argument of the wrong type",
+        _callable('args = ["Tell me a story"]', "args = [42]"),
+        21,
+        "steps[1].args",
+        f"{M}:answer: parameter 'prompt' takes str, got an integer (42)",
+    ),
+    (
+        "a prompt for a parameter of another type",
+        _callable('args = ["Tell me a story"]', 'prompt = "3"').replace(
+            f"{M}:answer", f"{M}:appends", 1
+        ),
+        21,
+        "steps[1].prompt",
+        f"{M}:appends: parameter 'items' takes list[str], got a string ('3')",
+    ),
+    (
+        "a boolean for an integer",
+        _callable('args = ["Tell me a story"]', 'args = ["a", true]').replace(
+            f"{M}:answer", f"{M}:aanswer", 1
+        ),
+        21,
+        "steps[1].args",
+        f"{M}:aanswer: parameter 'times' takes int, got a boolean",
+    ),
+    (
+        "too many arguments",
+        _callable('args = ["Tell me a story"]', 'args = ["a", "b"]'),
+        21,
+        "steps[1].args",
+        f"cannot call {M}:answer('a', 'b'): too many positional arguments; it takes (prompt: str,",
+    ),
+    (
+        "an unknown keyword argument",
+        _callable('args = ["Tell me a story"]', 'args = ["a"]\nkwargs = { tone = "warm" }'),
+        22,
+        "steps[1].kwargs",
+        f"cannot call {M}:answer('a', tone='warm'): got an unexpected keyword argument 'tone'",
+    ),
+    (
+        "a missing argument",
+        _callable('args = ["Tell me a story"]\n', ""),
+        20,
+        "steps[1].op",
+        "missing a required argument: 'prompt'",
+    ),
+    (
+        "args that are not an array",
+        _callable('args = ["Tell me a story"]', 'args = "Tell me a story"'),
+        21,
+        "steps[1].args",
+        "expected an array, got a string ('Tell me a story')",
+    ),
+    (
+        "kwargs that are not a table",
+        _callable('args = ["Tell me a story"]', 'args = ["a"]\nkwargs = 3'),
+        22,
+        "steps[1].kwargs",
+        "expected a table of keyword arguments, got an integer (3)",
+    ),
+    (
+        "args and prompt",
+        _callable('args = ["Tell me a story"]', 'args = ["a"]\nprompt = "b"'),
+        22,
+        "steps[1].prompt",
+        "give args or prompt, not both (prompt is the first argument)",
+    ),
+    (
+        "max_tokens on a call",
+        _callable("repeat = 3", "repeat = 3\nmax_tokens = 8"),
+        23,
+        "steps[1].max_tokens",
+        "max_tokens is for model ops, not call",
+    ),
+    (
+        "a model op against a callable",
+        _callable('op = "call"\nargs = ["Tell me a story"]', 'op = "generate"'),
+        20,
+        "steps[1].op",
+        "generate needs a model target; the steps of a callable target use op = 'call'",
+    ),
+    (
+        "arguments on another op",
+        _callable("seconds = 5", "seconds = 5\nargs = [1]"),
+        27,
+        "steps[2].args",
+        "args is for op = 'call' (a callable target), not 'advance'",
+    ),
+    (
+        "a call without a callable target",
+        _callable(f'callable = "{M}:answer"', 'client = "llama"'),
+        20,
+        "steps[1].op",
+        "call needs a callable target ([target] callable = 'module:function')",
+    ),
+    (
+        "a client and a callable",
+        _callable(f'callable = "{M}:answer"', f'client = "llama"\ncallable = "{M}:answer"'),
+        7,
+        "target.callable",
+        "give one of client, factory or callable, not client and callable",
+    ),
+    (
+        "a model for a callable",
+        _callable(f'callable = "{M}:answer"', f'callable = "{M}:answer"\nmodel = "tiny"'),
+        7,
+        "target.model",
+        "model is for a model target (client or factory), not a callable",
+    ),
+    (
+        "the key a user may guess",
+        _callable(f'callable = "{M}:answer"', f'call = "{M}:answer"'),
+        6,
+        "target.call",
+        "unknown key (did you mean 'callable'?)",
+    ),
+    (
+        "the issue's key inside [target]",
+        _callable(f'callable = "{M}:answer"', f'target = "{M}:answer"'),
+        6,
+        "target.target",
+        "unknown key (did you mean 'callable'?)",
+    ),
+    (
+        "an unknown error name",
+        _callable(f'errors = ["{M}.ModelDown"]', 'errors = ["ConectionError"]'),
+        7,
+        "target.errors",
+        "did you mean 'ConnectionError'?",
+    ),
+    (
+        "daemon faults without a server",
+        _callable(f'"py:{M}:complete=2*raise(ConnectionError)"', '"daemon.request=1*refuse"'),
+        10,
+        "faults.spec",
+        "daemon sites need a daemon target, not 'callable'; name your own server with "
+        "[target] daemon_url",
+    ),
+    (
+        "daemon.process for a server of the app's",
+        _callable(f'"py:{M}:complete=2*raise(ConnectionError)"', '"daemon.process=1*lost"').replace(
+            "errors = [", 'daemon_url = "http://127.0.0.1:9"\nerrors = ['
+        ),
+        11,
+        "faults.spec",
+        "daemon.process acts on a daemon the scenario starts",
+    ),
+    (
+        "a daemon_url that is not a URL",
+        _callable("errors = [", 'daemon_url = "localhost:11434"\nerrors = ['),
+        7,
+        "target.daemon_url",
+        "not an http(s) URL with a host: 'localhost:11434'",
+    ),
+    (
+        "a daemon_url for a client target",
+        GOOD.replace('model = "tiny"', 'model = "tiny"\ndaemon_url = "http://127.0.0.1:9"'),
+        9,
+        "target.daemon_url",
+        "daemon_url names your own server, for a callable or factory target",
+    ),
+    (
+        "a model-op table around a callable",
+        _callable("[resilience.retry]", "[resilience.fallback]\nmodels = []\n[resilience.retry]"),
+        12,
+        "resilience.fallback",
+        "[resilience.fallback] acts on model ops; around a callable target the scenario can put "
+        "[resilience.retry] and [resilience.breaker]",
+    ),
+    (
+        "a stream guard on a call step",
+        _callable("repeat = 3", "repeat = 3\nresilience = { stream = { idle = 1 } }"),
+        23,
+        "steps[1].resilience.stream",
+        "a callable target takes a per-step retry only",
+    ),
+    (
+        "a stream expectation for a callable",
+        _callable("faults_injected = 2", "faults_injected = 2\npartial_kept = true"),
+        33,
+        "expect.partial_kept",
+        "partial_kept is about the scenario's own streams: not for a callable",
+    ),
+    (
+        "a bad factory",
+        _callable(f'callable = "{M}:answer"', f'factory = "{M}:nope"').replace(
+            'op = "call"', 'op = "generate"'
+        ),
+        6,
+        "target.factory",
+        f"module '{M}' has no attribute 'nope'",
+    ),
+    (
+        "the short form with a bad path",
+        _callable(f'[target]\ncallable = "{M}:answer"\nerrors = ["{M}.ModelDown"]', "").replace(
+            "seed = 7", f'seed = 7\ntarget = "{M}:nope"'
+        ),
+        4,
+        "target",
+        f"module '{M}' has no attribute 'nope'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "message"),
+    [case[1:] for case in CALLABLE_ERRORS],
+    ids=[case[0] for case in CALLABLE_ERRORS],
+)
+def test_callable_errors_name_the_file_line_and_key(
+    write: Callable[[str], Path], text: str, line: int, key: str, message: str
+) -> None:
+    path = write(text)
+    with pytest.raises(ScenarioError) as raised:
+        load(path)
+    error = raised.value
+    assert (error.line, error.key) == (line, key), str(error)
+    assert message in error.message, error.message
+    assert str(error).startswith(f"{path}:{line}: {key}: ")
+
+
+def test_a_module_that_raises_on_import_is_a_scenario_error(
+    write: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "exploding_app.py").write_text("raise RuntimeError('no config file')\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    path = write(_callable(f'"{M}:answer"', '"exploding_app:answer"'))
+    with pytest.raises(ScenarioError) as raised:
+        load(path)
+    assert str(raised.value) == (
+        f"{path}:6: target.callable: importing 'exploding_app' raised RuntimeError: no config file"
+    )
