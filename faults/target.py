@@ -20,6 +20,8 @@ import signal
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from pytest_resilience.clock import SystemClock
+
 __all__ = ["Server", "Target", "address_of", "same_host"]
 
 _LOOPBACK = {"localhost": "127.0.0.1", "::1": "::1", "[::1]": "::1"}
@@ -59,6 +61,23 @@ def address_of(url: str) -> tuple[str, int]:
     return same_host(parts.hostname), port
 
 
+def _alive(pid: int | None) -> bool:
+    """Whether ``pid`` still runs: a zombie (dead, not yet reaped by its parent) does not."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:  # gone, or no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
 class Target:
     """A server of the app's own at ``url``; ``pid`` is its process, when daemon.process
     faults should act on it. Raises ``ValueError`` for a URL without scheme or host."""
@@ -81,10 +100,16 @@ class Target:
         os.kill(self.pid, signum)
 
     def kill(self) -> int | None:
-        """SIGKILL the process (it is not ours to reap: no exit status)."""
+        """SIGKILL the process and wait (up to two seconds) until it is gone, so that the
+        next connection is refused as it would be after a real crash. It is not ours to
+        reap: no exit status."""
         with contextlib.suppress(ProcessLookupError):
             self._signal(signal.SIGKILL)
         self.paused = False
+        clock = SystemClock()
+        until = clock.now() + 2.0  # a SIGKILLed process is gone within milliseconds
+        while _alive(self.pid) and clock.now() < until:
+            clock.sleep(0.001)
         return None
 
     def pause(self) -> None:

@@ -29,8 +29,8 @@ whose ``[faults] spec`` is used. Markers: ``faults(spec)``, ``no_faults``,
 
 ``--virtual-time`` gives every test the ``clock`` fixture, as if each were marked
 ``virtual_time``: injected waits (``timeout``, ``latency``, ``stall``) and the sync sleeps
-of tenacity, stamina and backoff take no real time, and a hang that nothing can end fails at
-once naming its site. ``@pytest.mark.real_time`` keeps a test in real time.
+of tenacity, stamina, backoff and the openai client take no real time, and a hang that
+nothing can end fails at once naming its site. ``@pytest.mark.real_time`` keeps a test in real time.
 
 The daemon.* sites act on the test's daemon: the ``daemon`` fixture's process when the test
 uses it, else the session's daemon, else the server at ``--daemon-url`` (an app's own); a

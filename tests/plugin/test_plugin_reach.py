@@ -107,6 +107,28 @@ def test_openai_through_httpx2_meets_the_faults_with_and_without_daemon_real_tim
     result.assert_outcomes(passed=4)
 
 
+def test_openais_own_retry_waits_on_the_virtual_clock_real_time(ptr: pytest.Pytester) -> None:
+    pytest.importorskip("openai")
+    pytest.importorskip("llama_cpp.server")
+    ptr.makepyfile(
+        test_backoff="""
+        import openai
+        import pytest
+
+
+        @pytest.mark.virtual_time
+        def test_retry_after_is_honoured_in_virtual_time(daemon, faults, clock):
+            injector = faults("daemon.request=1*ratelimit(retry_after=30s)")
+            url = daemon.base_url + "/v1"
+            with openai.OpenAI(base_url=url, api_key="local", max_retries=1) as client:
+                client.completions.create(model=daemon.alias, prompt="Hi", max_tokens=4)
+            assert injector.injected("daemon.request") == 1
+            assert clock.now() == 30.0  # openai slept its Retry-After on the test's clock
+        """
+    )
+    run(ptr, "-W", "error").assert_outcomes(passed=1)
+
+
 def test_run_wide_daemon_faults_act_on_tests_with_a_daemon_only_real_time(
     ptr: pytest.Pytester,
 ) -> None:
