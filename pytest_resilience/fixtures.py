@@ -6,8 +6,8 @@ asks for one, so that loading the plugin stays cheap; this module may import the
 - ``clock``: a :class:`TestClock`, a :class:`~pytest_resilience.clock.VirtualClock` that can
   also make wall-clock reads follow it (:meth:`TestClock.freeze_wall_time`, freezegun with
   ``real_asyncio=True``) and run the sleeps of tenacity, stamina, backoff and the openai
-  client's retries on it (:meth:`TestClock.patch_sleeps`); both are undone at teardown. The ``virtual_time``
-  marker asks for it: ``@pytest.mark.virtual_time(wall=True, sleeps=True)``.
+  client's retries on it (:meth:`TestClock.patch_sleeps`); both are undone at teardown.
+  The ``virtual_time`` marker asks for it: ``@pytest.mark.virtual_time(wall=True, sleeps=True)``.
 - ``faults``: a :class:`FaultsFactory`; ``faults("llama.generate=2*none")`` installs an
   injector on the test's clock and journal and returns it; uninstalled at the end of the
   call phase, or at teardown, even when the test fails.
