@@ -58,6 +58,8 @@ __all__ = ["CLIENTS", "Call", "DaemonSites", "Errors", "aevents", "events", "ins
 CLIENTS: tuple[tuple[str, str], ...] = (
     ("httpx", "faults.sites.httpx_client"),
     ("httpx2", "faults.sites.httpx_client"),
+    ("aiohttp", "faults.sites.aiohttp_client"),
+    ("urllib3", "faults.sites.urllib3_client"),
 )
 
 _SSE_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
@@ -213,6 +215,8 @@ def events(plan: Plan, chunks: Iterator[bytes], errors: Errors) -> Iterator[byte
     splitter, n = _Splitter(), 0
     it = iter(chunks)
     try:
+        for action in plan.due(-1):  # a reset due before the body: it has no chunks to count
+            raise _lose(plan, action, it, errors)
         for data in it:
             for event in splitter.feed(data):
                 if _data(event) is not None:
@@ -242,6 +246,8 @@ async def aevents(plan: Plan, chunks: AsyncIterator[bytes], errors: Errors) -> A
     splitter, n = _Splitter(), 0
     it = aiter(chunks)
     try:
+        for action in plan.due(-1):
+            raise await _alose(plan, action, it, errors)
         async for data in it:
             for event in splitter.feed(data):
                 if _data(event) is not None:
@@ -306,9 +312,7 @@ class Call:
     def _wait_for(self, client_timeout: float | None) -> tuple[float, bool]:
         """How long the hang lasts, and whether the client's own read timeout ends it."""
         f = self.faults
-        wanted = (
-            seconds_of(self.term, "duration") if self.kind == "timeout" else f.delay(self.term)
-        )
+        wanted = seconds_of(self.term, "duration") if self.kind == "timeout" else f.delay(self.term)
         if client_timeout is not None and client_timeout < wanted:
             return client_timeout, True
         return wanted, self.kind == "timeout"
@@ -533,6 +537,8 @@ class DaemonSites:
             for kill in [a for a in plan.actions if a.kind == "kill"]:
                 self.kill_now()  # not a stream: the daemon dies after answering
                 plan.actions.remove(kill)
+            for reset in [a for a in plan.actions if a.kind == "reset"]:
+                reset.after = -1  # no SSE chunks to count: the connection resets at once
         return not plan.empty
 
 

@@ -8,7 +8,8 @@ Each fault is what the package itself raises or returns for the real failure:
                (``ConnectError``).
 ``lost``       ``RemoteProtocolError("Server disconnected without sending a response.")``;
                a sync request through the fault proxy gets a real reset instead;
-               ``lost(after=n)``: ``ReadError`` (connection reset) after n chunks.
+               ``lost(after=n)``: ``ReadError`` (connection reset) after n SSE chunks,
+               or as the body is read when the answer is not SSE (JSON, NDJSON).
 ``timeout``    hangs until the request's own read timeout (or the fault's duration, if
                shorter), then ``ReadTimeout``. ``latency`` longer than the read timeout
                ends the same way.
