@@ -291,9 +291,11 @@ class Injector:
         if site.target == "stream":
             return f"{site}: no streamed (text/event-stream) answer from {where} was read"
         hooked = ", ".join(sites.clients) if sites else "none"
+        missing = sites.unhooked.items() if sites else ()
+        unhooked = "".join(f"; {p} is not hooked: {why}" for p, why in missing)
         return (
-            f"{site}: no hooked client ({hooked}) sent a request to {where}; a client that is "
-            "not hooked needs the wire route (resilience_daemon_proxy)"
+            f"{site}: no hooked client ({hooked}) sent a request to {where}{unhooked}; a "
+            "client that is not hooked needs the wire route (--daemon-route wire)"
         )
 
     def dump(self, stream: IO[str]) -> None:

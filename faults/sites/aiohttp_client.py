@@ -73,7 +73,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from faults.sites.base import Patch
-from faults.sites.daemon import Errors, aevents, closed_port
+from faults.sites.daemon import Errors, Unhookable, aevents, closed_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -97,7 +97,7 @@ def hook(sites: DaemonSites, ah: ModuleType) -> list[Restorer]:
     """Patch ``ah.ClientSession._request`` (``ah`` is the aiohttp package)."""
     original = vars(ah.ClientSession).get("_request")
     if original is None or "middlewares" not in inspect.signature(original).parameters:
-        return []  # aiohttp < 3.12: no client middlewares to carry the sites
+        raise Unhookable(f"aiohttp {ah.__version__} has no client middlewares (3.12 has)")
     return [Patch(ah.ClientSession, "_request", _Family(sites, ah).request(original))]
 
 

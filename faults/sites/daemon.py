@@ -50,7 +50,16 @@ if TYPE_CHECKING:
     from faults.spec import Term
     from faults.target import Server
 
-__all__ = ["CLIENTS", "Call", "DaemonSites", "Errors", "aevents", "events", "install"]
+__all__ = [
+    "CLIENTS",
+    "Call",
+    "DaemonSites",
+    "Errors",
+    "Unhookable",
+    "aevents",
+    "events",
+    "install",
+]
 
 #: The client families whose hooks carry the daemon.* sites: (the package they hook, our
 #: module with its ``hook(sites, package)``). A family is hooked when its package is
@@ -130,6 +139,11 @@ class _Splitter:
             found.append(self.buffer[: m.end()])
             self.buffer = self.buffer[m.end() :]
         return found
+
+
+class Unhookable(Exception):
+    """Raised by a family's ``hook`` when the installed version cannot carry the sites (the
+    message says why); the family is skipped, and the reason shows in ``unreached()``."""
 
 
 @dataclass(slots=True)
@@ -382,6 +396,7 @@ class DaemonSites:
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
         self.clients: list[str] = []  # the families hooked
+        self.unhooked: dict[str, str] = {}  # installed families that cannot be, and why
         self.elsewhere: Counter[str] = Counter()  # host:port of requests to other servers
 
     # ------------------------------------------------------------------ install
@@ -400,7 +415,11 @@ class DaemonSites:
                 if package not in self.clients and importlib.util.find_spec(package) is None:
                     continue
                 hook = importlib.import_module(ours).hook
-                done.extend(hook(self, importlib.import_module(package)))
+                try:
+                    done.extend(hook(self, importlib.import_module(package)))
+                except Unhookable as exc:
+                    self.unhooked[package] = str(exc)
+                    continue
                 self.clients.append(package)
         except BaseException:
             for restorer in reversed(done):

@@ -652,3 +652,19 @@ def test_a_paused_daemon_makes_the_clients_read_timeout_fire_real_time(
         assert not _paused(own)
     assert (status, json.loads(body)["choices"][0]["text"]) == (200, baseline["text"])
     assert run.injected("daemon.process") == 1
+
+
+def test_an_aiohttp_without_middlewares_is_named_not_skipped_silently() -> None:
+    async def _request(self: Any, method: str, url: str, **kwargs: Any) -> Any:
+        raise AssertionError("never sent")
+
+    aiohttp.ClientSession._request = _request  # type: ignore[method-assign,assignment]
+    try:
+        target = faults.Target("http://127.0.0.1:9")
+        with faults.inject("daemon.request=1*refuse", daemon=target) as run:
+            assert vars(aiohttp.ClientSession)["_request"] is _request  # left alone
+    finally:
+        aiohttp.ClientSession._request = ORIGINAL  # type: ignore[method-assign]
+    [missed] = run.unreached()
+    assert "aiohttp is not hooked: aiohttp" in missed.reason
+    assert "has no client middlewares" in missed.reason
