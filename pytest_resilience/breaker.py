@@ -31,7 +31,13 @@ the counts and starts a new generation, even when the state does not change.
 What counts (decided when a call ends, in this order):
 
 - an exception that matches ``exclude`` counts as neither success nor failure, and so does
-  a ``BaseException`` that is not an ``Exception`` (cancellation, ``KeyboardInterrupt``);
+  a ``BaseException`` that is not an ``Exception`` whatever ``on`` says:
+  :class:`~pytest_resilience.errors.Cancelled`,
+  :class:`~pytest_resilience.errors.HangDetected`, ``asyncio.CancelledError``,
+  ``KeyboardInterrupt``. A cancelled call says nothing about the dependency's health, and a
+  hang is the test's missing timeout, not the dependency failing. It propagates unchanged,
+  the counts and the state stay as they were, and a half-open probe slot it held is given
+  back, so the next call can probe;
 - an exception that matches ``on`` is a failure;
 - any other exception is a success for the breaker (the dependency answered; the error is
   about the request) and is re-raised unchanged, like every exception;
@@ -558,7 +564,7 @@ class CircuitBreaker:
 
     def _verdict(self, exc: BaseException) -> int:
         if not isinstance(exc, Exception):
-            return _IGNORED  # cancellation and interrupts are not the dependency's fault
+            return _IGNORED  # Cancelled, HangDetected, ^C: not the dependency's fault
         if self._is_excluded is not None and self._is_excluded(exc):
             return _IGNORED
         return _FAILURE if self._is_failure(exc) else _SUCCESS
@@ -627,7 +633,7 @@ class CircuitBreaker:
         if gen < 0:
             gen = self._admit()
         start = self.clock.now() if self.slow_after is not None else None
-        done = False  # stays False when a BaseException (cancellation) goes through
+        done = False  # stays False when a BaseException (Cancelled, HangDetected) goes through
         try:
             result = fn(*args, **kwargs)
             done = True
@@ -645,7 +651,8 @@ class CircuitBreaker:
     async def acall(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)`` through the breaker. Raises ``CircuitOpenError``.
 
-        A cancelled call counts as neither success nor failure.
+        A cancelled call (``CancelledError``, ``Cancelled``) counts as neither success nor
+        failure, and neither does ``HangDetected``.
         """
         gen = self._fast_gen
         if gen < 0:

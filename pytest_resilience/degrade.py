@@ -243,8 +243,12 @@ class Degrader:
         """Count one outcome (``latency`` in seconds) and return the level it leads to.
 
         An ``error`` whose classification is ``REDUCE_LOAD`` (out of memory) steps down at
-        once; any ``error`` makes the outcome a failure.
+        once; any other ``Exception`` makes the outcome a failure. An ``error`` that is not an
+        ``Exception`` (``Cancelled``, ``HangDetected``, ``asyncio.CancelledError``) says
+        nothing about the model: it is not counted, and ``classify()`` is not asked about it.
         """
+        if error is not None and not isinstance(error, Exception):
+            return self._level
         failed = not success or error is not None
         with self._lock:
             now = self.clock.now()

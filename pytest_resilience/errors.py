@@ -2,16 +2,16 @@
 
 Every error the core and the backends raise derives from :class:`ResilienceError`. Where a
 standard exception already means the same thing, ours derives from it too, so code that
-catches ``TimeoutError``, ``ConnectionError`` or ``MemoryError`` keeps working::
+catches ``TimeoutError``, ``ConnectionError`` or ``MemoryError`` keeps working. The two
+signals that stop the work rather than fail it derive from :class:`ResilienceInterrupt`
+instead, a ``BaseException``::
 
-    ResilienceError
+    ResilienceError (Exception)
     ├── RetryError                 retries exhausted; .attempts, .last (also __cause__), .result
     ├── CircuitOpenError           call rejected by an open breaker; .breaker, .retry_after
     ├── FallbackError              every step of a fallback chain failed; .failures
-    ├── Cancelled                  the enclosing cancel scope was cancelled; .reason
     ├── DeadlineExceeded           (TimeoutError) a deadline scope ran out; .budget
     │   └── StreamStalled          no chunk within the idle/first-token deadline; .partial
-    ├── HangDetected               a wait that no deadline can ever end (virtual clock)
     ├── StreamInterrupted          a stream ended early; .partial, .reason
     ├── CheckpointError            a checkpoint file is bad, truncated or foreign; .path
     └── BackendError               a model backend failed
@@ -22,6 +22,21 @@ catches ``TimeoutError``, ``ConnectionError`` or ``MemoryError`` keeps working::
         ├── ServerError            HTTP 5xx; .status
         └── DaemonUnavailable      (ConnectionError) the daemon cannot be reached
             └── DaemonLost         the connection died mid-request; .partial
+
+    ResilienceInterrupt (BaseException, not Exception)
+    ├── Cancelled                  the enclosing cancel scope was cancelled; .reason
+    └── HangDetected               a wait that no deadline can ever end (virtual clock)
+
+``Cancelled`` and ``HangDetected`` are not failures: they stop the work. Like
+``asyncio.CancelledError`` and ``trio.Cancelled`` they derive from ``BaseException``, so an
+``except Exception`` does not catch them, and no resilience primitive handles them: retry
+never retries them, a breaker counts them as neither success nor failure (a half-open probe
+slot is given back), a fallback chain, the resilient client and a recovery never fall back
+on them, a health check does not turn them into a result. A hang must reach the test and
+fail it naming the wait; a cancellation must reach the code that cancelled. (The stream
+guard reports a cancelled stream as ``StreamInterrupted`` from the ``Cancelled``, with the
+partial text, and lets a hang through.) ``classify()`` is not asked about them; given one,
+it says ``Cancelled`` is a permanent "fail" and ``HangDetected`` unknown.
 
 ``classify(exc)`` turns any exception into a :class:`Classification` (category, severity,
 retryable, suggested action, a Retry-After hint). The rules are data: a
@@ -63,6 +78,7 @@ __all__ = [
     "ModelNotFound",
     "RateLimited",
     "ResilienceError",
+    "ResilienceInterrupt",
     "ResourceExhausted",
     "RetryError",
     "Rule",
@@ -147,8 +163,20 @@ class FallbackError(ResilienceError):
         super().__init__(f"every step of fallback chain {chain!r} failed ({parts})")
 
 
-class Cancelled(ResilienceError):
-    """The enclosing cancel scope was cancelled explicitly."""
+class ResilienceInterrupt(BaseException):
+    """The base of what stops the work instead of failing it: ``Cancelled``, ``HangDetected``.
+
+    A ``BaseException`` that is not an ``Exception``, as ``asyncio.CancelledError`` is: it goes
+    through every retry, breaker, fallback chain and client unhandled.
+    """
+
+
+class Cancelled(ResilienceInterrupt):
+    """The enclosing cancel scope was cancelled explicitly.
+
+    Not an ``Exception`` (see :class:`ResilienceInterrupt`): never retried, never a reason
+    to fall back, never counted by a breaker.
+    """
 
     def __init__(self, reason: str = "cancelled") -> None:
         self.reason = reason
@@ -181,8 +209,13 @@ class StreamStalled(DeadlineExceeded):
         )
 
 
-class HangDetected(ResilienceError):
-    """A wait that no deadline can ever end: the code under test would hang forever."""
+class HangDetected(ResilienceInterrupt):
+    """A wait that no deadline can ever end: the code under test would hang forever.
+
+    Raised by :class:`~pytest_resilience.clock.VirtualClock`, naming the waiter. Not an
+    ``Exception`` (see :class:`ResilienceInterrupt`): it must reach the test and fail it, so
+    no retry, breaker, fallback or client handles it.
+    """
 
 
 class StreamInterrupted(ResilienceError):

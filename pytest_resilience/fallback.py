@@ -18,8 +18,12 @@
 Each step is called with the chain's arguments. A step *fails* when it raises an exception
 that its ``on`` filter matches, or returns a result that its ``reject`` predicate refuses;
 the chain then moves on to the next step. Any other exception is re-raised unchanged at
-once: a caller's bug is not a reason to fall back. Between steps the current cancel scope
-is checked, so an expired deadline stops the chain instead of trying every step. The
+once: a caller's bug is not a reason to fall back. So are
+:class:`~pytest_resilience.errors.Cancelled` and
+:class:`~pytest_resilience.errors.HangDetected` (``BaseException`` subclasses, never a
+failure whatever ``on`` says): no later step runs and nothing is journaled. Between steps
+the current cancel scope is checked, so an expired deadline stops the chain instead of
+trying every step. The
 predicates of :mod:`pytest_resilience.retry` serve as ``reject``: ``result_is_none`` and
 ``result_is_empty`` (None, blank text, empty containers). Calls return ``Any``: a chain
 mixes functions, so annotate the result where you use it.

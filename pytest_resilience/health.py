@@ -17,7 +17,11 @@
 A check is any callable returning a :class:`HealthResult` and having a ``name``. Checks
 never raise for an unhealthy target: every failure becomes ``healthy=False`` with a message
 and details; the monitor also turns an exception from a check of the caller's own into an
-unhealthy result. Each check measures its latency on its ``clock``.
+unhealthy result. :class:`~pytest_resilience.errors.Cancelled` and
+:class:`~pytest_resilience.errors.HangDetected` are not failures of the target (they are
+``BaseException`` subclasses): they propagate from the check and from ``run_due()``, and end
+the monitor's worker thread, whose exception the thread hook reports (pytest fails the test).
+Each check measures its latency on its ``clock``.
 
 The core stays free of HTTP clients: :class:`DaemonCheck` takes the ping as a callable, and
 the daemon backend passes its own. Memory comes from ``/proc/meminfo`` (Linux), else from

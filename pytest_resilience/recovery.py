@@ -313,7 +313,8 @@ def execute_with_recovery(
       and every attempt resumes from the latest checkpoint.
     - When that fails too (an exception in ``on``, or a :class:`RetryError` whose ``last``
       is), ``fallback()`` answers if given; otherwise the failure propagates. Exceptions
-      outside ``on`` always propagate at once.
+      outside ``on`` always propagate at once, and so do ``Cancelled`` and ``HangDetected``
+      (``BaseException`` subclasses): no second run, no fallback.
     - ``store`` needs a ``checkpoint_key``; with a key and no store, checkpoints live in
       memory. On success the checkpoint is removed unless ``clear=False``.
 
@@ -335,8 +336,8 @@ def execute_with_recovery(
     def resume_once(run: Callable[[], T]) -> T:
         try:
             return run()
-        except on:
-            if rec.latest() is None:
+        except Exception as exc:  # only an Exception: Cancelled and HangDetected go on up
+            if not isinstance(exc, on) or rec.latest() is None:
                 raise
         return run()  # resumes from the checkpoint the failed run left
 

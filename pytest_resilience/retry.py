@@ -24,10 +24,13 @@ What is retried
     ``on=`` is required and has no default: an exception class, a tuple of them, or a
     predicate ``(exc) -> bool``. :func:`is_retryable` retries what ``classify()`` calls
     retryable. ``on_result=`` is a predicate on the return value; :func:`result_is_none` and
-    :func:`result_is_empty` cover the common cases. :class:`~pytest_resilience.errors.Cancelled`,
-    ``KeyboardInterrupt`` and ``asyncio.CancelledError`` are never retried, whatever ``on``
-    says, and neither is anything once a cancel scope around the retry is cancelled or past its
-    deadline. An exception that ``on`` rejects propagates unchanged after the first try.
+    :func:`result_is_empty` cover the common cases. Only an ``Exception`` is ever retried:
+    :class:`~pytest_resilience.errors.Cancelled`,
+    :class:`~pytest_resilience.errors.HangDetected`, ``asyncio.CancelledError`` and
+    ``KeyboardInterrupt`` are ``BaseException`` subclasses that propagate unchanged from the
+    attempt that raised them, whatever ``on`` says, and leave no event in the journal. Nothing
+    is retried either once a cancel scope around the retry is cancelled or past its deadline.
+    An exception that ``on`` rejects propagates unchanged after the first try.
 
 How long it waits
     Before retry *n* (after the *n*-th attempt failed), with ``d = min(cap, base * factor**(n-1))``
@@ -86,7 +89,6 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 from .cancel import CancelScope, current_scope
 from .clock import Clock, SystemClock
 from .errors import (
-    Cancelled,
     DeadlineExceeded,
     ExceptionFilter,
     RetryError,
@@ -335,8 +337,8 @@ class Retry:
     ) -> T:
         """The common case, fast: no budget, journal, hook or classifier, zero wait, ``on``
         given as classes. While a failure is one that :meth:`_Run.failed` would retry at once
-        (it matches ``on``, attempts are left, it is no cancellation, no scope is around, it
-        carries no Retry-After hint), try again here; anything else goes to :meth:`_resume`,
+        (it matches ``on``, attempts are left, no scope is around, it carries no Retry-After
+        hint), try again here; anything else goes to :meth:`_resume`,
         which decides with the full rules from the same attempt on."""
         types, attempts, on_result = self._types, self.attempts, self.on_result
         assert types is not None
@@ -344,7 +346,6 @@ class Retry:
         while (
             attempt < attempts
             and isinstance(exc, types)
-            and not isinstance(exc, Cancelled)
             and current_scope() is None
             and getattr(exc, "retry_after", None) is None
             and getattr(exc, "response", None) is None
@@ -545,10 +546,12 @@ class _Run:
 
     def failed(self, exc: Exception) -> float | None:
         """Decide after a failed attempt: the delay before the next one, or None to re-raise
-        ``exc`` unchanged. Raises ``RetryError`` (from ``exc``) on giving up."""
+        ``exc`` unchanged. Raises ``RetryError`` (from ``exc``) on giving up.
+
+        Only ever sees an ``Exception``: ``Cancelled`` and ``HangDetected`` are not caught."""
         p = self.policy
         outer = current_scope()
-        if isinstance(exc, Cancelled) or (outer is not None and (outer.cancelled or outer.expired)):
+        if outer is not None and (outer.cancelled or outer.expired):
             self._record(exc, None, "cancelled")
             return None
         types = p._types
@@ -706,7 +709,7 @@ class Attempt:
         return self._scope
 
     def _close(self, exc: BaseException | None) -> bool:
-        if not isinstance(exc, Exception):  # success, or cancellation / KeyboardInterrupt
+        if not isinstance(exc, Exception):  # success, Cancelled, HangDetected, ^C: not ours
             return False
         self._delay = self._run.failed(exc)
         return self._delay is not None

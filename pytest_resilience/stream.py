@@ -34,12 +34,19 @@ How a stream ends (``stream.result``, a :class:`StreamResult`):
 - ``first_token`` / ``idle`` / ``total``: a deadline passed. Raises
   :class:`~pytest_resilience.errors.StreamStalled` (``which``, ``waited``, ``partial``), or
   with ``on_stall="return"`` ends the iteration normally and leaves the result incomplete;
-- ``cancelled``: the guard's scope (or one around it) was cancelled. Raises
-  :class:`~pytest_resilience.errors.StreamInterrupted` (``reason``, ``partial``) from the
-  :class:`~pytest_resilience.errors.Cancelled`; in async code the task's
-  ``asyncio.CancelledError`` propagates unchanged;
+- ``cancelled``: the stream's own ``cancel()`` was called: raises
+  :class:`~pytest_resilience.errors.StreamInterrupted` (``reason``, ``partial``), from the
+  :class:`~pytest_resilience.errors.Cancelled` if the source raised one. A scope around the
+  guard was cancelled (or the source raised ``Cancelled`` of its own): the ``Cancelled``
+  propagates unchanged, a ``BaseException`` that no retry, breaker or fallback above may take
+  for a failure; the partial text is ``stream.text``. In async code the task's
+  ``asyncio.CancelledError`` propagates unchanged too;
 - ``error``: the source raised. The exception propagates unchanged (retry policies, breakers
-  and the classifier need its real type); the partial text is ``stream.text``;
+  and the classifier need its real type); the partial text is ``stream.text``. A
+  :class:`~pytest_resilience.errors.HangDetected` (a source waiting on a virtual clock for
+  what never comes, in the consumer's thread or in the worker of ``threaded=True``) ends the
+  stream the same way: the source is closed, the end recorded, and the hang goes on up
+  unchanged, never turned into a stall or an end of the stream;
 - ``closed``: the consumer stopped early (``close()``, leaving ``with``, ``break``).
 
 Whatever the end, the source's ``close()`` (``aclose()``) runs, once. Journal events:
@@ -321,6 +328,7 @@ class GuardedStream(_Guarded):
         self._pull: Callable[[], str] = self._start_and_pull
         self._pump: _Pump | None = None
         self._abandoned: _Pump | None = None  # the worker of an ended threaded stream
+        self._cancelled_here = False  # cancel() was called: StreamInterrupted, not Cancelled
 
     # ----------------------------------------------------------------------- iteration
 
@@ -366,13 +374,15 @@ class GuardedStream(_Guarded):
         except Cancelled as exc:
             self._end("cancelled", exc.reason)
             self._interrupted(f"cancelled: {exc.reason}")
+            if not self._cancelled_here:  # a scope around the guard: the caller's, as it is
+                raise
             raise StreamInterrupted(f"cancelled: {exc.reason}", self.text) from exc
         except MemoryError as exc:
             if self._buffered is None or self._buffered_used:
                 self._fail(exc)
                 raise
             return self._switch_to_buffered(exc)
-        except Exception as exc:  # not swallowed: the source is closed, then re-raised
+        except BaseException as exc:  # HangDetected too: the source is closed, then re-raised
             self._fail(exc)
             raise
         now = self._now()
@@ -392,6 +402,8 @@ class GuardedStream(_Guarded):
         if reason is not None:
             self._end("cancelled", reason)
             self._interrupted(f"cancelled: {reason}")
+            if not self._cancelled_here:  # a scope around the guard: the caller's Cancelled
+                raise Cancelled(reason)
             raise StreamInterrupted(f"cancelled: {reason}", self.text)
         which, waited = self._stall_if_due(now) or ("idle", now - self._last)
         self._end(which)
@@ -427,7 +439,7 @@ class GuardedStream(_Guarded):
             raise
         except TimeoutError as error:
             self._on_timeout(error)
-        except Exception as error:  # not swallowed: recorded, then re-raised
+        except BaseException as error:  # not swallowed: recorded, then re-raised
             self._fail(error)
             raise
         self._parts.append(rest)
@@ -478,6 +490,7 @@ class GuardedStream(_Guarded):
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Cancel the stream from any thread; the next ``next()`` raises StreamInterrupted."""
+        self._cancelled_here = True
         self._scope.cancel(reason)
         pump = self._pump
         if pump is not None:
@@ -533,7 +546,7 @@ class _Pump:
         self.space = threading.Semaphore(64)
         self.stopping = False
         self.done = False
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
         self._generator = isinstance(source, types.GeneratorType)
         self.thread = threading.Thread(
             target=ctx.run,
@@ -553,15 +566,15 @@ class _Pump:
                     chunk = next(it)
                 except StopIteration:
                     break
-                except Exception as exc:  # noqa: BLE001 - handed to the consumer's thread, raised there
-                    self.error = exc
+                except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread, raised there
+                    self.error = exc  # HangDetected too: the consumer must see it, not an end
                     break
                 self.buf.append(chunk)
                 self.ready.set()
         finally:
             try:
                 _close(source)
-            except Exception as exc:  # noqa: BLE001 - handed to the consumer's thread, raised there
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread, raised there
                 self.error = self.error or exc
             finally:
                 self.done = True
@@ -652,6 +665,8 @@ class AsyncGuardedStream(_Guarded):
         except Cancelled as exc:
             await self._aend("cancelled", exc.reason)
             self._interrupted(f"cancelled: {exc.reason}")
+            if self._cancel_reason is None:  # a scope around the guard: the caller's, as it is
+                raise
             raise StreamInterrupted(f"cancelled: {exc.reason}", self.text) from exc
         except asyncio.CancelledError:  # the task was cancelled: close, record, re-raise as is
             await self._aend("cancelled", "task cancelled")
@@ -662,7 +677,7 @@ class AsyncGuardedStream(_Guarded):
                 await self._afail(exc)
                 raise
             return await self._switch_to_buffered(exc)
-        except Exception as exc:  # not swallowed: the source is closed, then re-raised
+        except BaseException as exc:  # HangDetected too: the source is closed, then re-raised
             await self._afail(exc)
             raise
         finally:
@@ -699,7 +714,11 @@ class AsyncGuardedStream(_Guarded):
         except StreamInterrupted:
             self._finish("error", "buffered answer diverged")
             raise
-        except Exception as error:  # not swallowed: recorded, then re-raised
+        except asyncio.CancelledError:
+            self._finish("cancelled", "task cancelled")
+            self._interrupted("cancelled: task cancelled")
+            raise
+        except BaseException as error:  # not swallowed: recorded, then re-raised
             self._finish("error", _describe(error))
             self._interrupted(f"error: {_describe(error)}")
             raise

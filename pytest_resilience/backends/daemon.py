@@ -844,7 +844,7 @@ class DaemonBackend:
 
     def _map_error(
         self, httpx: ModuleType, exc: Exception, budget: _Budget, progress: _Progress
-    ) -> ResilienceError:
+    ) -> ResilienceError | Cancelled:  # Cancelled: a BaseException, never a daemon failure
         where = f"the daemon at {self.base_url}"
         if isinstance(exc, httpx.TimeoutException):
             try:

@@ -25,8 +25,11 @@ How a call is answered
     (:class:`~pytest_resilience.errors.CircuitOpenError`), or fails with any other backend
     error, the call is answered by the ``direct`` backend: the same model in process,
     built on first use from a factory, or given ready-made. A cancelled scope
-    (:class:`~pytest_resilience.errors.Cancelled`) is never a reason to fall back, and
-    errors that are not the core's (a caller's ``TypeError``) propagate unchanged.
+    (:class:`~pytest_resilience.errors.Cancelled`) and a hang under a virtual clock
+    (:class:`~pytest_resilience.errors.HangDetected`) are never a reason to fall back: they
+    propagate unchanged from the daemon call (or the in-process one), counted by the breaker
+    as neither success nor failure, with no ``DaemonDown`` or ``FallbackUsed`` event. Errors
+    that are not the core's (a caller's ``TypeError``) propagate unchanged too.
 
 Streams
     A stream goes through the ``guard`` (a :class:`~pytest_resilience.stream.StreamGuard`:
@@ -123,7 +126,8 @@ __all__ = ["AsyncResilientStream", "Policy", "ResilientClient", "ResilientStream
 T = TypeVar("T")
 Policy = Literal["raise", "never_fail"]
 
-#: What a daemon failure may be: anything the core or a backend raises, except cancellation.
+#: What a daemon failure may be: anything the core or a backend raises. Cancelled and
+#: HangDetected are no ResilienceError (nor any Exception): never a reason to fall back.
 _DAEMON_FAILURES = (ResilienceError,)
 #: The failures that mean "the daemon is not answering" (DaemonDown), not "answered badly".
 _DOWN = (DaemonUnavailable, TimeoutError, StreamInterrupted)
@@ -134,14 +138,15 @@ def _describe(exc: BaseException) -> str:
 
 
 def _falls_back(exc: Exception) -> bool:
-    return isinstance(exc, _DAEMON_FAILURES) and not isinstance(exc, Cancelled)
+    return isinstance(exc, _DAEMON_FAILURES)
 
 
-def _cancelled(exc: Exception, inner: GuardedStream) -> bool:
-    """Whether a guarded stream ended because its scope was cancelled (the guard turns
-    ``Cancelled`` into ``StreamInterrupted``)."""
+def _cancelled(inner: GuardedStream | AsyncGuardedStream) -> bool:
+    """Whether a guarded stream ended because it was cancelled, though it raised an
+    ``Exception`` (the guard's own ``cancel()`` ends it with ``StreamInterrupted``; a scope
+    around it, with the ``Cancelled`` itself, which no ``except Exception`` sees)."""
     result = inner.result
-    return isinstance(exc, Cancelled) or (result is not None and result.reason == "cancelled")
+    return result is not None and result.reason == "cancelled"
 
 
 class ResilientClient:
@@ -189,8 +194,7 @@ class ResilientClient:
         self.process = process
         self.breaker = breaker or CircuitBreaker(
             f"{name}.daemon",
-            on=(*_DOWN, ServerError),
-            exclude=Cancelled,
+            on=(*_DOWN, ServerError),  # Cancelled, HangDetected: never counted
             trip=ConsecutiveFailures(3),
             recovery=Recovery(after=10.0),
             clock=self.clock,
@@ -615,7 +619,7 @@ class ResilientStream:
                 self._finish()
                 raise
             except Exception as exc:
-                if _cancelled(exc, inner):  # the caller's decision: never a fallback
+                if _cancelled(inner):  # the caller's decision: never a fallback
                     self.close()
                     raise
                 if self.source == "daemon" and _falls_back(exc):
@@ -623,6 +627,9 @@ class ResilientStream:
                     continue
                 self._fail(exc)
                 continue
+            except BaseException:  # HangDetected, ^C: no fallback; the guard closed inner
+                self.close()  # gives the breaker's permit back, counted as neither
+                raise
             if self.source == "daemon":
                 if self._permit is not None:
                     self._daemon_answered()
@@ -820,17 +827,10 @@ class AsyncResilientStream:
                     continue
                 await self._finish()
                 return None
-            except asyncio.CancelledError:  # the task's cancellation: the guard closed inner
-                self._ended = True
-                self._release_permit()
-                raise
             except Exception as exc:
                 if self._inner is not inner:  # aclose() from another task while we waited
                     return None
-                result = inner.result
-                if isinstance(exc, Cancelled) or (
-                    result is not None and result.reason == "cancelled"
-                ):
+                if _cancelled(inner):
                     await self.aclose()  # the caller's decision: never a fallback
                     raise
                 if self.source == "daemon" and _falls_back(exc):
@@ -838,6 +838,10 @@ class AsyncResilientStream:
                     continue
                 await self._fail(exc)
                 continue
+            except BaseException:  # the task's cancellation, HangDetected: the guard closed
+                self._ended = True  # inner; no fallback, and the permit counts as neither
+                self._release_permit()
+                raise
             if self.source == "daemon":
                 if self._permit is not None:
                     self._daemon_answered()
@@ -981,7 +985,14 @@ class _InThread:
         # aclose() waits for it rather than leave a thread inside the source
         try:
             chunk = await asyncio.shield(pending)
-        except Exception:
+        except asyncio.CancelledError:
+            raise  # this task was cancelled, not the step: its chunk is next
+        except Cancelled:
+            self._pending = None
+            if self._closing:  # aclose() stopped the step: the stream ends, nobody cancelled
+                raise StopAsyncIteration from None
+            raise
+        except BaseException:  # the step failed (HangDetected too): it is over
             self._pending = None
             raise
         self._pending = None

@@ -228,7 +228,7 @@ def test_the_quiet_zero_wait_fast_path_decides_like_the_general_one(
             outcome: object = retry.call(target)
         except RetryError as err:
             outcome = ("RetryError", err.attempts, err.reason, repr(err.last), err.result)
-        except Exception as exc:
+        except (Exception, Cancelled) as exc:  # Cancelled: a BaseException, never retried
             outcome = (type(exc).__name__, str(exc))
         return outcome, calls, clock.sleeps
 

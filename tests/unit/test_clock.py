@@ -21,7 +21,7 @@ def run_in_thread(target: object) -> tuple[threading.Thread, list[object]]:
     def body() -> None:
         try:
             out.append(target())  # type: ignore[operator]
-        except Exception as exc:
+        except (Exception, HangDetected) as exc:  # HangDetected is a BaseException
             out.append(exc)
 
     thread = threading.Thread(target=body)

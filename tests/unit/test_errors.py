@@ -23,10 +23,12 @@ from pytest_resilience.errors import (
     DaemonUnavailable,
     DeadlineExceeded,
     FallbackError,
+    HangDetected,
     InvalidOutput,
     ModelNotFound,
     RateLimited,
     ResilienceError,
+    ResilienceInterrupt,
     ResourceExhausted,
     RetryError,
     Rule,
@@ -260,8 +262,14 @@ def test_the_tree_keeps_the_standard_bases() -> None:
     assert issubclass(ResourceExhausted, BackendError)
     assert issubclass(DaemonLost, DaemonUnavailable)
     assert issubclass(DaemonUnavailable, ConnectionError)
-    for cls in (RetryError, CircuitOpenError, FallbackError, Cancelled, StreamInterrupted):
+    for cls in (RetryError, CircuitOpenError, FallbackError, StreamInterrupted):
         assert issubclass(cls, ResilienceError)
+    # what stops the work is no failure: a BaseException, like asyncio.CancelledError
+    for signal in (Cancelled, HangDetected):
+        assert issubclass(signal, ResilienceInterrupt)
+        assert issubclass(signal, BaseException)
+        assert not issubclass(signal, Exception)
+        assert not issubclass(signal, ResilienceError)
 
 
 def test_messages_say_what_happened() -> None:
