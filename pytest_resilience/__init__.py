@@ -57,7 +57,7 @@ if TYPE_CHECKING:
         StreamStalled,
         classify,
     )
-    from .events import Event, Journal, JsonLinesLogger
+    from .events import Event, Journal, JournalFull, JsonLinesLogger
     from .fallback import Fallback, Step
     from .health import (
         DaemonCheck,
@@ -121,6 +121,7 @@ _EXPORTS: dict[str, str] = {
     "InvalidOutput": "errors",
     "Jitter": "retry",
     "Journal": "events",
+    "JournalFull": "events",
     "JsonLinesLogger": "events",
     "Level": "degrade",
     "Limits": "degrade",
@@ -200,6 +201,7 @@ __all__ = [
     "InvalidOutput",
     "Jitter",
     "Journal",
+    "JournalFull",
     "JsonLinesLogger",
     "Level",
     "Limits",

@@ -19,6 +19,7 @@ from pytest_resilience.events import (
     FaultInjected,
     GaveUp,
     Journal,
+    JournalFull,
     RetryScheduled,
 )
 from pytest_resilience.fallback import Fallback
@@ -143,7 +144,12 @@ def test_str_is_an_aligned_table() -> None:
 
 def test_dropped_events_are_reported() -> None:
     journal = Journal(maxlen=2)
-    for event in retried_then_gave_up(0.0):
+    first, second, third, *rest = retried_then_gave_up(0.0)
+    journal.append(first)
+    journal.append(second)
+    with pytest.warns(JournalFull, match="keeps the last 2 events"):
+        journal.append(third)
+    for event in rest:  # warned once: no more warnings
         journal.append(event)
     summary = summarize(journal)
     assert summary.dropped == 3

@@ -17,6 +17,7 @@ from pytest_resilience.events import (
     FallbackUsed,
     FaultInjected,
     Journal,
+    JournalFull,
     JsonLinesLogger,
     RetryScheduled,
     StreamStalled,
@@ -54,8 +55,11 @@ def test_journal_keeps_order_and_filters_by_type() -> None:
 
 def test_the_bound_drops_the_oldest_and_counts_them() -> None:
     journal = Journal(maxlen=3)
-    for i in range(5):
+    for i in range(3):
         journal.append(scheduled(i))
+    with pytest.warns(JournalFull):
+        journal.append(scheduled(3))
+    journal.append(scheduled(4))  # warned once: no more warnings
     assert [e.attempt for e in journal.events(RetryScheduled)] == [2, 3, 4]
     assert journal.dropped == 2
     journal.clear()
@@ -84,6 +88,7 @@ def test_appends_from_four_threads_are_all_kept() -> None:
         assert [e.call for e in events if e.source == str(worker)] == list(range(500))
 
 
+@pytest.mark.filterwarnings("ignore::pytest_resilience.events.JournalFull")
 def test_a_bounded_journal_under_four_threads_counts_every_drop() -> None:
     journal = Journal(maxlen=100)
 
