@@ -279,6 +279,12 @@ class Injector:
         if site.family != "daemon":
             return f"{site} was never called"
         sites = self._daemon_sites
+        if self.route == "wire" and self.proxy is not None:
+            what = "streamed (text/event-stream) answer" if site.target == "stream" else "request"
+            return (
+                f"{site}: no {what} went through the fault proxy at {self.proxy.url}; on the "
+                "wire route the client must send to the proxy (daemon.base_url)"
+            )
         if self.daemon is None and self.proxy is None:
             return (
                 f"{site} has no daemon to act on: pass daemon= (a DaemonProcess, a Target "

@@ -14,6 +14,8 @@ fire costs one ``decide()`` and nothing else (no event, no allocation).
 :mod:`.httpx_client`      httpx and httpx2 (openai, ollama, langchain-openai ride on them)
 :mod:`.urllib3_client`    urllib3, and requests on top of it
 :mod:`.aiohttp_client`    aiohttp
+:mod:`.wire`              the daemon.* sites on the fault proxy, for any client (the wire
+                          route)
 :mod:`.py`                ``py:MODULE:QUALNAME``: any downstream callable
 ========================  ===============================================================
 """

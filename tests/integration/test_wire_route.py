@@ -821,3 +821,13 @@ def test_hook_failure_resets_the_connection_and_is_reported_on_removal(
             proxy.intercept(None)
     assert proxy.interceptor is None
     assert post(connect(proxy), b"{}").status == 204  # the proxy itself goes on
+
+
+def test_a_wire_fault_no_request_met_says_the_client_must_use_the_proxy(
+    daemon: DaemonProcess, proxy: FaultProxy
+) -> None:
+    with faults.inject("daemon.request=1*refuse", daemon=daemon, proxy=proxy, route="wire") as run:
+        pass  # the client sent to the daemon itself, or nothing at all
+    [missed] = run.unreached()
+    assert f"no request went through the fault proxy at {proxy.url}" in missed.reason
+    assert "daemon.base_url" in missed.reason

@@ -320,3 +320,83 @@ def test_the_daemon_url_names_the_apps_own_server(ptr: pytest.Pytester) -> None:
         """
     )
     run(ptr, "-W", "error", "--daemon-url", "http://localhost:9").assert_outcomes(passed=1)
+
+
+WIRE_SUITE = """
+import http.client
+import json
+
+import pytest
+
+
+def post(base_url):
+    # http.client: a client no hook knows, as another language or process would be
+    host, _, port = base_url.removeprefix("http://").partition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        body = json.dumps({"prompt": "Hi", "max_tokens": 4})
+        conn.request("POST", "/v1/completions", body, {"content-type": "application/json"})
+        answer = conn.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        conn.close()
+
+
+def test_through_the_proxy(daemon, faults):
+    assert daemon.base_url != daemon.server_url  # the proxy stands in front
+    injector = faults("daemon.request=1*status(503)")
+    status, body = post(daemon.base_url)
+    assert status == 503 and body["error"]["type"] == "server_error"
+    assert post(daemon.base_url)[0] == 200
+    assert injector.injected("daemon.request") == 1
+"""
+
+
+def test_the_daemon_route_wire_reaches_a_client_no_hook_knows_real_time(
+    ptr: pytest.Pytester,
+) -> None:
+    pytest.importorskip("llama_cpp.server")
+    ptr.makepyfile(test_wire=WIRE_SUITE)
+    run(ptr, "-W", "error", "--daemon-route", "wire").assert_outcomes(passed=1)
+    # and run-wide: the same fault from --inject-faults, through the proxy
+    ptr.makepyfile(
+        test_wire=WIRE_SUITE.replace(
+            'injector = faults("daemon.request=1*status(503)")', "injector = None"
+        ).replace('    assert injector.injected("daemon.request") == 1\n', "")
+    )
+    result = run(
+        ptr,
+        "-W",
+        "error",
+        "--daemon-route",
+        "wire",
+        "--inject-faults",
+        "daemon.request=1*status(503)",
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*daemon.request*1 of 1 tests, 1 faults*"])
+
+
+def test_the_faults_marker_selects_the_wire_route_for_one_test_real_time(
+    ptr: pytest.Pytester,
+) -> None:
+    pytest.importorskip("llama_cpp.server")
+    ptr.makepyfile(
+        test_wire=WIRE_SUITE.replace(
+            "def test_through_the_proxy",
+            '@pytest.mark.faults(route="wire")\ndef test_through_the_proxy',
+        )
+        + """
+
+def test_hooks_by_default(daemon):
+    assert daemon.base_url == daemon.server_url
+"""
+    )
+    run(ptr, "-W", "error").assert_outcomes(passed=2)
+
+
+def test_a_bad_route_is_a_usage_error(ptr: pytest.Pytester) -> None:
+    ptr.makepyfile(test_ok="def test_ok():\n    pass\n")
+    result = run(ptr, "--daemon-route", "cable")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--daemon-route: expected hooks or wire, not 'cable'"])
