@@ -548,7 +548,8 @@ class Journal:
             warnings.warn(
                 f"the journal keeps the last {self.maxlen} events and has begun dropping the "
                 f"oldest ({event.kind!r} pushed one out; Journal.dropped counts them): give it "
-                "a larger bound, Journal(maxlen=...)",
+                "a larger bound, Journal(maxlen=...) (for the pytest plugin's journals, the "
+                "ini option resilience_journal_maxlen)",
                 JournalFull,
                 stacklevel=2,
             )

@@ -20,6 +20,7 @@ option                      ini                           environment
 ``--daemon-route ROUTE``    ``resilience_daemon_route``   ``PYTEST_DAEMON_ROUTE``
 ``resilience_scenarios``    (ini only: folders whose ``*.toml`` scenarios are collected)
 ``resilience_daemon_scope`` (ini only: ``function`` or ``session``, the ``daemon`` process)
+``resilience_journal_maxlen`` (ini only: events each test's journal keeps, 100000)
 ==========================  ============================  ==========================
 
 Fault specs from several sources are merged (:func:`faults.merge`): for a site named by
@@ -175,6 +176,7 @@ class Settings:
     daemon_scope: _DaemonScope = "function"
     daemon_url: str | None = None  # the app's own server, for the daemon.* sites
     route: _Route = "hooks"  # how the daemon.* faults reach the `daemon` fixture's traffic
+    journal_maxlen: int = 100_000  # events each test's journal keeps
     totals: _Totals = field(default_factory=_Totals)
 
 
@@ -190,6 +192,7 @@ class TestState:
     hanging: list[str] = field(default_factory=list)
     daemon: DaemonProcess | None = None  # the ``daemon`` fixture's, once requested
     proxy: FaultProxy | None = None  # in front of it, on the wire route
+    journal_maxlen: int = 100_000
     reach: dict[str, list[Any]] = field(default_factory=dict)  # run-wide sites, see _Totals
     missed: list[str] = field(default_factory=list)  # faults asked for that never fired
     _journal: Journal | None = None
@@ -200,7 +203,7 @@ class TestState:
         if self._journal is None:
             from pytest_resilience.events import Journal  # noqa: PLC0415 - lazy, see module doc
 
-            self._journal = Journal()
+            self._journal = Journal(maxlen=self.journal_maxlen)
         return self._journal
 
     @property
@@ -230,7 +233,8 @@ def state_of(item: pytest.Item) -> TestState:
     """The test's :class:`TestState`, made on first use."""
     state = item.stash.get(_STATE, None)
     if state is None:
-        state = item.stash[_STATE] = TestState(item.nodeid)
+        maxlen = item.config.stash[_SETTINGS].journal_maxlen
+        state = item.stash[_STATE] = TestState(item.nodeid, journal_maxlen=maxlen)
     return state
 
 
@@ -304,6 +308,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"that use no `daemon` fixture (env {ENV_DAEMON_URL})",
     )
     parser.addini("resilience_daemon_url", "the base URL of the app's own model server")
+    parser.addini("resilience_journal_maxlen", "events each test's journal keeps (100000)")
     group.addoption(
         "--daemon-route",
         dest="resilience_daemon_route",
@@ -420,6 +425,18 @@ def _daemon_scope_of(config: pytest.Config) -> _DaemonScope:
     return value  # type: ignore[return-value]  # checked just above
 
 
+def _journal_maxlen(config: pytest.Config) -> int:
+    text = str(config.getini("resilience_journal_maxlen")).strip()
+    if not text:
+        return 100_000
+    if not text.isdigit() or int(text) < 1:
+        raise pytest.UsageError(
+            f"ini option resilience_journal_maxlen ({config.inipath}): expected a whole "
+            f"number of events, 1 or more, not {text!r}"
+        )
+    return int(text)
+
+
 def _route(value: object, where: str) -> _Route:
     if value not in _ROUTES:
         raise pytest.UsageError(f"{where}: expected {' or '.join(_ROUTES)}, not {value!r}")
@@ -521,6 +538,7 @@ def pytest_configure(config: pytest.Config) -> None:
     routes = _values(config, "resilience_daemon_route", "resilience_daemon_route", ENV_DAEMON_ROUTE)
     if routes:
         settings.route = _route(routes[-1].text, routes[-1].where)
+    settings.journal_maxlen = _journal_maxlen(config)
     config.stash[_SETTINGS] = settings
     config.pluginmanager.register(_Reporter(settings.totals), "resilience-reporter")
     if settings.leak_check:

@@ -650,3 +650,28 @@ def test_each_hypothesis_example_meets_the_faults_afresh(suite: pytest.Pytester)
     result.assert_outcomes(passed=1)
     # the count goes on across examples: 20 examples, 20 faults
     result.stdout.fnmatch_lines(["*py:target:answer none * 20*"])
+
+
+def test_the_journal_bound_is_an_ini_option_and_its_warning_names_it(
+    suite: pytest.Pytester,
+) -> None:
+    suite.makeini(INI + "resilience_journal_maxlen = 3\n")
+    suite.makepyfile(
+        test_full="""
+        import pytest
+        from pytest_resilience.events import JournalFull
+
+        def test_full(journal, faults):
+            assert journal.maxlen == 3
+            faults("py:target:answer=none")
+            import target
+            with pytest.warns(JournalFull, match="resilience_journal_maxlen"):
+                for _ in range(4):
+                    target.answer()
+        """
+    )
+    run(suite, "test_full.py").assert_outcomes(passed=1)
+    suite.makeini(INI + "resilience_journal_maxlen = lots\n")
+    bad = run(suite, "test_full.py")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["ERROR: ini option resilience_journal_maxlen (*): expected a whole*"])
