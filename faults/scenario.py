@@ -35,6 +35,9 @@ naming the file, the line and the key, with a suggestion for a misspelt key)::
     policy = "raise"                  # resilient: raise | never_fail
     daemon_url = "http://127.0.0.1:11434"   # factory, callable: the app's own server, which
                                       # daemon.* faults act on (not daemon.process)
+    route = "wire"                    # daemon, resilient: daemon.* faults through a fault
+                                      # proxy in front of the daemon, in real time (default
+                                      # "hooks": in the HTTP clients, on the scenario's clock)
     errors = ["myapp.errors.ModelDown"]     # more exceptions that count as a failed op
 
     [faults]
@@ -198,6 +201,7 @@ if TYPE_CHECKING:
         Sequence,
     )
 
+    from faults.proxy import FaultProxy
     from pytest_resilience.backends.base import Backend, TextStream
     from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess
     from pytest_resilience.backends.resilient import ResilientClient
@@ -497,6 +501,7 @@ _SCHEMA = _Table(
                 "policy": _choice("raise", "never_fail"),
                 "daemon_url": STR,
                 "errors": STRS,
+                "route": _choice("hooks", "wire"),
             }
         ),
         "faults": _Table({"spec": STR}),
@@ -599,6 +604,7 @@ class Target:
     callable: str | None = None  # "module:function", called by the "call" op
     daemon_url: str | None = None  # the app's own server, for daemon.* faults
     errors: tuple[str, ...] = ()  # more exception names that count as a failed op
+    route: str = "hooks"  # hooks | wire: how daemon.* faults reach the scenario's daemon
 
     @property
     def has_daemon(self) -> bool:
@@ -905,6 +911,12 @@ def _target(
             address_of(raw["daemon_url"])
         except ValueError as exc:
             raise checker.error((*at, "daemon_url"), str(exc)) from None
+    if raw.get("route", "hooks") == "wire" and raw.get("client") not in ("daemon", "resilient"):
+        raise checker.error(
+            (*at, "route"),
+            "route = 'wire' puts a fault proxy in front of the scenario's own daemon: it needs "
+            "client = 'daemon' or 'resilient'",
+        )
     for name in raw.get("errors", ()):
         try:
             resolve_exception_type(name)
@@ -932,6 +944,7 @@ def _target(
         callable=raw.get("callable"),
         daemon_url=raw.get("daemon_url"),
         errors=tuple(raw.get("errors", ())),
+        route=raw.get("route", "hooks"),
     )
     return target, function
 
@@ -1297,6 +1310,7 @@ class _World:
         self.base = scenario.path.parent
         self.backends: dict[str, Backend] = {}
         self.daemon: DaemonProcess | None = None
+        self.proxy: FaultProxy | None = None  # in front of the daemon, on the wire route
         self.daemon_backend: DaemonBackend | None = None
         self.client: ResilientClient | None = None
         self.factory_backend: Backend | None = None
@@ -1338,6 +1352,12 @@ class _World:
                 _model_path(target.model, self.base), options, clock=SystemClock()
             )
             self.daemon.start()
+            if target.route == "wire":
+                from faults.proxy import FaultProxy  # noqa: PLC0415
+
+                assert self.daemon.port is not None  # started
+                self.proxy = FaultProxy(upstream=(self.daemon.host, self.daemon.port)).start()
+                self.daemon.front = self.proxy.url
             self.daemon_backend = DaemonBackend(self.daemon.base_url, clock=self.clock)
         if target.client == "resilient":
             self.client = self._resilient()
@@ -1431,6 +1451,8 @@ class _World:
         rollbacks += [b.close for b in self.backends.values()]
         if self.daemon_backend is not None:
             rollbacks.append(self.daemon_backend.close)
+        if self.proxy is not None:
+            rollbacks.append(self.proxy.stop)
         if self.daemon is not None:
             rollbacks.append(self.daemon.close)
         if self.tmp is not None:
@@ -1836,6 +1858,8 @@ def _method(world: _World, runner: _Runner, outcome: Outcome) -> tuple[int, int]
             clock=world.clock,
             journal=journal,
             daemon=world.daemon if world.daemon is not None else scenario.target.daemon_url,
+            proxy=world.proxy,
+            route="wire" if world.proxy is not None else "hooks",
         )
         phase = "a step"
         try:

@@ -171,3 +171,17 @@ def test_a_job_whose_child_dies_early_fails_the_step_with_its_error(tmp_path: Pa
     failed = [e.detail for e in outcome.journal.events(ScenarioOp) if e.outcome == "failed"]
     assert len(failed) == 1
     assert failed[0].startswith("BackendError: the job's child process ended after 0 of 2")
+
+
+def test_the_wire_route_puts_the_proxy_in_front_of_the_scenarios_daemon(tmp_path: Path) -> None:
+    # raise() cannot happen on a socket: only the wire route refuses it, which proves the
+    # faults went to the proxy and not to the in-process hooks
+    text = (SCENARIOS / "rate_limited_on_the_wire.toml").read_text()
+    path = tmp_path / "wire.toml"
+    path.write_text(text.replace("2*ratelimit(retry_after=5s)", "1*raise(ConnectionError)"))
+    outcome = run(load(path))
+    assert outcome.error is not None
+    assert "raise needs the hooks route" in outcome.error
+    hooks = tmp_path / "hooks.toml"
+    hooks.write_text(path.read_text().replace('route = "wire"', 'route = "hooks"'))
+    assert run(load(hooks)).error is None

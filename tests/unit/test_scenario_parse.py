@@ -74,6 +74,9 @@ def test_a_good_file_loads_with_every_field(write: Callable[[str], Path]) -> Non
         "daemon": ["closed->open", "open->half_open", "half_open->closed"]
     }
     assert scenario.resilience["breaker"] == {"failures": 3, "recovery": 10.0}
+    assert scenario.target.route == "hooks"
+    wire = load(write(_edit('client = "resilient"', 'client = "resilient"\nroute = "wire"')))
+    assert wire.target.route == "wire"
 
 
 def _edit(old: str, new: str) -> str:
@@ -83,6 +86,20 @@ def _edit(old: str, new: str) -> str:
 
 # (what is wrong, the file's text, the line, the key, a piece of the message)
 ERRORS = [
+    (
+        "an unknown route",
+        _edit('client = "resilient"', 'client = "resilient"\nroute = "cable"'),
+        8,
+        "target.route",
+        "expected one of",
+    ),
+    (
+        "the wire route without a daemon of the scenario's",
+        _edit('client = "resilient"', 'client = "llama"\nroute = "wire"'),
+        8,
+        "target.route",
+        "needs client = 'daemon' or 'resilient'",
+    ),
     (
         "misspelt expectation",
         _edit("success_rate = 1.0", "sucess_rate = 1.0"),
