@@ -44,6 +44,8 @@ import random
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from pytest_resilience.seeding import derive_rng
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
@@ -59,17 +61,6 @@ class Decision:
     term: Term
     call: int
     index: int
-
-
-def derive_rng(seed: int | str, scope: str, site: Site | str) -> random.Random:
-    """A generator seeded from (seed, scope, site), the same in every process and run.
-
-    ``scope`` is what isolates one use from another, e.g. the test's node id.
-    """
-    import hashlib  # noqa: PLC0415 - OpenSSL costs 2 ms to import; only seeding needs it
-
-    key = f"{seed}\x1f{scope}\x1f{site}".encode()
-    return random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
 
 
 class _Slot:

@@ -656,6 +656,19 @@ def _effective_spec(item: pytest.Item, settings: Settings) -> Spec | None:
 # ----------------------------------------------------------------------- running
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """Seed the core's own randomness (a retry's jitter) per (run seed, test), as the
+    faults are: the same seed waits the same times, in any order, on any worker."""
+    settings = item.config.stash.get(_SETTINGS, None)
+    if settings is None:
+        return (yield)
+    from pytest_resilience.seeding import seeded  # noqa: PLC0415 - small, and per test
+
+    with seeded(settings.seed, item.nodeid):
+        return (yield)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     settings = item.config.stash[_SETTINGS]

@@ -81,7 +81,6 @@ import enum
 import functools
 import inspect
 import math
-import random
 import reprlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
@@ -96,8 +95,10 @@ from .errors import (
     exception_filter,
 )
 from .events import AttemptFailed, AttemptStarted, GaveUp, RetryScheduled
+from .seeding import default_rng
 
 if TYPE_CHECKING:
+    import random
     from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
     from types import TracebackType
 
@@ -277,7 +278,7 @@ class Retry:
     reraise: bool = False
     classifier: Classifier | None = None  # for Retry-After hints and event categories
     clock: Clock = field(default_factory=SystemClock)
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random | None = None  # default: the seed scope's generator for this name
     journal: Journal | None = None
     on_retry: Callable[[RetryDetails], None] | None = None
     name: str = ""  # the events' source; default: the function's qualified name
@@ -287,6 +288,7 @@ class Retry:
     _no_wait: bool = field(init=False, repr=False)
     _quiet: bool = field(init=False, repr=False)
     _fast: bool = field(init=False, repr=False)
+    _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
@@ -300,6 +302,8 @@ class Retry:
         if not isinstance(self.backoff, Backoff):
             raise TypeError(f"backoff must be a Backoff, got {self.backoff!r}")
         types, match = exception_filter(self.on)
+        rng = self.rng if self.rng is not None else default_rng(f"retry:{self.name}")
+        object.__setattr__(self, "_rng", rng)
         object.__setattr__(self, "_types", types)
         object.__setattr__(self, "_match", match)
         object.__setattr__(self, "_no_wait", self.backoff.base == 0.0 or self.backoff.cap == 0.0)
@@ -600,7 +604,7 @@ class _Run:
 
     def _backoff(self) -> float:
         p = self.policy
-        delay = p.backoff.delay(self.attempt, p.rng, self.prev)
+        delay = p.backoff.delay(self.attempt, p._rng, self.prev)
         self.prev = delay
         return delay
 

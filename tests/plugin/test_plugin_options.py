@@ -675,3 +675,33 @@ def test_the_journal_bound_is_an_ini_option_and_its_warning_names_it(
     bad = run(suite, "test_full.py")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["ERROR: ini option resilience_journal_maxlen (*): expected a whole*"])
+
+
+def test_the_fault_seed_seeds_the_jitter_of_a_retry_too(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_jitter="""
+        from pytest_resilience import Backoff, Retry
+
+        def flaky(calls=[]):
+            calls.append(1)
+            if len(calls) % 4:
+                raise ConnectionError("down")
+            return "ok"
+
+        def test_waits(clock):
+            retry = Retry(on=ConnectionError, attempts=4, clock=clock, name="ask",
+                          backoff=Backoff(base=1.0, jitter="full"))
+            assert retry.call(flaky) == "ok"
+            print("WAITED", repr(clock.now()))
+        """
+    )
+
+    def waited(*args: str) -> str:
+        result = run(suite, "test_jitter.py", "-s", *args)
+        result.assert_outcomes(passed=1)
+        found = re.search(r"WAITED (\S+)", result.stdout.str())
+        assert found is not None
+        return found.group(1)
+
+    assert waited("--fault-seed", "5") == waited("--fault-seed", "5")
+    assert len({waited("--fault-seed", str(seed)) for seed in range(5)}) > 1
