@@ -612,20 +612,25 @@ class Journal:
             journal.append(event)
         return journal
 
-    def timeline(self, last: int | None = None) -> str:
-        """A readable timeline, one event a line: ``+12.500s retry.scheduled attempt=2 ...``."""
+    def timeline(self, last: int | None = None, *, since: float | None = None) -> str:
+        """A readable timeline, one event a line: ``  12.500s retry.scheduled ...``.
+
+        ``since`` shows times relative to it (``+12.500s``): a real-time journal's times are
+        a monotonic clock's, meaningless without the moment the test started.
+        """
         events = self.events()
         if last is not None:
             events = events[-last:]
-        return "\n".join(format_event(e) for e in events)
+        return "\n".join(format_event(e, since=since) for e in events)
 
 
-def format_event(event: Event) -> str:
+def format_event(event: Event, *, since: float | None = None) -> str:
     data = event.to_dict()
     kind, time, source = data.pop("kind"), data.pop("time"), data.pop("source")
     fields = " ".join(f"{k}={v!r}" for k, v in data.items())
     where = f" [{source}]" if source else ""
-    return f"{time:10.3f}s {kind}{where} {fields}".rstrip()
+    shown = f"{time:10.3f}s" if since is None else f"{time - since:+10.3f}s"
+    return f"{shown} {kind}{where} {fields}".rstrip()
 
 
 class JsonLinesLogger:

@@ -168,7 +168,8 @@ def clock_fixture(request: pytest.FixtureRequest) -> Iterator[TestClock]:
             if options.get("wall", False):
                 start = options.get("start")
                 clock.freeze_wall_time(*(() if start is None else (start,)))
-        state_of(request.node).clock = clock
+        state = state_of(request.node)
+        state.clock, state.clock_start = clock, clock.now()
         yield clock
     finally:
         clock.close()

@@ -59,6 +59,7 @@ import json
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -195,6 +196,8 @@ class TestState:
     journal_maxlen: int = 100_000
     reach: dict[str, list[Any]] = field(default_factory=dict)  # run-wide sites, see _Totals
     missed: list[str] = field(default_factory=list)  # faults asked for that never fired
+    started: float = field(default_factory=time.monotonic)  # real time, as the test began
+    clock_start: float | None = None  # the virtual clock's time then, when it has one
     _journal: Journal | None = None
 
     @property
@@ -797,6 +800,7 @@ def _adopt_fixtures(item: pytest.Item, state: TestState) -> None:
         and isinstance(theirs, clock_module.VirtualClock)
     ):
         state.clock = theirs
+        state.clock_start = theirs.now()
     theirs = funcargs.get("journal")
     if (
         state._journal is None
@@ -901,11 +905,18 @@ def pytest_runtest_makereport(
         lines = "\n".join(f"  {text}" for text in state.missed)
         report.sections.append(("resilience: faults asked for that never fired", lines))
     if report.failed and call.when == "call" and (state.spec is not None or len(state.journal)):
-        report.sections.append(("resilience: journal", state.journal.timeline(last=50) or "empty"))
+        timeline = state.journal.timeline(last=50, since=_origin(state))
+        report.sections.append(("resilience: journal", timeline or "empty"))
         if state.spec is not None:
             command = reproduce_command(item, state.spec)
             report.sections.append(("resilience: reproduce with", command))
     return report
+
+
+def _origin(state: TestState) -> float:
+    """When the test started on the clock its events carry: its virtual clock's time when
+    the test began, else the monotonic time then."""
+    return state.started if state.clock_start is None else state.clock_start
 
 
 def _figures(state: TestState) -> dict[str, Any]:
@@ -1170,6 +1181,7 @@ def _resilience_daemon_process(
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    state_of(item).started = time.monotonic()  # the origin of a real-time journal's times
     # Before any of the test's fixtures, so that the leak check's "before" already has it:
     # a session daemon that the previous test killed or paused runs again for this one.
     shared = item.config.stash.get(SHARED_DAEMON, None)

@@ -305,3 +305,12 @@ def test_the_printed_command_works_from_a_subdirectory(
     args = _printed_command(first)
     assert args[0] == "test_it.py::test_it"  # not suite/test_it.py: we are in suite/
     run(pytester, *args).assert_outcomes(failed=1)
+
+
+def test_the_journal_of_a_failure_shows_times_since_the_test_began(ptr: pytest.Pytester) -> None:
+    spec = "py:target:answer=raise(ConnectionError)"
+    real = run(ptr, "test_suite.py::test_fails", "--inject-faults", spec)
+    # real time: relative to the test's start, never the monotonic clock's raw reading
+    real.stdout.re_match_lines([r"^ +\+\d+\.\d{3}s fault\.injected \[faults\] .*call=1$"])
+    virtual = run(ptr, "test_suite.py::test_fails", "--inject-faults", spec, "--virtual-time")
+    virtual.stdout.re_match_lines([r"^ +\+0\.000s fault\.injected \[faults\] .*call=1$"])
