@@ -26,6 +26,7 @@ for _name in (
     "llama_cpp.server",
     "httpcore",
     "httpx",
+    "httpcore2",  # httpx2 imports it only when its first client is made
     "httpx2",
     "openai",
 ):

@@ -52,11 +52,12 @@ EXAMPLED = [*PAGES, "../README.md"]
 
 # pytester puts sys.modules back as it was after each page: a module first imported by an
 # example would be imported afresh by the next page, with new classes (httpx would no longer
-# recognise httpcore's exceptions) or failing outright (extension modules load once per
-# process). So everything the examples import is imported here, once.
+# recognise httpcore's exceptions; httpx2 imports httpcore2 only when its first client is
+# made) or failing outright (extension modules load once per process). So everything the
+# examples import is imported here, once.
 _PRELOAD = ("numpy", "gguf", "llama_cpp", "llama_cpp.server", "httpcore", "httpx", "tenacity",
-            "stamina", "backoff", "freezegun", "httpx2", "openai", "urllib3", "requests",
-            "aiohttp", "ollama", "langchain_openai")  # fmt: skip
+            "stamina", "backoff", "freezegun", "httpcore2", "httpx2", "openai", "urllib3",
+            "requests", "aiohttp", "ollama", "langchain_openai")  # fmt: skip
 for _name in _PRELOAD:
     if importlib.util.find_spec(_name.partition(".")[0]) is not None:
         importlib.import_module(_name)
