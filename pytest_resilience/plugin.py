@@ -517,6 +517,15 @@ def pytest_configure(config: pytest.Config) -> None:
         from pathlib import Path  # noqa: PLC0415
 
         settings.journal_dir = base / Path(journals[-1].text)
+        try:  # now, rather than an INTERNALERROR after the first test
+            settings.journal_dir.mkdir(parents=True, exist_ok=True)
+            probe = settings.journal_dir / ".resilience-write-check"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise pytest.UsageError(
+                f"{journals[-1].where}: cannot write journals to {settings.journal_dir}: {exc}"
+            ) from None
     replays = _values(config, "resilience_replay_journal", "resilience_replay_journal", ENV_REPLAY)
     if replays:
         from faults.journal import JournalFileError, load  # noqa: PLC0415

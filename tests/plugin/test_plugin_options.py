@@ -705,3 +705,11 @@ def test_the_fault_seed_seeds_the_jitter_of_a_retry_too(suite: pytest.Pytester) 
 
     assert waited("--fault-seed", "5") == waited("--fault-seed", "5")
     assert len({waited("--fault-seed", str(seed)) for seed in range(5)}) > 1
+
+
+def test_a_journal_folder_that_cannot_be_written_is_a_usage_error(suite: pytest.Pytester) -> None:
+    (suite.path / "a_file").write_text("not a folder")
+    result = run(suite, "--inject-faults", "py:target:answer=none", "--fault-journal", "a_file/j")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --fault-journal: cannot write journals to *a_file/j: *"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
