@@ -484,6 +484,51 @@ def _seed(config: pytest.Config) -> tuple[int, str]:
     return seed, source
 
 
+def _journal_files(config: pytest.Config, settings: Settings) -> None:
+    """``--fault-journal`` (checked writable now, not after the first test) and
+    ``--replay-journal`` (read and validated now)."""
+    from pathlib import Path  # noqa: PLC0415
+
+    base = config.invocation_params.dir
+    journals = _values(config, "resilience_fault_journal", "resilience_fault_journal", ENV_JOURNAL)
+    if journals:
+        settings.journal_dir = base / Path(journals[-1].text)
+        try:
+            settings.journal_dir.mkdir(parents=True, exist_ok=True)
+            probe = settings.journal_dir / ".resilience-write-check"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise pytest.UsageError(
+                f"{journals[-1].where}: cannot write journals to {settings.journal_dir}: {exc}"
+            ) from None
+    replays = _values(config, "resilience_replay_journal", "resilience_replay_journal", ENV_REPLAY)
+    if replays:
+        from faults.journal import JournalFileError, load  # noqa: PLC0415
+
+        try:
+            settings.replay = load(base / replays[-1].text)
+            settings.replay_path = replays[-1].text
+        except (OSError, JournalFileError) as exc:
+            raise pytest.UsageError(f"{replays[-1].where}: cannot replay: {exc}") from None
+
+
+def _daemon_options(config: pytest.Config, settings: Settings) -> None:
+    """``--daemon-url`` (a URL with a host) and ``--daemon-route`` (hooks or wire)."""
+    urls = _values(config, "resilience_daemon_url", "resilience_daemon_url", ENV_DAEMON_URL)
+    if urls:
+        from faults.target import address_of  # noqa: PLC0415
+
+        try:
+            address_of(urls[-1].text)
+        except ValueError as exc:
+            raise pytest.UsageError(f"{urls[-1].where}: {exc}") from None
+        settings.daemon_url = urls[-1].text
+    routes = _values(config, "resilience_daemon_route", "resilience_daemon_route", ENV_DAEMON_ROUTE)
+    if routes:
+        settings.route = _route(routes[-1].text, routes[-1].where)
+
+
 @pytest.hookimpl(trylast=True)  # after the cache provider has set config.cache
 def pytest_configure(config: pytest.Config) -> None:
     for line in (
@@ -492,8 +537,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "no_faults: run this test without any injected faults",
         "virtual_time(wall=False, sleeps=True, start=None): give the test a virtual `clock`; "
         "wall=True (the `wall` extra) makes time.time/datetime follow it, sleeps runs "
-        "tenacity/stamina/backoff "
-        "sleeps on it",
+        "tenacity/stamina/backoff/openai sleeps on it",
         "real_time: run this test in real time, even under --virtual-time",
         "no_leak_check: do not fail this test for leaked threads, fds or processes",
     ):
@@ -512,44 +556,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
         merged = merge(*specs)
         settings.spec = merged if len(merged) else None
-    journals = _values(config, "resilience_fault_journal", "resilience_fault_journal", ENV_JOURNAL)
-    if journals:
-        from pathlib import Path  # noqa: PLC0415
-
-        settings.journal_dir = base / Path(journals[-1].text)
-        try:  # now, rather than an INTERNALERROR after the first test
-            settings.journal_dir.mkdir(parents=True, exist_ok=True)
-            probe = settings.journal_dir / ".resilience-write-check"
-            probe.touch()
-            probe.unlink()
-        except OSError as exc:
-            raise pytest.UsageError(
-                f"{journals[-1].where}: cannot write journals to {settings.journal_dir}: {exc}"
-            ) from None
-    replays = _values(config, "resilience_replay_journal", "resilience_replay_journal", ENV_REPLAY)
-    if replays:
-        from faults.journal import JournalFileError, load  # noqa: PLC0415
-
-        try:
-            settings.replay = load(base / replays[-1].text)
-            settings.replay_path = replays[-1].text
-        except (OSError, JournalFileError) as exc:
-            raise pytest.UsageError(f"{replays[-1].where}: cannot replay: {exc}") from None
+    _journal_files(config, settings)
     settings.leak_check = _bool(config, "resilience_leak_check", ENV_LEAKS)
     settings.virtual_time = _bool(config, "resilience_virtual_time", ENV_VIRTUAL)
     settings.daemon_scope = _daemon_scope_of(config)
-    urls = _values(config, "resilience_daemon_url", "resilience_daemon_url", ENV_DAEMON_URL)
-    if urls:
-        from faults.target import address_of  # noqa: PLC0415
-
-        try:
-            address_of(urls[-1].text)
-        except ValueError as exc:
-            raise pytest.UsageError(f"{urls[-1].where}: {exc}") from None
-        settings.daemon_url = urls[-1].text
-    routes = _values(config, "resilience_daemon_route", "resilience_daemon_route", ENV_DAEMON_ROUTE)
-    if routes:
-        settings.route = _route(routes[-1].text, routes[-1].where)
+    _daemon_options(config, settings)
     settings.journal_maxlen = _journal_maxlen(config)
     config.stash[_SETTINGS] = settings
     config.pluginmanager.register(_Reporter(settings.totals), "resilience-reporter")
