@@ -3,8 +3,8 @@
 Each module's ``main(argv)`` runs with its own defaults (``--quick``: a few runs each, to
 check that they all still work), its output printed under a heading, and a summary closes
 the report. The known modules run first, in this order: core, backends, proxy, stream,
-faults, plugin; any other module in the folder with a ``main()`` runs after them. A known
-module that does not exist (yet) is reported as missing and skipped.
+faults, plugin, reach; any other module in the folder with a ``main()`` runs after them. A
+known module that does not exist (yet) is reported as missing and skipped.
 
 Exit status 0 unless a benchmark crashed: raised, failed to import, or exited with an error
 from ``SystemExit``. A benchmark's own non-zero return (a missed goal under ``--strict``) is
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-KNOWN = ("core", "backends", "proxy", "stream", "faults", "plugin")
+KNOWN = ("core", "backends", "proxy", "stream", "faults", "plugin", "reach")
 #: Not benchmarks: this runner, and run.py (another way to start core).
 RUNNERS = frozenset({"all", "run"})
 #: ``--quick`` arguments per module: a few runs, to check that the benchmark works.
@@ -36,6 +36,7 @@ QUICK: dict[str, list[str]] = {
     "stream": ["--runs", "5"],
     "faults": ["--rounds", "2", "--target-ms", "5"],
     "plugin": ["--tests", "100", "--runs", "2"],
+    "reach": ["--rounds", "2", "--target-ms", "3"],
 }
 
 
