@@ -20,6 +20,7 @@ unless it is ``keyword`` (``stall(after=5)``); both forms are accepted on input.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import enum
 import importlib
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN_SITES",
+    "INTERRUPTS",
     "KINDS",
     "PY",
     "SITES",
@@ -49,7 +51,9 @@ __all__ = [
     "kinds_for",
     "make_exception",
     "nan_vector",
+    "raisable",
     "resolve_exception_type",
+    "resolve_raise_type",
 ]
 
 #: The value of one argument once parsed: int (INT), float seconds (DURATION), str (NAME,
@@ -153,12 +157,49 @@ def _exception_classes() -> dict[str, type[BaseException]]:
     return found
 
 
+#: Every exception class a bare name means, for ``raise`` and for lists of types to catch.
 _EXCEPTIONS: Final = _exception_classes()
+
+#: The ``BaseException`` kinds that ``raise`` injects although they are not an ``Exception``:
+#: the interrupts every resilience policy lets through (no retry, fallback or breaker
+#: handles them), so code under test meets them as it would for real, and pytest fails the
+#: one test they reach (docs/faults.md, "Kinds").
+INTERRUPTS: Final[tuple[type[BaseException], ...]] = (
+    core_errors.Cancelled,
+    core_errors.HangDetected,
+    asyncio.CancelledError,
+)
+
+
+def raisable(cls: type[BaseException]) -> bool:
+    """Whether ``raise(...)`` may inject ``cls``: an ``Exception``, or one of :data:`INTERRUPTS`
+    (or a subclass of either)."""
+    return issubclass(cls, (Exception, *INTERRUPTS))
+
+
+def _refusal(name: str, cls: type[BaseException]) -> str:
+    """Why ``raise(name)`` is refused, for a class that is not :func:`raisable`."""
+    if issubclass(cls, KeyboardInterrupt):
+        why = "pytest would stop the whole run, not fail the test"
+    elif issubclass(cls, SystemExit):
+        why = "it asks the process to exit, and a worker or thread it reaches would end"
+    elif issubclass(cls, GeneratorExit):
+        why = "Python raises it only to close a generator"
+    else:
+        why = "it would interrupt the run rather than fail the call, and no code should catch it"
+    return (
+        f"raise() refuses {name}: it is a BaseException but not an Exception ({why}); "
+        "raise() takes an Exception, or Cancelled, HangDetected or asyncio.CancelledError"
+    )
+
+
+_RAISABLE: Final = tuple(sorted(n for n, cls in _EXCEPTIONS.items() if raisable(cls)))
 
 
 def exception_names() -> tuple[str, ...]:
-    """The bare names ``raise`` accepts: builtin exceptions and pytest_resilience.errors'."""
-    return tuple(sorted(_EXCEPTIONS))
+    """The bare names ``raise`` accepts: builtin exceptions and pytest_resilience.errors'
+    (the ``Exception`` ones, and ``Cancelled`` and ``HangDetected``)."""
+    return _RAISABLE
 
 
 def _nearest(word: str, choices: Sequence[str]) -> str | None:
@@ -171,26 +212,33 @@ def _nearest(word: str, choices: Sequence[str]) -> str | None:
 def check_exception_name(value: ArgValue) -> tuple[str, str | None] | None:
     """Validate the exception type of ``raise`` without importing anything.
 
-    A bare name must be a builtin exception or a name from ``pytest_resilience.errors``;
-    a dotted path (``pkg.mod.Name``) is only checked when the fault is installed.
-    Returns ``None`` when the name is acceptable, else a message and a suggestion.
+    A bare name must be a builtin exception or a name from ``pytest_resilience.errors``, and
+    :func:`raisable` (``raise(KeyboardInterrupt)`` is refused here, at parse time); a dotted
+    path (``pkg.mod.Name``) is only checked when the fault is installed
+    (:func:`resolve_raise_type`). Returns ``None`` when the name is acceptable, else a
+    message and a suggestion.
     """
     if not isinstance(value, str):
         return ("raise() needs an exception type name", None)
-    if "." in value or value in _EXCEPTIONS:
+    if "." in value:
         return None
+    found = _EXCEPTIONS.get(value)
+    if found is not None:
+        return None if raisable(found) else (_refusal(value, found), None)
     return (
         f"unknown exception type {value!r} (a builtin exception, a pytest_resilience error, "
         "or a dotted path pkg.mod.Name)",
-        _nearest(value, tuple(_EXCEPTIONS)),
+        _nearest(value, _RAISABLE),
     )
 
 
 def resolve_exception_type(name: str) -> type[BaseException]:
-    """The exception class that ``raise(name)`` means; dotted paths are imported here.
+    """The exception class that ``name`` means; dotted paths are imported here.
 
-    Raises :class:`faults.spec.SpecError` (a ``ValueError``) when the name is unknown, the
-    module cannot be imported, or the object is not an exception class.
+    Any exception class: this resolves the types a policy catches too (``on = [...]``). For
+    the type ``raise(name)`` injects, see :func:`resolve_raise_type`. Raises
+    :class:`faults.spec.SpecError` (a ``ValueError``) when the name is unknown, the module
+    cannot be imported, or the object is not an exception class.
     """
     from faults.spec import SpecError  # noqa: PLC0415 - spec imports this module
 
@@ -212,6 +260,18 @@ def resolve_exception_type(name: str) -> type[BaseException]:
     return value
 
 
+def resolve_raise_type(name: str) -> type[BaseException]:
+    """The exception class ``raise(name)`` injects: :func:`resolve_exception_type`, and a
+    :class:`faults.spec.SpecError` saying why for a class that is not :func:`raisable`
+    (``raise(mypkg.Stop)`` where ``Stop`` derives from ``BaseException`` only)."""
+    cls = resolve_exception_type(name)
+    if not raisable(cls):
+        from faults.spec import SpecError  # noqa: PLC0415 - spec imports this module
+
+        raise SpecError(_refusal(name, cls), name, 0)
+    return cls
+
+
 # Core errors whose constructor does not take a single message.
 _FACTORIES: Final[Mapping[type[BaseException], Callable[[str, str], BaseException]]] = {
     core_errors.RetryError: lambda msg, site: core_errors.RetryError(1, None, msg),
@@ -231,9 +291,9 @@ def make_exception(name: str, message: str | None = None, *, site: str = "") -> 
     constructors get plausible values (``ServerError`` is a 500, ``CircuitOpenError`` names
     the site). A class whose constructor refuses a single message is built without calling
     its ``__init__`` and given the message as its only argument. Raises :class:`SpecError`
-    as :func:`resolve_exception_type` does.
+    as :func:`resolve_raise_type` does (a class that is not :func:`raisable` is refused).
     """
-    cls = resolve_exception_type(name)
+    cls = resolve_raise_type(name)
     text = message if message is not None else f"fault injected at {site or 'a site'}"
     factory = _FACTORIES.get(cls)
     if factory is not None:

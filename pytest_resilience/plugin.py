@@ -617,7 +617,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     give the ``clock`` fixture to the tests that run in virtual time."""
     settings = config.stash[_SETTINGS]
     for spec, where in settings.sources:
-        _check_py_sites(spec, where)
+        _check_installable(spec, where)
     for item in items:
         markers = [m for m in item.iter_markers("faults") if m.args or "spec" in m.kwargs]
         route_of(item)  # a bad route= is a usage error now
@@ -630,7 +630,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 if not isinstance(text, str):
                     raise pytest.UsageError(f"{where}: expected a fault spec string, got {text!r}")
                 specs.append(parse_spec(text, where, config.invocation_params.dir))
-                _check_py_sites(specs[-1], where)
+                _check_installable(specs[-1], where)
             from faults.spec import merge  # noqa: PLC0415
 
             item.stash[_MARKER_SPEC] = merge(*specs)
@@ -640,18 +640,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 names.append("clock")  # requested as if named in the signature
 
 
-def _check_py_sites(spec: Spec, where: str) -> None:
-    """A ``py:`` site whose module or attribute does not exist is a usage error now, once,
-    rather than a failure in every test (test modules are imported: sys.path is set)."""
-    entries = [e for e in spec.entries if e.site.family == "py"]
-    if not entries:
-        return
+def _check_installable(spec: Spec, where: str) -> None:
+    """What would fail every test is a usage error now, once: a ``py:`` site whose module or
+    attribute does not exist, a ``raise`` of a type that does not resolve or that ``raise``
+    refuses. Test modules are imported by now, so sys.path is as the tests see it."""
+    from faults.sites.base import check_terms  # noqa: PLC0415
     from faults.sites.py import resolve  # noqa: PLC0415
     from faults.spec import SpecError  # noqa: PLC0415
 
-    for entry in entries:
+    for entry in spec.entries:
         try:
-            resolve(entry)
+            check_terms(entry)
+            if entry.site.family == "py":
+                resolve(entry)
         except SpecError as exc:
             raise pytest.UsageError(f"{where}: {exc}") from None
 

@@ -146,6 +146,7 @@ class _Bounded:
         return getattr(self.faults, name)
 
     async def ahang(self, seconds: float, kind: str) -> None:
+        __tracebackhide__ = True
         limit = self.budget.limit()
         if limit is None or seconds < limit.seconds:
             await self.faults.ahang(seconds, kind)
@@ -246,10 +247,12 @@ class _Family:
 
         @functools.wraps(original)
         async def _request(session: Any, method: str, str_or_url: Any, **kw: Any) -> Any:
+            __tracebackhide__ = True
             timeout = family.client_timeout(session, kw.get("timeout", _ABSENT))
             budget = _Budget(family.ah, family.sites.env.clock, timeout)
 
             async def daemon_sites(req: Any, handler: Callable[[Any], Any]) -> Any:
+                __tracebackhide__ = True
                 return await family.attempt(req, handler, budget)
 
             theirs = kw.get("middlewares")
@@ -261,6 +264,7 @@ class _Family:
 
     async def attempt(self, req: Any, handler: Callable[[Any], Any], budget: _Budget) -> Any:
         """One attempt of a request, with the fault decided for it."""
+        __tracebackhide__ = True
         call = self.sites.begin(req.url.raw_host, req.url.port)
         if call is None:
             return await handler(req)
@@ -294,6 +298,7 @@ class _Family:
 
     async def late(self, call: Call, budget: _Budget) -> None:
         """``latency``: the wait, unless the client's own timeout ends it first."""
+        __tracebackhide__ = True
         f = call.faults
         seconds, limit = f.delay(call.term), budget.limit()
         if limit is not None and seconds >= limit.seconds:
@@ -304,6 +309,7 @@ class _Family:
     async def sent_to(self, req: Any, handler: Callable[[Any], Any], url: Any) -> Any:
         """The attempt, sent to ``url`` instead; its answer names the daemon as the real one
         would."""
+        __tracebackhide__ = True
         original, req.url = req.url, url
         try:
             resp = await handler(req)
@@ -313,6 +319,7 @@ class _Family:
         return resp
 
     async def refused(self, req: Any, handler: Callable[[Any], Any]) -> Any:
+        __tracebackhide__ = True
         key = req.connection_key
         url = req.url.with_port(closed_port(req.url.raw_host or _LOCAL))
         try:
@@ -324,6 +331,7 @@ class _Family:
 
     async def answered(self, req: Any, handler: Callable[[Any], Any], call: Call) -> Any:
         """``ratelimit``/``status``: the attempt is answered by a one-shot local server."""
+        __tracebackhide__ = True
         loop = asyncio.get_running_loop()
         answer = _http_answer(call.status, call.headers, call.body)
         served: list[_OneAnswer] = []
@@ -401,6 +409,7 @@ def _reader_class(ah: ModuleType) -> Callable[[Any, Call, _Budget], Any]:
             self._pulling = False
 
         async def _wait(self, func_name: str) -> None:
+            __tracebackhide__ = True
             if self._pulling:
                 raise RuntimeError(
                     f"{func_name}() called while another coroutine is already waiting for "
@@ -426,6 +435,7 @@ def _reader_class(ah: ModuleType) -> Callable[[Any, Call, _Budget], Any]:
                 self.end_http_chunk_receiving()
 
         async def wait_eof(self) -> None:
+            __tracebackhide__ = True
             while not self._eof:
                 await self._wait("wait_eof")
 

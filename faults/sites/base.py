@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from faults.kinds import make_exception, resolve_exception_type
+from faults.kinds import make_exception, resolve_raise_type
 from faults.schedule import derive_rng
 from faults.spec import SpecError, format_duration
 from pytest_resilience.cancel import current_scope
@@ -181,6 +181,7 @@ class SiteFaults:
 
     def hang(self, seconds: float, kind: str) -> None:
         """Wait ``seconds`` (inf: forever) in the current cancel scope, else on the clock."""
+        __tracebackhide__ = True
         forever = math.isinf(seconds)
         scope = current_scope()
         if scope is not None:
@@ -192,6 +193,7 @@ class SiteFaults:
 
     async def ahang(self, seconds: float, kind: str) -> None:
         """The async hang: on the clock (a cancelled task ends it); forever: until cancelled."""
+        __tracebackhide__ = True
         if not math.isinf(seconds):
             await self.env.clock.asleep(seconds)
             return
@@ -209,6 +211,7 @@ class SiteFaults:
 
     def call(self, d: Decision, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """Apply the fault ``d`` to one call of ``fn``."""
+        __tracebackhide__ = True
         self.fire(d)
         term, kind = d.term, d.term.kind
         if kind == "none":
@@ -232,6 +235,7 @@ class SiteFaults:
 
     async def acall(self, d: Decision, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """:meth:`call` for a coroutine function."""
+        __tracebackhide__ = True
         self.fire(d)
         term, kind = d.term, d.term.kind
         if kind == "none":
@@ -253,6 +257,7 @@ class SiteFaults:
 
     def stream(self, d: Decision, it: Iterator[Any]) -> Iterator[Any]:
         """The items of ``it`` with the fault ``d`` applied (already recorded); closes ``it``."""
+        __tracebackhide__ = True
         term, kind = d.term, d.term.kind
         after = after_of(term) if kind in AFTER_KINDS else -1
         try:
@@ -282,6 +287,7 @@ class SiteFaults:
 
     async def astream(self, d: Decision, it: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """:meth:`stream` for an async iterator."""
+        __tracebackhide__ = True
         term, kind = d.term, d.term.kind
         after = after_of(term) if kind in AFTER_KINDS else -1
         try:
@@ -317,6 +323,7 @@ class SiteFaults:
 
     def _failure(self, d: Decision) -> BaseException:
         """The exception a failing stream raises at its first item (timeout hangs first)."""
+        __tracebackhide__ = True
         term = d.term
         if term.kind == "raise":
             return self.exception(term)
@@ -346,12 +353,15 @@ def close_source(it: object) -> None:
 
 
 def check_terms(entry: Entry) -> None:
-    """Resolve the exception types of ``raise`` terms now, so a bad dotted path fails at
-    install time (SpecError), never in the middle of the test."""
+    """Resolve the exception types of ``raise`` terms now, so a bad dotted path (or one to a
+    class that ``raise`` refuses, such as a ``BaseException`` that is not an ``Exception``)
+    fails at install time (SpecError, the caret under the type's name), never in the middle
+    of the test."""
     for term in entry.chain:
         if term.kind == "raise":
             try:
-                resolve_exception_type(str(term.arg("type")))
+                resolve_raise_type(str(term.arg("type")))
             except SpecError as exc:
-                text = str(entry)
-                raise SpecError(exc.message, text, text.find(str(term))) from exc
+                text, shown = str(entry), str(term)
+                column = text.find(shown) + shown.index("(") + 1 + exc.column
+                raise SpecError(exc.message, text, column, suggestion=exc.suggestion) from exc

@@ -226,6 +226,7 @@ async def _alose(
 
 def events(plan: Plan, chunks: Iterator[bytes], errors: Errors) -> Iterator[bytes]:
     """The bytes of ``chunks`` re-cut into whole SSE events, with ``plan`` applied."""
+    __tracebackhide__ = True
     splitter, n = _Splitter(), 0
     it = iter(chunks)
     try:
@@ -257,6 +258,7 @@ def events(plan: Plan, chunks: Iterator[bytes], errors: Errors) -> Iterator[byte
 
 async def aevents(plan: Plan, chunks: AsyncIterator[bytes], errors: Errors) -> AsyncIterator[bytes]:
     """:func:`events` for an async byte stream."""
+    __tracebackhide__ = True
     splitter, n = _Splitter(), 0
     it = aiter(chunks)
     try:
@@ -335,12 +337,14 @@ class Call:
         """The hang of ``timeout`` or ``latency``, on the clock or in the cancel scope;
         whether the client must now raise its read timeout. A hang longer than the client's
         own read timeout (``client_timeout``) ends there, as a silent server's would."""
+        __tracebackhide__ = True
         seconds, timed_out = self._wait_for(client_timeout)
         self.faults.hang(seconds, self.kind)
         return timed_out
 
     async def await_(self, client_timeout: float | None = None) -> bool:
         """:meth:`wait` for async clients."""
+        __tracebackhide__ = True
         seconds, timed_out = self._wait_for(client_timeout)
         await self.faults.ahang(seconds, self.kind)
         return timed_out

@@ -116,6 +116,7 @@ class _Family:
 
         @functools.wraps(original)
         def send(client: Any, request: Any, *, stream: bool = False, **kw: Any) -> Any:
+            __tracebackhide__ = True
             call = sites.begin(request.url.host, request.url.port)
             if call is None:
                 return original(client, request, stream=stream, **kw)
@@ -161,6 +162,7 @@ class _Family:
 
         @functools.wraps(original)
         async def send(client: Any, request: Any, *, stream: bool = False, **kw: Any) -> Any:
+            __tracebackhide__ = True
             call = sites.begin(request.url.host, request.url.port)
             if call is None:
                 return await original(client, request, stream=stream, **kw)

@@ -143,6 +143,7 @@ class LlamaSites:
         return getattr(self.local, "depth", 0) > 0
 
     def guarded(self, chunks: Iterable[Any]) -> Iterator[Any]:
+        __tracebackhide__ = True
         it = iter(chunks)
         try:
             while True:
@@ -181,6 +182,7 @@ class LlamaSites:
 
         @functools.wraps(original)
         def __init__(llm: Any, *args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
             d = f.decide()
             if d is None:
                 return original(llm, *args, **kwargs)
@@ -191,6 +193,7 @@ class LlamaSites:
         return __init__
 
     def _call(self, f: SiteFaults | None, original: Callable[..., Any], args: Any, kw: Any) -> Any:
+        __tracebackhide__ = True
         d = f.decide() if f is not None else None
         with self.inside():
             if d is None or f is None:
@@ -216,6 +219,7 @@ class LlamaSites:
 
         @functools.wraps(original)
         def completion(llm: Any, *args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
             if self.busy():
                 return original(llm, *args, **kwargs)
             if kwargs.get("stream", len(args) > at and args[at]):
@@ -230,6 +234,7 @@ class LlamaSites:
 
         @functools.wraps(original)
         def create_chat_completion(llm: Any, *args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
             if self.busy():
                 return original(llm, *args, **kwargs)
             if not kwargs.get("stream", len(args) > at and args[at]):
@@ -246,6 +251,7 @@ class LlamaSites:
 
         @functools.wraps(original)
         def embed(llm: Any, *args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
             if self.busy():
                 return original(llm, *args, **kwargs)
             return self._call(f, original, (llm, *args), kwargs)

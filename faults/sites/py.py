@@ -86,6 +86,7 @@ def _wrap(fn: Callable[..., Any], f: SiteFaults) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(fn):
 
         async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            __tracebackhide__ = True
             d = decide()
             if d is None:
                 async for item in fn(*args, **kwargs):
@@ -99,6 +100,7 @@ def _wrap(fn: Callable[..., Any], f: SiteFaults) -> Callable[..., Any]:
     elif inspect.isgeneratorfunction(fn):
 
         def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            __tracebackhide__ = True
             d = decide()
             if d is None:
                 result: Any = yield from fn(*args, **kwargs)
@@ -112,6 +114,7 @@ def _wrap(fn: Callable[..., Any], f: SiteFaults) -> Callable[..., Any]:
         acall = f.acall
 
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
             d = decide()
             if d is None:
                 return await fn(*args, **kwargs)
@@ -122,6 +125,7 @@ def _wrap(fn: Callable[..., Any], f: SiteFaults) -> Callable[..., Any]:
         call = f.call
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
             d = decide()
             if d is None:
                 return fn(*args, **kwargs)

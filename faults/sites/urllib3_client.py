@@ -161,6 +161,7 @@ class _Family:
 
         @functools.wraps(original)
         def urlopen(pool: Any, *args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
             call = sites.begin(pool.host, _port(pool))
             if call is None:
                 return original(pool, *args, **kwargs)
@@ -177,6 +178,7 @@ class _Family:
         return response
 
     def faulted(self, original: Callable[..., Any], pool: Any, call: Call, req: _Request) -> Any:
+        __tracebackhide__ = True
         kind = call.kind
         if kind == "raise":
             raise call.exception()
@@ -212,6 +214,7 @@ class _Family:
         """What urlopen does with the failure of an attempt: count it against the app's
         ``Retry`` (which raises ``MaxRetryError``, or the error itself, when it will not
         retry), wait as it asks, and send the request again."""
+        __tracebackhide__ = True
         retries = retries.increment(
             req.method, req.url, error=error, _pool=pool, _stacktrace=error.__traceback__
         )
@@ -227,6 +230,7 @@ class _Family:
 
     def statused(self, pool: Any, req: _Request, retries: Any, response: Any) -> Any:
         """What urlopen does with an answer whose status its ``Retry`` may retry."""
+        __tracebackhide__ = True
         has_retry_after = bool(response.headers.get("Retry-After"))
         if not retries.is_retry(req.method, response.status, has_retry_after):
             return response
@@ -245,6 +249,7 @@ class _Family:
     def back_off(self, retries: Any, response: Any) -> None:
         """``retries.sleep(response)``, on the injector's clock unless the app's ``Retry``
         sleeps its own way."""
+        __tracebackhide__ = True
         base, own = self.u3.Retry, type(retries)
         f = self.clocked()
         if f is None or any(getattr(own, n) is not getattr(base, n) for n in _SLEEPS):
@@ -313,6 +318,7 @@ class _Family:
         self, original: Callable[..., Any], pool: Any, req: _Request, retries: Any
     ) -> Any:
         """``lost`` through the fault proxy: one attempt that the proxy really resets."""
+        __tracebackhide__ = True
         from faults.proxy import ResetAfter  # noqa: PLC0415 - only for this fault
 
         proxy = self.sites.env.proxy
@@ -352,6 +358,7 @@ class _Family:
     ) -> Any:
         """The real request, its answer's body wrapped when the plan needs it: sent without
         preloading (so that the body can be wrapped first), then read as the caller asked."""
+        __tracebackhide__ = True
         response = original(pool, **req.again(preload_content=False, release_conn=False))
         if response not in self.claimed:  # else a retry's or redirect's: decided there
             self.claim(response)
@@ -427,6 +434,7 @@ def _unmasked(read: Callable[..., Any], file: _Reframed, timed_out: type[Excepti
 
     @functools.wraps(read)
     def unmasked(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         try:
             return read(*args, **kwargs)
         except timed_out as exc:
@@ -442,6 +450,7 @@ def _unmasked_stream(
 ) -> Any:
     @functools.wraps(stream)
     def unmasked(*args: Any, **kwargs: Any) -> Iterator[bytes]:
+        __tracebackhide__ = True
         try:
             yield from stream(*args, **kwargs)
         except timed_out as exc:
@@ -512,6 +521,7 @@ class _Reframed:
     # ------------------------------------------------------------------ the pieces
 
     def _next(self) -> bytes:
+        __tracebackhide__ = True
         try:
             return next(self.pieces)
         except DeadlineExceeded as exc:  # a deadline above a stall: see _unmasked
@@ -520,6 +530,7 @@ class _Reframed:
 
     def _pull(self) -> bool:
         """Frame the next piece into the buffer; False once the body has ended."""
+        __tracebackhide__ = True
         if self.ended:
             return False
         try:
@@ -548,6 +559,7 @@ class _Reframed:
     # ------------------------------------------------------------------ the file
 
     def read(self, n: int | None = -1) -> bytes:
+        __tracebackhide__ = True
         if n is None or n < 0:
             while self._pull():
                 pass
@@ -557,16 +569,19 @@ class _Reframed:
         return self._take(n)
 
     def read1(self, n: int = -1) -> bytes:
+        __tracebackhide__ = True
         while not self.buffer and self._pull():
             pass
         return self._take(len(self.buffer) if n is None or n < 0 else n)
 
     def readinto(self, b: Any) -> int:
+        __tracebackhide__ = True
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)
 
     def readline(self, limit: int = -1) -> bytes:
+        __tracebackhide__ = True
         while True:
             end = self.buffer.find(b"\n")
             if end >= 0:
@@ -578,6 +593,7 @@ class _Reframed:
         return self._take(n if limit is None or limit < 0 else min(n, limit))
 
     def peek(self, n: int = 0) -> bytes:
+        __tracebackhide__ = True
         while not self.buffer and self._pull():
             pass
         return bytes(self.buffer)

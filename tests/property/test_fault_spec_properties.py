@@ -3,18 +3,27 @@
 ``spec_texts()`` (from pytest_resilience.strategies, where users get it too) writes valid
 spec text *and* the Spec it must parse to, varying what the grammar lets vary (whitespace,
 positional or keyword arguments, quote style, escapes, units, defaults given or left out).
+``malformed_specs()`` applies the mutations of the corpus of malformed specs
+(``tests/corpus/make_specs.py``) with hypothesis choosing every random decision: each spec
+has one mistake, at a column the mutation knows.
 """
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from faults import Entry, Site, Spec, SpecError, Term, format_duration, parse
 from faults.kinds import corrupt_json
 from pytest_resilience.strategies import spec_texts
+from tests.corpus import make_specs
+
+if TYPE_CHECKING:
+    from tests.corpus.make_specs import Case
 
 SETTINGS = settings(max_examples=100, deadline=None)
 
@@ -103,10 +112,8 @@ def check_clean(text: str) -> None:
         assert "^" in str(error)
 
 
-@given(spec_texts(), st.data())
-@settings(max_examples=250, deadline=None)
-def test_mangled_specs_fail_cleanly(case: tuple[str, Spec], data: st.DataObject) -> None:
-    text = case[0]
+def mangle(text: str, data: st.DataObject) -> str:
+    """``text`` with one to three characters deleted, inserted or replaced."""
     for _ in range(data.draw(st.integers(1, 3))):
         i = data.draw(st.integers(0, len(text)))
         c = data.draw(st.sampled_from(GRAMMAR) | st.characters())
@@ -117,7 +124,48 @@ def test_mangled_specs_fail_cleanly(case: tuple[str, Spec], data: st.DataObject)
                 text = text[:i] + c + text[i:]
             case _:
                 text = text[:i] + c + text[i + 1 :]
-    check_clean(text)
+    return text
+
+
+@given(spec_texts(), st.data())
+@settings(max_examples=250, deadline=None)
+def test_mangled_specs_fail_cleanly(case: tuple[str, Spec], data: st.DataObject) -> None:
+    check_clean(mangle(case[0], data))
+
+
+def malformed_specs() -> st.SearchStrategy[Case]:
+    """A valid spec with one mistake: its text, the column of the mistake, words its error
+    message holds (the corpus' mutations, every random decision drawn by hypothesis)."""
+    return st.builds(
+        make_specs.malformed,
+        st.randoms(use_true_random=False),
+        st.sampled_from(sorted(make_specs.MUTATIONS)),
+    )
+
+
+MALFORMED = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@given(malformed_specs())
+@MALFORMED
+def test_a_malformed_spec_is_refused_at_its_mistake(case: Case) -> None:
+    with pytest.raises(SpecError) as info:
+        parse(case.text)
+    error = info.value
+    assert (error.text, error.column) == (case.text, case.column), (case.name, error.message)
+    assert case.says in error.message, case.name
+
+
+@given(malformed_specs(), st.data())
+@MALFORMED
+def test_a_malformed_spec_mangled_further_fails_cleanly(case: Case, data: st.DataObject) -> None:
+    check_clean(mangle(case.text, data))
+
+
+@given(malformed_specs(), malformed_specs(), st.sampled_from([";", "->", "", " ", "\n", "="]))
+@MALFORMED
+def test_malformed_specs_joined_fail_cleanly(first: Case, second: Case, glue: str) -> None:
+    check_clean(first.text + glue + second.text)  # what follows may even mend a mistake
 
 
 @given(st.text(alphabet=st.sampled_from(GRAMMAR) | st.characters(), max_size=60))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import os
 import pickle
 import subprocess
 import sys
 
 import pytest
 
+import faults
+import faults.sites.base
 from faults import KINDS, SITES, Entry, Site, Spec, SpecError, Term, format_duration, merge, parse
 from faults.kinds import (
     PY,
@@ -20,9 +24,12 @@ from faults.kinds import (
     kinds_for,
     make_exception,
     nan_vector,
+    raisable,
     resolve_exception_type,
+    resolve_raise_type,
 )
 from pytest_resilience import errors
+from tests.unit import fault_targets
 
 GENERATE = Site("llama", "generate")
 NO_MESSAGE = ("message", None)
@@ -587,3 +594,326 @@ def test_importing_faults_pulls_in_no_test_or_model_dependency() -> None:
     ).stdout.split()
     heavy = {"pytest", "hypothesis", "llama_cpp", "httpx", "numpy", "_pytest"}
     assert sorted(m for m in loaded if m.split(".")[0] in heavy) == []
+
+
+# ------------------------------------------------------ raise() and BaseException kinds
+
+# What raise() refuses: a BaseException that is not an Exception, other than the interrupts
+# every resilience policy lets through (Cancelled, HangDetected, asyncio.CancelledError).
+REFUSED = [
+    "KeyboardInterrupt",
+    "SystemExit",
+    "GeneratorExit",
+    "BaseException",
+    "BaseExceptionGroup",
+    "ResilienceInterrupt",
+]
+ALLOWED = "raise() takes an Exception, or Cancelled, HangDetected or asyncio.CancelledError"
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_raise_refuses_a_base_exception_that_is_not_an_exception(name: str) -> None:
+    text = f"py:m:f=off->@2raise({name}, 'stop')"
+    with pytest.raises(SpecError) as info:
+        parse(text)
+    err = info.value
+    assert err.column == text.index(name)
+    assert err.message.startswith(
+        f"raise() refuses {name}: it is a BaseException but not an Exception ("
+    )
+    assert err.message.endswith(ALLOWED)
+    assert str(err).endswith(f"  {text}\n  {' ' * text.index(name)}^")
+    assert name not in exception_names()
+    with pytest.raises(SpecError, match=r"raise\(\) refuses"):
+        make_exception(name)
+    assert resolve_exception_type(name).__name__ == name  # what a policy catches: any type
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("KeyboardInterrupt", "pytest would stop the whole run, not fail the test"),
+        ("SystemExit", "it asks the process to exit"),
+        ("GeneratorExit", "Python raises it only to close a generator"),
+        ("BaseException", "it would interrupt the run rather than fail the call"),
+    ],
+)
+def test_the_refusal_says_why(name: str, why: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse(f"llama.generate=raise({name})")
+    assert f"({why}" in info.value.message
+
+
+def test_a_typo_is_never_corrected_to_a_refused_type() -> None:
+    with pytest.raises(SpecError) as info:
+        parse("llama.generate=raise(KeyboardInterupt)")
+    assert info.value.suggestion is None
+    assert info.value.message.startswith("unknown exception type 'KeyboardInterupt'")
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("Cancelled", errors.Cancelled),
+        ("HangDetected", errors.HangDetected),
+        ("asyncio.CancelledError", asyncio.CancelledError),
+        ("asyncio.exceptions.CancelledError", asyncio.CancelledError),
+        ("ValueError", ValueError),
+        ("Exception", Exception),
+    ],
+)
+def test_raise_takes_exceptions_and_the_interrupts_the_policies_let_through(
+    name: str, cls: type[BaseException]
+) -> None:
+    assert one(f"py:m:f=raise({name})").chain[0].arg("type") == name
+    assert resolve_raise_type(name) is cls
+    exc = make_exception(name, "stop", site="py:m:f")
+    assert type(exc) is cls
+    assert exc.args == ("stop",)
+
+
+def test_every_name_raise_takes_is_raisable() -> None:
+    assert {"Cancelled", "HangDetected", "ValueError", "DaemonLost"} <= set(exception_names())
+    assert all(raisable(resolve_exception_type(n)) for n in exception_names())
+
+
+class Stop(BaseException):
+    pass
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+class MyCancel(asyncio.CancelledError):
+    pass
+
+
+TARGET = "py:tests.unit.fault_targets:answer"
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        (f"{__name__}.Stop", "it would interrupt the run"),
+        (f"{__name__}.Interrupted", "pytest would stop the whole run"),
+        ("builtins.SystemExit", "it asks the process to exit"),
+    ],
+)
+def test_a_dotted_path_to_a_refused_type_is_a_spec_error_at_install(name: str, why: str) -> None:
+    injector = faults.inject(f"{TARGET}=2*off->raise({name})")  # parsed: not imported yet
+    with pytest.raises(SpecError) as info:
+        injector.install()
+    err = info.value
+    assert err.message.startswith(f"raise() refuses {name}: it is a BaseException but not")
+    assert why in err.message
+    assert err.text[err.column :].startswith(f"{name})")  # the caret under the type
+    assert fault_targets.answer("q") == "yes, q"  # nothing stays patched
+
+
+def test_a_dotted_path_to_an_interrupt_installs_and_raises_it() -> None:
+    with faults.inject(f"{TARGET}=raise({__name__}.MyCancel)"), pytest.raises(MyCancel):
+        fault_targets.answer("q")
+
+
+def test_a_bad_dotted_path_still_points_at_its_name() -> None:
+    spec = f"{TARGET}=2*off->raise(tests.unit.fault_targets.Client)"
+    with pytest.raises(SpecError, match="is not an exception class") as info:
+        faults.inject(spec).install()
+    err = info.value
+    assert err.text[err.column :].startswith("Client)")
+
+
+# ------------------------------------------------------------------- pytest --inject-faults
+
+INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+APP = """
+class Stop(BaseException):
+    pass
+
+def answer():
+    return "ok"
+
+def words():
+    yield "ok"
+
+async def aanswer():
+    return "ok"
+"""
+SUITE = """
+import target
+
+def test_calls_it():
+    assert target.answer() == "ok"
+
+def test_does_not():
+    pass
+"""
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeini(INI)
+    pytester.makepyfile(target=APP, test_suite=SUITE)
+    return pytester
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    # hypothesis' plugin would import all of hypothesis at the end of every in-process run.
+    # An interrupted run (exit 2) is reported, not raised again: it would stop this run too.
+    return pytester.runpytest("-p", "no:hypothesispytest", *args, no_reraise_ctrlc=True)
+
+
+def output_of(result: pytest.RunResult) -> list[str]:
+    return [*result.outlines, *result.errlines]
+
+
+@pytest.mark.parametrize("name", ["KeyboardInterrupt", "SystemExit", "GeneratorExit"])
+def test_inject_faults_refuses_an_interrupt_before_any_test_runs(
+    suite: pytest.Pytester, name: str
+) -> None:
+    spec = f"py:target:answer=raise({name})"
+    result = run(suite, "--inject-faults", spec)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # not INTERRUPTED, not a failed test
+    output = output_of(result)
+    assert [line for line in output if line.startswith("ERROR:")] == [
+        f"ERROR: --inject-faults: malformed fault spec: raise() refuses {name}: it is a "
+        f"BaseException but not an Exception ({_why(name)}); {ALLOWED}"
+    ]
+    result.stderr.fnmatch_lines([f"  {spec}", " " * (2 + spec.index(name)) + "^"])
+    assert not any("Traceback" in line or "!!!" in line for line in output), output
+    assert not any("passed" in line or "failed" in line for line in output), output
+
+
+def _why(name: str) -> str:
+    with pytest.raises(SpecError) as info:
+        parse(f"llama.generate=raise({name})")
+    return info.value.message.partition(" (")[2].partition(");")[0]
+
+
+def test_inject_faults_refuses_a_dotted_path_to_an_interrupt_at_start_up(
+    suite: pytest.Pytester,
+) -> None:
+    result = run(suite, "--inject-faults", "py:target:answer=raise(target.Stop)")
+    # refused once, at start-up, before any test
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    text = "\n".join(output_of(result))
+    assert "raise() refuses target.Stop: it is a BaseException but not an Exception" in text
+    assert "Traceback" not in text
+    assert "INTERNALERROR" not in text
+    assert "!!!" not in text
+
+
+@pytest.mark.parametrize("name", ["Cancelled", "HangDetected", "asyncio.CancelledError"])
+def test_an_injected_interrupt_fails_only_the_test_it_reaches(
+    suite: pytest.Pytester, name: str
+) -> None:
+    result = run(suite, "--inject-faults", f"py:target:answer=raise({name})")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["FAILED test_suite.py::test_calls_it - *"])
+
+
+# ------------------------------------------------- injected faults in pytest's tracebacks
+
+SITES_FOLDER = os.path.dirname(faults.sites.base.__file__)
+
+
+@pytest.mark.parametrize(
+    ("spec", "body", "error"),
+    [
+        (
+            "py:target:answer=raise(ValueError)",
+            'assert target.answer() == "ok"',
+            "ValueError: fault injected at py:target:answer",
+        ),
+        (
+            "py:target:answer=2*off->raise(ConnectionError, 'gone')",
+            'assert (target.answer(), target.answer(), target.answer()) == ("ok",) * 3',
+            "ConnectionError: gone",
+        ),
+        (
+            "py:target:words=raise(KeyError)",
+            'assert list(target.words()) == ["ok"]',
+            "KeyError: 'fault injected at py:target:words'",
+        ),
+        (
+            "py:target:answer=oom",
+            "target.answer()",
+            "MemoryError",
+        ),
+    ],
+)
+def test_an_injected_fault_shows_the_users_line_not_the_injector(
+    pytester: pytest.Pytester, spec: str, body: str, error: str
+) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(target=APP, test_traced=f"import target\n\ndef test_it():\n    {body}\n")
+    long = run(pytester, "--tb=long", "--inject-faults", spec)
+    long.assert_outcomes(failed=1)
+    output = long.outlines
+    assert not any(SITES_FOLDER in line for line in output), output
+    # one frame: the user's line, the exception under it
+    assert [line for line in output if line.startswith(">")] == [f">       {body}"]
+    marker = output.index(f">       {body}")
+    rest = [line for line in output[marker + 1 :] if line.strip().strip("^")]
+    assert rest[0] == f"E       {error}", output
+    assert rest[1].startswith("test_traced.py:4: ")
+    for full in ("--tb=native", "--fulltrace"):  # the frames are hidden, not gone
+        shown = run(pytester, full, "--inject-faults", spec)
+        assert any(SITES_FOLDER in line for line in shown.outlines), (full, shown.outlines)
+
+
+def test_an_injected_fault_in_async_code_shows_the_users_line(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    body = 'assert await target.aanswer() == "ok"'
+    pytester.makepyfile(
+        target=APP,
+        test_traced=(
+            "import pytest\nimport target\n\n@pytest.mark.asyncio\n"
+            f"async def test_it():\n    {body}\n"
+        ),
+    )
+    result = run(pytester, "--tb=long", "--inject-faults", "py:target:aanswer=raise(OSError)")
+    result.assert_outcomes(failed=1)
+    assert not any(SITES_FOLDER in line for line in result.outlines), result.outlines
+    assert [line for line in result.outlines if line.startswith(">")] == [f">       {body}"]
+    result.stdout.fnmatch_lines(["E       OSError: fault injected at py:target:aanswer"])
+
+
+@pytest.fixture(scope="module")
+def llama_cpp_loaded() -> None:
+    """llama_cpp imported before the test (and its leak check): its import opens two file
+    descriptors for good, and an in-process run would import it afresh each time."""
+    pytest.importorskip("llama_cpp")
+
+
+@pytest.mark.usefixtures("llama_cpp_loaded")
+def test_an_injected_llama_fault_shows_the_users_line(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI)
+    body = 'llama_cpp.Llama(model_path="no-such-model.gguf")'
+    pytester.makepyfile(test_traced=f"import llama_cpp\n\ndef test_it():\n    {body}\n")
+    result = run(pytester, "--tb=long", "--inject-faults", "llama.load=raise(ValueError)")
+    result.assert_outcomes(failed=1)
+    assert not any(SITES_FOLDER in line for line in result.outlines), result.outlines
+    assert [line for line in result.outlines if line.startswith(">")] == [f">       {body}"]
+    result.stdout.fnmatch_lines(["E       ValueError: fault injected at llama.load"])
+
+
+def test_an_injected_httpx_fault_shows_no_frame_of_the_hooks(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("httpx")
+    pytester.makeini(INI)
+    body = 'client.get("http://127.0.0.1:9/v1/models")'
+    test = f"def test_it():\n    with httpx.Client() as client:\n        {body}\n"
+    pytester.makepyfile(test_traced=f"import httpx\n\n{test}")
+    result = run(
+        pytester,
+        "--tb=long",
+        "--daemon-url",
+        "http://127.0.0.1:9",
+        "--inject-faults",
+        "daemon.request=raise(ValueError)",
+    )
+    result.assert_outcomes(failed=1)
+    assert not any(SITES_FOLDER in line for line in result.outlines), result.outlines
+    assert f">           {body}" in result.outlines  # then httpx's frames, as for a real error
+    result.stdout.fnmatch_lines(["E       ValueError: fault injected at daemon.request"])
