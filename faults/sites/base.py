@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -129,6 +130,21 @@ class Env:
         self.journal.append(event)
 
 
+def _running_trio() -> Any:
+    """The trio module when the caller runs under trio rather than asyncio, else None."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        trio = sys.modules.get("trio")
+        if trio is not None:
+            try:
+                trio.lowlevel.current_task()
+            except RuntimeError:
+                return None
+            return trio
+    return None
+
+
 def identity(value: Any) -> Any:
     return value
 
@@ -192,8 +208,14 @@ class SiteFaults:
             self.env.clock.sleep(seconds)
 
     async def ahang(self, seconds: float, kind: str) -> None:
-        """The async hang: on the clock (a cancelled task ends it); forever: until cancelled."""
+        """The async hang: on the clock (a cancelled task ends it); forever: until cancelled.
+        Under trio (anyio's trio backend), on trio's own clock: ``trio.testing.MockClock``
+        with autojump makes it instant there, as the virtual clock does under asyncio."""
         __tracebackhide__ = True
+        trio = _running_trio()
+        if trio is not None:
+            await (trio.sleep_forever() if math.isinf(seconds) else trio.sleep(seconds))
+            return
         if not math.isinf(seconds):
             await self.env.clock.asleep(seconds)
             return
