@@ -60,10 +60,8 @@ def test_latency_and_timeout_wait_on_trios_clock(app: types.ModuleType) -> None:
 
 def test_a_stall_in_an_async_stream_waits_on_trios_clock(app: types.ModuleType) -> None:
     async def main() -> tuple[list[str], float]:
-        got: list[str] = []
         with faults.inject("py:trio_app:chunks=stall(after=1, for=5s)", clock=VirtualClock()):
-            async for chunk in app.chunks():
-                got.append(chunk)
+            got = [chunk async for chunk in app.chunks()]
         return got, trio.current_time()
 
     assert _run(main) == (["a", "b", "c"], 5.0)
