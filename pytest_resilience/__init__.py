@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .analytics import Summary, summarize
+    from .app import fallback_point, fell_back, retried
     from .breaker import (
         BreakerStats,
         CircuitBreaker,
@@ -86,6 +87,9 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
+    "fallback_point": "app",
+    "fell_back": "app",
+    "retried": "app",
     "Action": "errors",
     "BackendError": "errors",
     "Backoff": "retry",
@@ -241,9 +245,12 @@ __all__ = [
     "current_scope",
     "deadline",
     "execute_with_recovery",
+    "fallback_point",
+    "fell_back",
     "is_retryable",
     "result_is_empty",
     "result_is_none",
+    "retried",
     "summarize",
 ]
 

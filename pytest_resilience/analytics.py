@@ -10,7 +10,9 @@ Definitions (all read from events; times are the journal's clock, so virtual und
 virtual clock):
 
 - **errors**: failed attempts (:class:`~pytest_resilience.events.AttemptFailed`, counted by
-  their ``category``) plus failed fallback steps (each reason in a ``FallbackUsed.after`` or
+  their ``category``, and each retry of the application's own,
+  :class:`~pytest_resilience.events.AppRetry`, which follows a failed attempt) plus failed
+  fallback steps (each reason in a ``FallbackUsed.after`` or
   ``FallbackExhausted.failures``, counted as ``fallback_step_failures``, which carry no
   category). A retry inside a fallback step counts in both: each is a failed call.
 - **error rate**: errors per minute over the span from the first to the last event (``None``
@@ -22,6 +24,8 @@ virtual clock):
   give-up. ``recovery_rate = recovered / (recovered + gave_up)``, ``None`` when neither
   happened. Operations still in flight when the journal is read count as recovered, and a
   retry that gave up inside a fallback step that then answered counts once each way.
+  The application's own retries (tenacity, stamina, ...) count in ``retries`` (and, by
+  library, in ``app_retries``) but not in recovery: those libraries do not report giving up.
 - **transitions**: each breaker's transitions (``"closed->open"``), in order, by source;
   **fallbacks**: each chain's answering steps, in order, by source; **degradations**
   likewise, for each degrader.
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .events import (
+    AppRetry,
     AttemptFailed,
     BreakerTransition,
     CallRejected,
@@ -67,7 +72,7 @@ class Summary:
     errors_by_category: Mapping[str, int] = field(default_factory=dict)
     fallback_step_failures: int = 0
     errors_by_minute: tuple[int, ...] = ()
-    retries: int = 0  # retries scheduled
+    retries: int = 0  # retries scheduled, the core's and the application's
     recovered_by_retry: int = 0
     recovered_by_fallback: int = 0
     gave_up: int = 0
@@ -77,6 +82,7 @@ class Summary:
     degradations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     faults: int = 0  # faults injected
     dropped: int = 0  # events the journal's bound pushed out before this summary
+    app_retries: Mapping[str, int] = field(default_factory=dict)  # of the app's, by library
 
     @property
     def errors(self) -> int:
@@ -105,7 +111,11 @@ class Summary:
         rows.extend((f"  {c}", str(n)) for c, n in sorted(self.errors_by_category.items()))
         if self.fallback_step_failures:
             rows.append(("  fallback steps", str(self.fallback_step_failures)))
-        rows.append(("retries scheduled", str(self.retries)))
+        retries = str(self.retries)
+        if self.app_retries:
+            by = ", ".join(f"{n} by {lib}" for lib, n in sorted(self.app_retries.items()))
+            retries += f" ({by})"
+        rows.append(("retries scheduled", retries))
         recovery = f"{self.recovered} of {self.recovered + self.gave_up}"
         if self.recovery_rate is not None:
             recovery += (
@@ -141,6 +151,7 @@ def summarize(journal: Journal | Iterable[Event]) -> Summary:
     error_times: list[float] = []
     step_failures = first_failures = retries = retry_gave_up = exhausted = 0
     fell_back = rejected = faults = 0
+    app_retries: Counter[str] = Counter()
     transitions: dict[str, list[str]] = {}
     fallbacks: dict[str, list[str]] = {}
     degradations: dict[str, list[str]] = {}
@@ -152,6 +163,11 @@ def summarize(journal: Journal | Iterable[Event]) -> Summary:
                 first_failures += e.attempt == 1
             case RetryScheduled():
                 retries += 1
+            case AppRetry():
+                retries += 1
+                app_retries[e.library] += 1
+                categories[e.category or "unknown"] += 1
+                error_times.append(e.time)
             case GaveUp():
                 retry_gave_up += 1
             case FallbackUsed():
@@ -193,4 +209,5 @@ def summarize(journal: Journal | Iterable[Event]) -> Summary:
         degradations={k: tuple(v) for k, v in degradations.items()},
         faults=faults,
         dropped=dropped,
+        app_retries=dict(app_retries),
     )

@@ -2,9 +2,16 @@
 that matters::
 
     assert_retried(journal, times=2, source="generate")
+    assert_retried(journal, times=2, name="ask", library="tenacity", error=ConnectionError)
     assert_transitions(journal, breaker, ["closed->open", "open->half_open"])
     assert_fell_back(journal, to="direct")
     assert_no_leaks(before)
+
+``assert_retried`` counts the core's retries (``RetryScheduled``, library
+``"pytest_resilience"``) and the application's own (``AppRetry``: tenacity, stamina,
+backoff, openai, ... recorded by :func:`faults.observe.watch`); ``assert_fell_back`` counts
+every ``FallbackUsed``, a chain's or one the application marked
+(:func:`pytest_resilience.app.fell_back`).
 
 Each raises ``AssertionError`` (so pytest shows it as a test failure) and returns nothing.
 This module does not import pytest: the assertions work under any runner.
@@ -12,9 +19,20 @@ This module does not import pytest: the assertions work under any runner.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .events import BreakerTransition, Event, FallbackUsed, Journal, RetryScheduled, format_event
+from .events import (
+    AppRetry,
+    AttemptFailed,
+    BreakerTransition,
+    Event,
+    FallbackUsed,
+    Journal,
+    RetryScheduled,
+    format_event,
+)
 from .leaks import Leak, Snapshot, check, format_leaks
 
 if TYPE_CHECKING:
@@ -23,9 +41,22 @@ if TYPE_CHECKING:
 
     from .leaks import ResourceRegistry
 
-__all__ = ["assert_fell_back", "assert_no_leaks", "assert_retried", "assert_transitions"]
+__all__ = [
+    "CORE",
+    "ErrorFilter",
+    "assert_fell_back",
+    "assert_no_leaks",
+    "assert_retried",
+    "assert_transitions",
+]
 
 _SHOWN = 30  # events of the timeline shown in a failure message
+
+#: The ``library`` of the core's own retries (:class:`~pytest_resilience.retry.Retry`).
+CORE = "pytest_resilience"
+
+#: What ``error=`` takes: an exception class, a name or text, or a tuple of them.
+ErrorFilter = type[BaseException] | str | tuple[type[BaseException] | str, ...]
 
 
 class _Named(Protocol):
@@ -49,19 +80,97 @@ def _events(journal: Journal | Iterable[Event]) -> list[Event]:
     return journal.events() if isinstance(journal, Journal) else list(journal)
 
 
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    """One retry, the core's or the application's, as ``assert_retried`` filters it."""
+
+    library: str
+    source: str
+    error: str  # "TypeName: message" of the failure retried, "" when the journal lacks it
+
+
+def _retries(events: Sequence[Event]) -> list[_Retry]:
+    found: list[_Retry] = []
+    failed: dict[tuple[str, int], str] = {}  # the core's last failure of (source, attempt)
+    for e in events:
+        if isinstance(e, AttemptFailed):
+            failed[e.source, e.attempt] = e.error
+        elif isinstance(e, RetryScheduled):
+            found.append(_Retry(CORE, e.source, failed.get((e.source, e.attempt - 1), "")))
+        elif isinstance(e, AppRetry):
+            found.append(_Retry(e.library, e.source, e.error))
+    return found
+
+
+def _named(name: str, source: str) -> bool:
+    """``name`` is ``source``, or its last dotted parts: "ask" names "myapp.llm.ask"."""
+    return source == name or source.endswith("." + name)
+
+
+def _error_matches(error: str, wanted: ErrorFilter) -> bool:
+    """An exception class matches the error of that exact type (a journal holds type names,
+    not classes); a string matches the type name or any part of the error's text."""
+    if isinstance(wanted, tuple):
+        return any(_error_matches(error, one) for one in wanted)
+    type_name = error.partition(": ")[0]
+    if isinstance(wanted, str):
+        return wanted == type_name or wanted in error
+    return wanted.__name__ == type_name
+
+
+def _error_name(wanted: ErrorFilter) -> str:
+    if isinstance(wanted, tuple):
+        return " or ".join(_error_name(one) for one in wanted)
+    return wanted if isinstance(wanted, str) else wanted.__name__
+
+
 def assert_retried(
-    journal: Journal | Iterable[Event], times: int | None = None, *, source: str | None = None
+    journal: Journal | Iterable[Event],
+    times: int | None = None,
+    *,
+    source: str | None = None,
+    name: str | None = None,
+    library: str | None = None,
+    error: ErrorFilter | None = None,
 ) -> None:
     """Assert that retries were scheduled: exactly ``times`` of them, or at least one when
-    ``times`` is None; only those of ``source`` (a retry policy's name) when given."""
+    ``times`` is None. Counts the core's retries and the application's (tenacity, stamina,
+    backoff, openai, ...: :func:`faults.observe.watch` records them), filtered by:
+
+    - ``source``: the retry policy's name, or the retried callable's full name, exactly;
+    - ``name``: the same, or its last dotted parts (``"ask"``, ``"Client.ask"`` for
+      ``"myapp.llm.Client.ask"``);
+    - ``library``: ``"tenacity"``, ``"stamina"``, ``"backoff"``, ``"openai"``, ``"app"`` (a
+      loop of the application's own), or ``"pytest_resilience"`` (the core's ``Retry``);
+    - ``error``: what failed before the retry: an exception class (that exact type, by
+      name), a type name or a piece of the message, or a tuple of those.
+    """
     events = _events(journal)
-    retries = [e for e in events if isinstance(e, RetryScheduled) and source in (None, e.source)]
+    retries = [
+        r
+        for r in _retries(events)
+        if source in (None, r.source)
+        and (name is None or _named(name, r.source))
+        and library in (None, r.library)
+        and (error is None or _error_matches(r.error, error))
+    ]
     if (times is None and retries) or len(retries) == times:
         return
-    of = f" by {source!r}" if source is not None else ""
+    of = f" of {name!r}" if name is not None else ""
+    of += f" by {source!r}" if source is not None else ""
+    of += f" with {library}" if library is not None else ""
+    of += f" after {_error_name(error)}" if error is not None else ""
     expected = "at least 1" if times is None else str(times)
+    seen = ""
+    if name is not None or library is not None or error is not None:
+        counted = Counter(
+            f"{r.library} {r.source}" + (f" after {r.error.partition(': ')[0]}" if r.error else "")
+            for r in _retries(events)
+        )
+        listed = ", ".join(f"{what} x{n}" for what, n in counted.items())
+        seen = f" (retries seen: {listed or 'none'})"
     raise AssertionError(
-        f"expected {expected} retries{of}, got {len(retries)}" + _timeline(events, "timeline")
+        f"expected {expected} retries{of}, got {len(retries)}{seen}" + _timeline(events, "timeline")
     )
 
 
@@ -91,15 +200,24 @@ def assert_fell_back(
     *,
     times: int | None = None,
     source: str | None = None,
+    error: ErrorFilter | None = None,
 ) -> None:
     """Assert that a fallback answered: to the step named ``to`` (any step when None),
-    ``times`` times exactly (at least once when None), from ``source`` (a chain's name)."""
+    ``times`` times exactly (at least once when None), from ``source`` (a chain's name,
+    ``"app"`` for a fallback the application marked), after ``error`` (as for
+    :func:`assert_retried`, matched against each reason in ``after``)."""
     events = _events(journal)
     used = [e for e in events if isinstance(e, FallbackUsed) and source in (None, e.source)]
-    hits = [e for e in used if to in (None, e.step)]
+    hits = [
+        e
+        for e in used
+        if to in (None, e.step)
+        and (error is None or any(_error_matches(reason, error) for reason in e.after))
+    ]
     if (times is None and hits) or len(hits) == times:
         return
     target = f" to {to!r}" if to is not None else ""
+    target += f" after {_error_name(error)}" if error is not None else ""
     expected = "at least 1" if times is None else str(times)
     steps = sorted({e.step for e in used})
     raise AssertionError(

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import IO, Any, ClassVar, Final, TypeVar, overload
 
 __all__ = [
+    "AppRetry",
     "AttemptFailed",
     "AttemptStarted",
     "BreakerTransition",
@@ -117,6 +118,28 @@ class GaveUp(Event):
     attempts: int
     error: str
     reason: str  # "attempts", "budget", "not retryable", "cancelled"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppRetry(Event):
+    """An application's own retry code scheduled a retry: a retry library (tenacity,
+    stamina, backoff), an HTTP client's built-in retries (openai), or a loop of its own
+    (:func:`pytest_resilience.app.retried`). Recorded by :func:`faults.observe.watch`.
+
+    ``source`` is the retried callable as the library names it (``"myapp.llm.ask"``), as a
+    core retry's events carry the policy's name; ``name`` is the same, by its other name.
+    """
+
+    kind: ClassVar[str] = "app.retry"
+    library: str  # "tenacity", "stamina", "backoff", "openai", "app", ...
+    attempt: int  # the attempt that failed, from 1; the next one is attempt + 1
+    delay: float  # seconds the library waits before the next attempt
+    error: str  # "TypeName: message", or "result: None" for a rejected result
+    category: str = ""  # classify()'s category of the error ("result" for a result)
+
+    @property
+    def name(self) -> str:
+        return self.source
 
 
 # ----------------------------------------------------------------------------- breaker
@@ -257,6 +280,7 @@ _HERE: Final[tuple[type[Event], ...]] = (
     AttemptFailed,
     RetryScheduled,
     GaveUp,
+    AppRetry,
     BreakerTransition,
     CallRejected,
     FallbackUsed,

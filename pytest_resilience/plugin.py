@@ -713,12 +713,15 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         state.installed.append(run_wide)
         state.spec = run_wide.spec
     undo = _per_example(item, run_wide)
+    watching = _watch_the_app(item, state, run_wide is not None)
     passed = False
     try:
         result = yield
         passed = True
         return result
     finally:
+        if watching is not None:
+            watching.close()
         undo()
         state = item.stash.get(_STATE, None)  # the ``faults`` fixture may have made it
         if state is not None:
@@ -728,6 +731,23 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
                 _warn_unreached(item, missed)
             else:
                 state.missed = missed
+
+
+_OBSERVING: Final = frozenset({"journal", "faults", "clock"})
+
+
+def _watch_the_app(item: pytest.Item, state: TestState | None, under_faults: bool) -> Any:
+    """Record the app's own reactions (retries by tenacity, stamina, backoff, the openai
+    client; fallbacks it marks) into the test's journal, in every test that has faults to
+    react to or a journal, a clock or the faults fixture to read them with."""
+    names = set(getattr(item, "fixturenames", ()))
+    if not (under_faults or names & _OBSERVING):
+        return None
+    from faults.observe import watch  # noqa: PLC0415
+
+    state = state_of(item) if state is None else state
+    _adopt_fixtures(item, state)
+    return watch(state.journal, clock=state.clock)
 
 
 def _per_example(item: pytest.Item, injector: Injector | None) -> Callable[[], None]:
