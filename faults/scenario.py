@@ -13,12 +13,17 @@ folder of them and prints a report.
     if not outcome.passed:
         print(format_failure(outcome))                  # failures, timeline, replay command
 
-The file (every key is checked: an unknown key or a wrong type is a :class:`ScenarioError`
-naming the file, the line and the key, with a suggestion for a misspelt key)::
+The file (UTF-8; every key is checked: an unknown key, a wrong type, a value over its cap
+or nesting deeper than :data:`MAX_DEPTH` is a :class:`ScenarioError` naming the file, the
+line and the key, with a suggestion for a misspelt key; ``title``, ``model`` and names are
+one line of printable text)::
 
     version = 1                       # required; the only version so far
     title = "..."                     # required
-    seed = 1234                       # the fault seed (default 0); run(seed=) overrides it
+    seed = 1234                       # the fault seed, 0 to 2**64 - 1 (default 0);
+                                      # run(seed=) replaces it: pass one only when the
+                                      # user asked (--fault-seed N, --seed N; see
+                                      # seed_override)
     clock = "virtual"                 # "virtual" (default: waits cost nothing) or "real"
 
     [target]                          # what the steps call: one of client, factory, callable
@@ -44,15 +49,15 @@ naming the file, the line and the key, with a suggestion for a misspelt key)::
     spec = "daemon.stream=@2lost(after=3)"     # the --inject-faults grammar (DESIGN §6)
 
     [resilience.retry]                # every table optional; each configures one core object
-    attempts = 3                      # counting the first
+    attempts = 3                      # counting the first; at most MAX_ATTEMPTS (100)
     base = 0.5                        # Backoff(base, factor, cap, jitter)
     factor = 2.0
     cap = 30.0
     jitter = "full"                   # none | full | equal | decorrelated | proportional
     budget = 60.0                     # seconds for all attempts
     on = ["InvalidOutput"]            # exception names (builtins, pytest_resilience errors,
-                                      # dotted paths); default: BackendError, ConnectionError,
-                                      # TimeoutError
+                                      # dotted paths: checked at load, imported by run());
+                                      # default: BackendError, ConnectionError, TimeoutError
     on_result = "none"                # also retry a None ("none") or empty ("empty") answer
     [resilience.breaker]
     name = "model"                    # the journal source (default: "daemon" for daemon and
@@ -76,6 +81,7 @@ naming the file, the line and the key, with a suggestion for a misspelt key)::
     [resilience.checkpoint]           # what the "job" op does
     key = "story"
     parts = 5                         # one generation per part, a checkpoint after each
+                                      # (at most MAX_PARTS, 1000)
     killed_after = 2                  # the first run is a child process, SIGKILLed once
                                       # it has saved 2 checkpoints; the job then resumes
                                       # in process from what it left on disk
@@ -92,7 +98,7 @@ naming the file, the line and the key, with a suggestion for a misspelt key)::
     prompt = "Tell me a story"        # call: the first argument, when there is no args
     args = ["Tell me a story"]        # call: the positional arguments
     kwargs = { temperature = 0.2 }    # call: the keyword arguments
-    repeat = 5                        # default 1
+    repeat = 5                        # default 1; at most MAX_REPEAT (10000)
     seconds = 30.0                    # advance: virtual seconds (real clock: sleeps)
     max_tokens = 16                   # overrides the target's
     resilience = { retry = { attempts = 5 } }   # per step: retry and stream only (the
@@ -143,6 +149,7 @@ import copy
 import difflib
 import importlib
 import inspect
+import keyword
 import math
 import os
 import re
@@ -210,6 +217,12 @@ if TYPE_CHECKING:
     from pytest_resilience.recovery import CheckpointStore
 
 __all__ = [
+    "MAX_ATTEMPTS",
+    "MAX_DEPTH",
+    "MAX_PARTS",
+    "MAX_REPEAT",
+    "MAX_SEED",
+    "USAGE_ERROR",
     "Outcome",
     "Scenario",
     "ScenarioError",
@@ -223,9 +236,12 @@ __all__ = [
     "format_report",
     "key_lines",
     "load",
+    "loads",
     "main",
     "replay_command",
     "run",
+    "seed_override",
+    "spec_of",
 ]
 
 T = TypeVar("T")
@@ -263,8 +279,11 @@ class ScenarioError(ValueError):
         self.path, self.line, self.key, self.message = path, line, key, message
 
     def __str__(self) -> str:
-        where = f"{self.path}:{self.line}: "
-        return where + (f"{self.key}: {self.message}" if self.key else self.message)
+        # what the file holds is shown escaped: an ANSI escape in a key must not reach
+        # the terminal (the message's own line breaks stay: a spec's caret is under it)
+        where = f"{_safe(self.path)}:{self.line}: "
+        message = _safe_lines(self.message)
+        return where + (f"{_safe(self.key)}: {message}" if self.key else message)
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.path, self.line, self.key, self.message))
@@ -273,56 +292,233 @@ class ScenarioError(ValueError):
 # ================================================================================ lines
 
 _BARE = r"[A-Za-z0-9_-]+"
-_PART = rf"(?:{_BARE}|\"[^\"]*\"|'[^']*')"
-_DOTTED = rf"{_PART}(?:\s*\.\s*{_PART})*"
-_HEADER = re.compile(rf"^\s*(\[\[?)\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
-_KEY = re.compile(rf"^\s*({_DOTTED})\s*=")
+_PART = rf"(?:{_BARE}|\"(?:[^\"\\\n]|\\.)*\"|'[^'\n]*')"
+_DOTTED = rf"{_PART}(?:[ \t]*\.[ \t]*{_PART})*"
+_HEADER = re.compile(rf"(\[\[?)[ \t]*({_DOTTED})[ \t]*\]\]?[ \t\r]*(?:#[^\n]*)?$")
+_KEY = re.compile(rf"[ \t]*({_DOTTED})[ \t]*=")
 _SPLIT = re.compile(_PART)
+# Strings, as TOML has them: a multi-line string may end in up to five quotes.
+_STRINGS: Final = (
+    ('"""', re.compile(r'"""(?:[^"\\]|\\.|"(?!""))*"{3,5}', re.DOTALL)),
+    ("'''", re.compile(r"'''(?:[^']|'(?!''))*'{3,5}")),
+    ('"', re.compile(r'"(?:[^"\\\n]|\\.)*"')),
+    ("'", re.compile(r"'[^'\n]*'")),
+)
+_TOKEN = re.compile(r"[^\s,\[\]{}#]+")
 
 Path_ = tuple[str | int, ...]
 
+#: Arrays and tables nest at most this deep in a scenario (``steps[1].kwargs`` is 3 deep).
+MAX_DEPTH: Final = 32
+
 
 def _split_key(text: str) -> list[str]:
-    return [p[1:-1] if p[0] in "\"'" else p for p in _SPLIT.findall(text)]
+    return [_unquote(p) for p in _SPLIT.findall(text)][: MAX_DEPTH + 2]
+
+
+def _unquote(part: str) -> str:
+    if part[0] == "'":
+        return part[1:-1]
+    if part[0] != '"':
+        return part
+    if "\\" in part:  # escapes: let tomllib read them, as it read the document
+        with contextlib.suppress(ValueError):
+            key: str = tomllib.loads(f"k = {part}")["k"]
+            return key
+    return part[1:-1]
+
+
+@dataclass(slots=True)
+class _Frame:
+    """An array or inline table being read by :class:`_Scan`: its path, the next index."""
+
+    array: bool
+    path: Path_
+    index: int = 0
+
+
+class _Scan:
+    """Where the keys of a TOML text are: one pass over the text, without recursion, that
+    never raises (a malformed text gives what could be found).
+
+    ``lines``: the line (1-based) of every table, key and array element by path (``[a.b]``
+    headers; ``[[steps]]`` counts its entries, so ``("steps", 0)`` is the first; ``key =``
+    lines, dotted keys registering each prefix; keys of inline tables; the elements of
+    arrays, ``("on", 1)`` being the second). Strings (multi-line ones too, and a ``\"\"\"``
+    inside a one-line string) and comments are skipped. ``owner``: for each line that a
+    ``key = value`` statement or a header covers, its path. ``depth``: the deepest nesting
+    of arrays and inline tables; ``too_deep``: where it first went past :data:`MAX_DEPTH`
+    (the line, and the key of the statement).
+    """
+
+    def __init__(self, source: str) -> None:
+        self.src = source
+        self.pos = 0
+        self.line = 1
+        self.lines: dict[Path_, int] = {}
+        self.owner: dict[int, Path_] = {}
+        self.depth = 0
+        #: where the nesting first went past MAX_DEPTH: the line and the path there
+        self.too_deep: tuple[int, Path_] | None = None
+        self.statement: Path_ = ()  # the key whose value is being read
+        self._document()
+
+    def _found(self, path: Path_) -> None:
+        if len(path) <= MAX_DEPTH + 2:
+            self.lines.setdefault(path, self.line)
+
+    def _to_eol(self) -> None:
+        end = self.src.find("\n", self.pos)
+        self.pos = len(self.src) if end < 0 else end
+
+    def _document(self) -> None:
+        src, size = self.src, len(self.src)
+        arrays: dict[tuple[str, ...], int] = {}  # array-of-tables path -> current index
+        table: Path_ = ()
+        while self.pos < size:
+            char = src[self.pos]
+            if char == "\n":
+                self.line += 1
+                self.pos += 1
+            elif char in " \t\r":
+                self.pos += 1
+            elif char == "#":
+                self._to_eol()
+            elif char == "[":
+                end = src.find("\n", self.pos)
+                end = size if end < 0 else end
+                header = _HEADER.match(src, self.pos, end)
+                if header is not None:
+                    names = _split_key(header.group(2))
+                    if header.group(1) == "[[":
+                        key = tuple(names)
+                        arrays[key] = arrays.get(key, -1) + 1
+                        for nested in [k for k in arrays if k[: len(key)] == key != k]:
+                            del arrays[nested]  # a new entry starts its own sub-arrays afresh
+                    table = _resolve(names, arrays)
+                    self._found(table)
+                    self.owner[self.line] = table
+                self.pos = end
+            else:
+                found = _KEY.match(src, self.pos)
+                if found is None:
+                    self._to_eol()
+                    continue
+                names = _split_key(found.group(1))
+                for i in range(1, len(names) + 1):
+                    self._found((*table, *names[:i]))
+                path = (*table, *names)
+                first = self.line
+                self.pos = found.end()
+                self._value(path)
+                for number in range(first, self.line + 1):
+                    self.owner.setdefault(number, path)
+                self._to_eol()
+
+    def _value(self, path: Path_) -> None:
+        """Skip the value of ``path``, registering what is in it; stops after the value, or
+        at the end of its line if it is malformed."""
+        src, size = self.src, len(self.src)
+        self.statement = path
+        frames: list[_Frame] = []
+        want: str | None = "value"  # or "key" (in an inline table), "after" (in a frame)
+        while want is not None and self.pos < size:
+            char = src[self.pos]
+            if char == "\n":
+                if not frames:
+                    return
+                self.line += 1
+                self.pos += 1
+            elif char in " \t\r":
+                self.pos += 1
+            elif char == "#":
+                if not frames:
+                    return
+                self._to_eol()
+            elif want == "key":
+                want, path = self._key(frames, char, path)
+            elif want == "value":
+                want, path = self._element(frames, char, path)
+            else:
+                want = self._after(frames, char)
+
+    def _key(self, frames: list[_Frame], char: str, path: Path_) -> tuple[str | None, Path_]:
+        """In an inline table: its end, or a key (registered)."""
+        if char == "}":
+            frames.pop()
+            self.pos += 1
+            return ("after" if frames else None), path
+        found = _KEY.match(self.src, self.pos)
+        if found is None:
+            return None, path
+        names = _split_key(found.group(1))
+        base = frames[-1].path
+        for i in range(1, len(names) + 1):
+            self._found((*base, *names[:i]))
+        self.pos = found.end()
+        return "value", (*base, *names)
+
+    def _element(self, frames: list[_Frame], char: str, path: Path_) -> tuple[str | None, Path_]:
+        """A value: an array or inline table opens a frame; an array's element is
+        registered by its index."""
+        top = frames[-1] if frames else None
+        if top is not None and top.array:
+            if char == "]":  # an empty array, or a trailing comma
+                frames.pop()
+                self.pos += 1
+                return ("after" if frames else None), path
+            path = (*top.path, top.index)
+            self._found(path)
+        if char in "[{":
+            frames.append(_Frame(char == "[", path))
+            self.depth = max(self.depth, len(frames))
+            if len(frames) > MAX_DEPTH and self.too_deep is None:
+                self.too_deep = (self.line, self.statement)
+            self.pos += 1
+            return ("value" if char == "[" else "key"), path
+        self._scalar()
+        return ("after" if frames else None), path
+
+    def _after(self, frames: list[_Frame], char: str) -> str | None:
+        """After a value in an array or inline table: a comma, or the frame's end."""
+        top = frames[-1]
+        if char == ",":
+            self.pos += 1
+            top.index += 1
+            return "value" if top.array else "key"
+        if char == ("]" if top.array else "}"):
+            frames.pop()
+            self.pos += 1
+            return "after" if frames else None
+        self._scalar()  # malformed (or a date with a space): skip it
+        return "after"
+
+    def _scalar(self) -> None:
+        src = self.src
+        for opening, pattern in _STRINGS:
+            if src.startswith(opening, self.pos):
+                found = pattern.match(src, self.pos)
+                if found is None:  # unterminated: give up on the rest of the line
+                    self._to_eol()
+                    return
+                self.line += found.group().count("\n")
+                self.pos = found.end()
+                return
+        token = _TOKEN.match(src, self.pos)
+        self.pos = token.end() if token is not None else self.pos + 1
 
 
 def key_lines(source: str) -> dict[Path_, int]:
-    """The line (1-based) of every table and key of a TOML text, by path.
+    """The line (1-based) of every table, key and array element of a TOML text, by path.
 
-    tomllib gives no positions, so the lines are found by scanning the text: table headers
-    (``[a.b]``; ``[[steps]]`` counts its entries: ``("steps", 0)`` is the first) and
-    ``key = `` lines, dotted keys registering each prefix. Keys inside inline tables and
-    multi-line strings are not located: look up the nearest enclosing path instead
-    (:func:`_line_of` does).
+    tomllib gives no positions, so they are found by scanning the text (:class:`_Scan`):
+    table headers (``[a.b]``; ``[[steps]]`` counts its entries: ``("steps", 0)`` is the
+    first), ``key =`` lines (dotted keys register each prefix), the keys of inline tables
+    and the elements of arrays (``("on", 1)`` is the second). Strings and comments are
+    skipped, multi-line ones included. A path that is not located (inside a multi-line
+    string) falls back to its nearest enclosing path (:func:`_line_of` does).
     """
-    found: dict[Path_, int] = {}
-    arrays: dict[tuple[str, ...], int] = {}  # array-of-tables path -> current index
-    table: Path_ = ()
-    closing: str | None = None  # the quotes that end a multi-line string
-    for number, line in enumerate(source.splitlines(), 1):
-        if closing is not None:
-            if closing in line:
-                closing = None
-            continue
-        if header := _HEADER.match(line):
-            names = _split_key(header.group(2))
-            if header.group(1) == "[[":
-                key = tuple(names)
-                arrays[key] = arrays.get(key, -1) + 1
-                for nested in [k for k in arrays if len(k) > len(key) and k[: len(key)] == key]:
-                    del arrays[nested]  # a new entry starts its own sub-arrays afresh
-            table = _resolve(names, arrays)
-            found.setdefault(table, number)
-            continue
-        if key_match := _KEY.match(line):
-            names = _split_key(key_match.group(1))
-            for i in range(1, len(names) + 1):
-                found.setdefault((*table, *names[:i]), number)
-            rest = line[key_match.end() :]
-            for quotes in ('"""', "'''"):
-                if rest.count(quotes) == 1:
-                    closing = quotes
-    return found
+    return _Scan(source).lines
 
 
 def _resolve(names: list[str], arrays: Mapping[tuple[str, ...], int]) -> Path_:
@@ -351,16 +547,32 @@ def _dotted(path: Path_) -> str:
     return out
 
 
+def _safe(text: str) -> str:
+    """``text`` with every character a terminal would act on (ANSI escapes, other control
+    characters, line breaks) shown as its escape: ``\\x1b[31m`` stays ``\\x1b[31m``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _safe_lines(text: str) -> str:
+    """:func:`_safe` for each line of ``text``: the line breaks stay."""
+    return "\n".join(_safe(line) for line in text.split("\n"))
+
+
 # =============================================================================== schema
 
 
 @dataclass(frozen=True, slots=True)
 class _Leaf:
-    """A value: what it must be (``desc``), how to check it, and the allowed choices."""
+    """A value: what it must be (``desc``), how to check it, the allowed choices, and the
+    cap of an integer (``cap``, ``capped``: what it counts, for the message)."""
 
     desc: str
     check: Callable[[Any], bool]
     choices: tuple[str, ...] = ()
+    cap: int | None = None
+    capped: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,8 +603,32 @@ def _is_num(v: Any) -> bool:
     return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
 
 
+def _capped(cap: int, what: str) -> _Leaf:
+    """An integer from 1 to ``cap``: a higher one would run for hours, or for ever."""
+    return _Leaf(
+        f"an integer from 1 to {cap}", lambda v: _is_int(v) and 1 <= v <= cap, cap=cap, capped=what
+    )
+
+
+def _is_line(v: Any) -> bool:
+    return isinstance(v, str) and v.strip() != "" and v.isprintable()
+
+
+#: The caps on what repeats: no scenario needs more, and a typo of a few zeros would hang.
+MAX_REPEAT: Final = 10_000
+MAX_ATTEMPTS: Final = 100
+MAX_PARTS: Final = 1_000
+#: A seed is what ``--fault-seed`` and ``--seed`` take back: a 64-bit unsigned integer.
+MAX_SEED: Final = 2**64 - 1
+
 INT = _Leaf("an integer", _is_int)
 POSINT = _Leaf("an integer >= 1", lambda v: _is_int(v) and v >= 1)
+SEED = _Leaf("an integer from 0 to 2**64 - 1", lambda v: _is_int(v) and 0 <= v <= MAX_SEED)
+LINE = _Leaf("one line of printable text", _is_line)
+NAMES = _Leaf(
+    "a list of names (printable text)",
+    lambda v: isinstance(v, list) and all(_is_line(x) for x in v),
+)
 NUM = _Leaf("a number >= 0", lambda v: _is_num(v) and v >= 0)
 RATE = _Leaf("a number from 0 to 1", lambda v: _is_num(v) and 0 <= v <= 1)
 STR = _Leaf("a string", lambda v: isinstance(v, str))
@@ -410,7 +646,7 @@ def _choice(*choices: str) -> _Leaf:
 
 _RETRY = _Table(
     {
-        "attempts": POSINT,
+        "attempts": _capped(MAX_ATTEMPTS, "attempts of one call"),
         "base": NUM,
         "factor": _Leaf("a number >= 1", lambda v: _is_num(v) and v >= 1),
         "cap": NUM,
@@ -422,7 +658,7 @@ _RETRY = _Table(
 )
 _BREAKER = _Table(
     {
-        "name": STR,
+        "name": LINE,
         "failures": POSINT,
         "recovery": NUM,
         "probes": POSINT,
@@ -438,9 +674,11 @@ _RESILIENCE = _Table(
         "retry": _RETRY,
         "breaker": _BREAKER,
         "stream": _STREAM,
-        "fallback": _Table({"models": STRS, "static": STR}),
-        "degrade": _Table({"models": STRS, "lowest": _choice(*LEVELS[1:])}),
-        "checkpoint": _Table({"key": STR, "parts": POSINT, "killed_after": POSINT}),
+        "fallback": _Table({"models": NAMES, "static": STR}),
+        "degrade": _Table({"models": NAMES, "lowest": _choice(*LEVELS[1:])}),
+        "checkpoint": _Table(
+            {"key": LINE, "parts": _capped(MAX_PARTS, "parts of a job"), "killed_after": POSINT}
+        ),
     }
 )
 _STEP_RESILIENCE = _Table({"retry": _RETRY, "stream": _STREAM})
@@ -448,7 +686,7 @@ _STEP = _Table(
     {
         "op": _choice(*OPS),
         "prompt": STR,
-        "repeat": POSINT,
+        "repeat": _capped(MAX_REPEAT, "repeats of a step"),
         "seconds": NUM,
         "max_tokens": POSINT,
         "args": ARRAY,
@@ -487,15 +725,15 @@ _EXPECT = _Table(
 _SCHEMA = _Table(
     {
         "version": INT,
-        "title": STR,
-        "seed": INT,
+        "title": LINE,
+        "seed": SEED,
         "clock": _choice("virtual", "real"),
         "target": _Table(
             {
                 "client": _choice(*CLIENTS),
                 "factory": STR,
                 "callable": STR,
-                "model": STR,
+                "model": LINE,
                 "max_tokens": POSINT,
                 "timeout": NUM,
                 "policy": _choice("raise", "never_fail"),
@@ -528,8 +766,13 @@ def _kind(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     name = {int: "an integer", float: "a float", str: "a string"}.get(type(value))
-    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-    return f"{name or type(value).__name__} ({shown})"
+    return f"{name or type(value).__name__} ({_shown(value)})"
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class _Checker:
@@ -581,6 +824,12 @@ class _Checker:
             for i, item in enumerate(value):
                 self.table(item, spec.table, (*at, i))
         elif not spec.check(value):
+            if spec.cap is not None and _is_int(value) and value > spec.cap:
+                raise self.error(
+                    at,
+                    f"{_shown(value)} is over the cap of {spec.cap} {spec.capped} (no scenario "
+                    "needs more; the cap keeps a typo from running for hours)",
+                )
             if spec.choices and isinstance(value, str):
                 near = difflib.get_close_matches(value, spec.choices, n=1, cutoff=0.6)
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
@@ -652,6 +901,8 @@ class Scenario:
     steady_state: Step | None = None
     version: int = 1
     source: str = field(default="", repr=False)
+    #: the line of each table, key and array element of the file (:func:`key_lines`)
+    lines: Mapping[Path_, int] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -660,23 +911,129 @@ class Scenario:
 
 def load(path: str | os.PathLike[str]) -> Scenario:
     """Read and validate a scenario file. Raises :class:`ScenarioError` for any problem:
-    an unreadable file, bad TOML, an unknown key, a wrong type, a missing required key, an
-    unknown version, a malformed fault spec (its caret included), or a step the target
-    cannot do."""
-    file = Path(path)
+    an unreadable file, one that is not UTF-8, bad TOML, nesting deeper than
+    :data:`MAX_DEPTH`, an unknown key, a wrong type, a value over its cap, a missing
+    required key, an unknown version, a malformed fault spec (its caret included), a
+    malformed exception name, or a step the target cannot do.
+
+    A ``callable`` or ``factory`` target is imported now (a wrong path is an error of the
+    file); the modules of dotted exception names (``on``, ``errors``) are not: they are
+    imported when the scenario runs."""
+    return _parse(_read(path), Path(path), str(path))
+
+
+def spec_of(path: str | os.PathLike[str]) -> Spec:
+    """The ``[faults] spec`` of a scenario file, for ``--inject-faults FILE.toml``: the file
+    is read as :func:`load` reads it (UTF-8, TOML, nesting) but only its ``[faults]`` table
+    is checked, and nothing is imported; an empty spec when it has none. Any problem is a
+    :class:`ScenarioError` naming the file, the line and the key."""
     where = str(path)
+    data, scan = _toml(_decode(_read(path), where), where)
+    checker = _Checker(where, scan.lines)
+    faults = data.get("faults", {})
+    checker.value(faults, _SCHEMA.fields["faults"], ("faults",))
     try:
-        source = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(where, 1, "", f"cannot read the scenario: {exc}") from None
+        return parse(faults.get("spec", ""))
+    except SpecError as exc:
+        raise checker.error(("faults", "spec"), f"bad fault spec: {exc}") from None
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ScenarioError(str(path), 1, "", f"cannot read the scenario: {exc}") from None
+
+
+def loads(source: str | bytes, path: str | os.PathLike[str] = "scenario.toml") -> Scenario:
+    """:func:`load` for a scenario's text: ``path`` names it in messages, and is where a
+    relative model path is found and what scopes its seeds (its file name), as a file's."""
+    data = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
+    return _parse(data, Path(path), str(path))
+
+
+def _decode(data: bytes, where: str) -> str:
+    """The text of a scenario file: UTF-8 (a byte-order mark is skipped), or an error at the
+    first byte that is not, naming the key whose line it is on."""
+    bom = b"\xef\xbb\xbf"
+    body = data.removeprefix(bom)
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = exc.start + len(data) - len(body)
+    before = data[:start]
+    line = before.count(b"\n") + 1
+    column = start - (before.rfind(b"\n") + 1) + 1
+    scan = _Scan(data.decode("utf-8", "replace"))
+    key = _dotted(scan.owner.get(line, ()))
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        hint = "it looks like UTF-16 or UTF-32: save it as UTF-8"
+    else:
+        hint = "save it as UTF-8"
+    raise ScenarioError(
+        where,
+        line,
+        key,
+        f"the file is not UTF-8: byte 0x{data[start]:02x} at column {column} ({hint})",
+    )
+
+
+def _toml(source: str, where: str) -> tuple[dict[str, Any], _Scan]:
+    """The parsed document and where its keys are; nesting is checked before tomllib reads
+    it (tomllib recurses once a level) and after (dotted keys nest without brackets)."""
+    scan = _Scan(source)
+
+    def too_deep(line: int, path: Path_) -> ScenarioError:
+        # the key where the nesting starts (steps[2].kwargs), not the whole of it: the
+        # shortest prefix written on the line
+        start = next(
+            (path[:n] for n in range(1, len(path)) if scan.lines.get(path[:n]) == line), path
+        )
+        message = f"nested too deep: more than {MAX_DEPTH} levels of tables and arrays"
+        return ScenarioError(where, line, _dotted(start), message)
+
+    if scan.too_deep is not None:
+        raise too_deep(*scan.too_deep)
     try:
         data = tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:
         found = re.search(r"line (\d+)", str(exc))
-        raise ScenarioError(
-            where, int(found.group(1)) if found else 1, "", f"invalid TOML: {exc}"
-        ) from None
-    lines = key_lines(source)
+        line = int(found.group(1)) if found else source.count("\n") + 1
+        key = _dotted(scan.owner.get(line, ()))
+        raise ScenarioError(where, line, key, f"invalid TOML: {exc}") from None
+    except ValueError:  # an integer too long for int(): tomllib lets the error through
+        limit = sys.get_int_max_str_digits()
+        digits = re.search(rf"[0-9_]{{{limit},}}", source)
+        line = source.count("\n", 0, digits.start()) + 1 if digits else 1
+        key = _dotted(scan.owner.get(line, ()))
+        message = f"invalid TOML: an integer of more than {limit} digits"
+        raise ScenarioError(where, line, key, message) from None
+    except RecursionError:  # not reached after the check above; a last guard
+        raise ScenarioError(where, 1, "", "invalid TOML: nested too deep") from None
+    deepest = _too_deep(data)
+    if deepest is not None:
+        raise too_deep(_line_of(scan.lines, deepest), deepest)
+    return data, scan
+
+
+def _too_deep(data: Mapping[str, Any]) -> Path_ | None:
+    """The path of a table or array nested deeper than :data:`MAX_DEPTH`, if any."""
+    stack: list[tuple[Path_, Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(item, dict | list):
+                if len(path) >= MAX_DEPTH:
+                    return (*path, key)
+                stack.append(((*path, key), item))
+    return None
+
+
+def _parse(content: bytes, file: Path, where: str) -> Scenario:
+    source = _decode(content, where)
+    data, scan = _toml(source, where)
+    lines = scan.lines
     checker = _Checker(where, lines)
     shorthand = isinstance(data.get("target"), str)
     if shorthand:  # target = "myapp.chat:answer": a callable target in one line
@@ -731,6 +1088,7 @@ def load(path: str | os.PathLike[str]) -> Scenario:
         steady_state=probe,
         version=data["version"],
         source=source,
+        lines=lines,
     )
 
 
@@ -757,17 +1115,53 @@ def _faults(checker: _Checker, spec_text: str, target: Target) -> Spec:
     return spec
 
 
+class _Deferred(Exception):
+    """Stands for an exception class named by a dotted path while a file is loaded: the
+    module is imported only when the scenario runs (:func:`_resolve_names`)."""
+
+
+def _name_problem(name: str) -> str | None:
+    """What is wrong with an exception name, found without importing anything: a bare name
+    must be a builtin exception or a pytest_resilience error; a dotted path
+    (``pkg.module.Name``) must be Python identifiers joined by dots."""
+    if "." not in name:
+        try:
+            resolve_exception_type(name)  # a bare name imports nothing
+        except SpecError as exc:
+            hint = f" (did you mean {exc.suggestion!r}?)" if exc.suggestion else ""
+            return f"{exc.message}{hint}"
+        return None
+    parts = name.split(".")
+    bad = next((p for p in parts if not p.isidentifier() or keyword.iskeyword(p)), None)
+    if bad is None:
+        return None
+    why = "an empty part" if not bad else f"{bad!r} is not a Python identifier"
+    return (
+        f"{name!r} is not an exception name: a dotted path (pkg.module.Name) has Python "
+        f"identifiers between its dots, and this one has {why}"
+    )
+
+
+def _check_exception_names(checker: _Checker, names: Sequence[str], at: Path_) -> None:
+    for i, name in enumerate(names):
+        problem = _name_problem(name)
+        if problem is not None:
+            line = _line_of(checker.lines, (*at, i))
+            raise ScenarioError(checker.path, line, _dotted(at), problem)
+
+
+def _placeholder(name: str) -> type[BaseException]:
+    return _Deferred if "." in name else resolve_exception_type(name)
+
+
 def _check_names(checker: _Checker, resilience: Mapping[str, Any], at: Path_) -> None:
-    """Exception names must resolve, and the policies must build, now rather than halfway
-    through a run: each problem is a ScenarioError at its table's line."""
+    """Exception names must be well formed, and the policies must build, now rather than
+    halfway through a run: each problem is a ScenarioError at its line. The modules of
+    dotted names are not imported (:func:`_resolve_names` does it when the scenario runs)."""
     for section in ("retry", "breaker"):
-        for name in resilience.get(section, {}).get("on", ()):
-            try:
-                resolve_exception_type(name)
-            except SpecError as exc:
-                hint = f" (did you mean {exc.suggestion!r}?)" if exc.suggestion else ""
-                raise checker.error((*at, section, "on"), f"{exc.message}{hint}") from None
-    policies = _Policies(Target(), VirtualClock(), Journal(), 0, "")
+        names = resilience.get(section, {}).get("on", ())
+        _check_exception_names(checker, names, (*at, section, "on"))
+    policies = _Policies(Target(), VirtualClock(), Journal(), 0, "", resolve=_placeholder)
     builders: dict[str, Callable[[Mapping[str, Any]], object]] = {
         "retry": policies.retry,
         "breaker": policies.breaker,
@@ -862,6 +1256,13 @@ def _lookup(path: str) -> Any:
         raise _NotFound(
             f"expected 'module:callable' (e.g. 'myapp.chat:answer'), got {path!r}{hint}"
         )
+    for part in (*module_name.split("."), *qualname.split(".")):
+        if not part.isidentifier() or keyword.iskeyword(part):
+            shown = "an empty part" if not part else f"{part!r}, which is not a Python identifier"
+            raise _NotFound(
+                f"expected 'module:callable' (dotted Python identifiers on each side of the "
+                f"colon), got {path!r}: it has {shown}"
+            )
     try:
         found: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -917,12 +1318,7 @@ def _target(
             "route = 'wire' puts a fault proxy in front of the scenario's own daemon: it needs "
             "client = 'daemon' or 'resilient'",
         )
-    for name in raw.get("errors", ()):
-        try:
-            resolve_exception_type(name)
-        except SpecError as exc:
-            hint = f" (did you mean {exc.suggestion!r}?)" if exc.suggestion else ""
-            raise checker.error((*at, "errors"), f"{exc.message}{hint}") from None
+    _check_exception_names(checker, raw.get("errors", ()), (*at, "errors"))
     function: Callable[..., Any] | None = None
     for key in ("factory", "callable"):
         if key in raw:
@@ -1201,7 +1597,7 @@ def format_failure(outcome: Outcome) -> str:
     lines += [f"  {t}" for t in timeline.splitlines()] or ["  (no events)"]
     lines += ["", *str(outcome.summary).splitlines()]
     lines += ["", f"replay: {replay_command(scenario, outcome.seed)}"]
-    return "\n".join(lines)
+    return _safe_lines("\n".join(lines))
 
 
 # ============================================================================ the world
@@ -1232,16 +1628,24 @@ def _model_path(name: str, base: Path) -> Path:
 
 
 class _Policies:
-    """Builds the core objects a ``[resilience]`` table describes, on one clock and journal."""
+    """Builds the core objects a ``[resilience]`` table describes, on one clock and journal;
+    ``resolve`` gives the exception class of a name."""
 
     def __init__(
-        self, target: Target, clock: Clock, journal: Journal, seed: int, scope: str
+        self,
+        target: Target,
+        clock: Clock,
+        journal: Journal,
+        seed: int,
+        scope: str,
+        *,
+        resolve: Callable[[str], type[BaseException]] = resolve_exception_type,
     ) -> None:
         self.target, self.clock, self.journal = target, clock, journal
-        self.seed, self.scope = seed, scope
+        self.seed, self.scope, self.resolve = seed, scope, resolve
 
     def _exceptions(self, names: Sequence[str]) -> tuple[type[BaseException], ...]:
-        return tuple(resolve_exception_type(n) for n in names)
+        return tuple(self.resolve(n) for n in names)
 
     def retry(self, conf: Mapping[str, Any] | None) -> Retry | None:
         if conf is None:
@@ -1303,9 +1707,23 @@ class _Policies:
 class _World:
     """Everything a run builds, and the rollbacks that take it all down again."""
 
-    def __init__(self, scenario: Scenario, clock: Clock, journal: Journal, seed: int) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        clock: Clock,
+        journal: Journal,
+        seed: int,
+        names: Mapping[str, type[BaseException]],
+    ) -> None:
         self.scenario, self.clock, self.journal, self.seed = scenario, clock, journal, seed
-        self.policies = _Policies(scenario.target, clock, journal, seed, scenario.path.name)
+
+        def resolve(name: str) -> type[BaseException]:
+            found = names.get(name)
+            return found if found is not None else resolve_exception_type(name)
+
+        self.policies = _Policies(
+            scenario.target, clock, journal, seed, scenario.path.name, resolve=resolve
+        )
         self.target = scenario.target
         self.base = scenario.path.parent
         self.backends: dict[str, Backend] = {}
@@ -1321,7 +1739,7 @@ class _World:
         self.job_killed = False  # a job's first run is killed once per scenario run
         self.context: dict[str, object] = {}  # a callable target's clock and journal
         # what a failed op raises: the defaults and the target's own errors
-        extra = tuple(resolve_exception_type(n) for n in scenario.target.errors)
+        extra = tuple(resolve(n) for n in scenario.target.errors)
         self.failures: tuple[type[BaseException], ...] = (*FAILURES, *extra)
         res, policies = scenario.resilience, self.policies
         self.breaker = policies.breaker(res["breaker"]) if "breaker" in res else None
@@ -1364,12 +1782,43 @@ class _World:
         if target.factory is not None:
             build = _lookup(target.factory)
             context = TargetContext(_model_path(target.model, self.base), self.clock, self.journal)
-            self.factory_backend = build(context)
+            self.factory_backend = self._checked_backend(build(context))
         if target.callable is not None:
             signature = _signature(_lookup(target.callable))
             given = {"clock": self.clock, "journal": self.journal}
             names = _context_args(signature) if signature is not None else []
             self.context = {n: given[n] for n in names}
+
+    def _checked_backend(self, built: object) -> Backend:
+        """What the factory built, if it is a backend for the scenario's steps: a ``name``,
+        ``close()`` and the methods the steps call; else a :class:`ScenarioError` at the
+        ``factory`` line, naming the factory (what it built is closed if it can be)."""
+        scenario = self.scenario
+        ops = {s.op for s in (*scenario.steps, scenario.steady_state) if s is not None}
+        needed = ["close"]
+        needed += [m for m in ("generate", "stream", "embed") if m in ops]
+        if "job" in ops and "generate" not in needed:
+            needed.append("generate")  # a job generates its parts
+        missing = [f"{m}()" for m in needed if not callable(getattr(built, m, None))]
+        if not isinstance(getattr(built, "name", None), str):
+            missing.insert(0, "name (a string)")
+        if not missing:
+            return typing.cast("Backend", built)
+        close = getattr(built, "close", None)
+        if callable(close):
+            with contextlib.suppress(Exception):
+                close()
+        plain = isinstance(built, bool | int | float | str | list | dict)
+        what = _kind(built) if plain else f"a {type(built).__qualname__} object"
+        what = "None" if built is None else what
+        raise ScenarioError(
+            str(scenario.path),
+            _line_of(scenario.lines, ("target", "factory")),
+            "target.factory",
+            f"the factory {self.target.factory} returned {what}, which is not a backend: it "
+            f"lacks {', '.join(missing)} (a Backend has a name, close(), and the generate(), "
+            "stream() or embed() its steps call)",
+        )
 
     def invoke(self, step: Step) -> object:
         """One call of the callable target with the step's arguments (copied: a call that
@@ -1798,26 +2247,55 @@ def _describe_step(step: Step, target: Target) -> str:
 # ================================================================================= run
 
 
+def seed_override(fault_seed: object) -> int | None:
+    """The seed that replaces the scenarios' own when pytest runs them: the value of
+    ``--fault-seed`` *given on the command line* (``config.getoption``, the same on
+    pytest-xdist workers), when it is a number; ``None`` (each file's own ``seed``) when it
+    is not given or is ``last``. The run's other seeds (random, from the environment or the
+    ini file, the last run's, an xdist controller's) never replace a file's own: a scenario
+    with ``seed = 1`` injects the same faults in every run unless asked otherwise."""
+    if fault_seed is None or isinstance(fault_seed, bool):
+        return None
+    if isinstance(fault_seed, int):
+        return fault_seed
+    text = str(fault_seed).strip()
+    if text == "last":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None  # the plugin refuses it as a usage error before any test
+
+
 def run(scenario: Scenario, *, seed: int | None = None, journal: Journal | None = None) -> Outcome:
     """Run ``scenario``: the steady-state probe, the steps under the faults (seeded by
-    ``seed``, default the file's), the probe again once the faults are removed, and the
+    ``seed``, default the file's: pass one only when the user asked for it, see
+    :func:`seed_override`), the probe again once the faults are removed, and the
     rollbacks, which always run. Then evaluate ``[expect]`` over the journal of the steps.
 
-    Returns an :class:`Outcome`; a step that raises something other than a failure ends
-    the steps and fails the outcome (``Outcome.error``). ``KeyboardInterrupt`` propagates,
-    after the rollbacks.
+    The modules of dotted exception names (``on``, ``[target] errors``) are imported first;
+    one that cannot be fails the outcome with the file, the line and the key, and nothing
+    runs. Returns an :class:`Outcome`; a step that raises something other than a failure
+    ends the steps and fails the outcome (``Outcome.error``). ``KeyboardInterrupt``
+    propagates, after the rollbacks.
     """
     used_seed = scenario.seed if seed is None else seed
     journal = journal if journal is not None else Journal()
     clock: Clock = VirtualClock() if scenario.clock == "virtual" else SystemClock()
     wall = SystemClock()
     outcome = Outcome(scenario, used_seed, journal=journal)
+    try:
+        names = _resolve_names(scenario)
+    except ScenarioError as exc:
+        outcome.error = str(exc)
+        outcome.failures.append(outcome.error)
+        return outcome
     if scenario.target.callable is None or any(e.site.family == "llama" for e in scenario.faults):
         with contextlib.suppress(ImportError):
             importlib.import_module("llama_cpp")  # before the leak snapshot: not a leak
     before = _leak_snapshot() if scenario.expect.get("leaks") == "none" else None
     started_wall, started = wall.now(), clock.now()
-    world = _World(scenario, clock, journal, used_seed)
+    world = _World(scenario, clock, journal, used_seed, names)
     try:
         first, last = _method(world, _Runner(world, outcome.stats), outcome)
     finally:
@@ -1872,9 +2350,64 @@ def _method(world: _World, runner: _Runner, outcome: Outcome) -> tuple[int, int]
         phase = "steady state after the steps"
         if probe is not None and not runner.step(0, probe, count=False):
             outcome.failures.append(f"{phase}: the probe failed")
+    except ScenarioError as exc:  # the file's fault, found only now (a factory's backend)
+        outcome.error = str(exc)
     except Exception as exc:  # noqa: BLE001 - isolation boundary: reported in the outcome; the rollbacks run
         outcome.error = f"{phase} raised {type(exc).__name__}: {exc}"
     return first, last
+
+
+def _name_lists(scenario: Scenario) -> Iterator[tuple[Path_, Sequence[str]]]:
+    """Every list of exception names in a scenario, with its path in the file."""
+    yield ("target", "errors"), scenario.target.errors
+    for section in ("retry", "breaker"):
+        yield ("resilience", section, "on"), scenario.resilience.get(section, {}).get("on", ())
+    for i, step in enumerate(scenario.steps):
+        yield (
+            ("steps", i, "resilience", "retry", "on"),
+            step.resilience.get("retry", {}).get("on", ()),
+        )
+
+
+def _resolve_names(scenario: Scenario) -> dict[str, type[BaseException]]:
+    """The exception class of every name in the scenario, dotted paths imported now; a
+    :class:`ScenarioError` at the name's line for one that is not an exception class."""
+    found: dict[str, type[BaseException]] = {}
+    for at, names in _name_lists(scenario):
+        for i, name in enumerate(names):
+            try:
+                found[name] = _exception_class(name)
+            except _NotFound as exc:
+                line = _line_of(scenario.lines, (*at, i))
+                raise ScenarioError(str(scenario.path), line, _dotted(at), str(exc)) from None
+    return found
+
+
+def _exception_class(name: str) -> type[BaseException]:
+    """The class a name means: a builtin or pytest_resilience error, or ``pkg.module.Name``
+    (imported here). :class:`_NotFound` says what is wrong."""
+    problem = _name_problem(name)
+    if problem is not None:
+        raise _NotFound(problem)
+    if "." not in name:
+        return resolve_exception_type(name)
+    module_name, _, attr = name.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        where = " (is it installed, or on pytest's pythonpath?)" if exc.name == module_name else ""
+        raise _NotFound(f"cannot import {module_name!r} for {name!r}: {exc}{where}") from None
+    except Exception as exc:  # noqa: BLE001 - the module's own error, reported with file and line
+        raise _NotFound(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
+    value = getattr(module, attr, _MISSING)
+    if value is _MISSING:
+        public = [n for n in dir(module) if not n.startswith("_")]
+        near = difflib.get_close_matches(attr, public, n=1, cutoff=0.6)
+        hint = f" (did you mean {module_name + '.' + near[0]!r}?)" if near else ""
+        raise _NotFound(f"module {module_name!r} has no attribute {attr!r}{hint}")
+    if not (isinstance(value, type) and issubclass(value, BaseException)):
+        raise _NotFound(f"{name!r} is not an exception class: it is {_kind(value)}")
+    return value
 
 
 def _leak_snapshot() -> object:
@@ -1977,7 +2510,7 @@ def format_report(outcome: Outcome) -> str:
     held = ", ".join(c.key for c in outcome.checks if c.held)
     lines.append(f"      held: {held or '(no expectations)'}")
     lines += [f"      FAILED: {f}" for f in outcome.failures]
-    return "\n".join(lines)
+    return _safe_lines("\n".join(lines))
 
 
 def _injected(journal: Journal) -> str:
@@ -1990,15 +2523,37 @@ def _injected(journal: Journal) -> str:
     )
 
 
+#: The exit status of :func:`main` when it cannot run what it was given: a usage error (as
+#: argparse's), or a scenario file that cannot be loaded (as pytest's collection errors).
+USAGE_ERROR: Final = 2
+
+
+def _seed_arg(text: str) -> int:
+    import argparse  # noqa: PLC0415
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed is from 0 to 2**64 - 1, not {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m faults.scenario [PATH ...] [--seed N]``: run scenario files (a folder
-    means its ``*.toml``, sorted) and print a report; exit status 1 if any failed."""
+    means its ``*.toml``, sorted) and print a report. Every file is loaded before any runs:
+    one that cannot be is reported on stderr (file, line, key) and nothing runs. Exit
+    status 0 if all held, 1 if any failed, 2 for a usage error or a file that cannot be
+    loaded."""
     import argparse  # noqa: PLC0415
     import textwrap  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="python -m faults.scenario", description=main.__doc__)
     parser.add_argument("paths", nargs="*", default=["scenarios"], help="files or folders")
-    parser.add_argument("--seed", type=int, default=None, help="override every file's seed")
+    parser.add_argument(
+        "--seed", type=_seed_arg, default=None, help="replace every file's own seed"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every timeline")
     args = parser.parse_args(argv)
     files: list[Path] = []
@@ -2006,7 +2561,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         files += sorted(given.glob("*.toml")) if given.is_dir() else [given]
     if not files:
         print("no scenario files found", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
+    scenarios: list[Scenario] = []
+    errors: list[ScenarioError] = []
+    for file in files:
+        try:
+            scenarios.append(load(file))
+        except ScenarioError as exc:
+            errors.append(exc)
+    for error in errors:
+        print(f"ERROR {error}", file=sys.stderr)
+    if errors:
+        count = f"{len(errors)} of {len(files)} scenario files" if len(files) > 1 else "it"
+        print(f"{count} could not be loaded: nothing was run", file=sys.stderr)
+        return USAGE_ERROR
     intro = (
         f"Replaying {len(files)} scenario file{'s' if len(files) > 1 else ''}. Each builds the"
         " code under test (the model in process, or a real model daemon), injects the failures"
@@ -2017,13 +2585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = SystemClock()
     started = wall.now()
     failed = 0
-    for file in files:
-        try:
-            scenario = load(file)
-        except ScenarioError as exc:
-            print(f"ERROR {exc}\n")
-            failed += 1
-            continue
+    for scenario in scenarios:
         outcome = run(scenario, seed=args.seed)
         print(format_report(outcome))
         if not outcome.passed:

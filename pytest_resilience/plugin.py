@@ -377,24 +377,15 @@ def parse_spec(value: str, where: str, base: Path | None = None) -> Spec:
 
 
 def _scenario_spec(name: str, where: str, base: Path | None) -> Spec:
-    import tomllib  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    from faults.spec import SpecError, parse  # noqa: PLC0415
+    from faults.scenario import ScenarioError, spec_of  # noqa: PLC0415
 
     path = Path(name) if base is None else base / name
     try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise pytest.UsageError(f"{where}: cannot read scenario {path}: {exc}") from None
-    spec = data.get("faults", {}).get("spec", "") if isinstance(data.get("faults"), dict) else ""
-    if not isinstance(spec, str):
-        raise pytest.UsageError(f"{where}: {path}: [faults] spec must be a string")
-    try:
-        parsed = parse(spec)
-    except SpecError as exc:
-        raise pytest.UsageError(f"{where}: {path}: [faults] spec: {exc}") from None
+        parsed = spec_of(path)
+    except ScenarioError as exc:
+        raise pytest.UsageError(f"{where}: cannot read scenario {exc}") from None
     if not len(parsed):
         raise pytest.UsageError(
             f"{where}: {path} has no [faults] spec: as a fault spec it would inject nothing"
@@ -1298,8 +1289,7 @@ class ScenarioItem(pytest.Item):
             loaded = scenario.load(self.path)
         except scenario.ScenarioError as exc:
             raise ScenarioFailed(str(exc)) from exc
-        settings = self.config.stash[_SETTINGS]
-        seed = None if settings.seed_source == "random" else settings.seed
+        seed = scenario.seed_override(self.config.getoption("resilience_fault_seed"))
         outcome = scenario.run(loaded, seed=seed)
         if not outcome.passed:
             raise ScenarioFailed(scenario.format_failure(outcome))

@@ -5,7 +5,9 @@ expectation says what was expected. Needs no model: the targets are in
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -299,3 +301,237 @@ leaks = "none"
     assert outcome.passed, format_failure(outcome)
     details = [e.detail for e in outcome.journal.events(ScenarioOp)]
     assert all(d.startswith("HTTPStatusError: Server error '503") for d in details), details
+
+
+# ---------------------------------------------------------------- names, when it runs
+
+LATE = f"""\
+version = 1
+title = "a retry on an error class of the app's, imported when the scenario runs"
+[target]
+callable = "{M}:down"
+errors = ["late_errors.Unused"]
+[resilience.retry]
+attempts = 3
+on = [
+  "ConnectionError",
+  "late_errors.ModelDown",
+]
+[[steps]]
+op = "call"
+prompt = "x"
+"""
+
+
+def test_exception_names_are_imported_when_the_scenario_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "late_errors.py").write_text(
+        f"from {M} import ModelDown\n\n\nclass Unused(Exception):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.delitem(sys.modules, "late_errors", raising=False)
+    path = tmp_path / "late.toml"
+    path.write_text(LATE)
+    loaded = load(path)
+    assert "late_errors" not in sys.modules  # loading the file imported nothing of it
+    outcome = run(loaded)
+    assert "late_errors" in sys.modules
+    assert outcome.error is None
+    # down() raises ModelDown, which the retry now knows: three attempts, each failed
+    assert [s[0] for s in targets.SEEN] == ["down"] * 3
+    assert outcome.stats.ops == {"call": [0, 1]}
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "line", "message"),
+    [
+        (
+            "",
+            "no_such_errors_module.Boom",
+            10,
+            "cannot import 'no_such_errors_module' for 'no_such_errors_module.Boom': "
+            "No module named 'no_such_errors_module' (is it installed, or on pytest's "
+            "pythonpath?)",
+        ),
+        (
+            "class ModelDwn(Exception):\n    pass\n",
+            "late_errors.ModelDown",
+            10,
+            "module 'late_errors' has no attribute 'ModelDown' "
+            "(did you mean 'late_errors.ModelDwn'?)",
+        ),
+        (
+            "ModelDown = 'not a class'\n",
+            "late_errors.ModelDown",
+            10,
+            "'late_errors.ModelDown' is not an exception class: it is a string ('not a class')",
+        ),
+        (
+            "raise RuntimeError('no config file')\n",
+            "late_errors.ModelDown",
+            10,
+            "importing 'late_errors' raised RuntimeError: no config file",
+        ),
+    ],
+    ids=["no module", "no class", "not a class", "module raises"],
+)
+def test_a_name_that_cannot_be_imported_fails_the_run_at_its_line_before_any_step(  # noqa: PLR0917
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    module: str,
+    name: str,
+    line: int,
+    message: str,
+) -> None:
+    if module:
+        (tmp_path / "late_errors.py").write_text(module)
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.delitem(sys.modules, "late_errors", raising=False)
+    path = tmp_path / "late.toml"
+    text = LATE.replace("late_errors.ModelDown", name).replace("late_errors.Unused", "OSError")
+    path.write_text(text)
+    outcome = run(load(path))
+    assert not outcome.passed
+    assert outcome.error == f"{path}:{line}: resilience.retry.on: {message}"
+    assert outcome.failures == [outcome.error]
+    assert targets.SEEN == []  # nothing ran
+    assert outcome.stats.total == 0
+
+
+# ---------------------------------------------------------------- a factory's backend
+
+FACTORY = """\
+version = 1
+title = "a factory that does not build a backend"
+[target]
+factory = "not_backends:{name}"
+model = "tiny"
+[[steps]]
+op = "{op}"
+prompt = "Hello"
+"""
+NOT_BACKENDS = """\
+CLOSED = []
+
+
+class NoGenerate:
+    name = "no-generate"
+
+    def stream(self, prompt, params=None):
+        yield "a"
+
+    def close(self):
+        CLOSED.append(self.name)
+
+
+class Nameless:
+    def generate(self, prompt, params=None):
+        return "a"
+
+    def close(self):
+        CLOSED.append("nameless")
+
+
+def text(context):
+    return "a backend"
+
+
+def nothing(context):
+    return None
+
+
+def no_generate(context):
+    return NoGenerate()
+
+
+def nameless(context):
+    return Nameless()
+
+
+def the_class(context):
+    return NoGenerate
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "op", "returned", "lacks", "closed"),
+    [
+        ("text", "generate", "a string ('a backend')", "name (a string), close(), generate()", []),
+        ("nothing", "generate", "None", "name (a string), close(), generate()", []),
+        ("no_generate", "generate", "a NoGenerate object", "generate()", ["no-generate"]),
+        ("no_generate", "job", "a NoGenerate object", "generate()", ["no-generate"]),
+        ("nameless", "stream", "a Nameless object", "name (a string), stream()", ["nameless"]),
+        ("the_class", "generate", "a type object", "generate()", []),
+    ],
+)
+def test_a_factory_that_returns_no_backend_fails_with_its_name(  # noqa: PLR0917
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    op: str,
+    returned: str,
+    lacks: str,
+    closed: list[str],
+) -> None:
+    (tmp_path / "not_backends.py").write_text(NOT_BACKENDS)
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.delitem(sys.modules, "not_backends", raising=False)
+    path = tmp_path / "factory.toml"
+    text = FACTORY.format(name=name, op=op)
+    if op == "job":
+        text += "[resilience.checkpoint]\nparts = 2\n"
+    path.write_text(text)
+    outcome = run(load(path))
+    assert not outcome.passed
+    assert outcome.error == (
+        f"{path}:4: target.factory: the factory not_backends:{name} returned {returned}, which "
+        f"is not a backend: it lacks {lacks} (a Backend has a name, close(), and the "
+        "generate(), stream() or embed() its steps call)"
+    )
+    assert outcome.stats.total == 0
+    assert closed == sys.modules["not_backends"].CLOSED  # what it built was closed
+
+
+def test_a_factory_backend_with_only_what_the_steps_need_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "not_backends.py").write_text(NOT_BACKENDS)
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.delitem(sys.modules, "not_backends", raising=False)
+    path = tmp_path / "factory.toml"
+    path.write_text(FACTORY.format(name="no_generate", op="stream"))
+    outcome = run(load(path))
+    assert outcome.error is None, outcome.error
+    assert outcome.stats.ops == {"stream": [1, 0]}
+
+
+# ---------------------------------------------------------------- what reaches a terminal
+
+
+def test_reports_show_control_characters_escaped(scenario: Callable[..., Outcome]) -> None:
+    outcome = scenario(
+        f"""\
+version = 1
+title = "a breaker named with an escape"
+[target]
+callable = "{M}:answer"
+[faults]
+spec = "py:{M}:answer=1*raise(ConnectionError)"
+[resilience.breaker]
+failures = 1
+[[steps]]
+op = "call"
+prompt = "one"
+"""
+    )
+    # a Scenario made in code (not loaded) can hold anything: the reports still escape it
+    evil = dataclasses.replace(outcome.scenario, title="red \x1b[31m title\x07")
+    outcome.scenario = evil
+    outcome.failures.append("a failure with \x1b[2J in it")
+    for text in (format_report(outcome), format_failure(outcome)):
+        assert "\x1b" not in text
+        assert "\x07" not in text
+        assert all(line.isprintable() for line in text.splitlines()), text
+        assert "red \\x1b[31m title\\x07" in text
+        assert "a failure with \\x1b[2J in it" in text

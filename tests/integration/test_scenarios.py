@@ -56,14 +56,40 @@ def test_every_shipped_scenario_really_fails_and_holds(path: Path) -> None:
         assert outcome.stats.wall < 20.0
 
 
-def test_the_same_seed_gives_the_same_faults_at_the_same_calls() -> None:
-    scenario = load(SCENARIOS / "none_retried.toml")
+COIN = """\
+version = 1
+title = "half the completions answer None, as the seed draws them"
+seed = 1
 
-    def fired(seed: int) -> list[tuple[str, int]]:
+[target]
+client = "llama"
+max_tokens = 4
+
+[faults]
+spec = "llama.generate=50%none"
+
+[[steps]]
+op = "generate"
+repeat = 16
+"""
+
+
+def test_the_same_seed_gives_the_same_faults_at_the_same_calls(tmp_path: Path) -> None:
+    # a probabilistic spec: which calls fail is the seed's draw (a counted one, 2*none,
+    # fails the same calls whatever the seed, and could not tell)
+    path = tmp_path / "coin.toml"
+    path.write_text(COIN)
+    scenario = load(path)
+
+    def fired(seed: int | None) -> list[int]:
         outcome = run(scenario, seed=seed)
-        return [(e.site, e.call) for e in outcome.journal.events(FaultInjected)]
+        return [e.call for e in outcome.journal.events(FaultInjected)]
 
-    assert fired(5) == fired(5) == [("llama.generate", 1), ("llama.generate", 2)]
+    assert fired(5) == fired(5)
+    assert fired(None) == fired(1)  # without a seed given, the file's own
+    assert 0 < len(fired(1)) < 16
+    # and the seed decides: other seeds draw other calls (16 coins: all alike is 2**-32)
+    assert len({tuple(fired(seed)) for seed in (1, 2, 3)}) > 1
 
 
 def test_a_wrong_expectation_fails_with_the_timeline_and_the_replay_command(

@@ -335,7 +335,7 @@ def test_a_spec_error_inside_a_scenario_file_names_the_file(suite: pytest.Pytest
     result = run(suite, "--inject-faults", "bad.toml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["ERROR: --inject-faults: *bad.toml: [[]faults[]] spec: *did you mean 'llama.generate'?"]
+        ["ERROR: --inject-faults: *bad.toml:3: faults.spec: *did you mean 'llama.generate'?"]
     )
 
 
@@ -586,7 +586,7 @@ def test_virtual_time_makes_an_unchanged_suites_waits_instant(suite: pytest.Pyte
         def test_an_injected_ten_minutes(request):
             started = time.perf_counter()
             assert target.answer() == "ok"
-            assert time.perf_counter() - started < 5
+            assert time.perf_counter() - started < 30  # 10 real minutes would not pass
             assert request.getfixturevalue("clock").now() == 600.0
 
         def test_a_library_sleep():

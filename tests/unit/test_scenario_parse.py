@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
-from faults.scenario import ScenarioError, key_lines, load, replay_command
+from faults.scenario import (
+    ScenarioError,
+    key_lines,
+    load,
+    loads,
+    main,
+    replay_command,
+    seed_override,
+    spec_of,
+)
+from tests.corpus import make_scenarios
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from tests.corpus.make_scenarios import Case
 
 SHIPPED = sorted((Path(__file__).parents[2] / "scenarios").glob("*.toml"))
 
@@ -133,14 +148,14 @@ ERRORS = [
         _edit("repeat = 5", 'repeat = "five"'),
         20,
         "steps[1].repeat",
-        "expected an integer >= 1, got a string ('five')",
+        "expected an integer from 1 to 10000, got a string ('five')",
     ),
     (
         "boolean is not an integer",
         _edit("seed = 1234", "seed = true"),
         3,
         "seed",
-        "expected an integer, got a boolean",
+        "expected an integer from 0 to 2**64 - 1, got a boolean",
     ),
     (
         "rate out of range",
@@ -247,11 +262,132 @@ ERRORS = [
         "killed_after must be less than parts (2)",
     ),
     (
+        "a negative seed",
+        _edit("seed = 1234", "seed = -1"),
+        3,
+        "seed",
+        "expected an integer from 0 to 2**64 - 1, got an integer (-1)",
+    ),
+    (
+        "a seed past 64 bits",
+        _edit("seed = 1234", f"seed = {2**64}"),
+        3,
+        "seed",
+        "expected an integer from 0 to 2**64 - 1",
+    ),
+    (
+        "repeat over its cap",
+        _edit("repeat = 5", "repeat = 10001"),
+        20,
+        "steps[1].repeat",
+        "10001 is over the cap of 10000 repeats of a step (no scenario needs more",
+    ),
+    (
+        "a huge repeat",
+        _edit("repeat = 5", f"repeat = {10**30}"),
+        20,
+        "steps[1].repeat",
+        "1000000000000000000000000000000 is over the cap of 10000",
+    ),
+    (
+        "attempts over the cap, in a step's inline table",
+        _edit("repeat = 5", "repeat = 5\nresilience = { retry = { attempts = 1000 } }"),
+        21,
+        "steps[1].resilience.retry.attempts",
+        "1000 is over the cap of 100 attempts of one call",
+    ),
+    (
+        "attempts over the cap, in a table",
+        _edit("[resilience.breaker]", "[resilience.retry]\nattempts = 101\n\n[resilience.breaker]"),
+        14,
+        "resilience.retry.attempts",
+        "101 is over the cap of 100 attempts of one call",
+    ),
+    (
+        "a job's parts over the cap",
+        _edit(
+            "recovery = 10.0",
+            "recovery = 10.0\n\n[resilience.checkpoint]\nparts = 5000",
+        ),
+        18,
+        "resilience.checkpoint.parts",
+        "5000 is over the cap of 1000 parts of a job",
+    ),
+    (
+        "an ANSI escape in the title",
+        _edit('title = "daemon dies mid-stream"', 'title = "daemon dies \\u001b[31mmid-stream"'),
+        2,
+        "title",
+        "expected one line of printable text, got a string ('daemon dies \\x1b[31mmid-stream')",
+    ),
+    (
+        "a title of two lines",
+        _edit('title = "daemon dies mid-stream"', 'title = """daemon dies\nmid-stream"""'),
+        2,
+        "title",
+        "expected one line of printable text",
+    ),
+    (
+        "an empty title",
+        _edit('title = "daemon dies mid-stream"', 'title = ""'),
+        2,
+        "title",
+        "expected one line of printable text, got a string ('')",
+    ),
+    (
+        "a dotted exception name with an empty part (it used to raise TypeError)",
+        _edit("failures = 3", 'failures = 3\non = [".x.Err"]'),
+        15,
+        "resilience.breaker.on",
+        "'.x.Err' is not an exception name: a dotted path (pkg.module.Name) has Python "
+        "identifiers between its dots, and this one has an empty part",
+    ),
+    (
+        "a keyword in a dotted exception name",
+        _edit("failures = 3", 'failures = 3\non = ["myapp.class.Err"]'),
+        15,
+        "resilience.breaker.on",
+        "'class' is not a Python identifier",
+    ),
+    (
+        "a bad name in a multi-line array: the line of the element",
+        _edit("failures = 3", 'failures = 3\non = [\n  "BackendError",\n  "x..Err",\n]'),
+        17,
+        "resilience.breaker.on",
+        "'x..Err' is not an exception name",
+    ),
+    (
+        "a one-line string holding triple quotes, then a typo",
+        _edit('title = "daemon dies mid-stream"', 'title = \'daemon """ dies\'').replace(
+            "success_rate = 1.0", "sucess_rate = 1.0"
+        ),
+        27,
+        "expect.sucess_rate",
+        "did you mean 'success_rate'?",
+    ),
+    (
+        "a basic string holding escaped quotes, then a typo",
+        _edit("[target]", '[target]\n"model" = "a \\"\\"\\" b"')
+        .replace('model = "tiny"\n', "")
+        .replace("recovery = 10.0", "recovry = 10.0"),
+        15,
+        "resilience.breaker.recovry",
+        "did you mean 'recovery'?",
+    ),
+    (
+        "a relative module path for a callable (it used to raise TypeError)",
+        _edit('client = "resilient"', 'callable = ".app:answer"').replace('model = "tiny"\n', ""),
+        7,
+        "target.callable",
+        "expected 'module:callable' (dotted Python identifiers on each side of the colon), "
+        "got '.app:answer': it has an empty part",
+    ),
+    (
         "invalid TOML",
         _edit("repeat = 5", "repeat = = 5"),
         20,
-        "",
-        "invalid TOML",
+        "steps[1].repeat",
+        "invalid TOML: Invalid value (at line 20, column 10)",
     ),
 ]
 
@@ -723,3 +859,296 @@ def test_a_module_that_raises_on_import_is_a_scenario_error(
     assert str(raised.value) == (
         f"{path}:6: target.callable: importing 'exploding_app' raised RuntimeError: no config file"
     )
+
+
+# ============================================================ what a file may hold
+
+
+def test_a_key_with_an_escape_is_shown_escaped(write: Callable[[str], Path]) -> None:
+    path = write(GOOD.replace("[expect]", '[expect]\n"evil\\u001b[2J" = 1'))
+    with pytest.raises(ScenarioError) as raised:
+        load(path)
+    assert raised.value.key == "expect.evil\x1b[2J"  # what the file holds, as data
+    shown = str(raised.value)
+    assert shown.startswith(f"{path}:27: expect.evil\\x1b[2J: unknown key")
+    assert shown.isprintable()
+
+
+@pytest.mark.parametrize(
+    ("bad", "line", "key", "column"),
+    [
+        (b'title = "daemon dies \xe9"', 2, "title", 22),
+        (b'prompt = "Tell me \xff a story"', 19, "steps[1].prompt", 19),
+        (b"# a comment in caf\xe9", 1, "", 19),
+    ],
+)
+def test_a_file_that_is_not_utf8_names_the_line_the_key_and_the_byte(
+    tmp_path: Path, bad: bytes, line: int, key: str, column: int
+) -> None:
+    lines = GOOD.encode().split(b"\n")
+    if bad.startswith(b"#"):
+        lines.insert(0, bad)
+    else:
+        lines[line - 1] = bad
+    path = tmp_path / "x.toml"
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(ScenarioError) as raised:
+        load(path)
+    error = raised.value
+    assert (error.line, error.key) == (line, key), str(error)
+    assert f"the file is not UTF-8: byte 0x{bad[column - 1]:02x} at column {column}" in str(error)
+
+
+def test_a_utf16_file_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "x.toml"
+    path.write_bytes(GOOD.encode("utf-16"))
+    with pytest.raises(ScenarioError, match="it looks like UTF-16 or UTF-32: save it as UTF-8"):
+        load(path)
+
+
+def test_a_byte_order_mark_is_skipped(write: Callable[[str], Path]) -> None:
+    assert load(write("\ufeff" + GOOD)).title == "daemon dies mid-stream"
+
+
+@pytest.mark.parametrize(
+    ("value", "line", "key"),
+    [
+        ("[" * 5_000 + "]" * 5_000, 21, "steps[1].args"),  # tomllib recursed out: a crash
+        ("[" * 33 + "]" * 33, 21, "steps[1].args"),
+        ("{ a = " * 40 + "1" + " }" * 40, 21, "steps[1].args"),
+        ("[" * 3_000, 21, "steps[1].args"),  # unclosed as well
+    ],
+    ids=["5000 arrays", "33 arrays", "40 inline tables", "3000 unclosed"],
+)
+def test_nesting_past_the_limit_is_refused_at_its_line(
+    write: Callable[[str], Path], value: str, line: int, key: str
+) -> None:
+    with pytest.raises(ScenarioError) as raised:
+        load(write(_edit("repeat = 5", f"repeat = 5\nargs = {value}")))
+    assert (raised.value.line, raised.value.key) == (line, key)
+    assert raised.value.message == "nested too deep: more than 32 levels of tables and arrays"
+
+
+def test_nesting_by_dotted_keys_is_refused_too(write: Callable[[str], Path]) -> None:
+    deep = "kwargs." + ".".join(["a"] * 3_000)
+    with pytest.raises(ScenarioError) as raised:
+        load(write(_edit("repeat = 5", f"repeat = 5\n{deep} = 1")))
+    assert (raised.value.line, raised.value.key) == (21, "steps[1].kwargs")
+    assert "nested too deep" in raised.value.message
+
+
+def test_nesting_up_to_the_limit_is_fine(write: Callable[[str], Path]) -> None:
+    # the steps, a step, then kwargs and 29 inline tables in it: 32 levels under the document
+    value = "{ a = " * 30 + "1" + " }" * 30
+    text = 'version = 1\ntitle = "deep"\n[[steps]]\nop = "generate"\nmax_tokens = 4\n'
+    with pytest.raises(ScenarioError, match="kwargs is for op = 'call'"):
+        load(write(text + f"kwargs = {value}\n"))  # past the depth check, refused later
+    with pytest.raises(ScenarioError, match="nested too deep"):
+        load(write(text + f"kwargs = {{ b = {value} }}\n"))
+
+
+def test_an_integer_too_long_to_read_is_a_scenario_error(write: Callable[[str], Path]) -> None:
+    with pytest.raises(ScenarioError) as raised:
+        load(write(_edit("repeat = 5", "repeat = " + "9" * 5_000)))
+    assert (raised.value.line, raised.value.key) == (20, "steps[1].repeat")
+    assert raised.value.message == "invalid TOML: an integer of more than 4300 digits"
+
+
+def test_load_does_not_import_the_modules_of_exception_names(
+    write: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "errors_not_imported_at_load.py").write_text("class Boom(Exception):\n    pass\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.delitem(sys.modules, "errors_not_imported_at_load", raising=False)
+    text = _callable(
+        f'errors = ["{M}.ModelDown"]', 'errors = ["errors_not_imported_at_load.Boom"]'
+    ).replace(
+        "attempts = 2", 'attempts = 2\non = ["ConnectionError", "errors_not_imported_at_load.Nope"]'
+    )
+    scenario = load(write(text))  # a missing class in a module: found only when it runs
+    assert "errors_not_imported_at_load" not in sys.modules
+    assert scenario.target.errors == ("errors_not_imported_at_load.Boom",)
+    assert scenario.resilience["retry"]["on"] == [
+        "ConnectionError",
+        "errors_not_imported_at_load.Nope",
+    ]
+
+
+def test_key_lines_skip_strings_that_hold_triple_quotes() -> None:
+    source = """\
+a = 'he said \"\"\" once'
+b = "and \\"\\"\\" escaped"
+c = '''one line'''
+d = \"\"\"two\"\"\"\"
+e = 1
+"""
+    lines = key_lines(source)
+    assert [lines[(k,)] for k in "abcde"] == [1, 2, 3, 4, 5]
+
+
+def test_key_lines_locate_array_elements_and_inline_tables() -> None:
+    source = """\
+on = [
+  "BackendError",  # a comment ] with a bracket
+  "x",
+]
+[[steps]]
+resilience = { retry = { attempts = 2,
+  on = ["a"] } }
+args = [[1, 2], { k = [3,
+  4] }]
+[[steps]]
+\"quoted.key\" = 1
+"""
+    lines = key_lines(source.replace("\n", "\r\n"))
+    assert lines[("on", 0)] == 2
+    assert lines[("on", 1)] == 3
+    assert lines[("steps", 0, "resilience", "retry", "attempts")] == 6
+    assert lines[("steps", 0, "resilience", "retry", "on", 0)] == 7
+    assert lines[("steps", 0, "args", 1, "k", 1)] == 9
+    assert lines[("steps", 1, "quoted.key")] == 11
+
+
+# ============================================================ the seed a run uses
+
+
+@pytest.mark.parametrize(
+    ("given", "seed"),
+    [(None, None), ("last", None), ("7", 7), (" 42 ", 42), (7, 7), ("nonsense", None)],
+)
+def test_only_a_number_given_on_the_command_line_replaces_a_files_seed(
+    given: object, seed: int | None
+) -> None:
+    assert seed_override(given) == seed
+
+
+# ============================================================ the command line
+
+
+def test_the_cli_runs_nothing_when_a_file_cannot_be_loaded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "a_good.toml"
+    good.write_text(GOOD)
+    bad = tmp_path / "b_bad.toml"
+    bad.write_text(_edit("seed = 1234", "seed = -5"))
+    assert main([str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # the good one did not run (it would start a daemon)
+    assert err.splitlines() == [
+        f"ERROR {bad}:3: seed: expected an integer from 0 to 2**64 - 1, got an integer (-5)",
+        "1 of 2 scenario files could not be loaded: nothing was run",
+    ]
+
+
+def test_the_cli_refuses_a_negative_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["scenarios", "--seed=-1"])
+    assert exited.value.code == 2
+    assert "a seed is from 0 to 2**64 - 1, not -1" in capsys.readouterr().err
+
+
+# ============================================================ malformed, by hypothesis
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def malformed_scenarios() -> st.SearchStrategy[Case]:
+    """A valid scenario with one thing wrong (the corpus' mutations, hypothesis choosing
+    every random decision): the bytes, the line and key to name, words to say."""
+    return st.builds(
+        make_scenarios.malformed,
+        st.randoms(use_true_random=False),
+        st.sampled_from(sorted(make_scenarios.MUTATIONS)),
+    )
+
+
+def _bases() -> st.SearchStrategy[bytes]:
+    return st.randoms(use_true_random=False).map(
+        lambda rng: make_scenarios.encode(make_scenarios.base(rng), rng)
+    )
+
+
+def _loads(data: bytes) -> ScenarioError | None:
+    """``loads(data)``: None if it loads, else its ScenarioError (anything else escapes)."""
+    try:
+        loads(data, "drawn.toml")
+    except ScenarioError as exc:
+        shown = str(exc)
+        error = exc
+    else:
+        return None
+    shown = str(error)
+    assert shown.startswith(f"drawn.toml:{error.line}: "), shown
+    assert 1 <= error.line <= data.count(b"\n") + 1, shown
+    assert all(line.isprintable() for line in shown.splitlines()), shown
+    return error
+
+
+@SETTINGS
+@given(malformed_scenarios())
+def test_a_malformed_scenario_names_its_line_and_key(case: Case) -> None:
+    error = _loads(case.data)
+    assert error is not None, case.name
+    assert str(error).startswith(
+        f"drawn.toml:{case.line}: " + (f"{case.key}: " if case.key else "")
+    ), (case.name, str(error))
+    assert case.says in error.message, (case.name, error.message)
+
+
+@SETTINGS
+@given(_bases(), st.data())
+def test_any_splice_into_a_scenario_loads_or_is_a_scenario_error(
+    base: bytes, data: st.DataObject
+) -> None:
+    """Text, bytes, brackets, quotes or a line's worth of TOML put anywhere, or a piece cut
+    out: ``loads`` gives a scenario or a ScenarioError, never anything else."""
+    where = data.draw(st.integers(0, len(base)))
+    cut = data.draw(st.integers(0, 40))
+    piece = data.draw(
+        st.one_of(
+            st.binary(max_size=20),
+            st.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass")),
+            st.sampled_from(
+                [b'"""', b"'''", b"[", b"]", b"{", b"}", b"[[steps]]\n", b"\n[expect]\n",
+                 b" = ", b"\\", b"#", b'"', b"'", b"\n", b"\r", b"\x00", b"\x1b[2J",
+                 b"x = [" * 50, b"a." * 60 + b"b = 1\n", b"\n\"\xe9\" = 1\n"]
+            ),
+        )
+    )  # fmt: skip
+    spliced = base[:where] + piece + base[where + cut :]
+    assume(b"callable" not in spliced and b"factory" not in spliced)  # would import
+    _loads(spliced)
+
+
+# ============================================================ the spec alone
+
+
+def test_spec_of_reads_only_the_faults_table(write: Callable[[str], Path]) -> None:
+    # a callable that does not exist: spec_of imports nothing and checks nothing else
+    path = write(_callable(f'"{M}:answer"', '"no_such_module_at_all:answer"'))
+    assert str(spec_of(path)) == f"py:{M}:complete=2*raise(ConnectionError)"
+    assert "no_such_module_at_all" not in sys.modules
+    assert len(spec_of(write('version = 1\ntitle = "no faults"\n'))) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "message"),
+    [
+        ("[faults]\nspec = 3\n", 2, "faults.spec", "expected a string, got an integer (3)"),
+        ("[faults]\nspce = 'x'\n", 2, "faults.spce", "unknown key (did you mean 'spec'?)"),
+        ("faults = 1\n", 1, "faults", "expected a table, got an integer (1)"),
+        ('[faults]\nspec = "llama.generat=none"\n', 2, "faults.spec", "bad fault spec: "),
+        ("a = " + "[" * 2_000 + "]" * 2_000, 1, "a", "nested too deep"),
+        ('title = "caf\udce9"\n', 1, "title", "the file is not UTF-8: byte 0xe9 at column 13"),
+    ],
+)
+def test_spec_of_names_the_file_line_and_key(
+    tmp_path: Path, text: str, line: int, key: str, message: str
+) -> None:
+    path = tmp_path / "x.toml"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(ScenarioError) as raised:
+        spec_of(path)
+    assert (raised.value.line, raised.value.key) == (line, key), str(raised.value)
+    assert message in raised.value.message
