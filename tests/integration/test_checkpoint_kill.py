@@ -2,8 +2,13 @@
 
 A child process resumes from the latest checkpoint and then writes checkpoints in a tight
 loop (payloads of varying size, so a kill often lands inside a write); it is killed with
-SIGKILL 5-50 ms after it starts writing. After every kill the latest checkpoint must load
-and be complete: its own digest matches, its step never goes backwards.
+SIGKILL 5-50 ms after its first save is complete. After every kill the latest checkpoint
+must load and be complete: its own digest matches, and its step is past the one before.
+
+The kill waits for that first save, not for a fixed time after the start: on a loaded
+machine a writer may not be scheduled for longer than 50 ms, and a kill that lands before
+it has saved anything proves nothing. So every run makes progress, however busy the
+machine, and the step must go up at every run.
 """
 
 from __future__ import annotations
@@ -26,16 +31,17 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs PO
 
 RUNS = 100
 
-# A small fork server: it imports the package once, then for every "go" line forks a writer
-# and reports its pid, then how it ended. Each writer is a fresh process killed for real;
-# forking skips the interpreter start-up (about 0.1 s), so 100 kills take seconds, not 15.
+# A small fork server: it imports the package once, then for every "go" line forks a writer,
+# reports its pid once the writer's first save is complete, then how it ended. Each writer
+# is a fresh process killed for real; forking skips the interpreter start-up (about 0.1 s),
+# so 100 kills take seconds, not 15.
 WRITER = """
 import hashlib, os, random, sys
 from pytest_resilience.recovery import CheckpointStore
 
 store = CheckpointStore(sys.argv[1])
 
-def write_forever():
+def write_forever(saved):
     latest = store.latest("job")
     step = latest.step + 1 if latest is not None else 0
     rng = random.Random(step)
@@ -43,15 +49,24 @@ def write_forever():
         pad = "x" * rng.randrange(1, 200_000)
         digest = hashlib.sha256(f"{step}:{pad}".encode()).hexdigest()
         store.save("job", {"step": step, "pad": pad, "digest": digest}, step=step)
+        if saved is not None:  # the first save is complete: the kill may come now
+            os.write(saved, b"s")
+            os.close(saved)
+            saved = None
         step += 1
 
 for line in sys.stdin:
+    saved_r, saved_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.close(saved_r)
         try:
-            write_forever()
+            write_forever(saved_w)
         finally:
             os._exit(1)
+    os.close(saved_w)
+    os.read(saved_r, 1)  # its first save, or b"" if it died before (reported below)
+    os.close(saved_r)
     print(pid, flush=True)
     _, status = os.waitpid(pid, 0)
     print(os.WTERMSIG(status) if os.WIFSIGNALED(status) else -1, flush=True)
@@ -84,22 +99,19 @@ def test_sigkill_at_random_moments_leaves_the_last_complete_checkpoint_real_time
         for run in range(RUNS):
             server.stdin.write(b"go\n")
             server.stdin.flush()
-            pid = int(server.stdout.readline())
+            pid = int(server.stdout.readline())  # the writer has saved once already
             time.sleep(rng.uniform(0.005, 0.050))  # real time: the kill must land mid-loop
             os.kill(pid, signal.SIGKILL)
             assert int(server.stdout.readline()) == signal.SIGKILL, f"run {run}: writer died"
 
             latest = store.latest("job")  # raises CheckpointError for a partial file
-            if latest is None:  # killed before its very first save was complete
-                assert not steps, f"run {run}: the checkpoint of step {steps[-1]} vanished"
-                continue
+            assert latest is not None, f"run {run}: no checkpoint after a complete save"
             state = latest.state
             assert state["step"] == latest.step
             expected = hashlib.sha256(f"{state['step']}:{state['pad']}".encode()).hexdigest()
             assert state["digest"] == expected, f"run {run}: checkpoint {latest.step} not whole"
-            # A kill may land before the next save completes (a loaded machine): the step
-            # can stand still, never go back
-            assert not steps or latest.step >= steps[-1], f"run {run}: went backwards"
+            # Every writer saved at least once past the checkpoint it resumed from
+            assert not steps or latest.step > steps[-1], f"run {run}: no step past {steps[-1]}"
             steps.append(latest.step)
 
             leftovers = list(directory.glob(".job.*.tmp"))
@@ -114,7 +126,6 @@ def test_sigkill_at_random_moments_leaves_the_last_complete_checkpoint_real_time
         err = server.stderr.read()
         server.stderr.close()
     assert server.returncode == 0, err.decode()
-    assert len(set(steps)) >= RUNS // 2, f"too few runs made progress: {steps}"
     # Kills do land inside a save (about a third here; the fsyncs dominate a save), which
     # is the window this test is about; a run where none did would prove nothing
     assert killed_mid_write > 0, "no kill landed inside a save"

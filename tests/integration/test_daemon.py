@@ -61,6 +61,10 @@ pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not 
 SHORT = GenerationParams(max_tokens=24)
 LONG = GenerationParams(max_tokens=900)  # about half a second of streaming; fits n_ctx 1024
 POOLING_MEAN = ("llama.pooling_type=int:1",)  # the tiny model names no pooling type
+# The read timeout of a stream that must deliver a chunk while its daemon runs and stall once
+# it is frozen: a chunk must come within it on a machine busy with other work (0.3 s did not
+# always), and the stall waits it out in real time.
+IDLE_READ = 3.0
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -332,7 +336,7 @@ def test_sigkill_mid_stream_is_daemon_lost_then_unavailable_real_time(
         f"\nSIGKILL + reap {(reaped_at - killed_at) * 1000:.2f} ms, "
         f"then DaemonLost after {(seen_at - reaped_at) * 1000:.2f} ms"
     )
-    assert seen_at - killed_at < 1.0
+    # seen from the closed connection, not after the read timeout (60 s): no time bound needed
     assert isinstance(lost.value.__cause__, httpx.RemoteProtocolError | httpx.ReadError)
     assert lost.value.partial == stream.text
     assert lost.value.partial.startswith(received)
@@ -354,33 +358,36 @@ def test_sigstop_fires_the_read_timeout_then_resume_answers_real_time(
     spawn: Callable[..., DaemonProcess], client: Callable[..., DaemonBackend]
 ) -> None:
     daemon = spawn()
-    backend = client(daemon.base_url, timeouts=Timeouts(connect=1.0, read=0.3))
+    backend = client(daemon.base_url)  # the default read timeout (60 s): for the live daemon
+    frozen = client(daemon.base_url, timeouts=Timeouts(connect=1.0, read=0.3))
     expected = backend.generate("Frozen", SHORT)
 
-    daemon.pause()
+    daemon.pause()  # from here to resume(), a call times out whatever the machine's load
     started = time.perf_counter()
     with pytest.raises(DeadlineExceeded) as timed_out:
-        backend.generate("Frozen", SHORT)
-    waited = time.perf_counter() - started
-    assert 0.3 <= waited < 1.3
+        frozen.generate("Frozen", SHORT)
+    assert time.perf_counter() - started >= 0.3
     assert not isinstance(timed_out.value, StreamStalled)
     assert isinstance(timed_out.value.__cause__, httpx.ReadTimeout)
+    assert timed_out.value.budget == 0.3  # the 0.3 s read timeout ended the wait
     assert classify(timed_out.value).category is Category.TIMEOUT
 
     with pytest.raises(StreamStalled) as stalled:
-        backend.stream("Frozen", SHORT).__next__()
+        frozen.stream("Frozen", SHORT).__next__()
     assert stalled.value.which == "first_token"
     assert stalled.value.partial == ""
+    assert stalled.value.waited == 0.3
 
     daemon.resume()
     assert backend.generate("Frozen", SHORT) == expected
 
-    stream = backend.stream("Frozen", LONG)
+    stream = client(daemon.base_url, timeouts=Timeouts(read=IDLE_READ)).stream("Frozen", LONG)
     first = next(stream)
     daemon.pause()
     with pytest.raises(StreamStalled) as idle:
         _drain(stream)
     assert idle.value.which == "idle"
+    assert idle.value.waited == IDLE_READ
     assert idle.value.partial == stream.text
     assert idle.value.partial.startswith(first)
     assert stream.closed
@@ -394,16 +401,19 @@ def test_cancel_scope_bounds_a_request_to_a_frozen_daemon_real_time(
     daemon = spawn()
     backend = client(daemon.base_url, timeouts=Timeouts(read=30.0))
     daemon.pause()
+    # Each call would wait out the 30 s read timeout without its bound: the error's budget
+    # says which bound ended it, with no upper bound on the time it took
     started = time.perf_counter()
-    with pytest.raises(DeadlineExceeded), deadline(0.25):
+    with pytest.raises(DeadlineExceeded) as scoped, deadline(0.25):
         backend.generate("Frozen", SHORT)
-    assert 0.25 <= time.perf_counter() - started < 1.2
+    assert time.perf_counter() - started >= 0.25
+    assert scoped.value.budget == 0.25
 
     total = client(daemon.base_url, timeouts=Timeouts(read=30.0, total=0.2))
     started = time.perf_counter()
     with pytest.raises(DeadlineExceeded) as exceeded:
         total.generate("Frozen", SHORT)
-    assert 0.2 <= time.perf_counter() - started < 1.2
+    assert time.perf_counter() - started >= 0.2
     assert exceeded.value.budget == 0.2
 
     async def frozen() -> str:
@@ -411,9 +421,10 @@ def test_cancel_scope_bounds_a_request_to_a_frozen_daemon_real_time(
             return await backend.agenerate("Frozen", SHORT)
 
     started = time.perf_counter()
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(DeadlineExceeded) as ascoped:
         asyncio.run(frozen())
-    assert 0.25 <= time.perf_counter() - started < 1.2
+    assert time.perf_counter() - started >= 0.25
+    assert ascoped.value.budget == 0.25
 
 
 def test_killing_a_paused_daemon_reaps_it(spawn: Callable[..., DaemonProcess]) -> None:
@@ -494,10 +505,10 @@ def test_a_bad_model_fails_start_with_exit_code_and_log_tail(tmp_path: Path) -> 
 def test_a_daemon_not_ready_in_time_is_killed_real_time(tiny_model_path: Path) -> None:
     daemon = DaemonProcess(tiny_model_path, ready_timeout=0.05)
     try:
-        started = time.perf_counter()
+        # the message and the SIGKILL say that the ready timeout ended the start, not the
+        # daemon becoming ready (which takes far longer than 0.05 s): no time bound needed
         with pytest.raises(DaemonStartFailed, match=r"not ready within 0\.05s") as failed:
             daemon.start()
-        assert time.perf_counter() - started < 1.0
     finally:
         daemon.close()
     assert failed.value.exit_code == -9

@@ -124,7 +124,9 @@ def test_generate_timeout_is_ended_by_a_deadline_in_virtual_time(
         with pytest.raises(TimeoutError, match="no answer within 30s"):
             backend.generate(PROMPT, PARAMS)  # no deadline: the whole 30 virtual seconds
     assert clock.now() == pytest.approx(50.0)
-    assert time.perf_counter() - started < 2.0
+    # generous, for a loaded machine: the injected waits (50 s) served in real time would
+    # exceed it; the calls themselves never reach the model
+    assert time.perf_counter() - started < 30.0
 
 
 @pytest.mark.timeout(10)
@@ -174,7 +176,8 @@ def test_a_stall_after_n_chunks_is_caught_by_the_guard_with_the_partial_text(
     backend: LlamaBackend, baseline: dict[str, Any], clock: VirtualClock
 ) -> None:
     journal = Journal()
-    guard = StreamGuard(first_token=10.0, idle=5.0, clock=clock, journal=journal)
+    # virtual deadlines longer than the bound below: waited out in real time, they fail it
+    guard = StreamGuard(first_token=120.0, idle=60.0, clock=clock, journal=journal)
     started = time.perf_counter()
     with faults.inject("llama.stream=@1stall(after=3)", clock=clock, journal=journal):
         with pytest.raises(StreamStalled) as stalled:
@@ -183,8 +186,9 @@ def test_a_stall_after_n_chunks_is_caught_by_the_guard_with_the_partial_text(
     assert stalled.value.which == "idle"
     assert stalled.value.partial == "".join(baseline["chunks"][:3])
     assert again.text == "".join(baseline["chunks"])
-    assert clock.now() == pytest.approx(5.0)
-    assert time.perf_counter() - started < 2.0
+    assert clock.now() == pytest.approx(60.0)
+    # generous, for a loaded machine: two streams of the tiny model take well under a second
+    assert time.perf_counter() - started < 30.0
     kinds = [e.kind for e in journal.events()]
     assert kinds.index("fault.injected") < kinds.index("stream.stalled")
 

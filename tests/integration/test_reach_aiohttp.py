@@ -644,7 +644,9 @@ def test_a_paused_daemon_makes_the_clients_read_timeout_fire_real_time(
     own = spawn()
     impatient = aiohttp.ClientTimeout(total=30, sock_read=0.3)
     patient = aiohttp.ClientTimeout(total=30, sock_read=10)
-    with faults.inject("daemon.process=@1pause(600ms)", daemon=own) as run:
+    # The pause lasts well past the read timeout (2 s against 0.3 s), so the daemon is still
+    # paused when the timeout fires, however late a busy machine runs this thread
+    with faults.inject("daemon.process=@1pause(2s)", daemon=own) as run:
         with pytest.raises(aiohttp.SocketTimeoutError, match="Timeout on reading data"):
             asyncio.run(_post(own.base_url, timeout=impatient))  # the real sock_read
         assert _paused(own)

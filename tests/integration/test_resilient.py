@@ -36,6 +36,10 @@ pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not 
 
 SHORT = GenerationParams(max_tokens=24)
 LONG = GenerationParams(max_tokens=900)  # about half a second of streaming; fits n_ctx 1024
+# The client's deadline when the daemon is frozen: every healthy answer (the daemon's, and
+# each chunk of a stream, in process too) must fit in it on a machine busy with other work,
+# and each freeze waits it out in real time. 0.3 s did not fit under load (2 cores, -n 8).
+DEADLINE = 3.0
 
 
 def _children() -> set[int]:
@@ -165,35 +169,43 @@ def test_sigstop_falls_back_within_the_client_deadline_then_resume_real_time(
     llama_backend: LlamaBackend,
     journal: Journal,
 ) -> None:
-    client = make(timeout=0.3)
+    client = make(timeout=DEADLINE)
     expected = llama_backend.generate("Frozen", SHORT)
     assert client.generate("Frozen", SHORT) == expected
+    assert client.daemon_up is True
 
     daemon.pause()
     started = time.perf_counter()
     assert client.generate("Frozen", SHORT) == expected
-    waited = time.perf_counter() - started
-    assert 0.3 <= waited < 0.8
-    down = [e for e in journal.events(DaemonDown) if e.source == client.name]
-    assert down[0].reason.startswith("DeadlineExceeded")
+    assert time.perf_counter() - started >= DEADLINE  # the deadline was waited out in full
+    assert daemon.paused  # still frozen: the answer was the fallback's
+    (down,) = [e for e in journal.events(DaemonDown) if e.source == client.name]
+    # the client's own deadline ended the wait, not the daemon backend's read timeout (60 s)
+    assert (
+        down.reason == f"DeadlineExceeded: {client.name} daemon deadline of {DEADLINE:g}s exceeded"
+    )
+    (used,) = journal.events(FallbackUsed)
+    assert used.after == (f"daemon: {down.reason}",)
 
     daemon.resume()
-    fallbacks = len(journal.events(FallbackUsed))
     assert client.generate("Frozen", SHORT) == expected
-    assert len(journal.events(FallbackUsed)) == fallbacks  # back on the daemon
+    assert len(journal.events(FallbackUsed)) == 1  # back on the daemon
     assert any(e.source == client.name for e in journal.events(DaemonUp))
 
     long = llama_backend.generate("Frozen", LONG)
     stream = client.stream("Frozen", LONG)
     assert stream is not None
     received = [next(stream) for _ in range(3)]
+    assert stream.source == "daemon"  # still streaming from the daemon when it freezes
     daemon.pause()
-    started = time.perf_counter()
     received.extend(stream)
-    assert time.perf_counter() - started < 1.5
     assert "".join(received) == long
     assert stream.fell_back
-    assert journal.events(FallbackUsed)[-1].after[0].startswith("daemon: StreamStalled")
+    assert stream.complete
+    stalled = journal.events(FallbackUsed)[-1].after[0]
+    assert stalled.startswith("daemon: StreamStalled: stream stalled: no chunk for ")
+    assert "(idle deadline)" in stalled  # the guard's idle deadline, not a read timeout
+    assert daemon.paused
     daemon.resume()
 
 
@@ -218,7 +230,9 @@ def test_the_monitor_restarts_a_killed_daemon_and_calls_return_to_it_real_time(
     assert breaker.state is State.OPEN
 
     client.watch(interval=0.05, restart=True)
-    give_up = time.monotonic() + 15.0
+    # generous: a restart waits for the new daemon's start, slow on a loaded machine; the
+    # bound only ends the test of a monitor that never closes the breaker
+    give_up = time.monotonic() + 60.0
     while breaker.stats().state is not State.CLOSED and time.monotonic() < give_up:
         time.sleep(0.02)
     assert breaker.stats().state is State.CLOSED

@@ -139,11 +139,12 @@ def post(
     return conn.getresponse()
 
 
-def events(response: http.client.HTTPResponse, got: list[bytes]) -> None:
-    """Read the answer's events one by one into ``got`` (their data), up to its end; a
-    failure of the connection propagates with what arrived before it in ``got``."""
+def events(response: http.client.HTTPResponse, got: list[bytes], until: int | None = None) -> None:
+    """Read the answer's events one by one into ``got`` (their data), up to its end (or
+    until ``got`` holds ``until`` events); a failure of the connection propagates with what
+    arrived before it in ``got``."""
     lines: list[bytes] = []
-    while line := response.readline():
+    while (until is None or len(got) < until) and (line := response.readline()):
         if line.strip():
             lines.append(line)
         elif lines:
@@ -543,9 +544,12 @@ def test_stall_forever_lasts_until_the_client_gives_up_real_time(
     daemon: DaemonProcess, proxy: FaultProxy, connect: Callable[..., http.client.HTTPConnection]
 ) -> None:
     with faults.inject("daemon.stream=stall(after=2)", daemon=daemon, proxy=proxy, route="wire"):
-        conn = connect(proxy, timeout=0.05)
+        conn = connect(proxy)  # GUARD: the answer and its first two events, from a live daemon
         answer = post(conn, completion(stream=True))
         got: list[bytes] = []
+        events(answer, got, until=2)
+        assert conn.sock is not None
+        conn.sock.settimeout(0.05)  # the client's patience, once the stall has begun
         with pytest.raises(TimeoutError):
             events(answer, got)
         assert len(got) == 2

@@ -106,7 +106,7 @@ def test_a_timeout_fault_on_the_clock_fixture_takes_no_real_time(ptr: pytest.Pyt
             start = time.perf_counter()
             assert target.answer() == "ok"
             assert clock.now() == 600.0
-            assert time.perf_counter() - start < 5
+            assert time.perf_counter() - start < 30  # 10 real minutes would not pass
         """
     )
     run(ptr, "--inject-faults", "py:target:answer=latency(10m)").assert_outcomes(passed=1)
@@ -148,7 +148,7 @@ def test_anyio_and_asyncio_tests_wait_in_virtual_time(ptr: pytest.Pytester) -> N
             started = time.perf_counter()
             assert await target.aanswer() == "ok"
             assert clock.now() == 600.0
-            assert time.perf_counter() - started < 5
+            assert time.perf_counter() - started < 30  # 10 real minutes would not pass
 
         @pytest.mark.asyncio
         async def test_pytest_asyncio(faults, clock):
@@ -156,7 +156,7 @@ def test_anyio_and_asyncio_tests_wait_in_virtual_time(ptr: pytest.Pytester) -> N
             started = time.perf_counter()
             assert await target.aanswer() == "ok"
             assert clock.now() == 600.0
-            assert time.perf_counter() - started < 5
+            assert time.perf_counter() - started < 30  # 10 real minutes would not pass
         """
     )
     result = run(ptr)
@@ -181,7 +181,7 @@ def test_tenacity(clock):
     with pytest.raises(tenacity.RetryError):
         flaky()
     assert calls == [0.0, 60.0, 120.0]
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 30  # 120 real seconds would not pass
 
 def test_backoff(clock):
     import backoff

@@ -44,7 +44,8 @@ def test_a_ten_minute_backoff_takes_milliseconds() -> None:
         slept += step
         delay = min(delay * 2, 30)
     assert clock.now() == pytest.approx(600)
-    assert time.perf_counter() - started < 0.5
+    # generous, for a loaded machine: the ten minutes slept in real time would exceed it
+    assert time.perf_counter() - started < 30.0
 
 
 def test_a_lone_wait_jumps_to_its_timeout() -> None:
@@ -127,25 +128,22 @@ def test_wait_returns_true_when_another_thread_sets_the_event(notify: bool) -> N
     with clock.hold():
         thread, out = run_in_thread(lambda: clock.wait(event, 60, what="reply"))
         clock.wait_blocked(1)
-        started = time.perf_counter()
         event.set()
         if notify:
             clock.notify()
-        thread.join(5)
-        woke_after = time.perf_counter() - started
-    assert out == [True]
-    assert clock.now() == 0  # the timeout never came
-    assert woke_after < 0.5
+        thread.join(5)  # ample: a waiter that the event does not wake never ends (time is held)
+    assert out == [True]  # the event woke it...
+    assert clock.now() == 0  # ...not the timeout, which never came
 
 
 @pytest.mark.timeout(10)
 def test_an_unguarded_wait_is_reported_as_a_hang() -> None:
     clock = VirtualClock()
-    started = time.perf_counter()
+    # reported once every thread is stuck on the clock, or after the clock's hang grace of
+    # silence (with other threads about: xdist's); the timeout mark ends a wait that hangs
     with pytest.raises(HangDetected, match="the injected stall can never end") as info:
         clock.wait(threading.Event(), None, what="the injected stall")
     assert "timeout" in str(info.value)
-    assert time.perf_counter() - started < 0.5
 
 
 @pytest.mark.timeout(10)
@@ -217,7 +215,8 @@ def test_asyncio_sleep_call_later_and_timeouts_follow_virtual_time() -> None:
         "call_later": 145,
         "asleep": 147,
     }
-    assert time.perf_counter() - started < 0.5
+    # generous, for a loaded machine: the 147 s slept in real time would exceed it
+    assert time.perf_counter() - started < 30.0
 
 
 def test_asleep_on_an_ordinary_loop_advances_the_clock() -> None:
@@ -291,13 +290,11 @@ def test_an_unguarded_await_is_reported_as_a_hang() -> None:
     async def main() -> None:
         await asyncio.create_task(never_answers(), name="stalled-reader")
 
-    started = time.perf_counter()
-    with pytest.raises(HangDetected) as info:
+    with pytest.raises(HangDetected) as info:  # raised, not hung: the timeout mark says so
         clock.run(main())
     message = str(info.value)
     assert "stalled-reader at never_answers()" in message
     assert "asyncio.timeout" in message
-    assert time.perf_counter() - started < 1.0
 
 
 def test_a_slow_executor_shutdown_is_waited_for_not_called_a_hang_real_time(

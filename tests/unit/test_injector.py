@@ -100,14 +100,15 @@ def test_oom_is_a_memory_error_and_corrupt_empties_or_shortens() -> None:
 def test_timeout_is_ended_by_a_deadline_in_virtual_time(clock: VirtualClock) -> None:
     started = time.perf_counter()
     with (
-        faults.inject(f"{M}:answer=timeout(30s)", clock=clock),
+        faults.inject(f"{M}:answer=timeout(10m)", clock=clock),
         pytest.raises(DeadlineExceeded),
-        deadline(5.0, clock=clock),
+        deadline(60.0, clock=clock),
     ):
         t.answer("slow")
-    assert clock.now() == pytest.approx(5.0)
+    assert clock.now() == pytest.approx(60.0)
     assert t.CALLS["answer"] == 0
-    assert time.perf_counter() - started < 1.0
+    # generous, for a loaded machine: the 60 s deadline waited out in real time exceeds it
+    assert time.perf_counter() - started < 30.0
 
 
 def test_a_timeout_that_runs_out_raises_timeout_error(clock: VirtualClock) -> None:
@@ -156,7 +157,9 @@ def test_ten_sites_timing_out_ten_minutes_cost_no_wall_time(clock: VirtualClock)
             with pytest.raises(DeadlineExceeded), deadline(60.0, clock=clock):
                 getattr(t, f"target_{i}")()
     elapsed = time.perf_counter() - started
-    assert elapsed < 1.0, elapsed
+    # generous, for a loaded machine: one of the 60 s deadlines waited out in real time
+    # would exceed it
+    assert elapsed < 30.0, elapsed
     assert clock.now() == pytest.approx(600.0)
     assert all(run.injected(f"{M}:target_{i}") == 1 for i in range(10))
     assert [getattr(t, f"target_{i}") for i in range(10)] == targets
