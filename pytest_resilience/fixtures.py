@@ -239,29 +239,58 @@ def faults_fixture(request: pytest.FixtureRequest) -> Iterator[FaultsFactory]:
 
 
 class LeakCheck:
-    """What a test had before it ran; :meth:`leaks` compares now. ``registry`` tracks the
-    closeable resources the test registers (streams, responses) as well."""
+    """What a test had before it ran; :meth:`leaks` compares now.
+
+    ``registry`` is the process-wide :func:`~pytest_resilience.leaks.default_registry`: the
+    backends register their models and streams there by themselves, and a test may register
+    its own closeable resources. From creation to :meth:`close`, a
+    :func:`~pytest_resilience.leaks.watch` records where threads, processes, descriptors
+    and asyncio tasks are created, so that each leak names its creation site.
+    """
+
+    #: the leaks already reported for a test, so that nested checks report each once
+    REPORTED: pytest.StashKey[list[Leak]] = pytest.StashKey()
 
     def __init__(self, grace: float = 0.5) -> None:
-        self.registry = ResourceRegistry()
+        from pytest_resilience.leaks import default_registry, watch  # noqa: PLC0415
+
+        self.registry: ResourceRegistry = default_registry()
         self.grace = grace
-        self.before: Snapshot = snapshot()
+        self._watch = watch()
+        self.before: Snapshot = snapshot(registry=self.registry)
 
     def leaks(self) -> list[Leak]:
         """What is alive now and was not before (after the grace period)."""
         return check(self.before, registry=self.registry, grace=self.grace)
 
+    def close(self) -> None:
+        """Stop recording creation sites. Idempotent."""
+        self._watch.close()
+
+    def __enter__(self) -> LeakCheck:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 def leak_check_fixture(request: pytest.FixtureRequest) -> Iterator[LeakCheck]:
     checker = LeakCheck()
-    yield checker
-    shared = request.config.stash.get(SHARED_DAEMON, None)
-    if shared is not None and shared.pid is not None and checker.before.processes is not None:
-        # The session's daemon outlives every test by design, also when this test
-        # restarted it (a new pid).
-        processes = {**checker.before.processes, shared.pid: "the session's daemon"}
-        checker.before = dataclasses.replace(checker.before, processes=processes)
-    leaks = checker.leaks()
+    with checker:
+        yield checker
+        shared = request.config.stash.get(SHARED_DAEMON, None)
+        if shared is not None and shared.pid is not None and checker.before.processes is not None:
+            # The session's daemon outlives every test by design, also when this test
+            # restarted it (a new pid).
+            processes = {**checker.before.processes, shared.pid: "the session's daemon"}
+            checker.before = dataclasses.replace(checker.before, processes=processes)
+        leaks = checker.leaks()
+    # Each leak is reported once: the leak_check fixture and the autouse check may both run
+    # around a test, and a test may run another pytest in process (pytester).
+    reported = request.node.stash.get(LeakCheck.REPORTED, [])
+    leaks = [leak for leak in leaks if leak not in reported]
+    request.node.stash[LeakCheck.REPORTED] = reported + leaks
+    checker.registry.dismiss(leaks)
     if leaks:
         state_of(request.node).leaks += len(leaks)
         pytest.fail(format_leaks(leaks), pytrace=False)

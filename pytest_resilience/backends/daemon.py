@@ -66,6 +66,7 @@ from ..errors import (
     StreamStalled,
 )
 from ..events import DaemonDown, DaemonRestarted, DaemonUp
+from ..leaks import track
 from .base import GenerationParams
 from .llama import EmbeddingCheck
 
@@ -991,6 +992,10 @@ class DaemonBackend:
         self.close()
 
 
+def _so_far(text: str) -> str:
+    return f"{len(text)} character{'' if len(text) == 1 else 's'} so far"
+
+
 class DaemonStream:
     """The chunks of one streamed completion from the daemon.
 
@@ -1007,6 +1012,11 @@ class DaemonStream:
         self._budget = budget
         self._progress = progress
         self._close = weakref.finalize(self, response.close)
+        track(self, "stream")  # open until closed, ended or failed (see leaks)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<DaemonStream from {self._backend.base_url} {state}, {_so_far(self.text)}>"
 
     @property
     def text(self) -> str:
@@ -1075,6 +1085,18 @@ class AsyncDaemonStream:
         self._budget = budget
         self._progress = _Progress(streaming=True)
         self._chunks = self._run()
+        self._started = False
+        # open once the request is sent, until the response is closed (see leaks)
+        track(self, "stream", is_open=lambda s: s._started and not s.closed)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open" if self._started else "not started"
+        return f"<AsyncDaemonStream from {self._backend.base_url} {state}, {_so_far(self.text)}>"
+
+    @property
+    def closed(self) -> bool:
+        """Whether the response is closed (or the stream ended before sending anything)."""
+        return getattr(self._chunks, "ag_frame", None) is None  # None once finished or closed
 
     @property
     def text(self) -> str:
@@ -1088,6 +1110,7 @@ class AsyncDaemonStream:
         return self
 
     async def __anext__(self) -> str:
+        self._started = True
         return await self._chunks.__anext__()
 
     async def aclose(self) -> None:

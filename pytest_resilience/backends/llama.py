@@ -49,6 +49,7 @@ from ..errors import (
     ResourceExhausted,
     StreamInterrupted,
 )
+from ..leaks import track
 from .base import GenerationParams
 
 if TYPE_CHECKING:
@@ -167,6 +168,17 @@ class LlamaStream:
         self._superseded = False
         self.text = ""
         self.finish_reason: str | None = None
+        track(self, "stream")  # open until closed, ended or superseded (see leaks)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the generation behind it is over: closed, run out, failed or superseded."""
+        return self._chunks is None or self._signal.closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        size = f"{len(self.text)} character{'' if len(self.text) == 1 else 's'} so far"
+        return f"<LlamaStream of {self._backend.name!r} {state}, {size}>"
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -310,6 +322,7 @@ class LlamaBackend:
         self._llm: Any = self._load()
         if embedding:
             self._embedder = self._load(embedding=True)
+        track(self, "backend")  # a loaded model: open until close() (see leaks)
 
     # ----------------------------------------------------------------- loading, closing
 
@@ -335,6 +348,11 @@ class LlamaBackend:
         """The underlying ``llama_cpp.Llama`` (for tests and measurements)."""
         self._check_open()
         return self._llm
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def close(self) -> None:
         """Close any open stream and free the model and its contexts. Idempotent."""

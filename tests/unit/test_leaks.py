@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import socket
 import subprocess
 import sys
 import threading
+import types
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_resilience import leaks
+from pytest_resilience.backends.llama import LlamaStream, _StopSignal
 from pytest_resilience.leaks import (
     Leak,
     ResourceRegistry,
@@ -312,3 +316,290 @@ def test_this_suite_runs_under_the_plugins_leak_check(pytestconfig: pytest.Confi
     # what the check does is proven in tests/plugin; here, that our own suite has it on
     assert settings_of(pytestconfig).leak_check
     assert pytestconfig.pluginmanager.has_plugin("resilience-leak-check")
+
+
+# ------------------------------------------------------------------- one-time opens
+
+
+@pytest.mark.skipif(not LINUX, reason="/proc file descriptors")
+def test_a_descriptor_held_by_a_module_attribute_is_a_one_time_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # what llama_cpp does at its import: module-level sinks, opened once, kept for good
+    module = types.ModuleType("one_time_opener")
+    before = snapshot()
+    sink = vars(module)["sink"] = open(os.devnull, "w")  # noqa: SIM115 - as llama_cpp's
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    held_elsewhere = [open(os.devnull, "w")]  # noqa: SIM115 - closed below
+    try:
+        (leak,) = check(before, grace=0)
+        assert (leak.what, leak.detail) == ("fd", f"{held_elsewhere[0].fileno()} -> /dev/null")
+        assert [x.what for x in diff(before, snapshot())] == ["fd", "fd"]  # diff stays pure
+    finally:
+        held_elsewhere.pop().close()
+        sink.close()
+    assert check(before, grace=0) == []
+
+
+# ----------------------------------------------------------------- creation sites
+
+
+def line_after() -> int:
+    """The line after the caller's: where the next statement creates something."""
+    return sys._getframe(1).f_lineno + 1
+
+
+def test_a_watch_names_where_a_thread_was_started() -> None:
+    with leaks.watch():
+        before = snapshot()
+        line = line_after()
+        thread, release = parked_thread("sited")
+        try:
+            (leak,) = check(before, grace=0)
+        finally:
+            release.set()
+            thread.join()
+    assert leak.what == "thread"
+    assert leak.where.startswith(f"{__file__}:")  # parked_thread() starts it, in this file
+    assert parked_thread.__name__ in leak.where or f":{line} " in leak.where
+
+
+@pytest.mark.skipif(not LINUX, reason="/proc file descriptors")
+def test_a_watch_names_where_a_file_and_a_socket_were_opened(tmp_path: Path) -> None:
+    with leaks.watch():
+        before = snapshot()
+        line = line_after()
+        held = (tmp_path / "held.txt").open("w")
+        pair = socket.socketpair()
+        try:
+            found = check(before, grace=0)
+        finally:
+            held.close()
+            for end in pair:
+                end.close()
+    here = f"{__file__}:{{}} in test_a_watch_names_where_a_file_and_a_socket_were_opened"
+    assert [(x.what, x.where) for x in found] == [
+        ("fd", here.format(line)),
+        ("fd", here.format(line + 1)),
+        ("fd", here.format(line + 1)),
+    ]
+    assert found[0].detail.endswith(str(tmp_path / "held.txt"))
+    assert str(found[0]).endswith(f"(created at {here.format(line)})")
+
+
+def test_a_watch_names_where_a_child_process_was_started_real_time() -> None:
+    with leaks.watch():
+        before = snapshot()
+        line = line_after()
+        child = sleeper()
+        try:
+            found = check(before, grace=0)
+        finally:
+            child.communicate()
+    (process,) = [x for x in found if x.what == "process"]
+    assert process.where.startswith(f"{__file__}:")
+    assert f":{line} in " in process.where or " in sleeper" in process.where
+
+
+def test_the_wrappers_come_and_go_with_the_watches() -> None:
+    before = {name: vars(threading.Thread)[name] for name in ("start", "run")}
+    outer = leaks._WATCHER.active  # the suite's own check watches each test
+    with leaks.watch(), leaks.watch():
+        assert leaks._WATCHER.active == outer + 2
+        assert getattr(threading.Thread.start, "__wrapped__", None) is not None
+    assert leaks._WATCHER.active == outer
+    assert {name: vars(threading.Thread)[name] for name in before} == before  # put back
+    if not outer:
+        assert getattr(threading.Thread.start, "__wrapped__", None) is None
+
+
+def test_creation_site_skips_this_package_and_the_standard_library() -> None:
+    line = line_after()
+    where = leaks.creation_site()
+    assert where == f"{__file__}:{line} in {sys._getframe().f_code.co_name}"
+    assert leaks.creation_site(stacklevel=10_000) == ""
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def test_a_task_left_pending_on_a_closed_loop_is_a_leak_with_its_creation_site() -> None:
+    with leaks.use_registry() as registry, leaks.watch():
+        before = snapshot(registry=registry)
+        loop = asyncio.new_event_loop()
+        gate: asyncio.Future[None] = loop.create_future()
+
+        async def forever(gate: asyncio.Future[None]) -> None:
+            await gate
+
+        line = line_after()
+        task = loop.create_task(forever(gate), name="orphan")
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        (leak,) = diff(before, snapshot(registry=registry))
+        assert leak.what == "task"
+        assert leak.detail == f"'orphan' running {forever.__qualname__}, on a closed loop"
+        assert leak.where == (
+            f"{__file__}:{line} in "
+            "test_a_task_left_pending_on_a_closed_loop_is_a_leak_with_its_creation_site"
+        )
+        # dropped, it is destroyed pending (asyncio says so): still this test's leak
+        del task, gate
+        gc.collect()
+        (lost,) = check(before, registry=registry, grace=0)
+        assert lost.detail.startswith(f"'orphan' running {forever.__qualname__}, destroyed")
+        assert lost.where == leak.where
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+def test_a_task_destroyed_pending_before_the_check_is_still_a_leak() -> None:
+    with leaks.use_registry() as registry, leaks.watch():
+        before = snapshot(registry=registry)
+        loop = asyncio.new_event_loop()
+
+        async def never() -> None:  # pragma: no cover - never runs
+            pass
+
+        loop.create_task(never(), name="never-ran")  # noqa: RUF006 - dropped: destroyed pending
+        loop.close()
+        (leak,) = check(before, registry=registry, grace=0)
+    assert leak.what == "task"
+    assert leak.detail.startswith(f"'never-ran' running {never.__qualname__}, destroyed")
+    assert leak.where.startswith(f"{__file__}:")
+
+
+def test_tasks_a_runner_cancelled_or_that_finished_are_not_leaks() -> None:
+    with leaks.use_registry() as registry, leaks.watch():
+        before = snapshot(registry=registry)
+
+        async def main() -> None:
+            await asyncio.create_task(asyncio.sleep(0), name="awaited")
+            asyncio.create_task(asyncio.Event().wait(), name="cancelled-by-run")  # noqa: RUF006
+
+        asyncio.run(main())
+        assert check(before, registry=registry, grace=0) == []
+
+
+def test_a_task_of_a_given_loop_is_reported_once_when_the_registry_tracks_it() -> None:
+    with leaks.use_registry() as registry, leaks.watch():
+        loop = asyncio.new_event_loop()
+        try:
+            before = snapshot(loop, registry)
+            gate: asyncio.Future[None] = loop.create_future()
+            task = loop.create_task(asyncio.wait_for(gate, None), name="twice?")
+            loop.run_until_complete(asyncio.sleep(0))
+            (leak,) = diff(before, snapshot(loop, registry))
+            assert leak.detail == "'twice?' running wait_for, still pending"
+            gate.set_result(None)
+            loop.run_until_complete(task)
+        finally:
+            loop.close()
+
+
+# ------------------------------------------------------- the process-wide registry
+
+
+class FakeModel:
+    """What a LlamaStream needs of its backend, without llama_cpp."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+
+def llama_stream(chunks: list[str]) -> LlamaStream:
+    pieces = iter([{"choices": [{"text": c, "finish_reason": None}]} for c in chunks])
+    return LlamaStream(FakeModel(), pieces, _StopSignal(None))  # type: ignore[arg-type]
+
+
+def test_a_closed_llama_stream_is_not_reported_open() -> None:
+    with leaks.use_registry() as registry:
+        before = snapshot(registry=registry)
+        stream = llama_stream(["Once", " upon"])
+        assert next(stream) == "Once"
+        (leak,) = diff(before, snapshot(registry=registry))
+        assert str(leak).startswith(
+            "stream: <LlamaStream of 'fake' open, 4 characters so far> (created at "
+            f"{__file__}:"  # in llama_stream(), the first frame outside the package
+        )
+        stream.close()
+        assert stream.closed
+        assert diff(before, snapshot(registry=registry)) == []
+
+
+def test_a_llama_stream_that_ran_out_is_closed() -> None:
+    with leaks.use_registry() as registry:
+        before = snapshot(registry=registry)
+        stream = llama_stream(["a", "b"])
+        assert list(stream) == ["a", "b"]
+        assert stream.closed
+        assert diff(before, snapshot(registry=registry)) == []
+
+
+def test_backends_register_into_the_process_wide_registry() -> None:
+    with leaks.use_registry() as registry:
+        assert leaks.default_registry() is registry
+        stream = llama_stream(["x"])
+        assert registry.tracks(stream)
+    assert leaks.default_registry() is not registry
+    assert not leaks.default_registry().tracks(stream)
+    stream.close()
+
+
+def test_the_registry_never_keeps_a_resource_alive() -> None:
+    with leaks.use_registry() as registry:
+        stream = llama_stream(["x"])
+        next(stream)
+        ref = weakref.ref(stream)
+        del stream
+        assert ref() is None
+        assert registry.open_resources() == {}
+
+
+def test_a_resource_registered_before_the_snapshot_is_never_new() -> None:
+    registry = ResourceRegistry()
+    response = registry.register(Response())
+    response.is_closed = True
+    before = snapshot(registry=registry)
+    response.is_closed = False  # reopened during the work: not created by it
+    assert diff(before, snapshot(registry=registry)) == []
+
+
+def test_a_dismissed_resource_is_not_reported_again() -> None:
+    registry = ResourceRegistry()
+    before = snapshot(registry=registry)
+    kept = registry.register(numbers(), "stream")
+    found = check(before, registry=registry, grace=0)
+    assert [x.what for x in found] == ["stream"]
+    registry.dismiss(found)
+    assert check(before, registry=registry, grace=0) == []
+    kept.close()
+
+
+def test_a_resource_in_a_reference_cycle_is_collected_within_the_grace() -> None:
+    registry = ResourceRegistry()
+    before = snapshot(registry=registry)
+    cycle: list[Any] = [registry.register(numbers(), "stream")]
+    next(cycle[0])
+    cycle.append(cycle)  # garbage once dropped, but only the collector can free it
+    gc.disable()
+    try:
+        del cycle
+        assert [x.what for x in diff(before, snapshot(registry=registry))] == ["stream"]
+        assert check(before, registry=registry, grace=0.5) == []
+    finally:
+        gc.enable()
+
+
+def test_the_registry_survives_collections_inside_its_own_lock() -> None:
+    # weakref callbacks may run in the middle of any allocation, also under the lock
+    registry = ResourceRegistry()
+    before = snapshot(registry=registry)
+    for _ in range(200):
+        cycle: list[Any] = [registry.register(numbers(), "stream")]
+        cycle.append(cycle)
+        del cycle
+        registry.register(numbers())
+    gc.collect()
+    assert check(before, registry=registry, grace=0) == []
