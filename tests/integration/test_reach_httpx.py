@@ -64,8 +64,9 @@ def _events(hx: ModuleType, url: str, timeout: float | None = 5.0) -> list[str]:
 
 
 def _events_killed_after(hx: ModuleType, daemon: DaemonProcess, n: int) -> None:
-    """Read a streamed answer and really SIGKILL the daemon after ``n`` lines."""
-    body = {**BODY, "stream": True}
+    """Read a streamed answer and really SIGKILL the daemon after ``n`` lines (a long
+    answer, so that the daemon is still sending when it dies, however busy the machine)."""
+    body = {**BODY, "stream": True, "max_tokens": 512}
     with (
         hx.Client(timeout=5.0) as client,
         client.stream("POST", f"{daemon.base_url}/v1/completions", json=body) as answer,

@@ -14,7 +14,8 @@ pytest_plugins = ["pytester"]
 
 # Extension modules cannot be loaded twice in a process, and pytester unloads what its runs
 # import: load them here, once.
-for _name in ("numpy", "gguf", "llama_cpp", "tenacity", "stamina", "backoff", "freezegun"):
+for _name in ("numpy", "gguf", "llama_cpp", "httpcore", "httpx", "tenacity", "stamina", "backoff",
+              "freezegun"):  # fmt: skip
     if importlib.util.find_spec(_name) is not None:
         importlib.import_module(_name)
 
