@@ -565,7 +565,10 @@ def test_a_simulated_loss_mid_stream_is_what_a_real_sigkill_gives(
     async def kill_after_three(got: list[bytes]) -> None:
         async with (
             aiohttp.ClientSession() as session,
-            session.post(real.base_url + COMPLETIONS, json={**BODY, "stream": True}) as resp,
+            # a long answer: the daemon is still sending when it dies, however busy the machine
+            session.post(
+                real.base_url + COMPLETIONS, json={**BODY, "stream": True, "max_tokens": 512}
+            ) as resp,
         ):
             async for line in resp.content:
                 got.append(line)
@@ -595,8 +598,10 @@ def test_a_simulated_loss_mid_stream_is_what_a_real_sigkill_gives(
     assert type(lost.value.__cause__) is type(sigkill.value.__cause__)
     assert type(reset.value.__cause__) is type(sigkill.value.__cause__)
     expected = baseline["chunks"][:3]
-    assert _texts(b"".join(by_hand)) == _texts(b"".join(by_fault)) == expected
+    assert _texts(b"".join(by_fault)) == expected
     assert _texts(b"".join(by_reset)) == expected
+    # a real kill may let through what the daemon had already written to the socket
+    assert _texts(b"".join(by_hand))[:3] == expected
 
 
 # ---------------------------------------------------------------------------- process
