@@ -459,6 +459,9 @@ def test_stream_lost_after_two_chunks_is_what_a_real_sigkill_mid_stream_raises(
         pytest.raises(openai.APIConnectionError) as lost,
     ):
         deltas(c, own.alias)
+    # the fault fired first: else the error came from elsewhere (say it, with its cause)
+    cause = repr(lost.value.__cause__)
+    assert (run.calls("daemon.stream"), run.injected("daemon.stream")) == (1, 1), cause
     assert not own.alive
     assert type(lost.value) is type(killed.value) is openai.APIConnectionError
     assert type(lost.value.__cause__) is type(killed.value.__cause__)
