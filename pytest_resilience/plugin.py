@@ -59,7 +59,6 @@ import json
 import os
 import re
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -196,7 +195,7 @@ class TestState:
     journal_maxlen: int = 100_000
     reach: dict[str, list[Any]] = field(default_factory=dict)  # run-wide sites, see _Totals
     missed: list[str] = field(default_factory=list)  # faults asked for that never fired
-    started: float = field(default_factory=time.monotonic)  # real time, as the test began
+    started: float = 0.0  # the system clock's time as the test began (set at setup)
     clock_start: float | None = None  # the virtual clock's time then, when it has one
     _journal: Journal | None = None
 
@@ -1213,7 +1212,9 @@ def _resilience_daemon_process(
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    state_of(item).started = time.monotonic()  # the origin of a real-time journal's times
+    from pytest_resilience.clock import SystemClock  # noqa: PLC0415 - small, once per run
+
+    state_of(item).started = SystemClock().now()  # the origin of a real-time journal's times
     # Before any of the test's fixtures, so that the leak check's "before" already has it:
     # a session daemon that the previous test killed or paused runs again for this one.
     shared = item.config.stash.get(SHARED_DAEMON, None)
