@@ -92,6 +92,22 @@ def error_body(status: int, site: str) -> bytes:
     return json.dumps({"error": {**error, "param": None}}).encode()
 
 
+def error_status(term: Term) -> int:
+    """The HTTP status a ``ratelimit`` (429) or ``status(code)`` term answers with."""
+    code = 429 if term.kind == "ratelimit" else term.arg("code")
+    assert isinstance(code, int)
+    return code
+
+
+def error_headers(term: Term) -> dict[str, str]:
+    """The headers of that answer: JSON, and ``Retry-After`` when the term gives one."""
+    headers = {"content-type": "application/json"}
+    seconds = term.arg("retry_after")
+    if isinstance(seconds, int | float):
+        headers["retry-after"] = _retry_after(float(seconds))
+    return headers
+
+
 def _retry_after(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
@@ -352,18 +368,12 @@ class Call:
     @property
     def status(self) -> int:
         """The HTTP status of ``ratelimit`` (429) or ``status(code)``."""
-        code = 429 if self.kind == "ratelimit" else self.term.arg("code")
-        assert isinstance(code, int)
-        return code
+        return error_status(self.term)
 
     @property
     def headers(self) -> dict[str, str]:
         """The headers of the error answer: JSON, and ``Retry-After`` when given."""
-        headers = {"content-type": "application/json"}
-        seconds = self.term.arg("retry_after")
-        if isinstance(seconds, int | float):
-            headers["retry-after"] = _retry_after(float(seconds))
-        return headers
+        return error_headers(self.term)
 
     @property
     def body(self) -> bytes:

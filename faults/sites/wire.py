@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING
 from faults.kinds import corrupt_json
 from faults.proxy import AnswerPlan, Cut, Reply, Verdict
 from faults.sites.base import Cleanup, after_of, seconds_of
-from faults.sites.daemon import error_body
+from faults.sites.daemon import error_body, error_headers, error_status
 from faults.spec import SpecError
 from faults.target import same_host
 from pytest_resilience.errors import DaemonUnavailable
@@ -128,10 +128,6 @@ def _check(faults: Mapping[str, SiteFaults], env: Env, proxy: FaultProxy) -> Non
                 f"{proxy!r} does not lead to the daemon at {ours[0]}:{ours[1]}: "
                 "FaultProxy(upstream=(daemon.host, daemon.port))"
             )
-
-
-def _retry_after(seconds: float) -> str:
-    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
 
 def _corrupt(data: bytes) -> bytes:
@@ -203,13 +199,8 @@ class _Wire:
         elif kind == "latency":
             return f.delay(term), "forward", None
         elif kind in ("ratelimit", "status"):
-            code = 429 if kind == "ratelimit" else term.arg("code")
-            assert isinstance(code, int)
-            headers = [("content-type", "application/json")]
-            seconds = term.arg("retry_after")
-            if isinstance(seconds, int | float):
-                headers.append(("retry-after", _retry_after(float(seconds))))
-            return 0.0, "reply", Reply(code, tuple(headers), error_body(code, f.name))
+            code, headers = error_status(term), tuple(error_headers(term).items())
+            return 0.0, "reply", Reply(code, headers, error_body(code, f.name))
         return 0.0, "forward", None
 
     def answer(self, cuts: tuple[Cut, ...], answer: HttpAnswer) -> AnswerPlan | None:
