@@ -35,8 +35,8 @@ from faults.schedule import schedules as build_schedules
 from faults.sites import Env, install
 from faults.spec import Site, Spec, parse
 from faults.target import Target
-from pytest_resilience.clock import SystemClock
-from pytest_resilience.events import Journal
+from pytest_resilience.core.clock import SystemClock
+from pytest_resilience.core.events import Journal
 
 if TYPE_CHECKING:
     import os
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from faults.sites.base import Route
     from faults.sites.daemon import DaemonSites
     from faults.target import Server
-    from pytest_resilience.clock import Clock
+    from pytest_resilience.core.clock import Clock
 
 __all__ = ["FaultNotReached", "Injector", "Unreached", "inject"]
 

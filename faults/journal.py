@@ -17,7 +17,7 @@ of the header's spec fire exactly the faults recorded for it, at the same call n
 spec are replayed; the other events are kept for reading.
 
 :func:`load` trusts nothing: every line is checked (the header, each event's kind and
-fields against the registry of :mod:`pytest_resilience.events`, each fired fault and its
+fields against the registry of :mod:`pytest_resilience.core.events`, each fired fault and its
 call number), and a file this package could not have written is a :class:`JournalFileError`
 naming the file and the line, never a replay of something else.
 """
@@ -32,13 +32,13 @@ from typing import IO, TYPE_CHECKING, Any, Final
 from faults.schedule import Schedule
 from faults.sites import SOURCE
 from faults.spec import Site, Spec, SpecError, parse
-from pytest_resilience.events import FaultInjected, _show, event_from_dict
+from pytest_resilience.core.events import FaultInjected, _show, event_from_dict
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from faults.spec import Term
-    from pytest_resilience.events import Event, Journal
+    from pytest_resilience.core.events import Event, Journal
 
 __all__ = ["HEADER_KIND", "JournalFileError", "Recording", "dump", "load", "save"]
 
@@ -123,7 +123,8 @@ def load(source: str | os.PathLike[str] | Iterable[str | bytes]) -> Recording:
     * a first line that is not the header: ``{"kind": "faults.run", "version": 1, "spec":
       TEXT, "seed": INT_OR_TEXT, "scope": TEXT}`` (``scope`` may be left out, nothing else
       may be added), or a spec that does not parse;
-    * an event of a kind that is not registered (:func:`~pytest_resilience.events.register_event`),
+    * an event of a kind that is not registered
+      (:func:`~pytest_resilience.core.events.register_event`),
       with a field missing, unknown or of the wrong type, or a second header;
     * a fault the injector fired (``fault.injected`` from source ``"faults"``) whose site
       does not parse, whose fault is not one plain term the site admits (no ``pct%``,

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from pytest_resilience import errors as core_errors
+from pytest_resilience.core import errors as core_errors
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -197,7 +197,7 @@ _RAISABLE: Final = tuple(sorted(n for n, cls in _EXCEPTIONS.items() if raisable(
 
 
 def exception_names() -> tuple[str, ...]:
-    """The bare names ``raise`` accepts: builtin exceptions and pytest_resilience.errors'
+    """The bare names ``raise`` accepts: builtin exceptions and pytest_resilience.core.errors'
     (the ``Exception`` ones, and ``Cancelled`` and ``HangDetected``)."""
     return _RAISABLE
 
@@ -212,7 +212,7 @@ def _nearest(word: str, choices: Sequence[str]) -> str | None:
 def check_exception_name(value: ArgValue) -> tuple[str, str | None] | None:
     """Validate the exception type of ``raise`` without importing anything.
 
-    A bare name must be a builtin exception or a name from ``pytest_resilience.errors``, and
+    A bare name must be a builtin exception or a name from ``pytest_resilience.core.errors``, and
     :func:`raisable` (``raise(KeyboardInterrupt)`` is refused here, at parse time); a dotted
     path (``pkg.mod.Name``) is only checked when the fault is installed
     (:func:`resolve_raise_type`). Returns ``None`` when the name is acceptable, else a

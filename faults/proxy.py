@@ -88,14 +88,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from faults.spec import format_duration
-from pytest_resilience.clock import Clock, SystemClock
-from pytest_resilience.events import FaultInjected
+from pytest_resilience.core.clock import Clock, SystemClock
+from pytest_resilience.core.events import FaultInjected
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from types import TracebackType
 
-    from pytest_resilience.events import Journal
+    from pytest_resilience.core.events import Journal
 
 __all__ = [
     "Bandwidth",

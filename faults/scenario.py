@@ -122,7 +122,7 @@ one line of printable text)::
     leaks = "none"                    # no thread, fd or child process left behind
 
 Model ops and calls count towards ``success_rate``: an op *fails* when it raises one of the
-errors a failure produces (any :class:`~pytest_resilience.errors.ResilienceError`,
+errors a failure produces (any :class:`~pytest_resilience.core.errors.ResilienceError`,
 ``OSError``, ``TimeoutError``, ``MemoryError``, and the target's ``errors``) or answers
 ``None``; a stream that stalls with ``on_stall = "return"`` answers (with its partial
 text). A call of an async function runs on an event loop of its own (under a virtual
@@ -170,19 +170,19 @@ from faults.kinds import resolve_exception_type
 from faults.schedule import derive_rng
 from faults.spec import Spec, SpecError, parse
 from faults.target import address_of
-from pytest_resilience.analytics import Summary, summarize
 from pytest_resilience.backends.base import GenerationParams
-from pytest_resilience.breaker import CircuitBreaker, ConsecutiveFailures, Recovery
-from pytest_resilience.clock import SystemClock, VirtualClock
-from pytest_resilience.degrade import Degrader, Level
-from pytest_resilience.errors import (
+from pytest_resilience.core.analytics import Summary, summarize
+from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures, Recovery
+from pytest_resilience.core.clock import SystemClock, VirtualClock
+from pytest_resilience.core.degrade import Degrader, Level
+from pytest_resilience.core.errors import (
     BackendError,
     InvalidOutput,
     ResilienceError,
     StreamInterrupted,
     StreamStalled,
 )
-from pytest_resilience.events import (
+from pytest_resilience.core.events import (
     AttemptFailed,
     AttemptStarted,
     DegradationChanged,
@@ -193,9 +193,9 @@ from pytest_resilience.events import (
     Recovered,
     RetryScheduled,
 )
-from pytest_resilience.fallback import Fallback
-from pytest_resilience.retry import Backoff, Retry, result_is_empty, result_is_none
-from pytest_resilience.stream import StreamGuard
+from pytest_resilience.core.fallback import Fallback
+from pytest_resilience.core.retry import Backoff, Retry, result_is_empty, result_is_none
+from pytest_resilience.core.stream import StreamGuard
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -212,9 +212,9 @@ if TYPE_CHECKING:
     from pytest_resilience.backends.base import Backend, TextStream
     from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess
     from pytest_resilience.backends.resilient import ResilientClient
-    from pytest_resilience.clock import Clock
-    from pytest_resilience.leaks import Leak
-    from pytest_resilience.recovery import CheckpointStore
+    from pytest_resilience.core.clock import Clock
+    from pytest_resilience.core.leaks import Leak
+    from pytest_resilience.core.recovery import CheckpointStore
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -2111,7 +2111,7 @@ class _Runner:
         return record
 
     def job(self, step: Step) -> str:
-        from pytest_resilience.recovery import (  # noqa: PLC0415
+        from pytest_resilience.core.recovery import (  # noqa: PLC0415
             CheckpointStore,
             RecoveryContext,
             execute_with_recovery,
@@ -2199,7 +2199,7 @@ _JOB_CHILD: Final = """
 import sys
 from pytest_resilience.backends.base import GenerationParams
 from pytest_resilience.backends.llama import LlamaBackend
-from pytest_resilience.recovery import CheckpointStore
+from pytest_resilience.core.recovery import CheckpointStore
 
 model, folder, key, prompt, parts, max_tokens = sys.argv[1:]
 store = CheckpointStore(folder)
@@ -2411,13 +2411,13 @@ def _exception_class(name: str) -> type[BaseException]:
 
 
 def _leak_snapshot() -> object:
-    from pytest_resilience.leaks import snapshot  # noqa: PLC0415
+    from pytest_resilience.core.leaks import snapshot  # noqa: PLC0415
 
     return snapshot()
 
 
 def _leaks_since(before: object) -> list[Leak]:
-    from pytest_resilience.leaks import Snapshot, check  # noqa: PLC0415
+    from pytest_resilience.core.leaks import Snapshot, check  # noqa: PLC0415
 
     assert isinstance(before, Snapshot)
     return check(before)

@@ -44,7 +44,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from pytest_resilience.seeding import derive_rng
+from pytest_resilience.core.seeding import derive_rng
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping

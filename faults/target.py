@@ -20,7 +20,7 @@ import signal
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from pytest_resilience.clock import SystemClock
+from pytest_resilience.core.clock import SystemClock
 
 __all__ = ["Server", "Target", "address_of", "same_host"]
 

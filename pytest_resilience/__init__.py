@@ -2,7 +2,7 @@
 
 The names here are the core, safe to use in production code: importing them pulls in
 neither pytest nor llama-cpp-python nor httpx. The model backends live in
-``pytest_resilience.backends``, the event records in ``pytest_resilience.events``, the
+``pytest_resilience.backends``, the event records in ``pytest_resilience.core.events``, the
 fault injector in the separate ``faults`` package, and the pytest plugin registers itself.
 
 Every name is imported on first use (PEP 562): pytest imports this package in every run of
@@ -15,9 +15,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .analytics import Summary, summarize
-    from .app import fallback_point, fell_back, retried
-    from .breaker import (
+    from .core.analytics import Summary, summarize
+    from .core.app import fallback_point, fell_back, retried
+    from .core.breaker import (
         BreakerStats,
         CircuitBreaker,
         ConsecutiveFailures,
@@ -28,10 +28,10 @@ if TYPE_CHECKING:
         TimeWindow,
         TripPolicy,
     )
-    from .cancel import CancelScope, cancel_scope, check_cancelled, current_scope, deadline
-    from .clock import Clock, SystemClock, VirtualClock
-    from .degrade import DegradePolicy, Degrader, Level, Limits, Profile
-    from .errors import (
+    from .core.cancel import CancelScope, cancel_scope, check_cancelled, current_scope, deadline
+    from .core.clock import Clock, SystemClock, VirtualClock
+    from .core.degrade import DegradePolicy, Degrader, Level, Limits, Profile
+    from .core.errors import (
         Action,
         BackendError,
         Cancelled,
@@ -59,9 +59,9 @@ if TYPE_CHECKING:
         StreamStalled,
         classify,
     )
-    from .events import Event, Journal, JournalFull, JsonLinesLogger
-    from .fallback import Fallback, Step
-    from .health import (
+    from .core.events import Event, Journal, JournalFull, JsonLinesLogger
+    from .core.fallback import Fallback, Step
+    from .core.health import (
         DaemonCheck,
         DiskCheck,
         HealthCheck,
@@ -70,8 +70,8 @@ if TYPE_CHECKING:
         MemoryCheck,
         ModelFileCheck,
     )
-    from .recovery import Checkpoint, CheckpointStore, RecoveryContext, execute_with_recovery
-    from .retry import (
+    from .core.recovery import Checkpoint, CheckpointStore, RecoveryContext, execute_with_recovery
+    from .core.retry import (
         Backoff,
         ExceptionFilter,
         Jitter,
@@ -81,93 +81,93 @@ if TYPE_CHECKING:
         result_is_empty,
         result_is_none,
     )
-    from .stream import GuardedStream, StreamGuard, StreamResult
+    from .core.stream import GuardedStream, StreamGuard, StreamResult
 
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    "fallback_point": "app",
-    "fell_back": "app",
-    "retried": "app",
-    "Action": "errors",
-    "BackendError": "errors",
-    "Backoff": "retry",
-    "BreakerStats": "breaker",
-    "CancelScope": "cancel",
-    "Cancelled": "errors",
-    "Category": "errors",
-    "Checkpoint": "recovery",
-    "CheckpointError": "errors",
-    "CheckpointStore": "recovery",
-    "CircuitBreaker": "breaker",
-    "CircuitOpenError": "errors",
-    "Classification": "errors",
-    "Classifier": "errors",
-    "Clock": "clock",
-    "ConsecutiveFailures": "breaker",
-    "CountWindow": "breaker",
-    "DaemonCheck": "health",
-    "DaemonLost": "errors",
-    "DaemonUnavailable": "errors",
-    "DeadlineExceeded": "errors",
-    "DegradePolicy": "degrade",
-    "Degrader": "degrade",
-    "DiskCheck": "health",
-    "Event": "events",
-    "ExceptionFilter": "errors",
-    "Fallback": "fallback",
-    "FallbackError": "errors",
-    "GuardedStream": "stream",
-    "HangDetected": "errors",
-    "ResilienceInterrupt": "errors",
-    "HealthCheck": "health",
-    "HealthMonitor": "health",
-    "HealthResult": "health",
-    "InvalidOutput": "errors",
-    "Jitter": "retry",
-    "Journal": "events",
-    "JournalFull": "events",
-    "JsonLinesLogger": "events",
-    "Level": "degrade",
-    "Limits": "degrade",
-    "MemoryCheck": "health",
-    "ModelFileCheck": "health",
-    "ModelNotFound": "errors",
-    "Permit": "breaker",
-    "Profile": "degrade",
-    "RateLimited": "errors",
-    "Recovery": "breaker",
-    "RecoveryContext": "recovery",
-    "ResilienceError": "errors",
-    "ResourceExhausted": "errors",
-    "Retry": "retry",
-    "RetryDetails": "retry",
-    "RetryError": "errors",
-    "Rule": "errors",
-    "ServerError": "errors",
-    "Severity": "errors",
-    "State": "breaker",
-    "Step": "fallback",
-    "StreamGuard": "stream",
-    "StreamInterrupted": "errors",
-    "StreamResult": "stream",
-    "StreamStalled": "errors",
-    "Summary": "analytics",
-    "SystemClock": "clock",
-    "TimeWindow": "breaker",
-    "TripPolicy": "breaker",
-    "VirtualClock": "clock",
-    "cancel_scope": "cancel",
-    "check_cancelled": "cancel",
-    "classify": "errors",
-    "current_scope": "cancel",
-    "deadline": "cancel",
-    "execute_with_recovery": "recovery",
-    "is_retryable": "retry",
-    "result_is_empty": "retry",
-    "result_is_none": "retry",
-    "summarize": "analytics",
+    "fallback_point": "core.app",
+    "fell_back": "core.app",
+    "retried": "core.app",
+    "Action": "core.errors",
+    "BackendError": "core.errors",
+    "Backoff": "core.retry",
+    "BreakerStats": "core.breaker",
+    "CancelScope": "core.cancel",
+    "Cancelled": "core.errors",
+    "Category": "core.errors",
+    "Checkpoint": "core.recovery",
+    "CheckpointError": "core.errors",
+    "CheckpointStore": "core.recovery",
+    "CircuitBreaker": "core.breaker",
+    "CircuitOpenError": "core.errors",
+    "Classification": "core.errors",
+    "Classifier": "core.errors",
+    "Clock": "core.clock",
+    "ConsecutiveFailures": "core.breaker",
+    "CountWindow": "core.breaker",
+    "DaemonCheck": "core.health",
+    "DaemonLost": "core.errors",
+    "DaemonUnavailable": "core.errors",
+    "DeadlineExceeded": "core.errors",
+    "DegradePolicy": "core.degrade",
+    "Degrader": "core.degrade",
+    "DiskCheck": "core.health",
+    "Event": "core.events",
+    "ExceptionFilter": "core.errors",
+    "Fallback": "core.fallback",
+    "FallbackError": "core.errors",
+    "GuardedStream": "core.stream",
+    "HangDetected": "core.errors",
+    "ResilienceInterrupt": "core.errors",
+    "HealthCheck": "core.health",
+    "HealthMonitor": "core.health",
+    "HealthResult": "core.health",
+    "InvalidOutput": "core.errors",
+    "Jitter": "core.retry",
+    "Journal": "core.events",
+    "JournalFull": "core.events",
+    "JsonLinesLogger": "core.events",
+    "Level": "core.degrade",
+    "Limits": "core.degrade",
+    "MemoryCheck": "core.health",
+    "ModelFileCheck": "core.health",
+    "ModelNotFound": "core.errors",
+    "Permit": "core.breaker",
+    "Profile": "core.degrade",
+    "RateLimited": "core.errors",
+    "Recovery": "core.breaker",
+    "RecoveryContext": "core.recovery",
+    "ResilienceError": "core.errors",
+    "ResourceExhausted": "core.errors",
+    "Retry": "core.retry",
+    "RetryDetails": "core.retry",
+    "RetryError": "core.errors",
+    "Rule": "core.errors",
+    "ServerError": "core.errors",
+    "Severity": "core.errors",
+    "State": "core.breaker",
+    "Step": "core.fallback",
+    "StreamGuard": "core.stream",
+    "StreamInterrupted": "core.errors",
+    "StreamResult": "core.stream",
+    "StreamStalled": "core.errors",
+    "Summary": "core.analytics",
+    "SystemClock": "core.clock",
+    "TimeWindow": "core.breaker",
+    "TripPolicy": "core.breaker",
+    "VirtualClock": "core.clock",
+    "cancel_scope": "core.cancel",
+    "check_cancelled": "core.cancel",
+    "classify": "core.errors",
+    "current_scope": "core.cancel",
+    "deadline": "core.cancel",
+    "execute_with_recovery": "core.recovery",
+    "is_retryable": "core.retry",
+    "result_is_empty": "core.retry",
+    "result_is_none": "core.retry",
+    "summarize": "core.analytics",
 }
 
 __all__ = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_resilience.plugin import ENVIRONMENT
+from pytest_resilience.plugin.hooks import ENVIRONMENT
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 Apps rarely retry with our core: they use tenacity, stamina, backoff, the openai client's
 built-in retries, or a loop of their own. While a watch is open, every retry any of them
-schedules becomes an :class:`~pytest_resilience.events.AppRetry` event in the journal
+schedules becomes an :class:`~pytest_resilience.core.events.AppRetry` event in the journal
 (library, the retried callable's name as ``source``, the attempt that failed, the delay,
 the error), stamped with the watch's clock, virtual or not::
 
@@ -13,9 +13,9 @@ the error), stamped with the watch's clock, virtual or not::
 
 ``watch.observed`` names the libraries being observed, ``watch.skipped`` why the others are
 not (not installed, or internals that moved: then nothing is patched for that library).
-The application marks its own fallbacks with :func:`pytest_resilience.app.fell_back` or
-:func:`pytest_resilience.app.fallback_point`, and reports the retries of a loop of its own
-with :func:`pytest_resilience.app.retried`; while a watch is open they go to its journal.
+The application marks its own fallbacks with :func:`pytest_resilience.core.app.fell_back` or
+:func:`pytest_resilience.core.app.fallback_point`, and reports the retries of a loop of its own
+with :func:`pytest_resilience.core.app.retried`; while a watch is open they go to its journal.
 
 Each library is hooked once, process wide (:mod:`faults.observe.seams`), when the first
 watch opens, and put back exactly as it was when the last one closes. Watches nest and
@@ -31,15 +31,15 @@ import threading
 from typing import TYPE_CHECKING, Self
 
 from faults.observe.seams import SEAMS
-from pytest_resilience.app import Observation
+from pytest_resilience.core.app import Observation
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from types import TracebackType
 
     from faults.observe.seams import Seam
-    from pytest_resilience.clock import Clock
-    from pytest_resilience.events import Journal
+    from pytest_resilience.core.clock import Clock
+    from pytest_resilience.core.events import Journal
 
 __all__ = ["LIBRARIES", "Watch", "check", "unwatch", "watch"]
 

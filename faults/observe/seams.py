@@ -5,8 +5,8 @@ this module relies on (``None`` when they are); ``install()`` hooks the library,
 wide; ``uninstall()`` puts back exactly what was there. :mod:`faults.observe` installs a
 library's seam when the first watch opens and uninstalls it when the last one closes.
 Every hook costs a function call and a list check when nothing observes, and records an
-:class:`~pytest_resilience.events.AppRetry` through
-:func:`pytest_resilience.app.record_retry` when something does.
+:class:`~pytest_resilience.core.events.AppRetry` through
+:func:`pytest_resilience.core.app.record_retry` when something does.
 
 ========  ======================================================  =====================
 library   seam                                                    public?
@@ -43,7 +43,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from pytest_resilience.app import current, record_retry
+from pytest_resilience.core.app import current, record_retry
 
 if TYPE_CHECKING:
     from types import ModuleType

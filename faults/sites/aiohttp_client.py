@@ -81,7 +81,7 @@ if TYPE_CHECKING:
 
     from faults.sites.base import Restorer, SiteFaults
     from faults.sites.daemon import Call, DaemonSites
-    from pytest_resilience.clock import Clock
+    from pytest_resilience.core.clock import Clock
 
 __all__ = ["hook"]
 

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from faults.kinds import make_exception, resolve_raise_type
 from faults.schedule import derive_rng
 from faults.spec import SpecError, format_duration
-from pytest_resilience.cancel import current_scope
-from pytest_resilience.events import FaultInjected
+from pytest_resilience.core.cancel import current_scope
+from pytest_resilience.core.events import FaultInjected
 
 if TYPE_CHECKING:
     import random
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from faults.schedule import Decision, Schedule
     from faults.spec import Entry, Term
     from faults.target import Server
-    from pytest_resilience.clock import Clock
-    from pytest_resilience.events import Journal
+    from pytest_resilience.core.clock import Clock
+    from pytest_resilience.core.events import Journal
 
 __all__ = [
     "SOURCE",

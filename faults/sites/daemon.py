@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING
 
 from faults.sites.base import Cleanup, after_of, close_source, seconds_of
 from faults.target import Target, same_host
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import DaemonUnavailable
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import DaemonUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Mapping

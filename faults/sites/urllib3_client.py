@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING, Any
 
 from faults.sites.base import Patch, Restorer, seconds_of
 from faults.sites.daemon import Errors, closed_port, events
-from pytest_resilience.errors import DeadlineExceeded
+from pytest_resilience.core.errors import DeadlineExceeded
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -69,7 +69,7 @@ from faults.sites.base import Cleanup, after_of, seconds_of
 from faults.sites.daemon import error_body, error_headers, error_status
 from faults.spec import SpecError
 from faults.target import same_host
-from pytest_resilience.errors import DaemonUnavailable
+from pytest_resilience.core.errors import DaemonUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

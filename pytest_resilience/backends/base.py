@@ -2,8 +2,8 @@
 
 A backend generates text, streams it as chunks, and embeds text. A stream is an iterator
 of text chunks with ``close()``: closing it (or abandoning it) must stop the generation
-behind it. Backends honour the current cancel scope (``pytest_resilience.cancel``)
-between tokens or chunks, and raise the core's errors (``pytest_resilience.errors``),
+behind it. Backends honour the current cancel scope (``pytest_resilience.core.cancel``)
+between tokens or chunks, and raise the core's errors (``pytest_resilience.core.errors``),
 chaining the library's own exception with ``raise ... from exc``.
 """
 

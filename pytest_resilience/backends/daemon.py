@@ -50,9 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
 
-from ..cancel import current_scope
-from ..clock import Clock, SystemClock
-from ..errors import (
+from ..core.cancel import current_scope
+from ..core.clock import Clock, SystemClock
+from ..core.errors import (
     BackendError,
     Cancelled,
     DaemonLost,
@@ -65,8 +65,8 @@ from ..errors import (
     StreamInterrupted,
     StreamStalled,
 )
-from ..events import DaemonDown, DaemonRestarted, DaemonUp
-from ..leaks import track
+from ..core.events import DaemonDown, DaemonRestarted, DaemonUp
+from ..core.leaks import track
 from .base import GenerationParams
 from .llama import EmbeddingCheck
 
@@ -76,8 +76,8 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from ..cancel import CancelScope
-    from ..events import Journal
+    from ..core.cancel import CancelScope
+    from ..core.events import Journal
 
 __all__ = [
     "AsyncDaemonStream",

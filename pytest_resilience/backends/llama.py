@@ -9,13 +9,13 @@ every call made here.
 Cancellation: generation reads the cancel scope current when it starts (and, for a stream,
 the one current at each ``next()``) through llama-cpp-python's ``stopping_criteria``, so a
 cancelled or expired scope stops llama.cpp after at most one more token, and the call then
-raises the scope's error (:class:`~pytest_resilience.errors.Cancelled` or
-:class:`~pytest_resilience.errors.DeadlineExceeded`). Closing a :class:`LlamaStream`, or
+raises the scope's error (:class:`~pytest_resilience.core.errors.Cancelled` or
+:class:`~pytest_resilience.core.errors.DeadlineExceeded`). Closing a :class:`LlamaStream`, or
 dropping it, closes the generator behind it, which ends the generation.
 
 One ``Llama`` holds one context, so one generation runs at a time per backend: calls are
 serialised by a lock, and starting a generation closes a stream still open on the same
-backend (its next ``next()`` raises :class:`~pytest_resilience.errors.StreamInterrupted`).
+backend (its next ``next()`` raises :class:`~pytest_resilience.core.errors.StreamInterrupted`).
 
 llama-cpp-python's failures are mapped with ``raise ... from exc``::
 
@@ -40,8 +40,8 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..cancel import current_scope
-from ..errors import (
+from ..core.cancel import current_scope
+from ..core.errors import (
     BackendError,
     InvalidOutput,
     ModelNotFound,
@@ -49,14 +49,14 @@ from ..errors import (
     ResourceExhausted,
     StreamInterrupted,
 )
-from ..leaks import track
+from ..core.leaks import track
 from .base import GenerationParams
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
     from types import TracebackType
 
-    from ..cancel import CancelScope
+    from ..core.cancel import CancelScope
 
 __all__ = ["EmbeddingCheck", "LlamaBackend", "LlamaStream", "map_llama_error"]
 

@@ -19,20 +19,20 @@ How a call is answered
     429, malformed output; a daemon that is down is not worth waiting for when the model can
     run here) around the ``breaker`` (by default it opens after 3 consecutive connection
     failures or timeouts and half-opens after 10 s). When the daemon is down
-    (:class:`~pytest_resilience.errors.DaemonUnavailable`), lost mid-request
-    (:class:`~pytest_resilience.errors.DaemonLost`), too slow
-    (:class:`~pytest_resilience.errors.DeadlineExceeded`), rejected by the open breaker
-    (:class:`~pytest_resilience.errors.CircuitOpenError`), or fails with any other backend
+    (:class:`~pytest_resilience.core.errors.DaemonUnavailable`), lost mid-request
+    (:class:`~pytest_resilience.core.errors.DaemonLost`), too slow
+    (:class:`~pytest_resilience.core.errors.DeadlineExceeded`), rejected by the open breaker
+    (:class:`~pytest_resilience.core.errors.CircuitOpenError`), or fails with any other backend
     error, the call is answered by the ``direct`` backend: the same model in process,
     built on first use from a factory, or given ready-made. A cancelled scope
-    (:class:`~pytest_resilience.errors.Cancelled`) and a hang under a virtual clock
-    (:class:`~pytest_resilience.errors.HangDetected`) are never a reason to fall back: they
+    (:class:`~pytest_resilience.core.errors.Cancelled`) and a hang under a virtual clock
+    (:class:`~pytest_resilience.core.errors.HangDetected`) are never a reason to fall back: they
     propagate unchanged from the daemon call (or the in-process one), counted by the breaker
     as neither success nor failure, with no ``DaemonDown`` or ``FallbackUsed`` event. Errors
     that are not the core's (a caller's ``TypeError``) propagate unchanged too.
 
 Streams
-    A stream goes through the ``guard`` (a :class:`~pytest_resilience.stream.StreamGuard`:
+    A stream goes through the ``guard`` (a :class:`~pytest_resilience.core.stream.StreamGuard`:
     first-token and idle deadlines, so a daemon frozen mid-answer is detected) and the
     breaker (no retry: delivered text cannot be taken back). When the daemon fails
     mid-stream, the client finishes the answer in process without losing or repeating text:
@@ -46,7 +46,7 @@ Streams
     If the replay does not reproduce the delivered text (sampling with temperature > 0, a
     different model file), nothing can be spliced without contradicting what the consumer
     already holds: the stream raises
-    :class:`~pytest_resilience.errors.StreamInterrupted` (reason ``"fallback diverged"``,
+    :class:`~pytest_resilience.core.errors.StreamInterrupted` (reason ``"fallback diverged"``,
     ``partial`` = the delivered text), like the stream guard's buffered mode. ``stream()``
     returns once the first chunk has arrived from one side or the other. ``astream()`` does
     the same in async code: the daemon's ``astream`` under the guard's ``awrap``; the
@@ -55,14 +55,14 @@ Streams
 
 Policies
     ``policy="raise"``: when the direct backend fails too,
-    :class:`~pytest_resilience.errors.FallbackError` is raised (``failures`` names both
+    :class:`~pytest_resilience.core.errors.FallbackError` is raised (``failures`` names both
     errors), chained from the direct backend's error. ``policy="never_fail"`` (the seeds'
     SteadyText v2.1 behaviour): ``generate``/``embed``/``stream`` return ``None`` instead,
     and a stream that fails after it started simply ends, with ``error`` set. Cancellation
     propagates in both modes: it is the caller's decision, not a failure.
 
 Health
-    :meth:`ResilientClient.watch` builds a :class:`~pytest_resilience.health.HealthMonitor`
+    :meth:`ResilientClient.watch` builds a :class:`~pytest_resilience.core.health.HealthMonitor`
     whose one check pings the daemon (``GET /v1/models``), restarts it through
     ``process.restart()`` when asked to and it does not answer, and uses the ping as the
     breaker's half-open probe, so that a healthy daemon closes the breaker and calls return
@@ -89,10 +89,10 @@ import functools
 import threading
 from typing import TYPE_CHECKING, Literal, Self, TypeVar
 
-from ..breaker import CircuitBreaker, ConsecutiveFailures, Recovery, State
-from ..cancel import CancelScope, deadline
-from ..clock import Clock, SystemClock
-from ..errors import (
+from ..core.breaker import CircuitBreaker, ConsecutiveFailures, Recovery, State
+from ..core.cancel import CancelScope, deadline
+from ..core.clock import Clock, SystemClock
+from ..core.errors import (
     BackendError,
     Cancelled,
     CircuitOpenError,
@@ -105,20 +105,20 @@ from ..errors import (
     ServerError,
     StreamInterrupted,
 )
-from ..events import DaemonDown, DaemonSlow, DaemonUp, FallbackUsed, StreamCancelled
-from ..fallback import FallbackExhausted
-from ..health import DaemonCheck, HealthMonitor, HealthResult
-from ..retry import Backoff, Retry
-from ..stream import StreamGuard
+from ..core.events import DaemonDown, DaemonSlow, DaemonUp, FallbackUsed, StreamCancelled
+from ..core.fallback import FallbackExhausted
+from ..core.health import DaemonCheck, HealthMonitor, HealthResult
+from ..core.retry import Backoff, Retry
+from ..core.stream import StreamGuard
 from .base import Backend, GenerationParams
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
     from types import TracebackType
 
-    from ..breaker import Permit
-    from ..events import Event, Journal
-    from ..stream import AsyncGuardedStream, GuardedStream
+    from ..core.breaker import Permit
+    from ..core.events import Event, Journal
+    from ..core.stream import AsyncGuardedStream, GuardedStream
     from .daemon import DaemonBackend, DaemonProcess
 
 __all__ = ["AsyncResilientStream", "Policy", "ResilientClient", "ResilientStream"]

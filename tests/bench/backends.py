@@ -37,7 +37,7 @@ from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess, Serv
 from pytest_resilience.backends.llama import LlamaBackend
 from pytest_resilience.backends.resilient import ResilientClient
 from pytest_resilience.backends.tiny import tiny_model_path
-from pytest_resilience.stream import StreamGuard
+from pytest_resilience.core.stream import StreamGuard
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence

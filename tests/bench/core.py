@@ -55,12 +55,12 @@ import pybreaker
 import stamina
 import tenacity
 
-from pytest_resilience.breaker import CircuitBreaker
-from pytest_resilience.errors import CircuitOpenError
-from pytest_resilience.events import Journal
+from pytest_resilience.core.breaker import CircuitBreaker
+from pytest_resilience.core.errors import CircuitOpenError
+from pytest_resilience.core.events import Journal
 
 try:  # the retry module may still be missing while it is being written
-    from pytest_resilience.retry import Backoff, Retry
+    from pytest_resilience.core.retry import Backoff, Retry
 except ImportError:  # pragma: no cover - depends on the tree
     Retry = None  # type: ignore[assignment,misc]
     Backoff = None  # type: ignore[assignment,misc]
@@ -309,7 +309,7 @@ def _only(subjects: tuple[Subject, ...], *libraries: str) -> tuple[Subject, ...]
 
 def build_rows() -> list[Row]:
     """The benchmark's rows, with fresh subjects (breakers closed or freshly tripped)."""
-    missing = "" if Retry is not None else "pytest_resilience.retry is not available"
+    missing = "" if Retry is not None else "pytest_resilience.core.retry is not available"
     retry = _retry_subjects()
     return [
         Row("retry", "retry decorator, success", "success", False, 10.0, retry, missing),

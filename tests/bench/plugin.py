@@ -49,7 +49,7 @@ def run_once(folder: Path, *extra: str) -> float:
 
 
 def import_cost_ms() -> float:
-    """Milliseconds ``import pytest_resilience.plugin`` adds after ``import pytest``
+    """Milliseconds ``import pytest_resilience.plugin.hooks`` adds after ``import pytest``
     (the median of five fresh interpreters; cumulative, as ``-X importtime`` reports it)."""
     costs = []
     for _ in range(5):
@@ -59,7 +59,7 @@ def import_cost_ms() -> float:
                 "-X",
                 "importtime",
                 "-c",
-                "import pytest; import pytest_resilience.plugin",
+                "import pytest; import pytest_resilience.plugin.hooks",
             ],
             capture_output=True,
             text=True,

@@ -3,7 +3,7 @@
 ``python -m tests.bench.stream [--runs 50] [--idle-ms 50]``
 
 Method
-    A :class:`~pytest_resilience.stream.StreamGuard` on the :class:`SystemClock` with only an
+    A :class:`~pytest_resilience.core.stream.StreamGuard` on the :class:`SystemClock` with only an
     idle deadline wraps a source that delivers one chunk and then stalls. The consumer reads
     the chunk, notes the clock, and calls ``next()`` again, which raises ``StreamStalled``;
     the lateness is the time that call returned minus (chunk time + idle). Two sources:
@@ -28,10 +28,10 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pytest_resilience.cancel import current_scope
-from pytest_resilience.clock import SystemClock
-from pytest_resilience.errors import StreamStalled
-from pytest_resilience.stream import StreamGuard
+from pytest_resilience.core.cancel import current_scope
+from pytest_resilience.core.clock import SystemClock
+from pytest_resilience.core.errors import StreamStalled
+from pytest_resilience.core.stream import StreamGuard
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

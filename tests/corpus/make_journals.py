@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 if __package__ in (None, ""):  # run as a script: import the packages from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pytest_resilience.events import event_type
+from pytest_resilience.core.events import event_type
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

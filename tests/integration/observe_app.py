@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tenacity
 
-from pytest_resilience.app import fallback_point, fell_back
+from pytest_resilience.core.app import fallback_point, fell_back
 
 CANNED = "The assistant is resting; try again in a minute."
 

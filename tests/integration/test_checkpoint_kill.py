@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import pytest_resilience
-from pytest_resilience.recovery import CheckpointStore
+from pytest_resilience.core.recovery import CheckpointStore
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
@@ -37,7 +37,7 @@ RUNS = 100
 # so 100 kills take seconds, not 15.
 WRITER = """
 import hashlib, os, random, sys
-from pytest_resilience.recovery import CheckpointStore
+from pytest_resilience.core.recovery import CheckpointStore
 
 store = CheckpointStore(sys.argv[1])
 

@@ -33,9 +33,9 @@ from pytest_resilience.backends.daemon import (
     Timeouts,
 )
 from pytest_resilience.backends.llama import EmbeddingCheck
-from pytest_resilience.cancel import cancel_scope, deadline
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import (
+from pytest_resilience.core.cancel import cancel_scope, deadline
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import (
     Cancelled,
     Category,
     DaemonLost,
@@ -48,7 +48,7 @@ from pytest_resilience.errors import (
     StreamStalled,
     classify,
 )
-from pytest_resilience.events import DaemonDown, DaemonRestarted, DaemonUp, Journal
+from pytest_resilience.core.events import DaemonDown, DaemonRestarted, DaemonUp, Journal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

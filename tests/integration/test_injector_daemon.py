@@ -18,9 +18,9 @@ import faults
 from faults.proxy import FaultProxy
 from pytest_resilience.backends.base import GenerationParams
 from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess, ServerOptions, Timeouts
-from pytest_resilience.cancel import deadline
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import (
+from pytest_resilience.core.cancel import deadline
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import (
     DaemonLost,
     DaemonUnavailable,
     DeadlineExceeded,
@@ -28,8 +28,8 @@ from pytest_resilience.errors import (
     RateLimited,
     StreamStalled,
 )
-from pytest_resilience.events import DaemonDown, FaultInjected, Journal
-from pytest_resilience.stream import StreamGuard
+from pytest_resilience.core.events import DaemonDown, FaultInjected, Journal
+from pytest_resilience.core.stream import StreamGuard
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

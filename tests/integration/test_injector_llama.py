@@ -15,9 +15,9 @@ import pytest
 import faults
 from pytest_resilience.backends.base import GenerationParams
 from pytest_resilience.backends.llama import LlamaBackend
-from pytest_resilience.cancel import deadline
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import (
+from pytest_resilience.core.cancel import deadline
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import (
     DeadlineExceeded,
     HangDetected,
     InvalidOutput,
@@ -25,8 +25,8 @@ from pytest_resilience.errors import (
     ResourceExhausted,
     StreamStalled,
 )
-from pytest_resilience.events import FaultInjected, Journal
-from pytest_resilience.stream import StreamGuard
+from pytest_resilience.core.events import FaultInjected, Journal
+from pytest_resilience.core.stream import StreamGuard
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

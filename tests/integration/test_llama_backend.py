@@ -17,9 +17,9 @@ import pytest
 
 from pytest_resilience.backends.base import Backend, GenerationParams, TextStream
 from pytest_resilience.backends.llama import EmbeddingCheck, LlamaBackend, map_llama_error
-from pytest_resilience.cancel import cancel_scope, deadline
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import (
+from pytest_resilience.core.cancel import cancel_scope, deadline
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import (
     BackendError,
     Cancelled,
     DeadlineExceeded,
@@ -371,7 +371,7 @@ def test_a_corrupt_model_is_model_not_found(
 _OOM = """
 import resource, sys
 from pytest_resilience.backends.llama import LlamaBackend
-from pytest_resilience.errors import ResourceExhausted
+from pytest_resilience.core.errors import ResourceExhausted
 import llama_cpp
 resource.setrlimit(resource.RLIMIT_AS, (1 << 31, resource.RLIM_INFINITY))
 try:

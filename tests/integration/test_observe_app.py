@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING
 import pytest
 
 import faults.observe
-from pytest_resilience.analytics import summarize
-from pytest_resilience.assertions import assert_fell_back, assert_retried
-from pytest_resilience.events import FallbackUsed
+from pytest_resilience.core.analytics import summarize
+from pytest_resilience.core.events import FallbackUsed
+from pytest_resilience.plugin.assertions import assert_fell_back, assert_retried
 from tests.integration import observe_app
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from pytest_resilience.events import Journal
-    from pytest_resilience.fixtures import FaultsFactory, TestClock
+    from pytest_resilience.core.events import Journal
+    from pytest_resilience.plugin.fixtures import FaultsFactory, TestClock
 
 SITE = "py:tests.integration.observe_app:_request"
 

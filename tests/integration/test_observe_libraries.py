@@ -26,14 +26,14 @@ import stamina
 import tenacity
 
 import faults.observe
-from pytest_resilience.analytics import summarize
-from pytest_resilience.assertions import assert_retried
-from pytest_resilience.events import AppRetry, Journal
+from pytest_resilience.core.analytics import summarize
+from pytest_resilience.core.events import AppRetry, Journal
+from pytest_resilience.plugin.assertions import assert_retried
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from pytest_resilience.fixtures import TestClock
+    from pytest_resilience.plugin.fixtures import TestClock
 
 HERE = __name__
 

@@ -32,8 +32,8 @@ from faults.proxy import (
 )
 from pytest_resilience.backends.base import GenerationParams
 from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess, ServerOptions, Timeouts
-from pytest_resilience.errors import DaemonLost, DaemonUnavailable, StreamStalled
-from pytest_resilience.events import FaultInjected, Journal
+from pytest_resilience.core.errors import DaemonLost, DaemonUnavailable, StreamStalled
+from pytest_resilience.core.events import FaultInjected, Journal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -20,7 +20,7 @@ from aiohttp import helpers, http_exceptions, streams, web
 
 import faults
 from pytest_resilience.backends.daemon import DaemonProcess, ServerOptions
-from pytest_resilience.clock import VirtualClock
+from pytest_resilience.core.clock import VirtualClock
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator

@@ -16,7 +16,7 @@ import pytest
 
 import faults
 from pytest_resilience.backends.daemon import DaemonProcess, ServerOptions
-from pytest_resilience.clock import VirtualClock
+from pytest_resilience.core.clock import VirtualClock
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -172,7 +172,7 @@ def test_a_stall_ends_at_the_clients_read_timeout(hx: ModuleType, daemon: Daemon
 
 
 def test_a_stall_that_nothing_can_end_is_named(hx: ModuleType, daemon: DaemonProcess) -> None:
-    from pytest_resilience.errors import HangDetected  # noqa: PLC0415
+    from pytest_resilience.core.errors import HangDetected  # noqa: PLC0415
 
     with (
         faults.inject("daemon.stream=stall(after=1)", daemon=daemon, clock=VirtualClock()),

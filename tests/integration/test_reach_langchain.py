@@ -33,7 +33,7 @@ from langchain_openai.chat_models.base import (
 
 import faults
 from pytest_resilience.backends.daemon import DaemonProcess, ServerOptions
-from pytest_resilience.clock import VirtualClock
+from pytest_resilience.core.clock import VirtualClock
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

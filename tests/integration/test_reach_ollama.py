@@ -35,8 +35,8 @@ import pytest
 
 import faults
 from faults.target import Target
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import HangDetected
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import HangDetected
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

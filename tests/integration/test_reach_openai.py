@@ -27,9 +27,9 @@ import pytest
 
 import faults
 from pytest_resilience.backends.daemon import DaemonProcess, ServerOptions
-from pytest_resilience.cancel import deadline
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import DeadlineExceeded
+from pytest_resilience.core.cancel import deadline
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import DeadlineExceeded
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

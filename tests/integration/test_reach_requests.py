@@ -25,10 +25,10 @@ from urllib3.util.retry import Retry
 import faults
 from faults.proxy import FaultProxy
 from pytest_resilience.backends.daemon import DaemonProcess, ServerOptions
-from pytest_resilience.cancel import deadline
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import DeadlineExceeded, HangDetected
-from pytest_resilience.events import FaultInjected
+from pytest_resilience.core.cancel import deadline
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import DeadlineExceeded, HangDetected
+from pytest_resilience.core.events import FaultInjected
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator

@@ -18,9 +18,9 @@ from pytest_resilience.backends.base import GenerationParams
 from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess, ServerOptions, Timeouts
 from pytest_resilience.backends.llama import LlamaBackend
 from pytest_resilience.backends.resilient import ResilientClient
-from pytest_resilience.breaker import CircuitBreaker, ConsecutiveFailures, Recovery, State
-from pytest_resilience.errors import DaemonUnavailable, FallbackError, ModelNotFound
-from pytest_resilience.events import (
+from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures, Recovery, State
+from pytest_resilience.core.errors import DaemonUnavailable, FallbackError, ModelNotFound
+from pytest_resilience.core.events import (
     DaemonDown,
     DaemonRestarted,
     DaemonUp,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from faults.scenario import ScenarioOp, ScenarioStep, format_failure, format_report, load, run
-from pytest_resilience.clock import VirtualClock
+from pytest_resilience.core.clock import VirtualClock
 from tests.unit import scenario_targets as targets
 
 if TYPE_CHECKING:

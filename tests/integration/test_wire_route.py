@@ -36,8 +36,8 @@ from faults.sites.daemon import error_body
 from faults.spec import SpecError
 from pytest_resilience.backends.base import GenerationParams
 from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess, ServerOptions
-from pytest_resilience.errors import RateLimited
-from pytest_resilience.events import FaultInjected, Journal
+from pytest_resilience.core.errors import RateLimited
+from pytest_resilience.core.events import FaultInjected, Journal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_resilience.plugin import ENVIRONMENT
+from pytest_resilience.plugin.hooks import ENVIRONMENT
 
 if TYPE_CHECKING:
     from pathlib import Path

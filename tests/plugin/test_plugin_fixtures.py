@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 
 import faults  # noqa: F401 - loaded once here, so that pytester's runs do not reload it
-import pytest_resilience.fixtures  # noqa: F401 - ditto
+import pytest_resilience.plugin.fixtures  # noqa: F401 - ditto
 
 pytest_plugins = ["pytester"]
 
@@ -81,8 +81,8 @@ def test_journal_and_clock_fixtures_are_shared_with_the_run_wide_injector(
     ptr.makepyfile(
         test_it="""
         import target
-        from pytest_resilience.clock import VirtualClock
-        from pytest_resilience.events import FaultInjected, Journal
+        from pytest_resilience.core.clock import VirtualClock
+        from pytest_resilience.core.events import FaultInjected, Journal
 
         def test_shared(journal, clock):
             assert isinstance(clock, VirtualClock)
@@ -283,7 +283,7 @@ def test_leak_check_fixture_fails_a_leaking_test(ptr: pytest.Pytester) -> None:
     ptr.makepyfile(
         test_it="""
         import os
-        from pytest_resilience.assertions import assert_no_leaks
+        from pytest_resilience.plugin.assertions import assert_no_leaks
 
         kept = []
 
@@ -322,7 +322,7 @@ def test_llama_fixture_under_llama_faults(ptr: pytest.Pytester) -> None:
     ptr.makepyfile(
         test_it="""
         import pytest
-        from pytest_resilience.errors import InvalidOutput, ResilienceError
+        from pytest_resilience.core.errors import InvalidOutput, ResilienceError
 
         def test_generate(llama, journal):
             with pytest.raises(ResilienceError):
@@ -339,8 +339,8 @@ def test_llama_fixture_under_llama_faults(ptr: pytest.Pytester) -> None:
 def test_daemon_and_resilient_client_fixtures_real_time(ptr: pytest.Pytester) -> None:
     ptr.makepyfile(
         test_it="""
-        from pytest_resilience.assertions import assert_fell_back
-        from pytest_resilience.events import DaemonUp
+        from pytest_resilience.plugin.assertions import assert_fell_back
+        from pytest_resilience.core.events import DaemonUp
 
         def test_client(daemon, resilient_client, journal):
             assert daemon.alive
@@ -365,7 +365,7 @@ def test_a_session_daemon_is_shared_and_revived_after_a_kill_real_time(
     ptr.makeini(INI + "resilience_daemon_scope = session\nresilience_leak_check = true\n")
     ptr.makepyfile(
         test_it="""
-        from pytest_resilience.events import DaemonDown
+        from pytest_resilience.core.events import DaemonDown
 
         pids = []
 

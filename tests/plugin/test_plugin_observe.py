@@ -10,7 +10,7 @@ import importlib.util
 import pytest
 
 import faults  # noqa: F401 - loaded once here, so that pytester's runs do not reload it
-import pytest_resilience.fixtures  # noqa: F401 - ditto
+import pytest_resilience.plugin.fixtures  # noqa: F401 - ditto
 
 pytest_plugins = ["pytester"]
 
@@ -23,7 +23,7 @@ INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\nasyncio_mode = s
 APP = """
 import tenacity
 
-from pytest_resilience.app import fell_back
+from pytest_resilience.core.app import fell_back
 
 
 def _complete(prompt):
@@ -66,7 +66,7 @@ def test_the_apps_retries_and_fallback_are_in_the_journal_without_setup(
     ptr.makepyfile(
         test_app="""
         import pytest
-        from pytest_resilience.assertions import assert_fell_back, assert_retried
+        from pytest_resilience.plugin.assertions import assert_fell_back, assert_retried
 
         import app
 

@@ -13,7 +13,7 @@ import importlib.util
 import pytest
 
 import faults  # noqa: F401 - loaded once here, so that pytester's runs do not reload it
-import pytest_resilience.fixtures  # noqa: F401 - ditto
+import pytest_resilience.plugin.fixtures  # noqa: F401 - ditto
 
 pytest_plugins = ["pytester"]
 

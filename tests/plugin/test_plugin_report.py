@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 import faults  # loaded once here, so that pytester's runs do not reload it
-from pytest_resilience.assertions import (
+from pytest_resilience.core.events import BreakerTransition, FallbackUsed, Journal, RetryScheduled
+from pytest_resilience.core.leaks import Leak, snapshot
+from pytest_resilience.plugin.assertions import (
     assert_fell_back,
     assert_no_leaks,
     assert_retried,
     assert_transitions,
 )
-from pytest_resilience.events import BreakerTransition, FallbackUsed, Journal, RetryScheduled
-from pytest_resilience.leaks import Leak, snapshot
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,9 +30,9 @@ TARGET = "def answer():\n    return 'ok'\n"
 SUITE = """
 import pytest
 import target
-from pytest_resilience.breaker import CircuitBreaker, ConsecutiveFailures
-from pytest_resilience.fallback import Fallback
-from pytest_resilience.retry import Backoff, Retry
+from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures
+from pytest_resilience.core.fallback import Fallback
+from pytest_resilience.core.retry import Backoff, Retry
 
 def test_retry(journal, clock):
     retry = Retry(on=ConnectionError, attempts=3, backoff=Backoff(base=1.0), clock=clock,

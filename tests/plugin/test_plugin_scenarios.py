@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from faults.scenario import load, run
-from pytest_resilience.events import FaultInjected
+from pytest_resilience.core.events import FaultInjected
 
 QUIET = ("-p", "no:hypothesispytest", "-p", "no:asyncio")  # as the other plugin tests
 # llama.cpp keeps two /dev/null descriptors open after the first model load in a process,

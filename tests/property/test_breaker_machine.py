@@ -15,7 +15,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from pytest_resilience.breaker import (
+from pytest_resilience.core.breaker import (
     CircuitBreaker,
     ConsecutiveFailures,
     CountWindow,
@@ -24,9 +24,9 @@ from pytest_resilience.breaker import (
     TimeWindow,
     TripPolicy,
 )
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import CircuitOpenError
-from pytest_resilience.events import BreakerTransition, CallRejected, Journal
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import CircuitOpenError
+from pytest_resilience.core.events import BreakerTransition, CallRejected, Journal
 
 
 class Boom(ConnectionError):

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_resilience.clock import VirtualClock
+from pytest_resilience.core.clock import VirtualClock
 
 # Whole minutes add up exactly in floating point, and collide often (ties). The first nap is
 # never zero: the test waits until every thread blocks in its first nap. So every actor

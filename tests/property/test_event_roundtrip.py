@@ -20,14 +20,14 @@ from hypothesis import strategies as st
 
 import faults.journal
 from faults.spec import Site, parse
-from pytest_resilience.events import (
+from pytest_resilience.core.events import (
     Event,
     FaultInjected,
     Journal,
     event_type,
     event_types,
 )
-from pytest_resilience.strategies import fault_specs
+from pytest_resilience.plugin.strategies import fault_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("pytest_resilience", "faults")
@@ -188,7 +188,7 @@ def event_classes_in(root: Path, packages: tuple[str, ...]) -> set[tuple[str, st
         events |= {name for _, name, _ in new}
 
 
-BASE = ("pytest_resilience.events", "Event")
+BASE = ("pytest_resilience.core.events", "Event")
 
 
 def unregistered(root: Path, packages: tuple[str, ...]) -> list[str]:
@@ -204,7 +204,7 @@ def test_every_event_class_in_the_packages_is_registered() -> None:
     missing = unregistered(ROOT, PACKAGES)
     assert not missing, (
         "Event subclasses that a journal could hold but not read back; register them in "
-        "pytest_resilience/events.py (_HERE for its own classes, _ELSEWHERE for the others): "
+        "pytest_resilience/core/events.py (_HERE for its own classes, _ELSEWHERE for the others): "
         + ", ".join(missing)
     )
 
@@ -231,8 +231,8 @@ def test_the_registry_check_finds_a_new_unregistered_class(tmp_path: Path) -> No
     package = tmp_path / "faults"
     package.mkdir()
     (package / "extra.py").write_text(
-        "from pytest_resilience.events import Event, FaultInjected\n"
-        "from pytest_resilience import events\n"
+        "from pytest_resilience.core.events import Event, FaultInjected\n"
+        "from pytest_resilience.core import events\n"
         "class Direct(Event): ...\n"
         "class Deeper(Direct): ...\n"
         "class Qualified(events.FaultInjected): ...\n"

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import Cancelled, RateLimited, RetryError
-from pytest_resilience.events import Journal
-from pytest_resilience.retry import Backoff, Jitter, Retry, result_is_none
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import Cancelled, RateLimited, RetryError
+from pytest_resilience.core.events import Journal
+from pytest_resilience.core.retry import Backoff, Jitter, Retry, result_is_none
 
 REL = 1e-9  # float rounding in rng.uniform(a, b) may land a hair outside [a, b]
 

@@ -20,19 +20,19 @@ from hypothesis.stateful import run_state_machine_as_test
 
 import faults
 from faults import KINDS, SITES, parse
-from pytest_resilience.breaker import (
+from pytest_resilience.core.breaker import (
     CircuitBreaker,
     ConsecutiveFailures,
     CountWindow,
     Recovery,
     TimeWindow,
 )
-from pytest_resilience.cancel import deadline
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import CircuitOpenError, DeadlineExceeded, RetryError
-from pytest_resilience.events import BreakerTransition, FaultInjected, Journal
-from pytest_resilience.retry import Backoff, Jitter, Retry
-from pytest_resilience.strategies import (
+from pytest_resilience.core.cancel import deadline
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import CircuitOpenError, DeadlineExceeded, RetryError
+from pytest_resilience.core.events import BreakerTransition, FaultInjected, Journal
+from pytest_resilience.core.retry import Backoff, Jitter, Retry
+from pytest_resilience.plugin.strategies import (
     BreakerMachine,
     BreakerSettings,
     Dependency,

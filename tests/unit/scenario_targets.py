@@ -16,8 +16,8 @@ from pytest_resilience import Backoff, Retry, SystemClock
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from pytest_resilience.clock import Clock
-    from pytest_resilience.events import Journal
+    from pytest_resilience.core.clock import Clock
+    from pytest_resilience.core.events import Journal
 
 SEEN: list[tuple[object, ...]] = []
 NOT_CALLABLE = "a constant"

@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 
-from pytest_resilience.analytics import Summary, summarize
-from pytest_resilience.breaker import CircuitBreaker, ConsecutiveFailures, Recovery
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.degrade import Degrader, Level
-from pytest_resilience.errors import DaemonUnavailable, FallbackError
-from pytest_resilience.events import (
+from pytest_resilience.core.analytics import Summary, summarize
+from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures, Recovery
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.degrade import Degrader, Level
+from pytest_resilience.core.errors import DaemonUnavailable, FallbackError
+from pytest_resilience.core.events import (
     AttemptFailed,
     AttemptStarted,
     CallRejected,
@@ -22,7 +22,7 @@ from pytest_resilience.events import (
     JournalFull,
     RetryScheduled,
 )
-from pytest_resilience.fallback import Fallback
+from pytest_resilience.core.fallback import Fallback
 
 
 def failed(t: float, attempt: int, category: str = "connection", source: str = "r") -> Event:

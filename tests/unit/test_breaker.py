@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_resilience.breaker import (
+from pytest_resilience.core.breaker import (
     BreakerStats,
     CircuitBreaker,
     ConsecutiveFailures,
@@ -16,9 +16,9 @@ from pytest_resilience.breaker import (
     State,
     TimeWindow,
 )
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import CircuitOpenError
-from pytest_resilience.events import BreakerTransition, CallRejected, Event, Journal
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import CircuitOpenError
+from pytest_resilience.core.events import BreakerTransition, CallRejected, Event, Journal
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_resilience.breaker import CircuitBreaker, CountWindow, Permit, Recovery
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import CircuitOpenError
-from pytest_resilience.events import BreakerTransition, CallRejected, Journal
+from pytest_resilience.core.breaker import CircuitBreaker, CountWindow, Permit, Recovery
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import CircuitOpenError
+from pytest_resilience.core.events import BreakerTransition, CallRejected, Journal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

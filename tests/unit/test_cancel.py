@@ -7,15 +7,15 @@ import threading
 
 import pytest
 
-from pytest_resilience.cancel import (
+from pytest_resilience.core.cancel import (
     CancelScope,
     cancel_scope,
     check_cancelled,
     current_scope,
     deadline,
 )
-from pytest_resilience.clock import SystemClock, VirtualClock
-from pytest_resilience.errors import Cancelled, DeadlineExceeded, HangDetected
+from pytest_resilience.core.clock import SystemClock, VirtualClock
+from pytest_resilience.core.errors import Cancelled, DeadlineExceeded, HangDetected
 
 
 @pytest.fixture

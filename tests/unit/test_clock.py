@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from pytest_resilience.clock import Clock, SystemClock, VirtualClock, loop_clock
-from pytest_resilience.errors import HangDetected
+from pytest_resilience.core.clock import Clock, SystemClock, VirtualClock, loop_clock
+from pytest_resilience.core.errors import HangDetected
 
 
 def run_in_thread(target: object) -> tuple[threading.Thread, list[object]]:

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from pytest_resilience.backends.base import GenerationParams
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.degrade import DegradePolicy, Degrader, Level, Limits, Profile
-from pytest_resilience.errors import DaemonUnavailable, ResourceExhausted
-from pytest_resilience.events import DegradationChanged, Journal
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.degrade import DegradePolicy, Degrader, Level, Limits, Profile
+from pytest_resilience.core.errors import DaemonUnavailable, ResourceExhausted
+from pytest_resilience.core.events import DegradationChanged, Journal
 
 POLICY = DegradePolicy(
     degrade_at=Limits(error_rate=0.5, latency=8.0),

@@ -42,7 +42,7 @@ import faults
 import pytest_resilience
 from faults.kinds import KINDS, PY, SITES, KindInfo, kinds_for
 from faults.spec import SpecError, parse
-from pytest_resilience.errors import DEFAULT_RULES
+from pytest_resilience.core.errors import DEFAULT_RULES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 MKDOCS = DOCS.parent / "mkdocs.yml"

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pytest_resilience.errors import (
+from pytest_resilience.core.errors import (
     DEFAULT_CLASSIFIER,
     DEFAULT_RULES,
     Action,

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from pytest_resilience.events import (
+from pytest_resilience.core.events import (
     AttemptFailed,
     BreakerTransition,
     DaemonUp,
@@ -88,7 +88,7 @@ def test_appends_from_four_threads_are_all_kept() -> None:
         assert [e.call for e in events if e.source == str(worker)] == list(range(500))
 
 
-@pytest.mark.filterwarnings("ignore::pytest_resilience.events.JournalFull")
+@pytest.mark.filterwarnings("ignore::pytest_resilience.core.events.JournalFull")
 def test_a_bounded_journal_under_four_threads_counts_every_drop() -> None:
     journal = Journal(maxlen=100)
 
@@ -139,7 +139,7 @@ def test_a_failing_listener_is_logged_not_raised(caplog: pytest.LogCaptureFixtur
 
     journal.subscribe(broken)
     journal.subscribe(seen.append)
-    with caplog.at_level(logging.ERROR, logger="pytest_resilience.events"):
+    with caplog.at_level(logging.ERROR, logger="pytest_resilience.core.events"):
         journal.append(scheduled(1))
     assert seen == [scheduled(1)]  # the next listener still ran
     assert len(journal) == 1
@@ -187,7 +187,7 @@ def test_load_skips_blank_lines_and_names_the_bad_one() -> None:
 
 
 def test_event_kinds_defined_elsewhere_are_known() -> None:
-    from pytest_resilience.fallback import FallbackExhausted  # noqa: PLC0415 - the point
+    from pytest_resilience.core.fallback import FallbackExhausted  # noqa: PLC0415 - the point
 
     event = FallbackExhausted(time=1.0, source="c", failures=("a: X",))
     assert event_from_dict(event.to_dict()) == event

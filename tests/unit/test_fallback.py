@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from pytest_resilience.cancel import cancel_scope, deadline
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import Cancelled, DaemonUnavailable, FallbackError
-from pytest_resilience.events import FallbackUsed, Journal
-from pytest_resilience.fallback import Fallback, FallbackExhausted, Step
-from pytest_resilience.retry import result_is_empty as reject_empty
-from pytest_resilience.retry import result_is_none as reject_none
+from pytest_resilience.core.cancel import cancel_scope, deadline
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import Cancelled, DaemonUnavailable, FallbackError
+from pytest_resilience.core.events import FallbackUsed, Journal
+from pytest_resilience.core.fallback import Fallback, FallbackExhausted, Step
+from pytest_resilience.core.retry import result_is_empty as reject_empty
+from pytest_resilience.core.retry import result_is_none as reject_none
 
 
 class Recorder:

@@ -28,7 +28,7 @@ from faults.kinds import (
     resolve_exception_type,
     resolve_raise_type,
 )
-from pytest_resilience import errors
+from pytest_resilience.core import errors
 from tests.unit import fault_targets
 
 GENERATE = Site("llama", "generate")

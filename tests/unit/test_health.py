@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_resilience.clock import SystemClock, VirtualClock
-from pytest_resilience.events import HealthChecked, Journal
-from pytest_resilience.health import (
+from pytest_resilience.core.clock import SystemClock, VirtualClock
+from pytest_resilience.core.events import HealthChecked, Journal
+from pytest_resilience.core.health import (
     DaemonCheck,
     DiskCheck,
     HealthCheck,

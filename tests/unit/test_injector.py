@@ -12,10 +12,10 @@ import pytest
 
 import faults
 from faults import Injector, SpecError
-from pytest_resilience.cancel import cancel_scope, deadline
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import DaemonLost, DeadlineExceeded, HangDetected
-from pytest_resilience.events import FaultInjected, Journal
+from pytest_resilience.core.cancel import cancel_scope, deadline
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import DaemonLost, DeadlineExceeded, HangDetected
+from pytest_resilience.core.events import FaultInjected, Journal
 from tests.unit import fault_targets as t
 
 if TYPE_CHECKING:

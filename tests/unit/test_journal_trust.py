@@ -18,8 +18,8 @@ import pytest
 import pytest_resilience
 from faults import Injector, JournalFileError
 from faults.journal import HEADER_KIND, load
-from pytest_resilience import events
-from pytest_resilience.events import (
+from pytest_resilience.core import events
+from pytest_resilience.core.events import (
     DaemonSlow,
     Event,
     Journal,
@@ -255,7 +255,7 @@ def test_journal_load_refuses_deep_json_with_a_value_error() -> None:
 
 
 def test_events_defined_outside_events_py_load_in_a_fresh_process() -> None:
-    # Before the registry, a process that had not imported pytest_resilience.fallback or
+    # Before the registry, a process that had not imported pytest_resilience.core.fallback or
     # faults.scenario (the plugin replaying a journal, say) could not read their events.
     lines = [
         header(spec="", seed=1),
@@ -266,7 +266,7 @@ def test_events_defined_outside_events_py_load_in_a_fresh_process() -> None:
     code = (
         "import json, sys\n"
         "from faults.journal import load\n"
-        "assert 'pytest_resilience.fallback' not in sys.modules\n"
+        "assert 'pytest_resilience.core.fallback' not in sys.modules\n"
         "assert 'faults.scenario' not in sys.modules\n"
         "recording = load(json.loads(sys.argv[1]))\n"
         "print(json.dumps([type(e).__name__ for e in recording.events]))\n"

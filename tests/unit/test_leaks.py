@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_resilience import leaks
 from pytest_resilience.backends.llama import LlamaStream, _StopSignal
-from pytest_resilience.leaks import (
+from pytest_resilience.core import leaks
+from pytest_resilience.core.leaks import (
     Leak,
     ResourceRegistry,
     Snapshot,
@@ -30,7 +30,7 @@ from pytest_resilience.leaks import (
     format_leaks,
     snapshot,
 )
-from pytest_resilience.plugin import settings_of
+from pytest_resilience.plugin.hooks import settings_of
 
 if TYPE_CHECKING:
     from collections.abc import Generator

@@ -19,24 +19,24 @@ from typing import TYPE_CHECKING, cast
 import pytest
 
 from pytest_resilience.backends.resilient import ResilientClient
-from pytest_resilience.breaker import (
+from pytest_resilience.core.breaker import (
     BreakerStats,
     CircuitBreaker,
     ConsecutiveFailures,
     Recovery,
     State,
 )
-from pytest_resilience.cancel import cancel_scope, current_scope
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.degrade import DegradePolicy, Degrader, Level, Limits
-from pytest_resilience.errors import (
+from pytest_resilience.core.cancel import cancel_scope, current_scope
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.degrade import DegradePolicy, Degrader, Level, Limits
+from pytest_resilience.core.errors import (
     Cancelled,
     DaemonUnavailable,
     HangDetected,
     ResilienceInterrupt,
     classify,
 )
-from pytest_resilience.events import (
+from pytest_resilience.core.events import (
     AttemptFailed,
     AttemptStarted,
     BreakerTransition,
@@ -51,11 +51,11 @@ from pytest_resilience.events import (
     RetryScheduled,
     StreamStalled,
 )
-from pytest_resilience.fallback import Fallback, FallbackExhausted
-from pytest_resilience.health import DaemonCheck, HealthMonitor, ModelFileCheck
-from pytest_resilience.recovery import RecoveryContext, execute_with_recovery
-from pytest_resilience.retry import Backoff, Retry
-from pytest_resilience.stream import StreamGuard
+from pytest_resilience.core.fallback import Fallback, FallbackExhausted
+from pytest_resilience.core.health import DaemonCheck, HealthMonitor, ModelFileCheck
+from pytest_resilience.core.recovery import RecoveryContext, execute_with_recovery
+from pytest_resilience.core.retry import Backoff, Retry
+from pytest_resilience.core.stream import StreamGuard
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator

@@ -1,4 +1,4 @@
-"""The application's own reports (pytest_resilience.app), the watch that routes them and the
+"""The application's own reports (pytest_resilience.core.app), the watch that routes them and the
 retry libraries' seams (faults.observe), and the assertions and summary that read them.
 
 The retries of the real libraries, end to end, are in tests/integration/test_observe_*.py;
@@ -27,11 +27,10 @@ import tenacity
 
 import faults.observe
 from faults.observe import seams
-from pytest_resilience import app
-from pytest_resilience.analytics import summarize
-from pytest_resilience.assertions import assert_fell_back, assert_retried
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.events import (
+from pytest_resilience.core import app
+from pytest_resilience.core.analytics import summarize
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.events import (
     AppRetry,
     AttemptFailed,
     Event,
@@ -41,6 +40,7 @@ from pytest_resilience.events import (
     event_type,
     format_event,
 )
+from pytest_resilience.plugin.assertions import assert_fell_back, assert_retried
 
 
 def retry(

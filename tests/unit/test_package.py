@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import pytest_resilience
-from pytest_resilience.fixtures import TestClock
+from pytest_resilience.plugin.fixtures import TestClock
 
 HEAVY = ("pytest", "hypothesis", "llama_cpp", "httpx", "numpy", "gguf", "psutil", "faults")
 
@@ -103,7 +103,7 @@ def _wall_extra() -> str:
 
 def test_pytest_is_a_dependency_of_the_plugin() -> None:
     # the pytest11 entry point imports pytest: installing the package must bring it
-    assert PROJECT["entry-points"]["pytest11"] == {"resilience": "pytest_resilience.plugin"}
+    assert PROJECT["entry-points"]["pytest11"] == {"resilience": "pytest_resilience.plugin.hooks"}
     assert "pytest>=8.3" in PROJECT["dependencies"]
     # and nothing heavy: the model runtimes are extras
     assert [_name(r) for r in PROJECT["dependencies"]] == ["pytest"]
@@ -113,7 +113,7 @@ def test_loading_the_plugin_imports_nothing_but_pytest_and_the_standard_library(
     code = (
         "import sys, pytest\n"
         "before = set(sys.modules)\n"
-        "import pytest_resilience.plugin\n"
+        "import pytest_resilience.plugin.hooks\n"
         "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before})))"
     )
     out = subprocess.run(

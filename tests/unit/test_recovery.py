@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import tenacity
 
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import CheckpointError, ResilienceError, RetryError
-from pytest_resilience.events import CheckpointSaved, Journal, Recovered
-from pytest_resilience.recovery import (
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import CheckpointError, ResilienceError, RetryError
+from pytest_resilience.core.events import CheckpointSaved, Journal, Recovered
+from pytest_resilience.core.recovery import (
     Checkpoint,
     CheckpointStore,
     RecoveryContext,

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, TypeVar, cast
 import pytest
 
 from pytest_resilience.backends.resilient import AsyncResilientStream, ResilientClient
-from pytest_resilience.breaker import State
-from pytest_resilience.cancel import cancel_scope, check_cancelled, current_scope
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.errors import (
+from pytest_resilience.core.breaker import State
+from pytest_resilience.core.cancel import cancel_scope, check_cancelled, current_scope
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import (
     Cancelled,
     DaemonLost,
     DaemonUnavailable,
@@ -28,8 +28,8 @@ from pytest_resilience.errors import (
     StreamInterrupted,
     StreamStalled,
 )
-from pytest_resilience.events import DaemonDown, DaemonUp, FallbackUsed, Journal
-from pytest_resilience.fallback import FallbackExhausted
+from pytest_resilience.core.events import DaemonDown, DaemonUp, FallbackUsed, Journal
+from pytest_resilience.core.fallback import FallbackExhausted
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Generator, Iterator

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, cast
 import pytest
 
 from pytest_resilience.backends.resilient import ResilientClient
-from pytest_resilience.breaker import CircuitBreaker, ConsecutiveFailures, State
-from pytest_resilience.cancel import cancel_scope, check_cancelled, current_scope
-from pytest_resilience.clock import SystemClock, VirtualClock
-from pytest_resilience.errors import (
+from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures, State
+from pytest_resilience.core.cancel import cancel_scope, check_cancelled, current_scope
+from pytest_resilience.core.clock import SystemClock, VirtualClock
+from pytest_resilience.core.errors import (
     Cancelled,
     DaemonLost,
     DaemonUnavailable,
@@ -24,7 +24,7 @@ from pytest_resilience.errors import (
     ModelNotFound,
     StreamInterrupted,
 )
-from pytest_resilience.events import (
+from pytest_resilience.core.events import (
     BreakerTransition,
     DaemonDown,
     DaemonSlow,
@@ -33,7 +33,7 @@ from pytest_resilience.events import (
     HealthChecked,
     Journal,
 )
-from pytest_resilience.fallback import FallbackExhausted
+from pytest_resilience.core.fallback import FallbackExhausted
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

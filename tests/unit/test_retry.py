@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_resilience.cancel import cancel_scope, current_scope, deadline
-from pytest_resilience.clock import SystemClock, VirtualClock
-from pytest_resilience.errors import (
+from pytest_resilience.core.cancel import cancel_scope, current_scope, deadline
+from pytest_resilience.core.clock import SystemClock, VirtualClock
+from pytest_resilience.core.errors import (
     Action,
     Cancelled,
     Category,
@@ -23,14 +23,14 @@ from pytest_resilience.errors import (
     RetryError,
     Severity,
 )
-from pytest_resilience.events import (
+from pytest_resilience.core.events import (
     AttemptFailed,
     AttemptStarted,
     GaveUp,
     Journal,
     RetryScheduled,
 )
-from pytest_resilience.retry import (
+from pytest_resilience.core.retry import (
     Backoff,
     Jitter,
     Retry,

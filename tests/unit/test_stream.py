@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_resilience.cancel import cancel_scope, current_scope, deadline
-from pytest_resilience.clock import SystemClock, VirtualClock
-from pytest_resilience.errors import (
+from pytest_resilience.core.cancel import cancel_scope, current_scope, deadline
+from pytest_resilience.core.clock import SystemClock, VirtualClock
+from pytest_resilience.core.errors import (
     Cancelled,
     DeadlineExceeded,
     HangDetected,
@@ -19,14 +19,14 @@ from pytest_resilience.errors import (
     StreamInterrupted,
     StreamStalled,
 )
-from pytest_resilience.events import (
+from pytest_resilience.core.events import (
     FallbackUsed,
     Journal,
     StreamCancelled,
     StreamFirstToken,
 )
-from pytest_resilience.events import StreamStalled as StalledEvent
-from pytest_resilience.stream import StreamGuard, StreamResult
+from pytest_resilience.core.events import StreamStalled as StalledEvent
+from pytest_resilience.core.stream import StreamGuard, StreamResult
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Generator, Iterator

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import faults
-from pytest_resilience.clock import VirtualClock
+from pytest_resilience.core.clock import VirtualClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

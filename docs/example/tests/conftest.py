@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from pytest_resilience import Journal
-    from pytest_resilience.fixtures import TestClock
+    from pytest_resilience.plugin.fixtures import TestClock
 
 
 @pytest.fixture

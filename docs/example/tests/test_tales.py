@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 import pytest
 from tales import RESTING
 
-from pytest_resilience.assertions import assert_retried, assert_transitions
+from pytest_resilience.plugin.assertions import assert_retried, assert_transitions
 
 if TYPE_CHECKING:
     from tales import Storyteller
 
     from pytest_resilience import Journal
-    from pytest_resilience.fixtures import FaultsFactory, TestClock
+    from pytest_resilience.plugin.fixtures import FaultsFactory, TestClock
 
 
 def test_tells_a_story(teller: Storyteller) -> None:

@@ -1,9 +1,9 @@
-"""The implementations behind the plugin's fixtures (declared in :mod:`pytest_resilience.plugin`).
+"""The implementations behind the plugin's fixtures (declared in :mod:`.hooks`).
 
 The plugin declares each fixture in a few lines and imports this module only when a test
 asks for one, so that loading the plugin stays cheap; this module may import the core.
 
-- ``clock``: a :class:`TestClock`, a :class:`~pytest_resilience.clock.VirtualClock` that can
+- ``clock``: a :class:`TestClock`, a :class:`~pytest_resilience.core.clock.VirtualClock` that can
   also make wall-clock reads follow it (:meth:`TestClock.freeze_wall_time`, freezegun with
   ``real_asyncio=True``) and run the sleeps of tenacity, stamina, backoff and the openai
   client's retries on it (:meth:`TestClock.patch_sleeps`); both are undone at teardown.
@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_resilience.clock import VirtualClock
-from pytest_resilience.leaks import ResourceRegistry, check, format_leaks, snapshot
-from pytest_resilience.plugin import (
+from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.leaks import ResourceRegistry, check, format_leaks, snapshot
+from pytest_resilience.plugin.hooks import (
     SHARED_DAEMON,
     daemon_target,
     in_virtual_time,
@@ -50,9 +50,9 @@ if TYPE_CHECKING:
     from pytest_resilience.backends.daemon import DaemonProcess
     from pytest_resilience.backends.llama import LlamaBackend
     from pytest_resilience.backends.resilient import ResilientClient
-    from pytest_resilience.clock import Clock
-    from pytest_resilience.events import Journal
-    from pytest_resilience.leaks import Leak, Snapshot
+    from pytest_resilience.core.clock import Clock
+    from pytest_resilience.core.events import Journal
+    from pytest_resilience.core.leaks import Leak, Snapshot
 
 __all__ = ["SLEEP_SITES", "FaultsFactory", "LeakCheck", "TestClock"]
 
@@ -241,10 +241,10 @@ def faults_fixture(request: pytest.FixtureRequest) -> Iterator[FaultsFactory]:
 class LeakCheck:
     """What a test had before it ran; :meth:`leaks` compares now.
 
-    ``registry`` is the process-wide :func:`~pytest_resilience.leaks.default_registry`: the
+    ``registry`` is the process-wide :func:`~pytest_resilience.core.leaks.default_registry`: the
     backends register their models and streams there by themselves, and a test may register
     its own closeable resources. From creation to :meth:`close`, a
-    :func:`~pytest_resilience.leaks.watch` records where threads, processes, descriptors
+    :func:`~pytest_resilience.core.leaks.watch` records where threads, processes, descriptors
     and asyncio tasks are created, so that each leak names its creation site.
     """
 
@@ -252,7 +252,7 @@ class LeakCheck:
     REPORTED: pytest.StashKey[list[Leak]] = pytest.StashKey()
 
     def __init__(self, grace: float = 0.5) -> None:
-        from pytest_resilience.leaks import default_registry, watch  # noqa: PLC0415
+        from pytest_resilience.core.leaks import default_registry, watch  # noqa: PLC0415
 
         self.registry: ResourceRegistry = default_registry()
         self.grace = grace

@@ -44,7 +44,7 @@ injected clock) since the level last changed:
   hovering near a threshold does not flap).
 
 Each change clears the window, so the new level is judged on its own outcomes, and appends a
-:class:`~pytest_resilience.events.DegradationChanged` event (levels by their lower-case
+:class:`~pytest_resilience.core.events.DegradationChanged` event (levels by their lower-case
 names). Thread-safe; events are appended under the degrader's lock so they keep their order.
 """
 

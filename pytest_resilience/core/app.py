@@ -3,7 +3,7 @@
 Production code may call these; outside a test they do nothing and cost a list check. They
 import neither pytest nor any retry library::
 
-    from pytest_resilience.app import fallback_point, fell_back
+    from pytest_resilience.core.app import fallback_point, fell_back
 
     def answer(prompt):
         try:
@@ -17,11 +17,11 @@ import neither pytest nor any retry library::
         return CANNED
 
 :func:`fell_back` and :func:`fallback_point` record a
-:class:`~pytest_resilience.events.FallbackUsed` (``step`` the name given, ``source``
+:class:`~pytest_resilience.core.events.FallbackUsed` (``step`` the name given, ``source``
 ``"app"`` unless told, ``after`` the exception being handled), so ``assert_fell_back`` and
-the summary count them like a :class:`~pytest_resilience.fallback.Fallback` chain's. A retry
+the summary count them like a :class:`~pytest_resilience.core.fallback.Fallback` chain's. A retry
 loop of the application's own reports each retry with :func:`retried`
-(an :class:`~pytest_resilience.events.AppRetry` event, library ``"app"``); those of
+(an :class:`~pytest_resilience.core.events.AppRetry` event, library ``"app"``); those of
 tenacity, stamina, backoff and the openai client are recorded without any call, by
 :func:`faults.observe.watch`.
 
@@ -201,7 +201,7 @@ def retried(
 ) -> None:
     """Report that ``name`` failed its ``attempt`` (from 1) with ``error`` (or returned a
     ``result`` it will not accept, when ``error`` is None) and will be retried after
-    ``delay`` seconds: an :class:`~pytest_resilience.events.AppRetry` event. For a retry
+    ``delay`` seconds: an :class:`~pytest_resilience.core.events.AppRetry` event. For a retry
     loop of the application's own; a no-op when nothing observes."""
     observation = current(library)
     if observation is not None:
@@ -220,7 +220,7 @@ def record_retry(
     error: BaseException | None,
     result: object = None,
 ) -> None:
-    """Append the :class:`~pytest_resilience.events.AppRetry` of one retry to
+    """Append the :class:`~pytest_resilience.core.events.AppRetry` of one retry to
     ``observation`` (what :mod:`faults.observe`'s hooks call)."""
     if error is None:
         text, category = f"result: {reprlib.repr(result)}", "result"
@@ -243,7 +243,7 @@ def fell_back(to: str, *, after: BaseException | str | None = None, source: str 
     """Report that the application answered with its fallback ``to`` (a name: ``"canned"``,
     ``"cache"``) because of ``after``: the exception (or a reason); by default the one
     being handled, so call it in the ``except`` branch that falls back. Records a
-    :class:`~pytest_resilience.events.FallbackUsed` (``step=to``, ``index=1``); a no-op
+    :class:`~pytest_resilience.core.events.FallbackUsed` (``step=to``, ``index=1``); a no-op
     when nothing observes."""
     observation = current()
     if observation is None:

@@ -17,8 +17,8 @@
 A check is any callable returning a :class:`HealthResult` and having a ``name``. Checks
 never raise for an unhealthy target: every failure becomes ``healthy=False`` with a message
 and details; the monitor also turns an exception from a check of the caller's own into an
-unhealthy result. :class:`~pytest_resilience.errors.Cancelled` and
-:class:`~pytest_resilience.errors.HangDetected` are not failures of the target (they are
+unhealthy result. :class:`~pytest_resilience.core.errors.Cancelled` and
+:class:`~pytest_resilience.core.errors.HangDetected` are not failures of the target (they are
 ``BaseException`` subclasses): they propagate from the check and from ``run_due()``, and end
 the monitor's worker thread, whose exception the thread hook reports (pytest fails the test).
 Each check measures its latency on its ``clock``.

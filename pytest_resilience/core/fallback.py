@@ -19,20 +19,20 @@ Each step is called with the chain's arguments. A step *fails* when it raises an
 that its ``on`` filter matches, or returns a result that its ``reject`` predicate refuses;
 the chain then moves on to the next step. Any other exception is re-raised unchanged at
 once: a caller's bug is not a reason to fall back. So are
-:class:`~pytest_resilience.errors.Cancelled` and
-:class:`~pytest_resilience.errors.HangDetected` (``BaseException`` subclasses, never a
+:class:`~pytest_resilience.core.errors.Cancelled` and
+:class:`~pytest_resilience.core.errors.HangDetected` (``BaseException`` subclasses, never a
 failure whatever ``on`` says): no later step runs and nothing is journaled. Between steps
 the current cancel scope is checked, so an expired deadline stops the chain instead of
 trying every step. The
-predicates of :mod:`pytest_resilience.retry` serve as ``reject``: ``result_is_none`` and
+predicates of :mod:`pytest_resilience.core.retry` serve as ``reject``: ``result_is_none`` and
 ``result_is_empty`` (None, blank text, empty containers). Calls return ``Any``: a chain
 mixes functions, so annotate the result where you use it.
 
 Journal: when a step other than the first answers, a
-:class:`~pytest_resilience.events.FallbackUsed` event names it and says why each earlier step
+:class:`~pytest_resilience.core.events.FallbackUsed` event names it and says why each earlier step
 did not (``"daemon: DaemonUnavailable: refused"``, ``"direct: result None"``). When every
 step fails, a :class:`FallbackExhausted` event lists the same reasons and
-:class:`~pytest_resilience.errors.FallbackError` is raised, chained from the last exception
+:class:`~pytest_resilience.core.errors.FallbackError` is raised, chained from the last exception
 seen. A first step that answers records nothing.
 """
 
@@ -140,7 +140,7 @@ class Fallback:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the steps in order; return the first accepted result.
 
-        Raises :class:`~pytest_resilience.errors.FallbackError` when every step fails,
+        Raises :class:`~pytest_resilience.core.errors.FallbackError` when every step fails,
         ``TypeError`` if a step returns an awaitable (use :meth:`acall`), and re-raises
         unchanged any exception that the failing step's ``on`` does not match.
         """

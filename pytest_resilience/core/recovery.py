@@ -34,7 +34,7 @@ The file is one JSON header line, then the payload::
 
 Reading checks the header and the payload's size and SHA-256, so a truncated, corrupt or
 foreign file, or one renamed from another key, raises
-:class:`~pytest_resilience.errors.CheckpointError` naming the file and the problem instead
+:class:`~pytest_resilience.core.errors.CheckpointError` naming the file and the problem instead
 of handing back a wrong state. State is JSON: tuples come back as lists, and NaN is refused.
 """
 

@@ -11,7 +11,7 @@ that matters::
 ``"pytest_resilience"``) and the application's own (``AppRetry``: tenacity, stamina,
 backoff, openai, ... recorded by :func:`faults.observe.watch`); ``assert_fell_back`` counts
 every ``FallbackUsed``, a chain's or one the application marked
-(:func:`pytest_resilience.app.fell_back`).
+(:func:`pytest_resilience.core.app.fell_back`).
 
 Each raises ``AssertionError`` (so pytest shows it as a test failure) and returns nothing.
 This module does not import pytest: the assertions work under any runner.
@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .events import (
+from ..core.events import (
     AppRetry,
     AttemptFailed,
     BreakerTransition,
@@ -33,13 +33,13 @@ from .events import (
     RetryScheduled,
     format_event,
 )
-from .leaks import Leak, Snapshot, check, format_leaks
+from ..core.leaks import Leak, Snapshot, check, format_leaks
 
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Iterable, Sequence
 
-    from .leaks import ResourceRegistry
+    from ..core.leaks import ResourceRegistry
 
 __all__ = [
     "CORE",
@@ -52,7 +52,7 @@ __all__ = [
 
 _SHOWN = 30  # events of the timeline shown in a failure message
 
-#: The ``library`` of the core's own retries (:class:`~pytest_resilience.retry.Retry`).
+#: The ``library`` of the core's own retries (:class:`~pytest_resilience.core.retry.Retry`).
 CORE = "pytest_resilience"
 
 #: What ``error=`` takes: an exception class, a name or text, or a tuple of them.
@@ -233,7 +233,7 @@ def assert_no_leaks(
     registry: ResourceRegistry | None = None,
     grace: float = 0.5,
 ) -> None:
-    """Assert that nothing leaked: ``before`` is a :func:`~pytest_resilience.leaks.snapshot`
+    """Assert that nothing leaked: ``before`` is a :func:`~pytest_resilience.core.leaks.snapshot`
     taken earlier (compared now, with ``grace`` real seconds for things already ending), the
     ``leak_check`` fixture, or a list of leaks already found."""
     if isinstance(before, Snapshot):

@@ -9,9 +9,9 @@
 Definitions (all read from events; times are the journal's clock, so virtual under a
 virtual clock):
 
-- **errors**: failed attempts (:class:`~pytest_resilience.events.AttemptFailed`, counted by
+- **errors**: failed attempts (:class:`~pytest_resilience.core.events.AttemptFailed`, counted by
   their ``category``, and each retry of the application's own,
-  :class:`~pytest_resilience.events.AppRetry`, which follows a failed attempt) plus failed
+  :class:`~pytest_resilience.core.events.AppRetry`, which follows a failed attempt) plus failed
   fallback steps (each reason in a ``FallbackUsed.after`` or
   ``FallbackExhausted.failures``, counted as ``fallback_step_failures``, which carry no
   category). A retry inside a fallback step counts in both: each is a failed call.

@@ -15,7 +15,7 @@ Deadlines, all on the guard's clock and measured from the first ``next()`` (or `
 - ``total``: the whole stream within this many seconds.
 
 How a stream is stopped. The source is iterated in the caller's thread inside a
-:class:`~pytest_resilience.cancel.CancelScope` whose deadline moves after every chunk (the
+:class:`~pytest_resilience.core.cancel.CancelScope` whose deadline moves after every chunk (the
 first-token deadline before the first chunk, then the earlier of the idle and the total
 deadline, and never later than a scope around the guard). Sources that cooperate stop at
 exactly the deadline: the llama backend checks the scope between tokens, the daemon backend
@@ -32,18 +32,18 @@ How a stream ends (``stream.result``, a :class:`StreamResult`):
 
 - ``complete``: the source ran out;
 - ``first_token`` / ``idle`` / ``total``: a deadline passed. Raises
-  :class:`~pytest_resilience.errors.StreamStalled` (``which``, ``waited``, ``partial``), or
+  :class:`~pytest_resilience.core.errors.StreamStalled` (``which``, ``waited``, ``partial``), or
   with ``on_stall="return"`` ends the iteration normally and leaves the result incomplete;
 - ``cancelled``: the stream's own ``cancel()`` was called: raises
-  :class:`~pytest_resilience.errors.StreamInterrupted` (``reason``, ``partial``), from the
-  :class:`~pytest_resilience.errors.Cancelled` if the source raised one. A scope around the
+  :class:`~pytest_resilience.core.errors.StreamInterrupted` (``reason``, ``partial``), from the
+  :class:`~pytest_resilience.core.errors.Cancelled` if the source raised one. A scope around the
   guard was cancelled (or the source raised ``Cancelled`` of its own): the ``Cancelled``
   propagates unchanged, a ``BaseException`` that no retry, breaker or fallback above may take
   for a failure; the partial text is ``stream.text``. In async code the task's
   ``asyncio.CancelledError`` propagates unchanged too;
 - ``error``: the source raised. The exception propagates unchanged (retry policies, breakers
   and the classifier need its real type); the partial text is ``stream.text``. A
-  :class:`~pytest_resilience.errors.HangDetected` (a source waiting on a virtual clock for
+  :class:`~pytest_resilience.core.errors.HangDetected` (a source waiting on a virtual clock for
   what never comes, in the consumer's thread or in the worker of ``threaded=True``) ends the
   stream the same way: the source is closed, the end recorded, and the hang goes on up
   unchanged, never turned into a stall or an end of the stream;
@@ -62,7 +62,7 @@ calls ``buffered()`` once, inside the total deadline. The consumer already holds
 text, so the stream yields only what the buffered answer adds after it: if the answer starts
 with the partial text (deterministic decoding), the rest of it; if it does not, nothing can be
 spliced without duplicating or contradicting what was delivered, and
-:class:`~pytest_resilience.errors.StreamInterrupted` is raised (reason
+:class:`~pytest_resilience.core.errors.StreamInterrupted` is raised (reason
 ``"buffered answer diverged"``). A second ``MemoryError`` propagates. A ``FallbackUsed``
 event (step ``"buffered"``) records the switch.
 

@@ -124,7 +124,7 @@ class GaveUp(Event):
 class AppRetry(Event):
     """An application's own retry code scheduled a retry: a retry library (tenacity,
     stamina, backoff), an HTTP client's built-in retries (openai), or a loop of its own
-    (:func:`pytest_resilience.app.retried`). Recorded by :func:`faults.observe.watch`.
+    (:func:`pytest_resilience.core.app.retried`). Recorded by :func:`faults.observe.watch`.
 
     ``source`` is the retried callable as the library names it (``"myapp.llm.ask"``), as a
     core retry's events carry the policy's name; ``name`` is the same, by its other name.
@@ -305,7 +305,7 @@ _HERE: Final[tuple[type[Event], ...]] = (
 #: ``Event`` subclass in ``pytest_resilience`` and ``faults`` is registered); an
 #: application's own event classes use :func:`register_event`.
 _ELSEWHERE: Final[Mapping[str, str]] = {
-    "fallback.exhausted": "pytest_resilience.fallback:FallbackExhausted",
+    "fallback.exhausted": "pytest_resilience.core.fallback:FallbackExhausted",
     "scenario.op": "faults.scenario:ScenarioOp",
     "scenario.step": "faults.scenario:ScenarioStep",
 }

@@ -32,8 +32,8 @@ What counts (decided when a call ends, in this order):
 
 - an exception that matches ``exclude`` counts as neither success nor failure, and so does
   a ``BaseException`` that is not an ``Exception`` whatever ``on`` says:
-  :class:`~pytest_resilience.errors.Cancelled`,
-  :class:`~pytest_resilience.errors.HangDetected`, ``asyncio.CancelledError``,
+  :class:`~pytest_resilience.core.errors.Cancelled`,
+  :class:`~pytest_resilience.core.errors.HangDetected`, ``asyncio.CancelledError``,
   ``KeyboardInterrupt``. A cancelled call says nothing about the dependency's health, and a
   hang is the test's missing timeout, not the dependency failing. It propagates unchanged,
   the counts and the state stay as they were, and a half-open probe slot it held is given
@@ -67,7 +67,7 @@ Transition events are appended to the journal under the breaker's (re-entrant) l
 journal shows them in the order they happened; rejection events are appended outside it.
 A successful call in the closed state appends nothing.
 
-Errors: a rejected call raises :class:`~pytest_resilience.errors.CircuitOpenError` with
+Errors: a rejected call raises :class:`~pytest_resilience.core.errors.CircuitOpenError` with
 ``breaker`` (the name), ``state`` and ``retry_after`` (seconds until the breaker half-opens;
 0 when half-open but every probe slot is taken; ``None`` when forced open).
 """

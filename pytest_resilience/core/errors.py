@@ -212,7 +212,7 @@ class StreamStalled(DeadlineExceeded):
 class HangDetected(ResilienceInterrupt):
     """A wait that no deadline can ever end: the code under test would hang forever.
 
-    Raised by :class:`~pytest_resilience.clock.VirtualClock`, naming the waiter. Not an
+    Raised by :class:`~pytest_resilience.core.clock.VirtualClock`, naming the waiter. Not an
     ``Exception`` (see :class:`ResilienceInterrupt`): it must reach the test and fail it, so
     no retry, breaker, fallback or client handles it.
     """

@@ -25,8 +25,8 @@ What is retried
     predicate ``(exc) -> bool``. :func:`is_retryable` retries what ``classify()`` calls
     retryable. ``on_result=`` is a predicate on the return value; :func:`result_is_none` and
     :func:`result_is_empty` cover the common cases. Only an ``Exception`` is ever retried:
-    :class:`~pytest_resilience.errors.Cancelled`,
-    :class:`~pytest_resilience.errors.HangDetected`, ``asyncio.CancelledError`` and
+    :class:`~pytest_resilience.core.errors.Cancelled`,
+    :class:`~pytest_resilience.core.errors.HangDetected`, ``asyncio.CancelledError`` and
     ``KeyboardInterrupt`` are ``BaseException`` subclasses that propagate unchanged from the
     attempt that raised them, whatever ``on`` says, and leave no event in the journal. Nothing
     is retried either once a cancel scope around the retry is cancelled or past its deadline.
@@ -52,13 +52,13 @@ How long it waits
 
 The budget
     ``budget`` seconds cover all attempts and sleeps. Each attempt runs inside a
-    :func:`~pytest_resilience.cancel.deadline` scope of what is left of the budget, so
+    :func:`~pytest_resilience.core.cancel.deadline` scope of what is left of the budget, so
     cooperative work in flight stops when it runs out (``async`` attempts are cancelled at the
     deadline). The retry gives up at once, without sleeping in vain, when a wait (backoff or
     Retry-After hint) would use up everything that is left, or when nothing is left.
 
 Giving up
-    raises :class:`~pytest_resilience.errors.RetryError` with ``attempts``, ``last`` (the last
+    raises :class:`~pytest_resilience.core.errors.RetryError` with ``attempts``, ``last`` (the last
     exception, also its ``__cause__``), ``reason`` (``"attempts"`` or ``"budget"``) and
     ``result`` (the last rejected result, when the last attempt returned one). With
     ``reraise=True`` the last exception itself is raised instead (a rejected result still

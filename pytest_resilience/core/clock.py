@@ -25,7 +25,7 @@ How a :class:`VirtualClock` moves (trio's ``MockClock`` with autojump is the mod
   job for the virtual event loop (``run_in_executor``, ``asyncio.to_thread``).
 - Waiters wake in deadline order, FIFO on ties. ``advance()`` moves time by hand.
 - A wait that nothing can end (no deadline anywhere, nothing running, no real I/O pending)
-  raises :class:`~pytest_resilience.errors.HangDetected` once every Python thread is stuck
+  raises :class:`~pytest_resilience.core.errors.HangDetected` once every Python thread is stuck
   on the clock, or after ``hang_grace`` real seconds of silence otherwise.
 """
 

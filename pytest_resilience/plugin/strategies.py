@@ -54,19 +54,19 @@ from faults.kinds import (
 )
 from faults.spec import Entry, Site, Spec, SpecError, Term
 
-from .breaker import CircuitBreaker, ConsecutiveFailures, CountWindow, Recovery, TimeWindow
-from .cancel import current_scope
-from .clock import VirtualClock
-from .errors import CircuitOpenError
-from .events import BreakerTransition, CallRejected, Event, Journal
-from .retry import Backoff, Jitter, Retry
+from ..core.breaker import CircuitBreaker, ConsecutiveFailures, CountWindow, Recovery, TimeWindow
+from ..core.cancel import current_scope
+from ..core.clock import VirtualClock
+from ..core.errors import CircuitOpenError
+from ..core.events import BreakerTransition, CallRejected, Event, Journal
+from ..core.retry import Backoff, Jitter, Retry
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from .breaker import TripPolicy
-    from .clock import Clock
-    from .errors import ExceptionFilter
+    from ..core.breaker import TripPolicy
+    from ..core.clock import Clock
+    from ..core.errors import ExceptionFilter
 
 __all__ = [
     "BreakerMachine",
@@ -471,7 +471,7 @@ def backoffs(
     *, max_delay: float = 60.0, jitters: str | Iterable[Jitter | str] | None = None
 ) -> st.SearchStrategy[Backoff]:
     """Backoff shapes: ``base`` and ``cap`` from 0 to ``max_delay`` seconds, ``factor``
-    from 1 to 10, one of ``jitters`` (default: every :class:`~pytest_resilience.retry.Jitter`).
+    from 1 to 10, one of ``jitters`` (default: every :class:`~pytest_resilience.core.retry.Jitter`).
 
     Shrinks towards ``Backoff(base=0, factor=1, cap=0, jitter="none")``, which never
     sleeps. Raises ``ValueError`` for a negative or infinite ``max_delay`` or an unknown
@@ -517,9 +517,9 @@ class RetrySettings:
         journal: Journal | None = None,
         **options: Any,
     ) -> Retry:
-        """A :class:`~pytest_resilience.retry.Retry` with these settings, retrying ``on``.
+        """A :class:`~pytest_resilience.core.retry.Retry` with these settings, retrying ``on``.
 
-        ``clock`` defaults to a new :class:`~pytest_resilience.clock.VirtualClock`; the
+        ``clock`` defaults to a new :class:`~pytest_resilience.core.clock.VirtualClock`; the
         other ``options`` (``on_result``, ``reraise``, ``classifier``, ``on_retry``,
         ``name``) go to ``Retry`` as they are. Raises what ``Retry`` raises.
         """
@@ -571,9 +571,9 @@ def _count_windows(draw: st.DrawFn, max_calls: int) -> CountWindow:
 
 
 def trip_policies(*, max_calls: int = 10) -> st.SearchStrategy[TripPolicy]:
-    """Trip policies: :class:`~pytest_resilience.breaker.ConsecutiveFailures`,
-    :class:`~pytest_resilience.breaker.CountWindow` and
-    :class:`~pytest_resilience.breaker.TimeWindow`, in that order of simplicity.
+    """Trip policies: :class:`~pytest_resilience.core.breaker.ConsecutiveFailures`,
+    :class:`~pytest_resilience.core.breaker.CountWindow` and
+    :class:`~pytest_resilience.core.breaker.TimeWindow`, in that order of simplicity.
 
     Thresholds, window sizes and minimum calls go up to ``max_calls``; time windows span
     0.5 to 600 seconds. Raises ``ValueError`` for ``max_calls`` below 1.
@@ -626,9 +626,9 @@ class BreakerSettings:
         journal: Journal | None = None,
         **options: Any,
     ) -> CircuitBreaker:
-        """A :class:`~pytest_resilience.breaker.CircuitBreaker` with these settings.
+        """A :class:`~pytest_resilience.core.breaker.CircuitBreaker` with these settings.
 
-        ``clock`` defaults to a new :class:`~pytest_resilience.clock.VirtualClock`; the
+        ``clock`` defaults to a new :class:`~pytest_resilience.core.clock.VirtualClock`; the
         other ``options`` (``exclude``) go to the breaker. Raises what it raises.
         """
         return CircuitBreaker(

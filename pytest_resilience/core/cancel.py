@@ -238,7 +238,7 @@ class CancelScope:
         Raises :class:`Cancelled` or :class:`DeadlineExceeded` when the scope (or one around
         it) is cancelled or its deadline passes first; the deadline wins a tie. With no
         timeout and no deadline this waits for ``cancel()``; under a virtual clock a wait
-        that nothing can end raises :class:`~pytest_resilience.errors.HangDetected`.
+        that nothing can end raises :class:`~pytest_resilience.core.errors.HangDetected`.
         """
         clock = self.clock
         end = None if timeout is None else clock.now() + timeout

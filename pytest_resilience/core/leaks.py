@@ -199,7 +199,7 @@ def _prefixes(*paths: str | None) -> tuple[str, ...]:
 
 _PATHS = sysconfig.get_paths()
 #: Frames never named as a creation site: this package, and the standard library...
-_OWN = _prefixes(os.path.dirname(__file__))
+_OWN = _prefixes(os.path.dirname(os.path.dirname(__file__)))  # the whole package
 _STDLIB = _prefixes(_PATHS.get("stdlib"), _PATHS.get("platstdlib"))
 #: ... and frames named only when nothing better is on the stack: installed packages and
 #: scripts (checked before the standard library, which may hold site-packages).

@@ -75,9 +75,9 @@ if TYPE_CHECKING:
     from pytest_resilience.backends.daemon import DaemonProcess
     from pytest_resilience.backends.llama import LlamaBackend
     from pytest_resilience.backends.resilient import ResilientClient
-    from pytest_resilience.clock import Clock
-    from pytest_resilience.events import Journal
-    from pytest_resilience.fixtures import FaultsFactory, LeakCheck, TestClock
+    from pytest_resilience.core.clock import Clock
+    from pytest_resilience.core.events import Journal
+    from pytest_resilience.plugin.fixtures import FaultsFactory, LeakCheck, TestClock
 
 __all__ = [
     "ENVIRONMENT",
@@ -203,7 +203,7 @@ class TestState:
     def journal(self) -> Journal:
         """The test's journal (made on first use): fixtures and injectors all write to it."""
         if self._journal is None:
-            from pytest_resilience.events import Journal  # noqa: PLC0415 - lazy, see module doc
+            from pytest_resilience.core.events import Journal  # noqa: PLC0415 - lazy, see module doc
 
             self._journal = Journal(maxlen=self.journal_maxlen)
         return self._journal
@@ -577,7 +577,7 @@ class _LeakCheckPlugin:
         if request.node.get_closest_marker("no_leak_check") is not None:
             yield
             return
-        from pytest_resilience.fixtures import leak_check_fixture  # noqa: PLC0415
+        from pytest_resilience.plugin.fixtures import leak_check_fixture  # noqa: PLC0415
 
         yield from (None for _ in leak_check_fixture(request))
 
@@ -677,7 +677,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
     settings = item.config.stash.get(_SETTINGS, None)
     if settings is None:
         return (yield)
-    from pytest_resilience.seeding import seeded  # noqa: PLC0415 - small, and per test
+    from pytest_resilience.core.seeding import seeded  # noqa: PLC0415 - small, and per test
 
     with seeded(settings.seed, item.nodeid):
         return (yield)
@@ -822,7 +822,7 @@ def _adopt_fixtures(item: pytest.Item, state: TestState) -> None:
     """Use a suite's own ``clock`` and ``journal`` fixtures (overriding ours) if it has them."""
     funcargs: dict[str, object] = getattr(item, "funcargs", {})
     clock_module, events_module = (
-        sys.modules.get(f"pytest_resilience.{m}") for m in ("clock", "events")
+        sys.modules.get(f"pytest_resilience.core.{m}") for m in ("clock", "events")
     )
     theirs = funcargs.get("clock")
     if (
@@ -951,8 +951,8 @@ def _origin(state: TestState) -> float:
 
 
 def _figures(state: TestState) -> dict[str, Any]:
-    from pytest_resilience.analytics import summarize  # noqa: PLC0415
-    from pytest_resilience.events import FaultInjected  # noqa: PLC0415
+    from pytest_resilience.core.analytics import summarize  # noqa: PLC0415
+    from pytest_resilience.core.events import FaultInjected  # noqa: PLC0415
 
     journal = state.journal
     faults: dict[str, dict[str, int]] = {}
@@ -1152,14 +1152,14 @@ def _before(first: Callable[[], None], then: Callable[..., Any]) -> Callable[...
 
 @pytest.fixture
 def journal(request: pytest.FixtureRequest) -> Journal:
-    """The test's :class:`~pytest_resilience.events.Journal`; injected faults land in it too."""
+    """The test's :class:`~pytest_resilience.Journal`; injected faults land in it too."""
     return state_of(request.node).journal
 
 
 @pytest.fixture
 def clock(request: pytest.FixtureRequest) -> Iterator[TestClock]:
-    """A :class:`~pytest_resilience.fixtures.TestClock` (a VirtualClock) for this test."""
-    from pytest_resilience.fixtures import clock_fixture  # noqa: PLC0415
+    """A :class:`~pytest_resilience.plugin.fixtures.TestClock` (a VirtualClock) for this test."""
+    from pytest_resilience.plugin.fixtures import clock_fixture  # noqa: PLC0415
 
     yield from clock_fixture(request)
 
@@ -1167,7 +1167,7 @@ def clock(request: pytest.FixtureRequest) -> Iterator[TestClock]:
 @pytest.fixture
 def faults(request: pytest.FixtureRequest) -> Iterator[FaultsFactory]:
     """``faults(spec, **options)`` installs an injector for the rest of the test; returns it."""
-    from pytest_resilience.fixtures import faults_fixture  # noqa: PLC0415
+    from pytest_resilience.plugin.fixtures import faults_fixture  # noqa: PLC0415
 
     yield from faults_fixture(request)
 
@@ -1175,7 +1175,7 @@ def faults(request: pytest.FixtureRequest) -> Iterator[FaultsFactory]:
 @pytest.fixture
 def leak_check(request: pytest.FixtureRequest) -> Iterator[LeakCheck]:
     """Fail the test if it leaves threads, fds, child processes or registered resources."""
-    from pytest_resilience.fixtures import leak_check_fixture  # noqa: PLC0415
+    from pytest_resilience.plugin.fixtures import leak_check_fixture  # noqa: PLC0415
 
     yield from leak_check_fixture(request)
 
@@ -1191,7 +1191,7 @@ def tiny_model() -> Path:
 @pytest.fixture
 def llama(tiny_model: Path) -> Iterator[LlamaBackend]:
     """A :class:`LlamaBackend` on the tiny model (``n_threads=1``), closed at teardown."""
-    from pytest_resilience.fixtures import llama_fixture  # noqa: PLC0415
+    from pytest_resilience.plugin.fixtures import llama_fixture  # noqa: PLC0415
 
     yield from llama_fixture(tiny_model)
 
@@ -1205,21 +1205,21 @@ def _resilience_daemon_process(
     request: pytest.FixtureRequest, tiny_model: Path
 ) -> Iterator[DaemonProcess]:
     """The process behind ``daemon``; lives as long as ``resilience_daemon_scope`` says."""
-    from pytest_resilience.fixtures import daemon_process_fixture  # noqa: PLC0415
+    from pytest_resilience.plugin.fixtures import daemon_process_fixture  # noqa: PLC0415
 
     yield from daemon_process_fixture(request, tiny_model)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    from pytest_resilience.clock import SystemClock  # noqa: PLC0415 - small, once per run
+    from pytest_resilience.core.clock import SystemClock  # noqa: PLC0415 - small, once per run
 
     state_of(item).started = SystemClock().now()  # the origin of a real-time journal's times
     # Before any of the test's fixtures, so that the leak check's "before" already has it:
     # a session daemon that the previous test killed or paused runs again for this one.
     shared = item.config.stash.get(SHARED_DAEMON, None)
     if shared is not None and "daemon" in getattr(item, "fixturenames", ()):
-        from pytest_resilience.fixtures import revive  # noqa: PLC0415
+        from pytest_resilience.plugin.fixtures import revive  # noqa: PLC0415
 
         revive(shared)
 
@@ -1231,7 +1231,7 @@ def daemon(
     """A running :class:`DaemonProcess` on loopback with the tiny model, writing to the test's
     journal. Stopped at teardown, or shared by the session (``resilience_daemon_scope``);
     a shared one is running at the start of every test, whatever the test before did to it."""
-    from pytest_resilience.fixtures import daemon_fixture  # noqa: PLC0415
+    from pytest_resilience.plugin.fixtures import daemon_fixture  # noqa: PLC0415
 
     yield from daemon_fixture(request, _resilience_daemon_process)
 
@@ -1241,7 +1241,7 @@ def resilient_client(
     request: pytest.FixtureRequest, daemon: DaemonProcess, tiny_model: Path
 ) -> Iterator[ResilientClient]:
     """A :class:`ResilientClient`: the ``daemon`` first, the tiny model in process after."""
-    from pytest_resilience.fixtures import resilient_fixture  # noqa: PLC0415
+    from pytest_resilience.plugin.fixtures import resilient_fixture  # noqa: PLC0415
 
     yield from resilient_fixture(request, daemon, tiny_model)
 
