@@ -28,8 +28,8 @@ from faults.proxy import (
     SlowClose,
     Stall,
     TruncateAfter,
-    _SseCounter,
 )
+from faults.proxy.http1 import _SseCounter
 from pytest_resilience.backends.base import GenerationParams
 from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess, ServerOptions, Timeouts
 from pytest_resilience.core.errors import DaemonLost, DaemonUnavailable, StreamStalled
