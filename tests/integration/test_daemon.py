@@ -97,14 +97,16 @@ def no_stray_children() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def journal() -> Journal:
+def shared_journal() -> Journal:
     return Journal()
 
 
 @pytest.fixture(scope="module")
-def shared_daemon(tiny_model_path: Path, journal: Journal) -> Iterator[DaemonProcess]:
+def shared_daemon(tiny_model_path: Path, shared_journal: Journal) -> Iterator[DaemonProcess]:
     """One daemon for the tests that only talk to it."""
-    with DaemonProcess(tiny_model_path, ServerOptions(n_ctx=2048), journal=journal) as daemon:
+    with DaemonProcess(
+        tiny_model_path, ServerOptions(n_ctx=2048), journal=shared_journal
+    ) as daemon:
         yield daemon
 
 
@@ -222,7 +224,7 @@ def _mock(handler: Callable[[httpx.Request], httpx.Response], **kwargs: Any) -> 
 
 
 def test_daemon_starts_and_answers(
-    shared_daemon: DaemonProcess, client: Callable[..., DaemonBackend], journal: Journal
+    shared_daemon: DaemonProcess, client: Callable[..., DaemonBackend], shared_journal: Journal
 ) -> None:
     backend = client(shared_daemon.base_url)
     assert shared_daemon.alive
@@ -236,7 +238,7 @@ def test_daemon_starts_and_answers(
     assert shared_daemon.startup_time is not None
     assert shared_daemon.startup_time < shared_daemon.ready_timeout
     print(f"\ndaemon cold start to ready: {shared_daemon.startup_time * 1000:.0f} ms")
-    (up,) = journal.events(DaemonUp)
+    (up,) = shared_journal.events(DaemonUp)
     assert up.latency == shared_daemon.startup_time
 
 

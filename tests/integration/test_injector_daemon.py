@@ -52,7 +52,7 @@ def _paused(daemon: DaemonProcess) -> bool:
 
 
 @pytest.fixture(scope="module")
-def daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
+def shared_daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
     """One daemon for the tests that leave it running."""
     with DaemonProcess(tiny_model_path, ServerOptions(n_ctx=1024)) as d:
         yield d
@@ -86,13 +86,13 @@ def client() -> Iterator[Callable[..., DaemonBackend]]:
 
 
 @pytest.fixture(scope="module")
-def baseline(daemon: DaemonProcess) -> dict[str, Any]:
-    with DaemonBackend(daemon.base_url) as b:
+def baseline(shared_daemon: DaemonProcess) -> dict[str, Any]:
+    with DaemonBackend(shared_daemon.base_url) as b:
         return {"text": b.generate(PROMPT, SHORT), "chunks": list(b.stream(PROMPT, SHORT))}
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
+def vclock() -> VirtualClock:
     return VirtualClock()
 
 
@@ -100,12 +100,12 @@ def clock() -> VirtualClock:
 
 
 def test_request_refuse_ratelimit_raise_lost_then_normal(
-    daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
+    shared_daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
 ) -> None:
-    backend = client(daemon.base_url)
+    backend = client(shared_daemon.base_url)
     spec = 'daemon.request=@1refuse->@2ratelimit(retry_after=7s)->@3raise(OSError, "boom")->@4lost'
     journal = Journal()
-    with faults.inject(spec, daemon=daemon, journal=journal) as run:
+    with faults.inject(spec, daemon=shared_daemon, journal=journal) as run:
         with pytest.raises(DaemonUnavailable, match="cannot connect") as refused:
             backend.generate(PROMPT, SHORT)
         assert isinstance(refused.value.__cause__, httpx.ConnectError)
@@ -117,37 +117,37 @@ def test_request_refuse_ratelimit_raise_lost_then_normal(
         with pytest.raises(DaemonLost):
             backend.generate(PROMPT, SHORT)
         assert backend.generate(PROMPT, SHORT) == baseline["text"]
-    assert daemon.alive
+    assert shared_daemon.alive
     assert [e.call for e in journal.events(FaultInjected)] == [1, 2, 3, 4]
     assert run.calls("daemon.request") == 5
     _assert_restored()
 
 
 def test_request_timeout_and_latency_follow_the_virtual_clock(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     client: Callable[..., DaemonBackend],
     baseline: dict[str, Any],
-    clock: VirtualClock,
+    vclock: VirtualClock,
 ) -> None:
-    backend = client(daemon.base_url)
+    backend = client(shared_daemon.base_url)
     started = time.perf_counter()
     spec = "daemon.request=@1timeout(30s)->@2timeout(30s)->@3latency(2s)"
-    with faults.inject(spec, daemon=daemon, clock=clock):
-        with pytest.raises(DeadlineExceeded), deadline(5.0, clock=clock):
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock):
+        with pytest.raises(DeadlineExceeded), deadline(5.0, clock=vclock):
             backend.generate(PROMPT, SHORT)
         with pytest.raises(DeadlineExceeded, match="read timeout"):
             backend.generate(PROMPT, SHORT)  # ran out: httpx.ReadTimeout, mapped
         assert backend.generate(PROMPT, SHORT) == baseline["text"]
-    assert clock.now() == pytest.approx(37.0)
+    assert vclock.now() == pytest.approx(37.0)
     # generous, for a loaded machine: the injected waits (37 s) served in real time would
     # exceed it; three real requests to the tiny model take well under a second
     assert time.perf_counter() - started < 30.0
 
 
-def test_requests_elsewhere_are_not_touched(daemon: DaemonProcess) -> None:
+def test_requests_elsewhere_are_not_touched(shared_daemon: DaemonProcess) -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(200, text="other"))
     with (
-        faults.inject("daemon.request=refuse", daemon=daemon) as run,
+        faults.inject("daemon.request=refuse", daemon=shared_daemon) as run,
         httpx.Client(transport=transport) as other,
     ):
         assert other.get("http://elsewhere.test/").text == "other"
@@ -155,9 +155,9 @@ def test_requests_elsewhere_are_not_touched(daemon: DaemonProcess) -> None:
 
 
 def test_async_requests_meet_the_same_faults(
-    daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
+    shared_daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
 ) -> None:
-    backend = client(daemon.base_url)
+    backend = client(shared_daemon.base_url)
 
     async def main() -> list[object]:
         seen: list[object] = []
@@ -168,7 +168,7 @@ def test_async_requests_meet_the_same_faults(
                 seen.append(type(exc))
         return seen
 
-    with faults.inject("daemon.request=@1ratelimit->@2refuse", daemon=daemon):
+    with faults.inject("daemon.request=@1ratelimit->@2refuse", daemon=shared_daemon):
         assert asyncio.run(main()) == [RateLimited, DaemonUnavailable, baseline["text"]]
 
 
@@ -176,26 +176,26 @@ def test_async_requests_meet_the_same_faults(
 
 
 def test_stream_stall_is_caught_by_the_guard_with_the_partial_text(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     client: Callable[..., DaemonBackend],
     baseline: dict[str, Any],
-    clock: VirtualClock,
+    vclock: VirtualClock,
 ) -> None:
-    backend = client(daemon.base_url)
-    guard = StreamGuard(first_token=10.0, idle=5.0, clock=clock)
-    with faults.inject("daemon.stream=@1stall(after=3)", daemon=daemon, clock=clock):
+    backend = client(shared_daemon.base_url)
+    guard = StreamGuard(first_token=10.0, idle=5.0, clock=vclock)
+    with faults.inject("daemon.stream=@1stall(after=3)", daemon=shared_daemon, clock=vclock):
         with pytest.raises(StreamStalled) as stalled:
             guard.collect(backend.stream(PROMPT, SHORT))
         assert guard.collect(backend.stream(PROMPT, SHORT)).text == "".join(baseline["chunks"])
     assert stalled.value.partial == "".join(baseline["chunks"][:3])
-    assert clock.now() == pytest.approx(5.0)
+    assert vclock.now() == pytest.approx(5.0)
 
 
 def test_stream_truncate_ends_cleanly_and_corrupt_is_invalid_output(
-    daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
+    shared_daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
 ) -> None:
-    backend = client(daemon.base_url)
-    with faults.inject("daemon.stream=@1truncate(after=2)->@2corrupt", daemon=daemon) as run:
+    backend = client(shared_daemon.base_url)
+    with faults.inject("daemon.stream=@1truncate(after=2)->@2corrupt", daemon=shared_daemon) as run:
         stream = backend.stream(PROMPT, SHORT)
         assert list(stream) == baseline["chunks"][:2]
         with pytest.raises(InvalidOutput, match="invalid JSON"):
@@ -269,15 +269,15 @@ def test_a_paused_daemon_makes_the_read_timeout_fire_then_resumes_real_time(
 
 
 def test_under_a_virtual_clock_the_pause_ends_once_the_clock_passes_it_real_time(
-    spawn: Callable[..., DaemonProcess], client: Callable[..., DaemonBackend], clock: VirtualClock
+    spawn: Callable[..., DaemonProcess], client: Callable[..., DaemonBackend], vclock: VirtualClock
 ) -> None:
     own = spawn()
     backend = client(own.base_url, timeouts=Timeouts(read=0.2))  # for the paused daemon
     patient = client(own.base_url)  # for the live one: 0.2 s is too short on a busy machine
-    with faults.inject("daemon.process=@1pause(10s)->@3pause(forever)", daemon=own, clock=clock):
+    with faults.inject("daemon.process=@1pause(10s)->@3pause(forever)", daemon=own, clock=vclock):
         with pytest.raises(DeadlineExceeded):
             backend.generate(PROMPT, SHORT)
-        clock.advance(10.0)
+        vclock.advance(10.0)
         assert patient.generate(PROMPT, SHORT)  # the request resumes it first
         with pytest.raises(DeadlineExceeded):
             backend.generate(PROMPT, SHORT)
@@ -287,10 +287,10 @@ def test_under_a_virtual_clock_the_pause_ends_once_the_clock_passes_it_real_time
 
 
 def test_the_proxy_address_is_a_daemon_address_and_lost_resets_through_it(
-    daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
+    shared_daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
 ) -> None:
-    assert daemon.port is not None
-    with FaultProxy(upstream=(daemon.host, daemon.port)) as proxy:
+    assert shared_daemon.port is not None
+    with FaultProxy(upstream=(shared_daemon.host, shared_daemon.port)) as proxy:
         backend = client(proxy.url)
         with faults.inject("daemon.request=@2lost", proxy=proxy) as run:
             assert backend.generate(PROMPT, SHORT) == baseline["text"]
@@ -303,12 +303,12 @@ def test_the_proxy_address_is_a_daemon_address_and_lost_resets_through_it(
 
 
 def test_daemon_sites_without_a_daemon_fault_nothing_and_say_why(
-    daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
+    shared_daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
 ) -> None:
-    backend = client(daemon.base_url)
+    backend = client(shared_daemon.base_url)
     with faults.inject("daemon.process=lost;daemon.request=1*refuse") as run:
         assert backend.generate(PROMPT, SHORT) == baseline["text"]
-    assert daemon.alive
+    assert shared_daemon.alive
     assert run.calls("daemon.request") == run.injected("daemon.process") == 0
     reasons = {u.site: u.reason for u in run.unreached()}
     assert set(reasons) == {"daemon.process", "daemon.request"}
@@ -317,24 +317,24 @@ def test_daemon_sites_without_a_daemon_fault_nothing_and_say_why(
 
 
 def test_traffic_to_another_server_is_untouched_and_named(
-    daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
+    shared_daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
 ) -> None:
     elsewhere = faults.Target("http://127.0.0.1:9")  # the discard port: nothing listens
-    backend = client(daemon.base_url)
+    backend = client(shared_daemon.base_url)
     with faults.inject("daemon.request=refuse", daemon=elsewhere) as run:
         assert backend.generate(PROMPT, SHORT) == baseline["text"]
     assert run.calls("daemon.request") == 0
     [missed] = run.unreached()
-    assert f"127.0.0.1:{daemon.port} x1" in missed.reason
+    assert f"127.0.0.1:{shared_daemon.port} x1" in missed.reason
     assert "127.0.0.1:9" in missed.reason
 
 
 def test_a_base_url_names_the_target(
-    daemon: DaemonProcess, client: Callable[..., DaemonBackend]
+    shared_daemon: DaemonProcess, client: Callable[..., DaemonBackend]
 ) -> None:
-    backend = client(daemon.base_url.replace("127.0.0.1", "localhost"))
+    backend = client(shared_daemon.base_url.replace("127.0.0.1", "localhost"))
     with (
-        faults.inject("daemon.request=1*refuse", daemon=daemon.base_url) as run,
+        faults.inject("daemon.request=1*refuse", daemon=shared_daemon.base_url) as run,
         pytest.raises(DaemonUnavailable),
     ):
         backend.generate(PROMPT, SHORT)
@@ -359,9 +359,9 @@ def test_a_target_url_must_name_a_host() -> None:
 
 
 def test_async_streams_meet_the_stream_faults(
-    daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
+    shared_daemon: DaemonProcess, client: Callable[..., DaemonBackend], baseline: dict[str, Any]
 ) -> None:
-    backend = client(daemon.base_url)
+    backend = client(shared_daemon.base_url)
 
     async def main() -> tuple[list[str], type[BaseException] | None]:
         cut = [chunk async for chunk in backend.astream(PROMPT, SHORT)]
@@ -371,6 +371,6 @@ def test_async_streams_meet_the_stream_faults(
             return cut, type(exc)
         return cut, None
 
-    with faults.inject("daemon.stream=@1truncate(after=2)->@2corrupt", daemon=daemon) as run:
+    with faults.inject("daemon.stream=@1truncate(after=2)->@2corrupt", daemon=shared_daemon) as run:
         assert asyncio.run(main()) == (baseline["chunks"][:2], InvalidOutput)
     assert run.injected("daemon.stream") == 2

@@ -73,7 +73,7 @@ def baseline(backend: LlamaBackend) -> dict[str, Any]:
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
+def vclock() -> VirtualClock:
     return VirtualClock()
 
 
@@ -113,46 +113,48 @@ def test_generate_raise_oom_corrupt(backend: LlamaBackend, raw: Any) -> None:
 
 
 def test_generate_timeout_is_ended_by_a_deadline_in_virtual_time(
-    backend: LlamaBackend, raw: Any, clock: VirtualClock
+    backend: LlamaBackend, raw: Any, vclock: VirtualClock
 ) -> None:
     started = time.perf_counter()
-    with faults.inject("llama.generate=timeout(30s)", clock=clock):
-        with pytest.raises(DeadlineExceeded), deadline(10.0, clock=clock):
+    with faults.inject("llama.generate=timeout(30s)", clock=vclock):
+        with pytest.raises(DeadlineExceeded), deadline(10.0, clock=vclock):
             backend.generate(PROMPT, PARAMS)
-        with pytest.raises(DeadlineExceeded), deadline(10.0, clock=clock):
+        with pytest.raises(DeadlineExceeded), deadline(10.0, clock=vclock):
             _raw_completion(raw)
         with pytest.raises(TimeoutError, match="no answer within 30s"):
             backend.generate(PROMPT, PARAMS)  # no deadline: the whole 30 virtual seconds
-    assert clock.now() == pytest.approx(50.0)
+    assert vclock.now() == pytest.approx(50.0)
     # generous, for a loaded machine: the injected waits (50 s) served in real time would
     # exceed it; the calls themselves never reach the model
     assert time.perf_counter() - started < 30.0
 
 
 @pytest.mark.timeout(10)
-def test_an_unguarded_generate_hang_is_detected(backend: LlamaBackend, clock: VirtualClock) -> None:
-    with faults.inject("llama.generate=timeout", clock=clock), pytest.raises(HangDetected) as hung:
+def test_an_unguarded_generate_hang_is_detected(
+    backend: LlamaBackend, vclock: VirtualClock
+) -> None:
+    with faults.inject("llama.generate=timeout", clock=vclock), pytest.raises(HangDetected) as hung:
         backend.generate(PROMPT, PARAMS)
     assert "llama.generate" in str(hung.value)
     assert "no timeout or deadline guards" in str(hung.value)
 
 
 def test_generate_latency_delays_the_same_answer(
-    backend: LlamaBackend, baseline: dict[str, Any], clock: VirtualClock
+    backend: LlamaBackend, baseline: dict[str, Any], vclock: VirtualClock
 ) -> None:
-    with faults.inject("llama.generate=latency(3s)", clock=clock):
+    with faults.inject("llama.generate=latency(3s)", clock=vclock):
         assert backend.generate(PROMPT, PARAMS) == baseline["text"]
-    assert clock.now() == pytest.approx(3.0)
+    assert vclock.now() == pytest.approx(3.0)
 
 
 # ----------------------------------------------------------------------------- chat
 
 
 def test_chat_faults_and_its_inner_completions_are_not_counted(
-    backend: LlamaBackend, raw: Any, baseline: dict[str, Any], clock: VirtualClock
+    backend: LlamaBackend, raw: Any, baseline: dict[str, Any], vclock: VirtualClock
 ) -> None:
     spec = "llama.chat=@1none->@2corrupt->@3corrupt->@4timeout(1m);llama.generate=none"
-    with faults.inject(spec, clock=clock) as run:
+    with faults.inject(spec, clock=vclock) as run:
         with pytest.raises(InvalidOutput):
             backend.chat(CHAT, PARAMS)
         reply = backend.chat(CHAT, PARAMS)
@@ -161,7 +163,7 @@ def test_chat_faults_and_its_inner_completions_are_not_counted(
         answer = raw.create_chat_completion(CHAT, max_tokens=8, temperature=0.0, seed=0)
         with pytest.raises(json.JSONDecodeError):
             json.loads(answer["choices"][0]["message"]["content"])
-        with pytest.raises(DeadlineExceeded), deadline(5.0, clock=clock):
+        with pytest.raises(DeadlineExceeded), deadline(5.0, clock=vclock):
             backend.chat(CHAT, PARAMS)
         assert backend.chat(CHAT, PARAMS) == baseline["chat"]
     # the chat handler calls create_completion inside: never a llama.generate call
@@ -173,20 +175,20 @@ def test_chat_faults_and_its_inner_completions_are_not_counted(
 
 
 def test_a_stall_after_n_chunks_is_caught_by_the_guard_with_the_partial_text(
-    backend: LlamaBackend, baseline: dict[str, Any], clock: VirtualClock
+    backend: LlamaBackend, baseline: dict[str, Any], vclock: VirtualClock
 ) -> None:
     journal = Journal()
     # virtual deadlines longer than the bound below: waited out in real time, they fail it
-    guard = StreamGuard(first_token=120.0, idle=60.0, clock=clock, journal=journal)
+    guard = StreamGuard(first_token=120.0, idle=60.0, clock=vclock, journal=journal)
     started = time.perf_counter()
-    with faults.inject("llama.stream=@1stall(after=3)", clock=clock, journal=journal):
+    with faults.inject("llama.stream=@1stall(after=3)", clock=vclock, journal=journal):
         with pytest.raises(StreamStalled) as stalled:
             guard.collect(backend.stream(PROMPT, PARAMS))
         again = guard.collect(backend.stream(PROMPT, PARAMS))  # only the first stream stalls
     assert stalled.value.which == "idle"
     assert stalled.value.partial == "".join(baseline["chunks"][:3])
     assert again.text == "".join(baseline["chunks"])
-    assert clock.now() == pytest.approx(60.0)
+    assert vclock.now() == pytest.approx(60.0)
     # generous, for a loaded machine: two streams of the tiny model take well under a second
     assert time.perf_counter() - started < 30.0
     kinds = [e.kind for e in journal.events()]
@@ -205,10 +207,10 @@ def test_truncate_ends_the_stream_cleanly_and_reaches_raw_streams(
 
 
 def test_lost_raise_corrupt_and_latency_in_a_stream(
-    backend: LlamaBackend, baseline: dict[str, Any], clock: VirtualClock
+    backend: LlamaBackend, baseline: dict[str, Any], vclock: VirtualClock
 ) -> None:
     spec = "llama.stream=@1lost(after=2)->@2raise(OSError)->@3corrupt->@4latency(1s)"
-    with faults.inject(spec, clock=clock):
+    with faults.inject(spec, clock=vclock):
         stream = backend.stream(PROMPT, PARAMS)
         with pytest.raises(ConnectionResetError, match="after 2 chunks"):
             list(stream)
@@ -218,7 +220,7 @@ def test_lost_raise_corrupt_and_latency_in_a_stream(
         with pytest.raises(InvalidOutput, match="malformed stream chunk"):
             list(backend.stream(PROMPT, PARAMS))
         assert list(backend.stream(PROMPT, PARAMS)) == baseline["chunks"]
-    assert clock.now() >= len(baseline["chunks"])  # one virtual second per chunk
+    assert vclock.now() >= len(baseline["chunks"])  # one virtual second per chunk
 
 
 def test_a_streamed_chat_is_a_stream_too(backend: LlamaBackend, baseline: dict[str, Any]) -> None:

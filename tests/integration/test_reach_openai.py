@@ -53,7 +53,7 @@ BACKOFF_2 = (0.75 * (0.5 + 1.0), 0.5 + 1.0)
 
 
 @pytest.fixture(scope="module")
-def daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
+def shared_daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
     """One daemon (embeddings on) for the tests that leave it running."""
     with DaemonProcess(tiny_model_path, EMBEDDING) as d:
         yield d
@@ -74,7 +74,7 @@ def spawn(tiny_model_path: Path) -> Iterator[Callable[[], DaemonProcess]]:
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
+def vclock() -> VirtualClock:
     return VirtualClock()
 
 
@@ -105,19 +105,19 @@ class _AnyioOnClock:
 
 
 @pytest.fixture(autouse=True)
-def openai_sleeps(clock: VirtualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+def openai_sleeps(vclock: VirtualClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """openai's retry backoff waits on the test's clock (undone at teardown)."""
-    monkeypatch.setattr(openai._base_client, "time", _TimeOnClock(clock))
-    monkeypatch.setattr(openai._base_client, "anyio", _AnyioOnClock(clock))
+    monkeypatch.setattr(openai._base_client, "time", _TimeOnClock(vclock))
+    monkeypatch.setattr(openai._base_client, "anyio", _AnyioOnClock(vclock))
 
 
 @pytest.fixture
-def client(daemon: DaemonProcess) -> Iterator[Callable[..., openai.OpenAI]]:
+def client(shared_daemon: DaemonProcess) -> Iterator[Callable[..., openai.OpenAI]]:
     """``client(max_retries=n, ...)``: an ``openai.OpenAI`` for the daemon, closed after."""
     made: list[openai.OpenAI] = []
 
     def make(*, max_retries: int, to: DaemonProcess | None = None, **kw: Any) -> openai.OpenAI:
-        where = to or daemon
+        where = to or shared_daemon
         made.append(
             openai.OpenAI(
                 base_url=where.base_url + "/v1", api_key="x", max_retries=max_retries, **kw
@@ -178,14 +178,14 @@ def async_client(daemon: DaemonProcess, *, max_retries: int, **kw: Any) -> opena
 
 
 @pytest.fixture(scope="module")
-def baseline(daemon: DaemonProcess) -> dict[str, object]:
+def baseline(shared_daemon: DaemonProcess) -> dict[str, object]:
     """What each endpoint answers with no fault (greedy, so the same every time)."""
-    with openai.OpenAI(base_url=daemon.base_url + "/v1", api_key="x", max_retries=0) as c:
-        return {endpoint: ask(c, daemon.alias, endpoint) for endpoint in ENDPOINTS}
+    with openai.OpenAI(base_url=shared_daemon.base_url + "/v1", api_key="x", max_retries=0) as c:
+        return {endpoint: ask(c, shared_daemon.alias, endpoint) for endpoint in ENDPOINTS}
 
 
 def test_every_endpoint_answers_and_each_attempt_is_counted(
-    daemon: DaemonProcess, client: Callable[..., openai.OpenAI], baseline: dict[str, object]
+    shared_daemon: DaemonProcess, client: Callable[..., openai.OpenAI], baseline: dict[str, object]
 ) -> None:
     c = client(max_retries=0)
     chunks = baseline["chat-stream"]
@@ -193,8 +193,8 @@ def test_every_endpoint_answers_and_each_attempt_is_counted(
     assert chunks[0] is None  # the role chunk
     assert len(chunks) == TOKENS + 2  # the role, a token each, the finish
     assert baseline["embeddings"] == 64
-    with faults.inject("daemon.request=@9refuse", daemon=daemon) as run:
-        assert [ask(c, daemon.alias, e) for e in ENDPOINTS] == list(baseline.values())
+    with faults.inject("daemon.request=@9refuse", daemon=shared_daemon) as run:
+        assert [ask(c, shared_daemon.alias, e) for e in ENDPOINTS] == list(baseline.values())
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (4, 0)
 
 
@@ -203,125 +203,125 @@ def test_every_endpoint_answers_and_each_attempt_is_counted(
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_refuse_is_a_connection_error_after_openais_own_retries(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     client: Callable[..., openai.OpenAI],
-    clock: VirtualClock,
+    vclock: VirtualClock,
     endpoint: str,
 ) -> None:
     c = client(max_retries=2)
     with (
-        faults.inject("daemon.request=refuse", daemon=daemon, clock=clock) as run,
+        faults.inject("daemon.request=refuse", daemon=shared_daemon, clock=vclock) as run,
         pytest.raises(openai.APIConnectionError) as caught,
     ):
-        ask(c, daemon.alias, endpoint)
+        ask(c, shared_daemon.alias, endpoint)
     assert type(caught.value) is openai.APIConnectionError
     assert isinstance(caught.value.__cause__, httpx2.ConnectError)  # refused by the kernel
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (3, 3)
-    assert BACKOFF_2[0] <= clock.now() <= BACKOFF_2[1]  # openai's backoff, on the clock
+    assert BACKOFF_2[0] <= vclock.now() <= BACKOFF_2[1]  # openai's backoff, on the clock
 
 
 def test_refused_twice_then_the_third_attempt_succeeds(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     client: Callable[..., openai.OpenAI],
-    clock: VirtualClock,
+    vclock: VirtualClock,
     baseline: dict[str, object],
 ) -> None:
     c = client(max_retries=2)
-    with faults.inject("daemon.request=2*refuse", daemon=daemon, clock=clock) as run:
-        assert ask(c, daemon.alias, "chat") == baseline["chat"]
+    with faults.inject("daemon.request=2*refuse", daemon=shared_daemon, clock=vclock) as run:
+        assert ask(c, shared_daemon.alias, "chat") == baseline["chat"]
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (3, 2)
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_lost_is_a_connection_error_and_the_daemon_lives(
-    daemon: DaemonProcess, client: Callable[..., openai.OpenAI], endpoint: str
+    shared_daemon: DaemonProcess, client: Callable[..., openai.OpenAI], endpoint: str
 ) -> None:
     c = client(max_retries=1)
     with (
-        faults.inject("daemon.request=lost", daemon=daemon) as run,
+        faults.inject("daemon.request=lost", daemon=shared_daemon) as run,
         pytest.raises(openai.APIConnectionError) as caught,
     ):
-        ask(c, daemon.alias, endpoint)
+        ask(c, shared_daemon.alias, endpoint)
     assert type(caught.value) is openai.APIConnectionError
     cause = caught.value.__cause__
     assert isinstance(cause, httpx2.RemoteProtocolError)
     assert str(cause) == "Server disconnected without sending a response."
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (2, 2)
-    assert daemon.alive
+    assert shared_daemon.alive
 
 
 def test_timeout_honours_openais_own_timeout_on_the_clock(
-    daemon: DaemonProcess, client: Callable[..., openai.OpenAI], clock: VirtualClock
+    shared_daemon: DaemonProcess, client: Callable[..., openai.OpenAI], vclock: VirtualClock
 ) -> None:
     c = client(max_retries=0, timeout=5.0)
     with (
-        faults.inject("daemon.request=timeout", daemon=daemon, clock=clock) as run,
+        faults.inject("daemon.request=timeout", daemon=shared_daemon, clock=vclock) as run,
         pytest.raises(openai.APITimeoutError) as caught,
     ):
-        ask(c, daemon.alias, "chat")
+        ask(c, shared_daemon.alias, "chat")
     assert isinstance(caught.value.__cause__, httpx2.ReadTimeout)
-    assert clock.now() == 5.0  # the client's read timeout, not the fault's forever
+    assert vclock.now() == 5.0  # the client's read timeout, not the fault's forever
     assert run.injected("daemon.request") == 1
 
 
 def test_a_timeout_is_retried_by_openai_then_succeeds(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     client: Callable[..., openai.OpenAI],
-    clock: VirtualClock,
+    vclock: VirtualClock,
     baseline: dict[str, object],
 ) -> None:
     c = client(max_retries=1, timeout=5.0)
-    with faults.inject("daemon.request=1*timeout", daemon=daemon, clock=clock) as run:
-        assert ask(c, daemon.alias, "completions") == baseline["completions"]
+    with faults.inject("daemon.request=1*timeout", daemon=shared_daemon, clock=vclock) as run:
+        assert ask(c, shared_daemon.alias, "completions") == baseline["completions"]
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (2, 1)
-    assert 5.0 + 0.375 <= clock.now() <= 5.0 + 0.5
+    assert 5.0 + 0.375 <= vclock.now() <= 5.0 + 0.5
 
 
 def test_a_timeout_under_a_deadline_ends_with_the_deadline(
-    daemon: DaemonProcess, client: Callable[..., openai.OpenAI], clock: VirtualClock
+    shared_daemon: DaemonProcess, client: Callable[..., openai.OpenAI], vclock: VirtualClock
 ) -> None:
     c = client(max_retries=2)  # openai's default timeout: 600 s
     with (
-        faults.inject("daemon.request=timeout", daemon=daemon, clock=clock) as run,
+        faults.inject("daemon.request=timeout", daemon=shared_daemon, clock=vclock) as run,
         pytest.raises(DeadlineExceeded),
-        deadline(3.0, clock=clock),
+        deadline(3.0, clock=vclock),
     ):
-        ask(c, daemon.alias, "chat")
-    assert clock.now() == 3.0
+        ask(c, shared_daemon.alias, "chat")
+    assert vclock.now() == 3.0
     assert run.calls("daemon.request") == 1  # not an openai error: not retried
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_one_ratelimit_is_retried_by_openai_after_the_retry_after(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     client: Callable[..., openai.OpenAI],
-    clock: VirtualClock,
+    vclock: VirtualClock,
     baseline: dict[str, object],
     endpoint: str,
 ) -> None:
     c = client(max_retries=2)
     spec = "daemon.request=1*ratelimit(retry_after=10ms)"
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
-        assert ask(c, daemon.alias, endpoint) == baseline[endpoint]
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
+        assert ask(c, shared_daemon.alias, endpoint) == baseline[endpoint]
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (2, 1)
-    assert clock.now() == pytest.approx(0.01)  # openai honoured Retry-After: 0.01
+    assert vclock.now() == pytest.approx(0.01)  # openai honoured Retry-After: 0.01
 
 
 @pytest.mark.parametrize(("retries", "waited"), [(0, 0.0), (2, 0.02)])
 def test_a_lasting_ratelimit_is_openais_ratelimiterror_with_the_json_body(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     client: Callable[..., openai.OpenAI],
-    clock: VirtualClock,
+    vclock: VirtualClock,
     retries: int,
     waited: float,
 ) -> None:
     c = client(max_retries=retries)
     spec = "daemon.request=ratelimit(retry_after=10ms)"
     with (
-        faults.inject(spec, daemon=daemon, clock=clock) as run,
+        faults.inject(spec, daemon=shared_daemon, clock=vclock) as run,
         pytest.raises(openai.RateLimitError) as caught,
     ):
-        ask(c, daemon.alias, "chat")
+        ask(c, shared_daemon.alias, "chat")
     error = caught.value
     assert error.status_code == 429
     assert error.body == {
@@ -337,19 +337,19 @@ def test_a_lasting_ratelimit_is_openais_ratelimiterror_with_the_json_body(
     )
     assert error.response.headers["retry-after"] == "0.01"
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (retries + 1,) * 2
-    assert clock.now() == pytest.approx(waited)
+    assert vclock.now() == pytest.approx(waited)
 
 
 @pytest.mark.parametrize("code", [500, 503])
 def test_status_5xx_is_openais_internalservererror(
-    daemon: DaemonProcess, client: Callable[..., openai.OpenAI], code: int
+    shared_daemon: DaemonProcess, client: Callable[..., openai.OpenAI], code: int
 ) -> None:
     c = client(max_retries=0)
     with (
-        faults.inject(f"daemon.request=status({code})", daemon=daemon) as run,
+        faults.inject(f"daemon.request=status({code})", daemon=shared_daemon) as run,
         pytest.raises(openai.InternalServerError) as caught,
     ):
-        ask(c, daemon.alias, "completions")
+        ask(c, shared_daemon.alias, "completions")
     assert caught.value.status_code == code
     assert isinstance(caught.value.body, dict)
     assert caught.value.body["type"] == "server_error"
@@ -358,45 +358,45 @@ def test_status_5xx_is_openais_internalservererror(
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_one_503_is_retried_by_openai(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     client: Callable[..., openai.OpenAI],
-    clock: VirtualClock,
+    vclock: VirtualClock,
     baseline: dict[str, object],
     endpoint: str,
 ) -> None:
     c = client(max_retries=1)
-    with faults.inject("daemon.request=1*status(503)", daemon=daemon, clock=clock) as run:
-        assert ask(c, daemon.alias, endpoint) == baseline[endpoint]
+    with faults.inject("daemon.request=1*status(503)", daemon=shared_daemon, clock=vclock) as run:
+        assert ask(c, shared_daemon.alias, endpoint) == baseline[endpoint]
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (2, 1)
-    assert 0.375 <= clock.now() <= 0.5  # no Retry-After: openai's first backoff
+    assert 0.375 <= vclock.now() <= 0.5  # no Retry-After: openai's first backoff
 
 
 def test_status_with_retry_after_sets_openais_wait(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     client: Callable[..., openai.OpenAI],
-    clock: VirtualClock,
+    vclock: VirtualClock,
     baseline: dict[str, object],
 ) -> None:
     c = client(max_retries=1)
     spec = "daemon.request=1*status(503, retry_after=2s)"
-    with faults.inject(spec, daemon=daemon, clock=clock):
-        assert ask(c, daemon.alias, "chat") == baseline["chat"]
-    assert clock.now() == 2.0
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock):
+        assert ask(c, shared_daemon.alias, "chat") == baseline["chat"]
+    assert vclock.now() == 2.0
 
 
 def test_raise_and_latency(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     client: Callable[..., openai.OpenAI],
-    clock: VirtualClock,
+    vclock: VirtualClock,
     baseline: dict[str, object],
 ) -> None:
     c = client(max_retries=2)
     spec = 'daemon.request=@1raise(ValueError, "bad")->@2latency(2s)'
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
         with pytest.raises(ValueError, match="bad"):  # not a transport error: openai lets it by
-            ask(c, daemon.alias, "chat")
-        assert ask(c, daemon.alias, "chat") == baseline["chat"]
-    assert clock.now() == 2.0
+            ask(c, shared_daemon.alias, "chat")
+        assert ask(c, shared_daemon.alias, "chat") == baseline["chat"]
+    assert vclock.now() == 2.0
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (2, 2)
 
 
@@ -404,28 +404,30 @@ def test_raise_and_latency(
 
 
 def test_stream_truncate_ends_the_stream_cleanly_after_two_chunks(
-    daemon: DaemonProcess, client: Callable[..., openai.OpenAI], baseline: dict[str, object]
+    shared_daemon: DaemonProcess, client: Callable[..., openai.OpenAI], baseline: dict[str, object]
 ) -> None:
     c = client(max_retries=0)
     chunks = baseline["chat-stream"]
     assert isinstance(chunks, list)
-    with faults.inject("daemon.stream=1*truncate(after=2)", daemon=daemon) as run:
-        assert deltas(c, daemon.alias) == chunks[:2]  # the role chunk and one token, no error
-        assert ask(c, daemon.alias, "chat") == baseline["chat"]  # not a stream: not counted
-        assert deltas(c, daemon.alias) == chunks
+    with faults.inject("daemon.stream=1*truncate(after=2)", daemon=shared_daemon) as run:
+        assert (
+            deltas(c, shared_daemon.alias) == chunks[:2]
+        )  # the role chunk and one token, no error
+        assert ask(c, shared_daemon.alias, "chat") == baseline["chat"]  # not a stream: not counted
+        assert deltas(c, shared_daemon.alias) == chunks
     assert (run.calls("daemon.stream"), run.injected("daemon.stream")) == (2, 1)
 
 
 def test_stream_corrupt_is_the_json_error_openai_raises(
-    daemon: DaemonProcess, client: Callable[..., openai.OpenAI]
+    shared_daemon: DaemonProcess, client: Callable[..., openai.OpenAI]
 ) -> None:
     c = client(max_retries=2)
     spec = "daemon.request=off;daemon.stream=corrupt"  # off: counts the attempts
     with (
-        faults.inject(spec, daemon=daemon) as run,
+        faults.inject(spec, daemon=shared_daemon) as run,
         pytest.raises(json.JSONDecodeError),
     ):
-        deltas(c, daemon.alias)
+        deltas(c, shared_daemon.alias)
     assert (run.calls("daemon.request"), run.injected("daemon.stream")) == (1, 1)
 
 
@@ -471,72 +473,74 @@ def test_stream_lost_after_two_chunks_is_what_a_real_sigkill_mid_stream_raises(
 
 
 def test_request_lost_after_two_chunks_is_a_reset_and_the_daemon_lives(
-    daemon: DaemonProcess, client: Callable[..., openai.OpenAI], baseline: dict[str, object]
+    shared_daemon: DaemonProcess, client: Callable[..., openai.OpenAI], baseline: dict[str, object]
 ) -> None:
     c = client(max_retries=2)
     seen: list[str | None] = []
-    with faults.inject("daemon.request=1*lost(after=2)", daemon=daemon) as run:
+    with faults.inject("daemon.request=1*lost(after=2)", daemon=shared_daemon) as run:
         with pytest.raises(openai.APIConnectionError) as caught:
-            deltas(c, daemon.alias, seen)
-        assert deltas(c, daemon.alias) == baseline["chat-stream"]
+            deltas(c, shared_daemon.alias, seen)
+        assert deltas(c, shared_daemon.alias) == baseline["chat-stream"]
     chunks = baseline["chat-stream"]
     assert isinstance(chunks, list)
     assert seen == chunks[:2]
     cause = caught.value.__cause__
     assert isinstance(cause, httpx2.ReadError)
     assert "Connection reset by peer" in str(cause)
-    assert daemon.alive
+    assert shared_daemon.alive
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (2, 1)
 
 
 def test_request_lost_after_n_on_a_json_answer_resets_it_and_openai_retries(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     client: Callable[..., openai.OpenAI],
-    clock: VirtualClock,
+    vclock: VirtualClock,
     baseline: dict[str, object],
 ) -> None:
     c = client(max_retries=1)
-    with faults.inject("daemon.request=@1lost(after=2)->@3lost(after=2)", daemon=daemon) as run:
-        assert ask(c, daemon.alias, "chat") == baseline["chat"]  # reset, then retried
+    with faults.inject(
+        "daemon.request=@1lost(after=2)->@3lost(after=2)", daemon=shared_daemon
+    ) as run:
+        assert ask(c, shared_daemon.alias, "chat") == baseline["chat"]  # reset, then retried
         c0 = client(max_retries=0)
         with pytest.raises(openai.APIConnectionError) as caught:
-            ask(c0, daemon.alias, "completions")
+            ask(c0, shared_daemon.alias, "completions")
     # a JSON answer has no SSE chunks to count: the connection is reset as it is read
     assert isinstance(caught.value.__cause__, httpx2.ReadError)
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (3, 2)
-    assert 0.375 <= clock.now() <= 0.5  # openai's first backoff
+    assert 0.375 <= vclock.now() <= 0.5  # openai's first backoff
 
 
 def test_stream_stall_ends_with_openais_own_read_timeout(
-    daemon: DaemonProcess, client: Callable[..., openai.OpenAI], clock: VirtualClock
+    shared_daemon: DaemonProcess, client: Callable[..., openai.OpenAI], vclock: VirtualClock
 ) -> None:
     c = client(max_retries=0, timeout=5.0)
     seen: list[str | None] = []
     with (
-        faults.inject("daemon.stream=stall(after=2)", daemon=daemon, clock=clock) as run,
+        faults.inject("daemon.stream=stall(after=2)", daemon=shared_daemon, clock=vclock) as run,
         pytest.raises(openai.APITimeoutError) as caught,
     ):
-        deltas(c, daemon.alias, seen)
+        deltas(c, shared_daemon.alias, seen)
     assert len(seen) == 2
     assert isinstance(caught.value.__cause__, httpx2.ReadTimeout)
-    assert clock.now() == 5.0
+    assert vclock.now() == 5.0
     assert run.injected("daemon.stream") == 1
 
 
 def test_a_short_stall_is_waited_out_and_a_deadline_ends_a_long_one(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     client: Callable[..., openai.OpenAI],
-    clock: VirtualClock,
+    vclock: VirtualClock,
     baseline: dict[str, object],
 ) -> None:
     c = client(max_retries=0, timeout=5.0)
     spec = "daemon.stream=@1stall(after=2, for=1s)->@2stall(after=3)"
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
-        assert deltas(c, daemon.alias) == baseline["chat-stream"]
-        assert clock.now() == 1.0
-        with pytest.raises(DeadlineExceeded), deadline(2.0, clock=clock):
-            deltas(c, daemon.alias)
-    assert clock.now() == 3.0
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
+        assert deltas(c, shared_daemon.alias) == baseline["chat-stream"]
+        assert vclock.now() == 1.0
+        with pytest.raises(DeadlineExceeded), deadline(2.0, clock=vclock):
+            deltas(c, shared_daemon.alias)
+    assert vclock.now() == 3.0
     assert run.injected("daemon.stream") == 2
 
 
@@ -544,12 +548,12 @@ def test_a_short_stall_is_waited_out_and_a_deadline_ends_a_long_one(
 
 
 def test_process_lost_kills_the_daemon_and_openai_cannot_connect(
-    spawn: Callable[[], DaemonProcess], client: Callable[..., openai.OpenAI], clock: VirtualClock
+    spawn: Callable[[], DaemonProcess], client: Callable[..., openai.OpenAI], vclock: VirtualClock
 ) -> None:
     own = spawn()
     c = client(max_retries=2, to=own)
     with (
-        faults.inject("daemon.process=1*lost", daemon=own, clock=clock) as run,
+        faults.inject("daemon.process=1*lost", daemon=own, clock=vclock) as run,
         pytest.raises(openai.APIConnectionError) as caught,
     ):
         ask(c, own.alias, "chat")
@@ -575,15 +579,18 @@ def test_process_pause_makes_openais_read_timeout_fire_real_time(
 
 
 def test_async_refuse_ratelimit_and_503(
-    daemon: DaemonProcess, clock: VirtualClock, baseline: dict[str, object]
+    shared_daemon: DaemonProcess, vclock: VirtualClock, baseline: dict[str, object]
 ) -> None:
     async def main() -> list[object]:
         seen: list[object] = []
-        async with async_client(daemon, max_retries=2) as c:
+        async with async_client(shared_daemon, max_retries=2) as c:
             for _ in range(3):
                 try:
                     chat = await c.chat.completions.create(
-                        model=daemon.alias, messages=MESSAGES, max_tokens=TOKENS, temperature=0
+                        model=shared_daemon.alias,
+                        messages=MESSAGES,
+                        max_tokens=TOKENS,
+                        temperature=0,
                     )
                     seen.append(chat.choices[0].message.content)
                 except openai.APIError as exc:
@@ -594,7 +601,7 @@ def test_async_refuse_ratelimit_and_503(
         "daemon.request=@1refuse->@2refuse->@3refuse->@4ratelimit(retry_after=10ms)"
         "->@6status(503)->@7status(503)->@8status(503)"
     )
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
         seen = asyncio.run(main())
     assert seen == [
         (openai.APIConnectionError, None),  # three attempts refused
@@ -604,13 +611,13 @@ def test_async_refuse_ratelimit_and_503(
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (8, 7)
 
 
-def test_async_status_503_without_retries(daemon: DaemonProcess) -> None:
+def test_async_status_503_without_retries(shared_daemon: DaemonProcess) -> None:
     async def main() -> None:
-        async with async_client(daemon, max_retries=0) as c:
-            await c.completions.create(model=daemon.alias, prompt=PROMPT, max_tokens=TOKENS)
+        async with async_client(shared_daemon, max_retries=0) as c:
+            await c.completions.create(model=shared_daemon.alias, prompt=PROMPT, max_tokens=TOKENS)
 
     with (
-        faults.inject("daemon.request=status(503)", daemon=daemon) as run,
+        faults.inject("daemon.request=status(503)", daemon=shared_daemon) as run,
         pytest.raises(openai.InternalServerError) as caught,
     ):
         asyncio.run(main())
@@ -618,13 +625,13 @@ def test_async_status_503_without_retries(daemon: DaemonProcess) -> None:
     assert run.calls("daemon.request") == 1
 
 
-def test_async_ratelimit_without_retries_is_ratelimiterror(daemon: DaemonProcess) -> None:
+def test_async_ratelimit_without_retries_is_ratelimiterror(shared_daemon: DaemonProcess) -> None:
     async def main() -> None:
-        async with async_client(daemon, max_retries=0) as c:
-            await c.embeddings.create(model=daemon.alias, input=PROMPT)
+        async with async_client(shared_daemon, max_retries=0) as c:
+            await c.embeddings.create(model=shared_daemon.alias, input=PROMPT)
 
     with (
-        faults.inject("daemon.request=ratelimit(retry_after=10ms)", daemon=daemon) as run,
+        faults.inject("daemon.request=ratelimit(retry_after=10ms)", daemon=shared_daemon) as run,
         pytest.raises(openai.RateLimitError) as caught,
     ):
         asyncio.run(main())
@@ -634,7 +641,7 @@ def test_async_ratelimit_without_retries_is_ratelimiterror(daemon: DaemonProcess
 
 
 def test_async_stream_truncate_and_corrupt(
-    daemon: DaemonProcess, baseline: dict[str, object]
+    shared_daemon: DaemonProcess, baseline: dict[str, object]
 ) -> None:
     chunks = baseline["chat-stream"]
     assert isinstance(chunks, list)
@@ -642,13 +649,13 @@ def test_async_stream_truncate_and_corrupt(
     async def main() -> tuple[list[str | None], list[str | None]]:
         cut: list[str | None] = []
         broken: list[str | None] = []
-        async with async_client(daemon, max_retries=0) as c:
-            await adeltas(c, daemon.alias, cut)
+        async with async_client(shared_daemon, max_retries=0) as c:
+            await adeltas(c, shared_daemon.alias, cut)
             with pytest.raises(json.JSONDecodeError):
-                await adeltas(c, daemon.alias, broken)
+                await adeltas(c, shared_daemon.alias, broken)
         return cut, broken
 
-    with faults.inject("daemon.stream=@1truncate(after=2)->@2corrupt", daemon=daemon) as run:
+    with faults.inject("daemon.stream=@1truncate(after=2)->@2corrupt", daemon=shared_daemon) as run:
         assert asyncio.run(main()) == (chunks[:2], [])
     assert run.injected("daemon.stream") == 2
 
@@ -676,16 +683,16 @@ def test_async_stream_lost_after_two_chunks_kills_the_daemon(
 
 
 def test_async_request_lost_after_two_chunks_is_a_reset(
-    daemon: DaemonProcess, baseline: dict[str, object]
+    shared_daemon: DaemonProcess, baseline: dict[str, object]
 ) -> None:
     seen: list[str | None] = []
 
     async def main() -> None:
-        async with async_client(daemon, max_retries=2) as c:
-            await adeltas(c, daemon.alias, seen)
+        async with async_client(shared_daemon, max_retries=2) as c:
+            await adeltas(c, shared_daemon.alias, seen)
 
     with (
-        faults.inject("daemon.request=lost(after=2)", daemon=daemon) as run,
+        faults.inject("daemon.request=lost(after=2)", daemon=shared_daemon) as run,
         pytest.raises(openai.APIConnectionError) as caught,
     ):
         asyncio.run(main())
@@ -693,31 +700,31 @@ def test_async_request_lost_after_two_chunks_is_a_reset(
     assert isinstance(chunks, list)
     assert seen == chunks[:2]
     assert isinstance(caught.value.__cause__, httpx2.ReadError)
-    assert daemon.alive
+    assert shared_daemon.alive
     assert run.injected("daemon.request") == 1
 
 
 def test_async_timeout_and_stall_honour_openais_timeout(
-    daemon: DaemonProcess, clock: VirtualClock
+    shared_daemon: DaemonProcess, vclock: VirtualClock
 ) -> None:
     seen: list[str | None] = []
 
     async def main() -> list[object]:
         caught: list[object] = []
-        async with async_client(daemon, max_retries=0, timeout=5.0) as c:
+        async with async_client(shared_daemon, max_retries=0, timeout=5.0) as c:
             for call in range(2):
                 try:
                     if call == 0:
-                        await c.completions.create(model=daemon.alias, prompt=PROMPT)
+                        await c.completions.create(model=shared_daemon.alias, prompt=PROMPT)
                     else:
-                        await adeltas(c, daemon.alias, seen)
+                        await adeltas(c, shared_daemon.alias, seen)
                 except openai.APITimeoutError as exc:
                     caught.append(type(exc.__cause__))
         return caught
 
     spec = "daemon.request=1*timeout;daemon.stream=stall(after=2)"
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
         assert asyncio.run(main()) == [httpx2.ReadTimeout, httpx2.ReadTimeout]
     assert len(seen) == 2
-    assert clock.now() == 10.0
+    assert vclock.now() == 10.0
     assert (run.injected("daemon.request"), run.injected("daemon.stream")) == (1, 1)

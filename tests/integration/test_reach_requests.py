@@ -76,7 +76,7 @@ def _restored() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
+def shared_daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
     """One daemon for the tests that leave it running."""
     with DaemonProcess(tiny_model_path, ServerOptions(n_ctx=1024)) as d:
         yield d
@@ -140,14 +140,14 @@ def pool_manager() -> Iterator[urllib3.PoolManager]:
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
+def vclock() -> VirtualClock:
     return VirtualClock()
 
 
 @pytest.fixture(scope="module")
-def baseline(daemon: DaemonProcess) -> dict[str, Any]:
+def baseline(shared_daemon: DaemonProcess) -> dict[str, Any]:
     """What the daemon answers without faults: the text, and the stream's chunks."""
-    url = daemon.base_url + COMPLETIONS
+    url = shared_daemon.base_url + COMPLETIONS
     with new_session() as s:
         answer = s.post(url, json=body(stream=False), timeout=30)
         chunks: list[str] = []
@@ -208,28 +208,31 @@ def retrying(s: requests.Session, retry: Retry) -> requests.Session:
 
 
 def test_refuse_is_a_real_refusal_by_the_kernel(
-    daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess,
+    session: requests.Session,
+    baseline: dict[str, Any],
+    vclock: VirtualClock,
 ) -> None:
-    with faults.inject("daemon.request=@1refuse", daemon=daemon, clock=clock) as run:
+    with faults.inject("daemon.request=@1refuse", daemon=shared_daemon, clock=vclock) as run:
         with pytest.raises(requests.exceptions.ConnectionError) as refused:
-            post(session, daemon)
-        assert text_of(post(session, daemon)) == baseline["text"]
+            post(session, shared_daemon)
+        assert text_of(post(session, shared_daemon)) == baseline["text"]
     spent = refused.value.args[0]
     assert isinstance(spent, X.MaxRetryError)  # requests' Retry(0, read=False), spent
     assert type(spent.reason) is X.NewConnectionError
     assert isinstance(spent.reason.__cause__, ConnectionRefusedError)
-    assert f"port={daemon.port}): Failed to establish a new connection" in str(spent.reason)
+    assert f"port={shared_daemon.port}): Failed to establish a new connection" in str(spent.reason)
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (2, 1)
 
 
 def test_lost_is_the_connection_aborted_without_an_answer(
-    daemon: DaemonProcess, session: requests.Session, clock: VirtualClock
+    shared_daemon: DaemonProcess, session: requests.Session, vclock: VirtualClock
 ) -> None:
     with (
-        faults.inject("daemon.request=@1lost", daemon=daemon, clock=clock) as run,
+        faults.inject("daemon.request=@1lost", daemon=shared_daemon, clock=vclock) as run,
         pytest.raises(requests.exceptions.ConnectionError) as lost,
     ):
-        post(session, daemon)
+        post(session, shared_daemon)
     aborted = lost.value.args[0]
     assert type(aborted) is X.ProtocolError
     assert aborted.args[0] == "Connection aborted."
@@ -240,40 +243,48 @@ def test_lost_is_the_connection_aborted_without_an_answer(
 
 
 def test_timeout_hangs_until_the_read_timeout_then_reads_timed_out(
-    daemon: DaemonProcess, session: requests.Session, clock: VirtualClock
+    shared_daemon: DaemonProcess, session: requests.Session, vclock: VirtualClock
 ) -> None:
-    with faults.inject("daemon.request=@1timeout(30s)->@2timeout(2s)", daemon=daemon, clock=clock):
+    with faults.inject(
+        "daemon.request=@1timeout(30s)->@2timeout(2s)", daemon=shared_daemon, clock=vclock
+    ):
         with pytest.raises(requests.exceptions.ReadTimeout) as first:
-            post(session, daemon, timeout=(3.0, 5.0))
-        assert clock.now() == pytest.approx(5.0)
+            post(session, shared_daemon, timeout=(3.0, 5.0))
+        assert vclock.now() == pytest.approx(5.0)
         with pytest.raises(requests.exceptions.ReadTimeout):
-            post(session, daemon, timeout=(3.0, 5.0))
-        assert clock.now() == pytest.approx(7.0)
+            post(session, shared_daemon, timeout=(3.0, 5.0))
+        assert vclock.now() == pytest.approx(7.0)
     error = first.value.args[0]
     assert type(error) is X.ReadTimeoutError
     assert str(error).endswith("Read timed out. (read timeout=5.0)")
 
 
 def test_latency_delays_the_real_answer_and_a_longer_one_times_out(
-    daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess,
+    session: requests.Session,
+    baseline: dict[str, Any],
+    vclock: VirtualClock,
 ) -> None:
     spec = "daemon.request=@1latency(2s)->@2latency(1m)"
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
-        assert text_of(post(session, daemon, timeout=10)) == baseline["text"]
-        assert clock.now() == pytest.approx(2.0)
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
+        assert text_of(post(session, shared_daemon, timeout=10)) == baseline["text"]
+        assert vclock.now() == pytest.approx(2.0)
         with pytest.raises(requests.exceptions.ReadTimeout):
-            post(session, daemon, timeout=10)
-    assert clock.now() == pytest.approx(12.0)
+            post(session, shared_daemon, timeout=10)
+    assert vclock.now() == pytest.approx(12.0)
     assert run.injected("daemon.request") == 2
 
 
 def test_ratelimit_and_status_are_error_answers_with_a_json_body(
-    daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess,
+    session: requests.Session,
+    baseline: dict[str, Any],
+    vclock: VirtualClock,
 ) -> None:
     spec = "daemon.request=@1ratelimit(retry_after=7s)->@2status(500)->@3status(503)"
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
-        limited, failed, busy = (post(session, daemon) for _ in range(3))
-        assert text_of(post(session, daemon)) == baseline["text"]
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
+        limited, failed, busy = (post(session, shared_daemon) for _ in range(3))
+        assert text_of(post(session, shared_daemon)) == baseline["text"]
     assert (limited.status_code, limited.reason) == (429, "Too Many Requests")
     assert limited.headers["retry-after"] == "7"
     assert limited.headers["content-type"] == "application/json"
@@ -285,41 +296,44 @@ def test_ratelimit_and_status_are_error_answers_with_a_json_body(
     with pytest.raises(requests.exceptions.HTTPError, match="503 Server Error"):
         busy.raise_for_status()
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (4, 3)
-    assert clock.now() == 0.0  # requests' own Retry does not retry a status
+    assert vclock.now() == 0.0  # requests' own Retry does not retry a status
 
 
 def test_raise_raises_where_the_request_is_sent(
-    daemon: DaemonProcess, session: requests.Session, clock: VirtualClock
+    shared_daemon: DaemonProcess, session: requests.Session, vclock: VirtualClock
 ) -> None:
     spec = 'daemon.request=@1raise(RuntimeError, "boom")->@2raise(OSError, "down")'
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
         with pytest.raises(RuntimeError, match="boom"):
-            post(session, daemon)
+            post(session, shared_daemon)
         with pytest.raises(requests.exceptions.ConnectionError) as mapped:
-            post(session, daemon)  # requests makes an OSError from urllib3 a ConnectionError
+            post(session, shared_daemon)  # requests makes an OSError from urllib3 a ConnectionError
     assert str(mapped.value.args[0]) == "down"
     assert run.injected("daemon.request") == 2
 
 
 def test_a_fault_on_the_second_request_only(
-    daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess,
+    session: requests.Session,
+    baseline: dict[str, Any],
+    vclock: VirtualClock,
 ) -> None:
-    with faults.inject("daemon.request=@2status(503)", daemon=daemon, clock=clock) as run:
-        statuses = [post(session, daemon).status_code for _ in range(3)]
+    with faults.inject("daemon.request=@2status(503)", daemon=shared_daemon, clock=vclock) as run:
+        statuses = [post(session, shared_daemon).status_code for _ in range(3)]
     assert statuses == [200, 503, 200]
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (3, 1)
     assert [e.call for e in run.journal.events(FaultInjected)] == [2]
 
 
 def test_traffic_to_other_servers_is_untouched(
-    daemon: DaemonProcess, session: requests.Session, other_server: str
+    shared_daemon: DaemonProcess, session: requests.Session, other_server: str
 ) -> None:
-    with faults.inject("daemon.request=refuse;daemon.stream=corrupt", daemon=daemon) as run:
+    with faults.inject("daemon.request=refuse;daemon.stream=corrupt", daemon=shared_daemon) as run:
         answers = [session.post(other_server, json={}, timeout=10).json() for _ in range(2)]
         assert run.calls("daemon.request") == 0
         assert "requests went to other servers (127.0.0.1:" in str(run.unreached()[0])
         with pytest.raises(requests.exceptions.ConnectionError):
-            post(session, daemon)
+            post(session, shared_daemon)
     assert answers == [{"server": "other"}] * 2
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (1, 1)
     assert run.calls("daemon.stream") == 0
@@ -329,64 +343,73 @@ def test_traffic_to_other_servers_is_untouched(
 
 
 def test_the_apps_retry_retries_refusals_for_real(
-    daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess,
+    session: requests.Session,
+    baseline: dict[str, Any],
+    vclock: VirtualClock,
 ) -> None:
     retrying(session, Retry(total=2, backoff_factor=0))
-    with faults.inject("daemon.request=2*refuse", daemon=daemon, clock=clock) as run:
-        assert text_of(post(session, daemon)) == baseline["text"]
+    with faults.inject("daemon.request=2*refuse", daemon=shared_daemon, clock=vclock) as run:
+        assert text_of(post(session, shared_daemon)) == baseline["text"]
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (3, 2)
     with (
-        faults.inject("daemon.request=3*refuse", daemon=daemon, clock=clock) as spent,
+        faults.inject("daemon.request=3*refuse", daemon=shared_daemon, clock=vclock) as spent,
         pytest.raises(requests.exceptions.ConnectionError) as refused,
     ):
-        post(session, daemon)
+        post(session, shared_daemon)
     assert isinstance(refused.value.args[0], X.MaxRetryError)
     assert isinstance(refused.value.args[0].reason, X.NewConnectionError)
     assert (spent.calls("daemon.request"), spent.injected("daemon.request")) == (3, 3)
 
 
 def test_the_apps_retry_retries_a_lost_request_only_if_it_may_retry_the_method(
-    daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess,
+    session: requests.Session,
+    baseline: dict[str, Any],
+    vclock: VirtualClock,
 ) -> None:
     retrying(session, Retry(total=2, backoff_factor=0))  # POST is not retried on read errors
     with (
-        faults.inject("daemon.request=2*lost", daemon=daemon, clock=clock) as run,
+        faults.inject("daemon.request=2*lost", daemon=shared_daemon, clock=vclock) as run,
         pytest.raises(requests.exceptions.ConnectionError) as lost,
     ):
-        post(session, daemon)
+        post(session, shared_daemon)
     assert isinstance(lost.value.args[0], X.ProtocolError)  # re-raised as is, as urllib3 does
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (1, 1)
     retrying(session, Retry(total=2, backoff_factor=0, allowed_methods=None))
-    with faults.inject("daemon.request=2*lost", daemon=daemon, clock=clock) as again:
-        assert text_of(post(session, daemon)) == baseline["text"]
+    with faults.inject("daemon.request=2*lost", daemon=shared_daemon, clock=vclock) as again:
+        assert text_of(post(session, shared_daemon)) == baseline["text"]
     assert (again.calls("daemon.request"), again.injected("daemon.request")) == (3, 2)
 
 
 def test_the_apps_retry_waits_on_the_injectors_clock(
-    daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess,
+    session: requests.Session,
+    baseline: dict[str, Any],
+    vclock: VirtualClock,
 ) -> None:
     retrying(
         session,
         Retry(total=4, backoff_factor=1, status_forcelist=[429, 503], allowed_methods=None),
     )
     spec = "daemon.request=@1status(503)->@2timeout(30s)->@3ratelimit(retry_after=7s)"
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
-        assert text_of(post(session, daemon, timeout=5)) == baseline["text"]
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
+        assert text_of(post(session, shared_daemon, timeout=5)) == baseline["text"]
     # backoff 0 after the 1st failure; the 5 s read timeout, then a backoff of 2 s; the
     # 429's Retry-After of 7 s
-    assert clock.now() == pytest.approx(0 + 5 + 2 + 7)
+    assert vclock.now() == pytest.approx(0 + 5 + 2 + 7)
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (4, 3)
 
 
 def test_a_retry_spent_on_error_statuses_is_requests_retry_error(
-    daemon: DaemonProcess, session: requests.Session, clock: VirtualClock
+    shared_daemon: DaemonProcess, session: requests.Session, vclock: VirtualClock
 ) -> None:
     retrying(session, Retry(total=2, backoff_factor=0, status_forcelist=[503]))
     with (
-        faults.inject("daemon.request=3*status(503)", daemon=daemon, clock=clock) as run,
+        faults.inject("daemon.request=3*status(503)", daemon=shared_daemon, clock=vclock) as run,
         pytest.raises(requests.exceptions.RetryError, match="too many 503 error responses"),
     ):
-        session.get(daemon.base_url + "/v1/models", timeout=10)
+        session.get(shared_daemon.base_url + "/v1/models", timeout=10)
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (3, 3)
 
 
@@ -394,65 +417,84 @@ def test_a_retry_spent_on_error_statuses_is_requests_retry_error(
 
 
 def test_stream_stall_shorter_than_the_read_timeout_only_delays_it(
-    daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess,
+    session: requests.Session,
+    baseline: dict[str, Any],
+    vclock: VirtualClock,
 ) -> None:
     spec = "daemon.stream=@1stall(after=3, for=2s)"
-    with faults.inject(spec, daemon=daemon, clock=clock) as run, post_stream(session, daemon) as r:
+    with (
+        faults.inject(spec, daemon=shared_daemon, clock=vclock) as run,
+        post_stream(session, shared_daemon) as r,
+    ):
         chunks: list[str] = []
         texts(r.iter_lines(), chunks)
     assert chunks == baseline["chunks"]
-    assert clock.now() == pytest.approx(2.0)
+    assert vclock.now() == pytest.approx(2.0)
     assert run.injected("daemon.stream") == 1
 
 
 def test_stream_stall_past_the_read_timeout_is_a_read_timeout(
-    daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess,
+    session: requests.Session,
+    baseline: dict[str, Any],
+    vclock: VirtualClock,
 ) -> None:
     spec = "daemon.stream=@1stall(after=3, for=30s)"
     chunks: list[str] = []
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
         with (
-            post_stream(session, daemon, timeout=(3, 10)) as r,
+            post_stream(session, shared_daemon, timeout=(3, 10)) as r,
             pytest.raises(requests.exceptions.ConnectionError) as stalled,
         ):
             texts(r.iter_lines(), chunks)
-        assert text_of(post(session, daemon)) == baseline["text"]  # the connection was dropped
+        assert (
+            text_of(post(session, shared_daemon)) == baseline["text"]
+        )  # the connection was dropped
     assert type(stalled.value.args[0]) is X.ReadTimeoutError  # as requests' iter_content says
     assert chunks == baseline["chunks"][:3]
-    assert clock.now() == pytest.approx(10.0)
+    assert vclock.now() == pytest.approx(10.0)
     assert run.injected("daemon.stream") == 1
 
 
 def test_stream_stall_under_a_deadline_is_the_deadlines_own_error(
-    daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess,
+    session: requests.Session,
+    baseline: dict[str, Any],
+    vclock: VirtualClock,
 ) -> None:
     chunks: list[str] = []
     spec = "daemon.stream=@1stall(after=3)->@2stall(after=1)"
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
         with (
-            post_stream(session, daemon, timeout=None) as r,
+            post_stream(session, shared_daemon, timeout=None) as r,
             pytest.raises(DeadlineExceeded),
-            deadline(5.0, clock=clock),
+            deadline(5.0, clock=vclock),
         ):
             texts(r.iter_lines(), chunks)
         assert chunks == baseline["chunks"][:3]
-        with post_stream(session, daemon, timeout=None) as r, pytest.raises(HangDetected):
+        with post_stream(session, shared_daemon, timeout=None) as r, pytest.raises(HangDetected):
             texts(r.iter_lines(), [])  # nothing guards it: it would hang forever
-    assert clock.now() == pytest.approx(5.0)
+    assert vclock.now() == pytest.approx(5.0)
     assert run.injected("daemon.stream") == 2
 
 
 def test_stream_truncate_ends_cleanly_after_done(
-    daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess,
+    session: requests.Session,
+    baseline: dict[str, Any],
+    vclock: VirtualClock,
 ) -> None:
-    with faults.inject("daemon.stream=@1truncate(after=2)", daemon=daemon, clock=clock) as run:
-        with post_stream(session, daemon) as r:
+    with faults.inject(
+        "daemon.stream=@1truncate(after=2)", daemon=shared_daemon, clock=vclock
+    ) as run:
+        with post_stream(session, shared_daemon) as r:
             lines = list(r.iter_lines())
         chunks: list[str] = []
         texts(lines, chunks)
         assert [line for line in lines if line][-1] == b"data: [DONE]"
         again: list[str] = []
-        with post_stream(session, daemon) as r:  # the cut connection is not reused
+        with post_stream(session, shared_daemon) as r:  # the cut connection is not reused
             texts(r.iter_lines(), again)
     assert chunks == baseline["chunks"][:2]
     assert again == baseline["chunks"]
@@ -460,12 +502,17 @@ def test_stream_truncate_ends_cleanly_after_done(
 
 
 def test_stream_corrupt_makes_every_chunk_invalid_json(
-    daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess,
+    session: requests.Session,
+    baseline: dict[str, Any],
+    vclock: VirtualClock,
 ) -> None:
-    with faults.inject("daemon.stream=@1corrupt", daemon=daemon, clock=clock) as run:
-        with post_stream(session, daemon) as r:
+    with faults.inject("daemon.stream=@1corrupt", daemon=shared_daemon, clock=vclock) as run:
+        with post_stream(session, shared_daemon) as r:
             data = data_lines(r.iter_lines())
-        assert text_of(post(session, daemon)) == baseline["text"]  # not a stream: not counted
+        assert (
+            text_of(post(session, shared_daemon)) == baseline["text"]
+        )  # not a stream: not counted
     assert data[-1] == b"[DONE]"
     assert len(data) - 1 == len(baseline["chunks"])
     for chunk in data[:-1]:
@@ -475,25 +522,28 @@ def test_stream_corrupt_makes_every_chunk_invalid_json(
 
 
 def test_request_lost_after_n_chunks_is_a_connection_reset_mid_stream(
-    daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess,
+    session: requests.Session,
+    baseline: dict[str, Any],
+    vclock: VirtualClock,
 ) -> None:
     chunks: list[str] = []
     spec = "daemon.request=@1lost(after=3)->@2lost(after=1)"
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
         with (
-            post_stream(session, daemon) as r,
+            post_stream(session, shared_daemon) as r,
             pytest.raises(requests.exceptions.ChunkedEncodingError) as reset,
         ):
             texts(r.iter_lines(), chunks)
         with pytest.raises(requests.exceptions.ChunkedEncodingError) as plain:
-            post(session, daemon)  # not a stream: the body is reset as it is read
+            post(session, shared_daemon)  # not a stream: the body is reset as it is read
     for error in (reset.value, plain.value):
         assert type(error.args[0]) is X.ProtocolError
         assert str(error.args[0].args[0]) == (
             "Connection broken: ConnectionResetError(104, 'Connection reset by peer')"
         )
     assert chunks == baseline["chunks"][:3]
-    assert daemon.alive
+    assert shared_daemon.alive
     assert run.injected("daemon.request") == 2
 
 
@@ -569,15 +619,15 @@ def test_process_lost_after_n_chunks_kills_it_mid_stream(
 
 
 def test_process_pause_makes_the_read_timeout_fire_real_time(
-    spawn: Callable[[], DaemonProcess], baseline: dict[str, Any], clock: VirtualClock
+    spawn: Callable[[], DaemonProcess], baseline: dict[str, Any], vclock: VirtualClock
 ) -> None:
     own = spawn()
     spec = "daemon.process=@1pause(10s)"
-    with new_session() as s, faults.inject(spec, daemon=own, clock=clock) as run:
+    with new_session() as s, faults.inject(spec, daemon=own, clock=vclock) as run:
         with pytest.raises(requests.exceptions.ReadTimeout):
             post(s, own, timeout=(5.0, 0.3))  # SIGSTOPped: nothing answers, in real time
         assert paused(own)
-        clock.advance(10.0)
+        vclock.advance(10.0)
         assert text_of(post(s, own)) == baseline["text"]  # resumed first: the pause is over
     assert not paused(own)
     assert (run.calls("daemon.process"), run.injected("daemon.process")) == (2, 1)
@@ -596,10 +646,10 @@ def test_process_restart_answers_from_a_new_process(
 
 
 def test_lost_through_the_fault_proxy_is_a_real_reset(
-    daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any]
+    shared_daemon: DaemonProcess, session: requests.Session, baseline: dict[str, Any]
 ) -> None:
-    assert daemon.port is not None
-    with FaultProxy(upstream=(daemon.host, daemon.port)) as proxy:
+    assert shared_daemon.port is not None
+    with FaultProxy(upstream=(shared_daemon.host, shared_daemon.port)) as proxy:
         url = proxy.url + COMPLETIONS
         with faults.inject("daemon.request=@2lost", proxy=proxy) as run:
             assert text_of(session.post(url, json=body(stream=False), timeout=30))
@@ -623,53 +673,55 @@ def u3_post(manager: urllib3.PoolManager, daemon: DaemonProcess, **kwargs: Any) 
 
 
 def test_urllib3_request_faults(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     pool_manager: urllib3.PoolManager,
     baseline: dict[str, Any],
-    clock: VirtualClock,
+    vclock: VirtualClock,
 ) -> None:
     spec = "daemon.request=@1lost->@2timeout(30s)->@3status(500)->@4raise(ValueError)"
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
         with pytest.raises(X.ProtocolError, match="Connection aborted"):
-            u3_post(pool_manager, daemon)  # POST: urllib3's default Retry(3) does not retry it
+            u3_post(
+                pool_manager, shared_daemon
+            )  # POST: urllib3's default Retry(3) does not retry it
         with pytest.raises(X.ReadTimeoutError, match=r"read timeout=4\.0"):
-            u3_post(pool_manager, daemon, timeout=urllib3.Timeout(connect=1.0, read=4.0))
-        failed = u3_post(pool_manager, daemon)
+            u3_post(pool_manager, shared_daemon, timeout=urllib3.Timeout(connect=1.0, read=4.0))
+        failed = u3_post(pool_manager, shared_daemon)
         with pytest.raises(ValueError, match=r"daemon\.request"):
-            u3_post(pool_manager, daemon)
-        answer = u3_post(pool_manager, daemon)
+            u3_post(pool_manager, shared_daemon)
+        answer = u3_post(pool_manager, shared_daemon)
     assert (failed.status, failed.json()["error"]["type"]) == (500, "server_error")
     assert answer.json()["choices"][0]["text"] == baseline["text"]
-    assert clock.now() == pytest.approx(4.0)
+    assert vclock.now() == pytest.approx(4.0)
     assert run.injected("daemon.request") == 4
 
 
 def test_urllib3s_default_retry_retries_refusals(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     pool_manager: urllib3.PoolManager,
     baseline: dict[str, Any],
-    clock: VirtualClock,
+    vclock: VirtualClock,
 ) -> None:
-    with faults.inject("daemon.request=3*refuse", daemon=daemon, clock=clock) as run:
-        answer = u3_post(pool_manager, daemon)  # Retry(3): the 4th attempt gets through
+    with faults.inject("daemon.request=3*refuse", daemon=shared_daemon, clock=vclock) as run:
+        answer = u3_post(pool_manager, shared_daemon)  # Retry(3): the 4th attempt gets through
     assert answer.json()["choices"][0]["text"] == baseline["text"]
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (4, 3)
     with (
-        faults.inject("daemon.request=4*refuse", daemon=daemon, clock=clock) as spent,
+        faults.inject("daemon.request=4*refuse", daemon=shared_daemon, clock=vclock) as spent,
         pytest.raises(X.MaxRetryError) as refused,
     ):
-        u3_post(pool_manager, daemon)
+        u3_post(pool_manager, shared_daemon)
     assert isinstance(refused.value.reason, X.NewConnectionError)
     assert spent.injected("daemon.request") == 4
 
 
 def test_a_pool_without_retries_raises_the_refusal_itself(
-    daemon: DaemonProcess, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess, baseline: dict[str, Any], vclock: VirtualClock
 ) -> None:
-    assert daemon.port is not None
+    assert shared_daemon.port is not None
     with (
-        urllib3.HTTPConnectionPool(daemon.host, daemon.port, retries=False) as pool,
-        faults.inject("daemon.request=@1refuse", daemon=daemon, clock=clock) as run,
+        urllib3.HTTPConnectionPool(shared_daemon.host, shared_daemon.port, retries=False) as pool,
+        faults.inject("daemon.request=@1refuse", daemon=shared_daemon, clock=vclock) as run,
     ):
         with pytest.raises(X.NewConnectionError):
             pool.urlopen("GET", "/v1/models")
@@ -678,43 +730,45 @@ def test_a_pool_without_retries_raises_the_refusal_itself(
 
 
 def test_urllib3_streams_meet_the_stream_faults(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     pool_manager: urllib3.PoolManager,
     baseline: dict[str, Any],
-    clock: VirtualClock,
+    vclock: VirtualClock,
 ) -> None:
     spec = "daemon.stream=@1truncate(after=2)->@2corrupt->@3stall(after=2, for=1m)"
     chunks: list[str] = []
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
-        with u3_post(pool_manager, daemon, stream=True, preload_content=False) as r:
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
+        with u3_post(pool_manager, shared_daemon, stream=True, preload_content=False) as r:
             texts(r, chunks)  # iterating an HTTPResponse: its lines
         assert chunks == baseline["chunks"][:2]
-        with u3_post(pool_manager, daemon, stream=True, preload_content=False) as r:
+        with u3_post(pool_manager, shared_daemon, stream=True, preload_content=False) as r:
             corrupt = data_lines(b"".join(r.stream(64)).splitlines())
         assert len(corrupt) - 1 == len(baseline["chunks"])
         with pytest.raises(json.JSONDecodeError):
             json.loads(corrupt[0])
         with (
-            u3_post(pool_manager, daemon, stream=True, preload_content=False, timeout=5.0) as r,
+            u3_post(
+                pool_manager, shared_daemon, stream=True, preload_content=False, timeout=5.0
+            ) as r,
             pytest.raises(X.ReadTimeoutError),
         ):
             r.read()
-    assert clock.now() == pytest.approx(5.0)
+    assert vclock.now() == pytest.approx(5.0)
     assert run.injected("daemon.stream") == 3
 
 
 def test_a_preloaded_stream_is_read_with_the_faults_applied(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     pool_manager: urllib3.PoolManager,
     baseline: dict[str, Any],
-    clock: VirtualClock,
+    vclock: VirtualClock,
 ) -> None:
     spec = "daemon.stream=@1truncate(after=3);daemon.request=@2lost(after=2)"
     chunks: list[str] = []
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
-        texts(u3_post(pool_manager, daemon, stream=True).data.splitlines(), chunks)
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
+        texts(u3_post(pool_manager, shared_daemon, stream=True).data.splitlines(), chunks)
         with pytest.raises(X.ProtocolError, match="Connection reset by peer"):
-            u3_post(pool_manager, daemon, stream=True)  # read within urlopen, as preloaded
+            u3_post(pool_manager, shared_daemon, stream=True)  # read within urlopen, as preloaded
     assert chunks == baseline["chunks"][:3]
     assert run.injected("daemon.stream") == run.injected("daemon.request") == 1
 
@@ -737,11 +791,13 @@ def test_urllib3_process_lost_after_n_chunks_reads_the_real_end(
 
 
 def test_the_module_level_urllib3_request_is_reached(
-    daemon: DaemonProcess, clock: VirtualClock
+    shared_daemon: DaemonProcess, vclock: VirtualClock
 ) -> None:
-    url = daemon.base_url + "/v1/models"
+    url = shared_daemon.base_url + "/v1/models"
     close = {"Connection": "close"}  # leaves no connection in urllib3's module-level pool
-    with faults.inject("daemon.request=@1ratelimit(retry_after=1s)", daemon=daemon, clock=clock):
+    with faults.inject(
+        "daemon.request=@1ratelimit(retry_after=1s)", daemon=shared_daemon, clock=vclock
+    ):
         limited = urllib3.request("GET", url, headers=close, retries=False)
         assert urllib3.request("GET", url, headers=close).status == 200
     assert (limited.status, limited.headers["retry-after"]) == (429, "1")

@@ -89,16 +89,16 @@ def wait_until(check: Callable[[], bool], what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
+def shared_daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
     """One daemon for the tests that leave it running."""
     with DaemonProcess(tiny_model_path, ServerOptions(n_ctx=1024)) as d:
         yield d
 
 
 @pytest.fixture
-def proxy(daemon: DaemonProcess) -> Iterator[FaultProxy]:
-    assert daemon.port is not None
-    with FaultProxy(upstream=(daemon.host, daemon.port)) as running:
+def proxy(shared_daemon: DaemonProcess) -> Iterator[FaultProxy]:
+    assert shared_daemon.port is not None
+    with FaultProxy(upstream=(shared_daemon.host, shared_daemon.port)) as running:
         yield running
 
 
@@ -112,7 +112,7 @@ def own(tiny_model_path: Path) -> Iterator[tuple[DaemonProcess, FaultProxy]]:
 
 
 @pytest.fixture
-def journal() -> Journal:
+def own_journal() -> Journal:
     return Journal()
 
 
@@ -236,16 +236,18 @@ def outsider(request: pytest.FixtureRequest) -> Callable[[FaultProxy, bytes], Se
 
 
 def test_traffic_passes_untouched_when_no_term_fires_and_no_client_is_hooked(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     proxy: FaultProxy,
     connect: Callable[..., http.client.HTTPConnection],
-    journal: Journal,
+    own_journal: Journal,
 ) -> None:
-    direct = connect(daemon)
+    direct = connect(shared_daemon)
     plain = json.loads(post(direct, completion(stream=False)).read())["choices"][0]["text"]
     streamed = texts(data_of(post(direct, completion(stream=True)).read()))
     spec = "daemon.request=@9ratelimit;daemon.stream=@9truncate(after=1);daemon.process=@9pause(1s)"
-    with faults.inject(spec, daemon=daemon, proxy=proxy, route="wire", journal=journal) as run:
+    with faults.inject(
+        spec, daemon=shared_daemon, proxy=proxy, route="wire", journal=own_journal
+    ) as run:
         assert (vars(httpx.Client)["send"], vars(httpx.AsyncClient)["send"]) == SEND  # no hook
         conn = connect(proxy)
         answer = post(conn, completion(stream=False))
@@ -258,18 +260,18 @@ def test_traffic_passes_untouched_when_no_term_fires_and_no_client_is_hooked(
     assert run.calls("daemon.stream") == 1  # one event-stream answer
     sites = ("daemon.request", "daemon.stream", "daemon.process")
     assert [run.injected(site) for site in sites] == [0, 0, 0]
-    assert journal.events() == []
+    assert own_journal.events() == []
     assert proxy.stats.connections == 1  # one keep-alive connection carried both
     assert proxy.stats.resets == 0
 
 
 def test_an_unhooked_httpx_client_meets_the_fault_on_the_wire(
-    daemon: DaemonProcess, proxy: FaultProxy
+    shared_daemon: DaemonProcess, proxy: FaultProxy
 ) -> None:
     backend = DaemonBackend(proxy.url)
     try:
         spec = "daemon.request=@1ratelimit(retry_after=7s)"
-        with faults.inject(spec, daemon=daemon, proxy=proxy, route="wire") as run:
+        with faults.inject(spec, daemon=shared_daemon, proxy=proxy, route="wire") as run:
             with pytest.raises(RateLimited) as limited:
                 backend.generate(PROMPT, GenerationParams(max_tokens=8))
             assert limited.value.retry_after == 7.0
@@ -283,13 +285,15 @@ def test_an_unhooked_httpx_client_meets_the_fault_on_the_wire(
 
 
 def test_ratelimit_and_status_are_answered_by_the_proxy_on_a_kept_alive_connection(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     proxy: FaultProxy,
     connect: Callable[..., http.client.HTTPConnection],
-    journal: Journal,
+    own_journal: Journal,
 ) -> None:
     spec = "daemon.request=@1ratelimit(retry_after=20s)->@2status(503,retry_after=1500ms)"
-    with faults.inject(spec, daemon=daemon, proxy=proxy, route="wire", journal=journal) as run:
+    with faults.inject(
+        spec, daemon=shared_daemon, proxy=proxy, route="wire", journal=own_journal
+    ) as run:
         conn = connect(proxy)
         # a chunked request body: the proxy reads it to its end and drops it
         limited = post(conn, iter([completion(stream=False)]), encode_chunked=True)
@@ -305,7 +309,7 @@ def test_ratelimit_and_status_are_answered_by_the_proxy_on_a_kept_alive_connecti
         assert answer.status == 200
         assert json.loads(answer.read())["choices"]
     assert run.injected("daemon.request") == 2
-    assert [(e.site, e.fault, e.call) for e in journal.events(FaultInjected)] == [
+    assert [(e.site, e.fault, e.call) for e in own_journal.events(FaultInjected)] == [
         ("daemon.request", "ratelimit(retry_after=20s)", 1),
         ("daemon.request", "status(503,retry_after=1500ms)", 2),
     ]
@@ -313,9 +317,13 @@ def test_ratelimit_and_status_are_answered_by_the_proxy_on_a_kept_alive_connecti
 
 
 def test_a_fault_on_the_second_request_of_a_keep_alive_connection(
-    daemon: DaemonProcess, proxy: FaultProxy, connect: Callable[..., http.client.HTTPConnection]
+    shared_daemon: DaemonProcess,
+    proxy: FaultProxy,
+    connect: Callable[..., http.client.HTTPConnection],
 ) -> None:
-    with faults.inject("daemon.request=@2lost", daemon=daemon, proxy=proxy, route="wire") as run:
+    with faults.inject(
+        "daemon.request=@2lost", daemon=shared_daemon, proxy=proxy, route="wire"
+    ) as run:
         conn = connect(proxy)
         assert post(conn, completion(stream=False)).read()
         assert proxy.stats.connections == 1
@@ -329,13 +337,17 @@ def test_a_fault_on_the_second_request_of_a_keep_alive_connection(
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (3, 1)
 
 
-def test_pipelined_requests_are_answered_in_order(daemon: DaemonProcess, proxy: FaultProxy) -> None:
+def test_pipelined_requests_are_answered_in_order(
+    shared_daemon: DaemonProcess, proxy: FaultProxy
+) -> None:
     body = completion(stream=False, tokens=4)
     head = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
     head += b"content-length: %d\r\n" % len(body)
     both = head + b"\r\n" + body + head + b"connection: close\r\n\r\n" + body
     with (
-        faults.inject("daemon.request=@2ratelimit", daemon=daemon, proxy=proxy, route="wire"),
+        faults.inject(
+            "daemon.request=@2ratelimit", daemon=shared_daemon, proxy=proxy, route="wire"
+        ),
         socket.create_connection(proxy.address, timeout=GUARD) as sock,
     ):
         sock.sendall(both)  # the second request follows the first without waiting
@@ -348,10 +360,10 @@ def test_pipelined_requests_are_answered_in_order(daemon: DaemonProcess, proxy: 
 
 
 def test_an_outsider_sees_the_ratelimit(
-    daemon: DaemonProcess, proxy: FaultProxy, outsider: Callable[[FaultProxy, bytes], Seen]
+    shared_daemon: DaemonProcess, proxy: FaultProxy, outsider: Callable[[FaultProxy, bytes], Seen]
 ) -> None:
     spec = "daemon.request=ratelimit(retry_after=3s)"
-    with faults.inject(spec, daemon=daemon, proxy=proxy, route="wire") as run:
+    with faults.inject(spec, daemon=shared_daemon, proxy=proxy, route="wire") as run:
         seen = outsider(proxy, completion(stream=True))
     assert (seen.status, seen.error) == (429, None)
     assert seen.headers["retry-after"] == "3"
@@ -362,12 +374,14 @@ def test_an_outsider_sees_the_ratelimit(
 
 @pytest.mark.parametrize("kind", ["refuse", "lost"])
 def test_refuse_and_lost_reset_the_connection_before_any_answer(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     proxy: FaultProxy,
     outsider: Callable[[FaultProxy, bytes], Seen],
     kind: str,
 ) -> None:
-    with faults.inject(f"daemon.request=@1{kind}", daemon=daemon, proxy=proxy, route="wire") as run:
+    with faults.inject(
+        f"daemon.request=@1{kind}", daemon=shared_daemon, proxy=proxy, route="wire"
+    ) as run:
         seen = outsider(proxy, completion(stream=False))
         again = outsider(proxy, completion(stream=False))
     # the proxy accepted the connection before it read the request: it can only reset it
@@ -378,26 +392,30 @@ def test_refuse_and_lost_reset_the_connection_before_any_answer(
 
 
 def test_lost_after_n_events_resets_the_connection_mid_stream(
-    daemon: DaemonProcess, proxy: FaultProxy, connect: Callable[..., http.client.HTTPConnection]
+    shared_daemon: DaemonProcess,
+    proxy: FaultProxy,
+    connect: Callable[..., http.client.HTTPConnection],
 ) -> None:
     spec = "daemon.request=lost(after=2)"
-    with faults.inject(spec, daemon=daemon, proxy=proxy, route="wire") as run:
+    with faults.inject(spec, daemon=shared_daemon, proxy=proxy, route="wire") as run:
         answer = post(connect(proxy), completion(stream=True))
         got: list[bytes] = []
         with pytest.raises(ConnectionResetError):
             events(answer, got)
     assert len(got) == 2
     assert texts(got)  # two whole events, each valid JSON
-    assert daemon.alive  # the connection was lost, not the daemon
+    assert shared_daemon.alive  # the connection was lost, not the daemon
     assert proxy.stats.resets == 1
     assert run.injected("daemon.request") == 1
 
 
 def test_latency_delays_the_request_real_time(
-    daemon: DaemonProcess, proxy: FaultProxy, connect: Callable[..., http.client.HTTPConnection]
+    shared_daemon: DaemonProcess,
+    proxy: FaultProxy,
+    connect: Callable[..., http.client.HTTPConnection],
 ) -> None:
     spec = "daemon.request=@2latency(50ms)"
-    with faults.inject(spec, daemon=daemon, proxy=proxy, route="wire") as run:
+    with faults.inject(spec, daemon=shared_daemon, proxy=proxy, route="wire") as run:
         conn = connect(proxy)
         assert post(conn, completion(stream=False)).read()
         started = time.perf_counter()
@@ -409,10 +427,12 @@ def test_latency_delays_the_request_real_time(
 
 
 def test_timeout_holds_the_request_then_closes_the_connection_real_time(
-    daemon: DaemonProcess, proxy: FaultProxy, connect: Callable[..., http.client.HTTPConnection]
+    shared_daemon: DaemonProcess,
+    proxy: FaultProxy,
+    connect: Callable[..., http.client.HTTPConnection],
 ) -> None:
     spec = "daemon.request=@1timeout(50ms)"
-    with faults.inject(spec, daemon=daemon, proxy=proxy, route="wire") as run:
+    with faults.inject(spec, daemon=shared_daemon, proxy=proxy, route="wire") as run:
         conn = connect(proxy)
         started = time.perf_counter()
         with pytest.raises(http.client.RemoteDisconnected):  # a clean close, no answer
@@ -425,9 +445,11 @@ def test_timeout_holds_the_request_then_closes_the_connection_real_time(
 
 
 def test_timeout_forever_lasts_until_the_client_gives_up_real_time(
-    daemon: DaemonProcess, proxy: FaultProxy, connect: Callable[..., http.client.HTTPConnection]
+    shared_daemon: DaemonProcess,
+    proxy: FaultProxy,
+    connect: Callable[..., http.client.HTTPConnection],
 ) -> None:
-    with faults.inject("daemon.request=@1timeout", daemon=daemon, proxy=proxy, route="wire"):
+    with faults.inject("daemon.request=@1timeout", daemon=shared_daemon, proxy=proxy, route="wire"):
         conn = connect(proxy, timeout=0.05)
         with pytest.raises(TimeoutError):
             post(conn, completion(stream=False))
@@ -436,10 +458,10 @@ def test_timeout_forever_lasts_until_the_client_gives_up_real_time(
     assert proxy.stats.bytes_upstream == 0  # the request never reached the daemon
 
 
-def test_raise_needs_the_hooks_route(daemon: DaemonProcess, proxy: FaultProxy) -> None:
+def test_raise_needs_the_hooks_route(shared_daemon: DaemonProcess, proxy: FaultProxy) -> None:
     spec = 'daemon.request=@1latency(1s)->@2raise(OSError, "boom")'
     with pytest.raises(SpecError, match=r"raise.* needs the hooks route") as caught:
-        faults.inject(spec, daemon=daemon, proxy=proxy, route="wire").install()
+        faults.inject(spec, daemon=shared_daemon, proxy=proxy, route="wire").install()
     assert isinstance(caught.value, ValueError)
     assert caught.value.text[caught.value.column :].startswith("@2raise(OSError")
     assert proxy.interceptor is None  # nothing stays installed
@@ -449,13 +471,15 @@ def test_raise_needs_the_hooks_route(daemon: DaemonProcess, proxy: FaultProxy) -
 
 
 def test_truncate_ends_the_chunked_body_with_done_after_n_events(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     proxy: FaultProxy,
     connect: Callable[..., http.client.HTTPConnection],
-    journal: Journal,
+    own_journal: Journal,
 ) -> None:
     spec = "daemon.stream=@2truncate(after=3)"
-    with faults.inject(spec, daemon=daemon, proxy=proxy, route="wire", journal=journal) as run:
+    with faults.inject(
+        spec, daemon=shared_daemon, proxy=proxy, route="wire", journal=own_journal
+    ) as run:
         conn = connect(proxy)
         assert data_of(post(conn, completion(stream=True)).read())[-1] == b"[DONE]"  # whole
         answer = post(conn, completion(stream=True))
@@ -467,12 +491,12 @@ def test_truncate_ends_the_chunked_body_with_done_after_n_events(
     assert got[-1] == b"[DONE]"
     assert len(texts(got)) == 3
     assert body.endswith(b"\n\ndata: [DONE]\n\n")
-    assert [(e.site, e.call) for e in journal.events(FaultInjected)] == [("daemon.stream", 2)]
+    assert [(e.site, e.call) for e in own_journal.events(FaultInjected)] == [("daemon.stream", 2)]
     assert (run.calls("daemon.stream"), run.injected("daemon.stream")) == (2, 1)
 
 
 def test_truncate_ends_the_body_properly_on_the_wire(
-    daemon: DaemonProcess, proxy: FaultProxy
+    shared_daemon: DaemonProcess, proxy: FaultProxy
 ) -> None:
     body = completion(stream=True)
     request = (
@@ -481,7 +505,7 @@ def test_truncate_ends_the_body_properly_on_the_wire(
     )
     spec = "daemon.stream=truncate(after=2)"
     with (
-        faults.inject(spec, daemon=daemon, proxy=proxy, route="wire"),
+        faults.inject(spec, daemon=shared_daemon, proxy=proxy, route="wire"),
         socket.create_connection(proxy.address, timeout=GUARD) as sock,
     ):
         sock.sendall(request)
@@ -493,10 +517,10 @@ def test_truncate_ends_the_body_properly_on_the_wire(
 
 
 def test_an_outsider_reads_the_truncated_stream(
-    daemon: DaemonProcess, proxy: FaultProxy, outsider: Callable[[FaultProxy, bytes], Seen]
+    shared_daemon: DaemonProcess, proxy: FaultProxy, outsider: Callable[[FaultProxy, bytes], Seen]
 ) -> None:
     spec = "daemon.stream=truncate(after=2)"
-    with faults.inject(spec, daemon=daemon, proxy=proxy, route="wire") as run:
+    with faults.inject(spec, daemon=shared_daemon, proxy=proxy, route="wire") as run:
         seen = outsider(proxy, completion(stream=True))
     assert (seen.status, seen.error) == (200, None)
     assert data_of(seen.body)[-1] == b"[DONE]"
@@ -505,12 +529,14 @@ def test_an_outsider_reads_the_truncated_stream(
 
 
 def test_corrupt_makes_every_event_invalid_json(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
     proxy: FaultProxy,
     connect: Callable[..., http.client.HTTPConnection],
 ) -> None:
-    clean = data_of(post(connect(daemon), completion(stream=True)).read())
-    with faults.inject("daemon.stream=corrupt", daemon=daemon, proxy=proxy, route="wire") as run:
+    clean = data_of(post(connect(shared_daemon), completion(stream=True)).read())
+    with faults.inject(
+        "daemon.stream=corrupt", daemon=shared_daemon, proxy=proxy, route="wire"
+    ) as run:
         got = data_of(post(connect(proxy), completion(stream=True)).read())
     assert len(got) == len(clean)
     assert got[-1] == b"[DONE]"
@@ -522,10 +548,12 @@ def test_corrupt_makes_every_event_invalid_json(
 
 
 def test_stall_holds_the_stream_then_lets_it_go_on_real_time(
-    daemon: DaemonProcess, proxy: FaultProxy, connect: Callable[..., http.client.HTTPConnection]
+    shared_daemon: DaemonProcess,
+    proxy: FaultProxy,
+    connect: Callable[..., http.client.HTTPConnection],
 ) -> None:
     spec = "daemon.stream=stall(after=2,for=50ms)"
-    with faults.inject(spec, daemon=daemon, proxy=proxy, route="wire") as run:
+    with faults.inject(spec, daemon=shared_daemon, proxy=proxy, route="wire") as run:
         answer = post(connect(proxy), completion(stream=True))
         stamps: list[float] = []  # when each of the first three events arrived
         while len(stamps) < 3:
@@ -541,9 +569,13 @@ def test_stall_holds_the_stream_then_lets_it_go_on_real_time(
 
 
 def test_stall_forever_lasts_until_the_client_gives_up_real_time(
-    daemon: DaemonProcess, proxy: FaultProxy, connect: Callable[..., http.client.HTTPConnection]
+    shared_daemon: DaemonProcess,
+    proxy: FaultProxy,
+    connect: Callable[..., http.client.HTTPConnection],
 ) -> None:
-    with faults.inject("daemon.stream=stall(after=2)", daemon=daemon, proxy=proxy, route="wire"):
+    with faults.inject(
+        "daemon.stream=stall(after=2)", daemon=shared_daemon, proxy=proxy, route="wire"
+    ):
         conn = connect(proxy)  # GUARD: the answer and its first two events, from a live daemon
         answer = post(conn, completion(stream=True))
         got: list[bytes] = []
@@ -664,7 +696,9 @@ def test_restart_answers_from_the_new_daemon_on_the_same_connection(
 
 
 def test_uninstall_ends_every_hold_and_restores_everything_real_time(
-    daemon: DaemonProcess, proxy: FaultProxy, connect: Callable[..., http.client.HTTPConnection]
+    shared_daemon: DaemonProcess,
+    proxy: FaultProxy,
+    connect: Callable[..., http.client.HTTPConnection],
 ) -> None:
     outcome: list[object] = []
 
@@ -674,7 +708,9 @@ def test_uninstall_ends_every_hold_and_restores_everything_real_time(
         except Exception as exc:  # the main thread asserts on it
             outcome.append(exc)
 
-    injector = faults.inject("daemon.request=@1timeout", daemon=daemon, proxy=proxy, route="wire")
+    injector = faults.inject(
+        "daemon.request=@1timeout", daemon=shared_daemon, proxy=proxy, route="wire"
+    )
     client = threading.Thread(target=held_client)
     try:
         with injector:
@@ -687,7 +723,7 @@ def test_uninstall_ends_every_hold_and_restores_everything_real_time(
     assert proxy.interceptor is None
     assert proxy.toxics == ()
     assert wire_threads() == []
-    assert not daemon.paused
+    assert not shared_daemon.paused
     conn = connect(proxy)
     assert post(conn, completion(stream=False)).status == 200  # untouched again
     assert injector.calls("daemon.request") == 1  # and no longer counted
@@ -828,9 +864,11 @@ def test_hook_failure_resets_the_connection_and_is_reported_on_removal(
 
 
 def test_a_wire_fault_no_request_met_says_the_client_must_use_the_proxy(
-    daemon: DaemonProcess, proxy: FaultProxy
+    shared_daemon: DaemonProcess, proxy: FaultProxy
 ) -> None:
-    with faults.inject("daemon.request=1*refuse", daemon=daemon, proxy=proxy, route="wire") as run:
+    with faults.inject(
+        "daemon.request=1*refuse", daemon=shared_daemon, proxy=proxy, route="wire"
+    ) as run:
         pass  # the client sent to the daemon itself, or nothing at all
     [missed] = run.unreached()
     assert f"no request went through the fault proxy at {proxy.url}" in missed.reason

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_resilience.backends.llama import LlamaStream, _StopSignal
+from pytest_resilience.backends.llama.stream import LlamaStream, _StopSignal
 from pytest_resilience.core import leaks
 from pytest_resilience.core.leaks import (
     Leak,
