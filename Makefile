@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile tools/llama-wheel | $(BIN)/python
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache --no-logo
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
