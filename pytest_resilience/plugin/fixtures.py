@@ -1,7 +1,9 @@
-"""The implementations behind the plugin's fixtures (declared in :mod:`.hooks`).
+"""The implementations behind the plugin's fixtures (declared in :mod:`.fixture_decls`).
 
 The plugin declares each fixture in a few lines and imports this module only when a test
-asks for one, so that loading the plugin stays cheap; this module may import the core.
+asks for one, so that loading the plugin stays cheap; this module may import the core. It
+reaches the plugin's state through :mod:`.state` and :mod:`.options` only, never through
+the hooks, so that the imports inside the plugin point one way.
 
 - ``clock``: a :class:`TestClock`, a :class:`~pytest_resilience.core.clock.VirtualClock` that can
   also make wall-clock reads follow it (:meth:`TestClock.freeze_wall_time`, freezegun with
@@ -30,14 +32,8 @@ import pytest
 
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.leaks import ResourceRegistry, check, format_leaks, snapshot
-from pytest_resilience.plugin.hooks import (
-    SHARED_DAEMON,
-    daemon_target,
-    in_virtual_time,
-    route_of,
-    settings_of,
-    state_of,
-)
+from pytest_resilience.plugin.options import in_virtual_time, route_of
+from pytest_resilience.plugin.state import SHARED_DAEMON, daemon_target, settings_of, state_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -445,8 +445,11 @@ def test_marked():
     print("PATTERN", "".join("N" if g is None else "." for g in got))
 """
     )
-    # --inject-faults beside the replay is replaced by it, and the header says so
-    result = run(suite, "--replay-journal", str(saved), "--inject-faults", "py:target:answer=none")
+    # --inject-faults beside the replay is replaced by it, and the header says so. The
+    # journal is given as --replay-journal=FILE: pytest looks for its rootdir and ini file
+    # before it knows the plugin's options, so a separate FILE outside the suite would be
+    # taken for a test path, and the run would miss the suite's ini file.
+    result = run(suite, f"--replay-journal={saved}", "--inject-faults", "py:target:answer=none")
     result.stdout.fnmatch_lines(
         ["resilience: replaying the faults of *(it replaces --inject-faults)"]
     )
