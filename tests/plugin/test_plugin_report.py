@@ -184,8 +184,10 @@ def test_xdist_workers_share_the_seed_and_the_controller_sums_real_time(
 def test_a_timeout_names_the_hanging_site_real_time(ptr: pytest.Pytester) -> None:
     pytest.importorskip("pytest_timeout")
     ptr.makepyfile(test_hang="import target\n\ndef test_hangs():\n    target.answer()\n")
+    # The fault hangs until pytest-timeout fires; 2 s leaves a busy machine time to set the
+    # test up first, so that the timeout lands in the hang and not in the setup.
     result = run(
-        ptr, "test_hang.py", "--inject-faults", "py:target:answer=timeout", "--timeout", "0.3"
+        ptr, "test_hang.py", "--inject-faults", "py:target:answer=timeout", "--timeout", "2"
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
