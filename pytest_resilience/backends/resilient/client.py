@@ -1,0 +1,405 @@
+"""The resilient client itself: its calls (sync and async), its health check, its closing.
+
+The package docs say how a call is answered; the streams it returns live in ``streams``
+and ``astream``, their decisions in ``splice``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import TYPE_CHECKING, Self, TypeVar
+
+from ...core.breaker import CircuitBreaker, ConsecutiveFailures, Recovery, State
+from ...core.cancel import CancelScope, deadline
+from ...core.clock import Clock, SystemClock
+from ...core.errors import (
+    BackendError,
+    CircuitOpenError,
+    DaemonUnavailable,
+    FallbackError,
+    InvalidOutput,
+    RateLimited,
+    RetryError,
+    ServerError,
+)
+from ...core.events import DaemonDown, DaemonSlow, DaemonUp, FallbackUsed
+from ...core.fallback import FallbackExhausted
+from ...core.health import DaemonCheck, HealthMonitor, HealthResult
+from ...core.retry import Backoff, Retry
+from ...core.stream import StreamGuard
+from ..base import Backend, GenerationParams
+from .astream import AsyncResilientStream
+from .policy import DOWN, Policy, describe, exhaustion, falls_back
+from .streams import ResilientStream
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
+
+    from ...core.events import Event, Journal
+    from ..daemon import DaemonBackend, DaemonProcess
+
+__all__ = ["ResilientClient"]
+
+T = TypeVar("T")
+
+
+class ResilientClient:
+    """The daemon first, the model in process when the daemon fails (see the package docs).
+
+    ``daemon``: the daemon's backend. ``direct``: the in-process backend, or a zero-argument
+    factory that builds it on first use (its errors, such as ``ModelNotFound``, count as the
+    direct backend failing). ``breaker``, ``retry``, ``guard``: ready-made policies for the
+    daemon (defaults described in the package docs; give them the same clock). ``timeout``:
+    seconds a daemon call (generate, embed, ping, opening a stream) may take before the
+    client answers in process (None: only the daemon backend's own timeouts). ``slow_after``:
+    a daemon answer slower than this is journaled as ``DaemonSlow``. ``policy``: ``"raise"``
+    or ``"never_fail"``. ``process``: the daemon's process, for ``watch(restart=True)``.
+
+    Raises ``ValueError`` for an unknown policy or a negative timeout.
+    """
+
+    def __init__(
+        self,
+        daemon: DaemonBackend,
+        direct: Backend | Callable[[], Backend],
+        *,
+        breaker: CircuitBreaker | None = None,
+        retry: Retry | None = None,
+        guard: StreamGuard | None = None,
+        timeout: float | None = 60.0,
+        slow_after: float | None = None,
+        policy: Policy = "raise",
+        process: DaemonProcess | None = None,
+        clock: Clock | None = None,
+        journal: Journal | None = None,
+        name: str = "resilient",
+    ) -> None:
+        if policy not in ("raise", "never_fail"):
+            raise ValueError(f"policy must be 'raise' or 'never_fail', got {policy!r}")
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0 seconds (or None), got {timeout}")
+        self.name = name
+        self.daemon = daemon
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.journal = journal
+        self.timeout = timeout
+        self.slow_after = slow_after
+        self.policy: Policy = policy
+        self.process = process
+        self.breaker = breaker or CircuitBreaker(
+            f"{name}.daemon",
+            on=(*DOWN, ServerError),  # Cancelled, HangDetected: never counted
+            trip=ConsecutiveFailures(3),
+            recovery=Recovery(after=10.0),
+            clock=self.clock,
+            journal=journal,
+        )
+        self.retry = retry or Retry(
+            on=(ServerError, RateLimited, InvalidOutput),
+            attempts=2,
+            backoff=Backoff(base=0.1, cap=1.0),
+            clock=self.clock,
+            journal=journal,
+            name=f"{name}.daemon",
+        )
+        self.guard = guard or StreamGuard(
+            first_token=timeout, idle=timeout, clock=self.clock, journal=journal, name=name
+        )
+        if isinstance(direct, Backend):
+            self._direct: Backend | None = direct
+            self._factory: Callable[[], Backend] | None = None
+        else:
+            self._direct, self._factory = None, direct
+        self._owns_direct = False
+        self._lock = threading.Lock()  # the up/down state and building the direct backend
+        self._up: bool | None = None  # None: not known yet
+        self._monitors: list[HealthMonitor] = []
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<ResilientClient {self.name!r} daemon={self.daemon.base_url} {self.policy}>"
+
+    # ------------------------------------------------------------------------ the state
+
+    @property
+    def daemon_up(self) -> bool | None:
+        """Whether the daemon answered last time it was asked (None: not asked yet)."""
+        return self._up
+
+    def load_direct(self) -> Backend:
+        """The direct backend, built now if it is built lazily. Raises what building raises."""
+        backend = self._direct
+        if backend is not None:
+            return backend
+        with self._lock:  # one build, even when several threads fall back at once
+            if self._direct is None:
+                if self._closed:
+                    raise BackendError(f"client {self.name!r} is closed")
+                assert self._factory is not None
+                self._direct = self._factory()
+                self._owns_direct = True
+            return self._direct
+
+    def _record(self, event: type[Event], **fields: object) -> None:
+        if self.journal is not None:
+            self.journal.append(event(time=self.clock.now(), source=self.name, **fields))
+
+    def _swap_up(self, up: bool) -> bool | None:
+        """Set the daemon's state; the previous one (under the lock: one event per change)."""
+        with self._lock:
+            was, self._up = self._up, up
+        return was
+
+    def _answered(self, latency: float) -> None:
+        """The daemon answered after ``latency`` seconds: DaemonSlow / DaemonUp as due."""
+        if self.slow_after is not None and latency > self.slow_after:
+            self._record(DaemonSlow, latency=latency, threshold=self.slow_after)
+        if self._up is not True and self._swap_up(True) is False:
+            self._record(DaemonUp, latency=latency)
+
+    def _failed(self, exc: BaseException) -> None:
+        """The daemon did not answer: DaemonDown once per outage, if it is an outage."""
+        cause = exc.last if isinstance(exc, RetryError) and exc.last is not None else exc
+        if not isinstance(cause, DOWN) or self._up is False:
+            return
+        if self._swap_up(False) is not False:
+            self._record(DaemonDown, reason=describe(cause))
+
+    def _fell_back(self, exc: BaseException) -> None:
+        self._record(FallbackUsed, step="direct", index=1, after=(f"daemon: {describe(exc)}",))
+
+    def _exhausted(self, daemon_exc: BaseException, direct_exc: BaseException) -> FallbackError:
+        error, failures = exhaustion(self.name, daemon_exc, direct_exc)
+        self._record(FallbackExhausted, failures=failures)
+        return error
+
+    def _scope(self) -> CancelScope:
+        return deadline(self.timeout, clock=self.clock, name=f"{self.name} daemon deadline")
+
+    # ------------------------------------------------------------------------ sync calls
+
+    def _on_daemon(self, fn: Callable[[], T]) -> T:
+        """``fn`` on the daemon: deadline, retry, breaker; journals the outcome."""
+        start = self.clock.now()
+        try:
+            with self._scope():
+                result = self.retry.call(self.breaker.call, fn)
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._answered(self.clock.now() - start)
+        return result
+
+    def _answer(self, on_daemon: Callable[[], T], in_process: Callable[[Backend], T]) -> T | None:
+        """The daemon's answer, else the direct backend's; applies the policy."""
+        try:
+            return self._on_daemon(on_daemon)
+        except Exception as exc:
+            if not falls_back(exc):
+                raise
+            daemon_exc: Exception = exc
+        self._fell_back(daemon_exc)
+        try:
+            return in_process(self.load_direct())
+        except Exception as exc:
+            if not falls_back(exc):
+                raise
+            error = self._exhausted(daemon_exc, exc)
+            if self.policy == "never_fail":
+                return None
+            raise error from exc
+
+    def generate(self, prompt: str, params: GenerationParams | None = None) -> str | None:
+        """The completion of ``prompt``, from the daemon or in process.
+
+        Raises ``FallbackError`` when both fail (``"never_fail"``: returns None instead),
+        ``Cancelled`` when the caller's scope is cancelled.
+        """
+        return self._answer(
+            lambda: self.daemon.generate(prompt, params),
+            lambda direct: direct.generate(prompt, params),
+        )
+
+    def embed(self, text: str) -> list[float] | None:
+        """The embedding of ``text``, from the daemon or in process; raises like generate."""
+        return self._answer(
+            lambda: list(self.daemon.embed(text)),
+            lambda direct: list(direct.embed(text)),
+        )
+
+    def stream(self, prompt: str, params: GenerationParams | None = None) -> ResilientStream | None:
+        """The completion as chunks; returns once the first chunk (or the end) has arrived.
+
+        If the daemon fails before or during the stream, the answer continues in process
+        (see the package docs). Raises ``FallbackError`` when both fail before the first
+        chunk (``"never_fail"``: returns None), ``StreamInterrupted`` later if the
+        in-process replay diverges.
+        """
+        stream = ResilientStream(self, prompt, params or GenerationParams())
+        stream._prime()
+        if stream.error is not None and not stream.text and stream._ahead is None:
+            return None  # never_fail, and neither side could start the answer
+        return stream
+
+    # ----------------------------------------------------------------------- async calls
+
+    async def _aon_daemon(self, fn: Callable[[], Awaitable[T]]) -> T:
+        start = self.clock.now()
+        try:
+            async with self._scope():
+                result = await self.retry.acall(self.breaker.acall, fn)
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._answered(self.clock.now() - start)
+        return result
+
+    async def _aanswer(
+        self, on_daemon: Callable[[], Awaitable[T]], in_process: Callable[[Backend], T]
+    ) -> T | None:
+        try:
+            return await self._aon_daemon(on_daemon)
+        except Exception as exc:
+            if not falls_back(exc):
+                raise
+            daemon_exc: Exception = exc
+        self._fell_back(daemon_exc)
+        try:
+            # llama.cpp blocks: run it in a worker thread, which sees the caller's cancel
+            # scopes (to_thread copies the context) and so stops between tokens on cancel.
+            return await asyncio.to_thread(lambda: in_process(self.load_direct()))
+        except Exception as exc:
+            if not falls_back(exc):
+                raise
+            error = self._exhausted(daemon_exc, exc)
+            if self.policy == "never_fail":
+                return None
+            raise error from exc
+
+    async def agenerate(self, prompt: str, params: GenerationParams | None = None) -> str | None:
+        """The async :meth:`generate`: the daemon's ``agenerate``, else in process in a
+        worker thread. Raises like :meth:`generate`."""
+        return await self._aanswer(
+            lambda: self.daemon.agenerate(prompt, params),
+            lambda direct: direct.generate(prompt, params),
+        )
+
+    async def aembed(self, text: str) -> list[float] | None:
+        """The async :meth:`embed`."""
+
+        async def on_daemon() -> list[float]:
+            return list(await self.daemon.aembed(text))
+
+        return await self._aanswer(on_daemon, lambda direct: list(direct.embed(text)))
+
+    async def astream(
+        self, prompt: str, params: GenerationParams | None = None
+    ) -> AsyncResilientStream | None:
+        """The async :meth:`stream`: the daemon's ``astream``, finished in process (the
+        direct backend iterated in worker threads) if the daemon fails. Returns once the
+        first chunk (or the end) has arrived; raises like :meth:`stream`.
+        """
+        stream = AsyncResilientStream(self, prompt, params or GenerationParams())
+        await stream._prime()
+        if stream.error is not None and not stream.text and stream._ahead is None:
+            return None  # never_fail, and neither side could start the answer
+        return stream
+
+    # --------------------------------------------------------------------------- health
+
+    def ping(self) -> bool:
+        """Ask the daemon for its model list within ``timeout``; True if it answered.
+
+        Used as the breaker's half-open probe when the breaker is half-open, so a healthy
+        daemon closes it. Journals DaemonUp / DaemonDown / DaemonSlow like a call. Raises
+        what the daemon raised when it does not answer.
+        """
+        probe = self.breaker.state is State.HALF_OPEN
+        start = self.clock.now()
+        try:
+            with self._scope():
+                if probe:
+                    try:
+                        self.breaker.call(self.daemon.models)
+                    except CircuitOpenError:  # another probe is in flight: just ping
+                        self.daemon.models()
+                else:
+                    self.daemon.models()
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._answered(self.clock.now() - start)
+        return True
+
+    def watch(
+        self, interval: float = 5.0, *, restart: bool = False, start: bool = True
+    ) -> HealthMonitor:
+        """A health monitor that pings the daemon every ``interval`` seconds of the clock.
+
+        With ``restart``, a daemon that does not answer is restarted through
+        ``process.restart()`` and pinged again. ``start``: run it in a thread now (real
+        clock); otherwise drive it with ``run_due()``. ``close()`` stops it. Raises
+        ``ValueError`` for ``restart`` without a ``process``.
+        """
+        if restart and self.process is None:
+            raise ValueError("watch(restart=True) needs the client's process=")
+        check = _DaemonWatch(self, restart)
+        monitor = HealthMonitor([check], interval=interval, clock=self.clock, journal=self.journal)
+        self._monitors.append(monitor)
+        if start:
+            monitor.start()
+        return monitor
+
+    # -------------------------------------------------------------------------- closing
+
+    def close(self) -> None:
+        """Stop the monitors and close the direct backend if the client built it."""
+        self._closed = True
+        monitors, self._monitors = self._monitors, []
+        for monitor in monitors:
+            monitor.stop()
+        with self._lock:
+            direct, owned = self._direct, self._owns_direct
+            if owned:
+                self._direct, self._owns_direct = None, False
+        if owned and direct is not None:
+            direct.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _DaemonWatch:
+    """The monitor's check: ping; on failure restart (if asked) and ping again."""
+
+    name = "daemon"
+
+    def __init__(self, client: ResilientClient, restart: bool) -> None:
+        self._client = client
+        self._restart = restart
+        self._check = DaemonCheck(client.ping, client.slow_after, "daemon", client.clock)
+
+    def __call__(self) -> HealthResult:
+        result = self._check()
+        process = self._client.process
+        if result.healthy or not self._restart or process is None:
+            return result
+        try:
+            process.restart()
+        except DaemonUnavailable as exc:  # DaemonStartFailed: report it, try again next time
+            return HealthResult(
+                self.name, False, f"restart failed: {describe(exc)}", {"restarted": False}
+            )
+        again = self._check()
+        details = {**again.details, "restarted": True}
+        return HealthResult(again.name, again.healthy, again.message, details, again.latency)
