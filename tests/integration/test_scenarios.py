@@ -52,8 +52,6 @@ def test_every_shipped_scenario_really_fails_and_holds(path: Path) -> None:
     assert checked == set(scenario.expect)
     assert outcome.journal.events(FaultInjected)
     assert outcome.stats.total >= 1
-    if scenario.clock == "virtual":
-        assert outcome.stats.wall < 20.0
 
 
 COIN = """\
