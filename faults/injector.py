@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
 from faults.journal import Recording, dump, load, save
+from faults.parser import parse
 from faults.schedule import derive_rng
 from faults.schedule import schedules as build_schedules
 from faults.sites import Env, install
-from faults.spec import Site, Spec, parse
+from faults.spec import Site, Spec
 from faults.target import Target
 from pytest_resilience.core.clock import SystemClock
 from pytest_resilience.core.events import Journal

@@ -29,9 +29,10 @@ import os
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Final
 
+from faults.parser import parse
 from faults.schedule import Schedule
 from faults.sites import SOURCE
-from faults.spec import Site, Spec, SpecError, parse
+from faults.spec import Site, Spec, SpecError
 from pytest_resilience.core.events import FaultInjected, _show, event_from_dict
 
 if TYPE_CHECKING:

@@ -1,10 +1,9 @@
-"""The fault kinds and sites: what each kind takes, where it may be injected, and pure helpers.
+"""The fault kinds and sites: the table behind the ``--inject-faults`` grammar.
 
-This module is the table behind the ``--inject-faults`` grammar (DESIGN §6). The parser
-(:mod:`faults.spec`) validates against it, docs and error messages quote it, and the
-injector reads it. What a kind *does* at a site belongs to the injector; the small pure
-pieces it needs (building the exception of ``raise``, corrupting text and vectors) are here
-so they can be tested without installing anything.
+The parser (:mod:`faults.spec`) validates against this table, docs and error messages quote
+it, and the injector reads it. It says which kinds there are, which sites admit each, and
+what arguments each takes; what a kind *does* when it fires (building the exception of
+``raise``, corrupting text and vectors) is in :mod:`faults.effects`.
 
 Sites (:data:`SITES`) are ``llama.load``, ``llama.generate``, ``llama.chat``,
 ``llama.stream``, ``llama.embed``, ``daemon.request``, ``daemon.stream``,
@@ -15,7 +14,9 @@ Arguments (:class:`Param`) have one of four types (:class:`ArgType`): a whole nu
 duration (``500ms``, ``30s``, ``2m``, ``1h``, normalised to float seconds; ``forever`` where
 the parameter allows it, as ``math.inf``), a name (an identifier or dotted path) or a
 string (quoted; a bare name is accepted). A parameter is positional in the canonical text
-unless it is ``keyword`` (``stall(after=5)``); both forms are accepted on input.
+unless it is ``keyword`` (``stall(after=5)``); both forms are accepted on input. The
+exception type of ``raise`` is checked here, without importing anything
+(:func:`check_exception_name`): a bare name must be one :func:`exception_names` lists.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import enum
-import importlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -44,26 +44,20 @@ __all__ = [
     "KindInfo",
     "Param",
     "check_exception_name",
-    "corrupt_json",
-    "corrupt_text",
-    "corrupt_vector",
+    "exception_class",
     "exception_names",
     "kinds_for",
-    "make_exception",
-    "nan_vector",
     "raisable",
-    "resolve_exception_type",
-    "resolve_raise_type",
+    "refusal",
 ]
 
-#: The value of one argument once parsed: int (INT), float seconds (DURATION), str (NAME,
 #: STRING); ``None`` only as the default of an optional parameter that has no value.
 ArgValue = int | float | str | None
 
 #: The family of ``py:MODULE:QUALNAME`` sites, as it appears in :attr:`KindInfo.sites`.
 PY: Final = "py"
 
-#: Every built-in site, with where it acts (the DESIGN §6 table).
+#: Every built-in site, with where it acts.
 SITES: Final[Mapping[str, str]] = {
     "llama.load": "llama_cpp.Llama(...): loading a model",
     "llama.generate": "Llama.create_completion / __call__, not streaming",
@@ -144,7 +138,7 @@ class KindInfo:
         return site in self.sites
 
 
-# ----------------------------------------------------------------------------- exceptions
+# ------------------------------------------------------------------------ exception names
 
 
 def _exception_classes() -> dict[str, type[BaseException]]:
@@ -177,7 +171,7 @@ def raisable(cls: type[BaseException]) -> bool:
     return issubclass(cls, (Exception, *INTERRUPTS))
 
 
-def _refusal(name: str, cls: type[BaseException]) -> str:
+def refusal(name: str, cls: type[BaseException]) -> str:
     """Why ``raise(name)`` is refused, for a class that is not :func:`raisable`."""
     if issubclass(cls, KeyboardInterrupt):
         why = "pytest would stop the whole run, not fail the test"
@@ -215,8 +209,8 @@ def check_exception_name(value: ArgValue) -> tuple[str, str | None] | None:
     A bare name must be a builtin exception or a name from ``pytest_resilience.core.errors``, and
     :func:`raisable` (``raise(KeyboardInterrupt)`` is refused here, at parse time); a dotted
     path (``pkg.mod.Name``) is only checked when the fault is installed
-    (:func:`resolve_raise_type`). Returns ``None`` when the name is acceptable, else a
-    message and a suggestion.
+    (:func:`faults.effects.resolve_raise_type`). Returns ``None`` when the name is
+    acceptable, else a message and a suggestion.
     """
     if not isinstance(value, str):
         return ("raise() needs an exception type name", None)
@@ -224,7 +218,7 @@ def check_exception_name(value: ArgValue) -> tuple[str, str | None] | None:
         return None
     found = _EXCEPTIONS.get(value)
     if found is not None:
-        return None if raisable(found) else (_refusal(value, found), None)
+        return None if raisable(found) else (refusal(value, found), None)
     return (
         f"unknown exception type {value!r} (a builtin exception, a pytest_resilience error, "
         "or a dotted path pkg.mod.Name)",
@@ -232,134 +226,10 @@ def check_exception_name(value: ArgValue) -> tuple[str, str | None] | None:
     )
 
 
-def resolve_exception_type(name: str) -> type[BaseException]:
-    """The exception class that ``name`` means; dotted paths are imported here.
-
-    Any exception class: this resolves the types a policy catches too (``on = [...]``). For
-    the type ``raise(name)`` injects, see :func:`resolve_raise_type`. Raises
-    :class:`faults.spec.SpecError` (a ``ValueError``) when the name is unknown, the module
-    cannot be imported, or the object is not an exception class.
-    """
-    from faults.spec import SpecError  # noqa: PLC0415 - spec imports this module
-
-    found = _EXCEPTIONS.get(name)
-    if found is not None:
-        return found
-    module_name, _, attr = name.rpartition(".")
-    if not module_name:
-        problem = check_exception_name(name)
-        message, hint = problem if problem else (f"unknown exception type {name!r}", None)
-        raise SpecError(message, name, 0, suggestion=hint)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SpecError(f"cannot import {module_name!r} for raise({name}): {exc}", name, 0) from exc
-    value = getattr(module, attr, None)
-    if not (isinstance(value, type) and issubclass(value, BaseException)):
-        raise SpecError(f"{name!r} is not an exception class", name, len(module_name) + 1)
-    return value
-
-
-def resolve_raise_type(name: str) -> type[BaseException]:
-    """The exception class ``raise(name)`` injects: :func:`resolve_exception_type`, and a
-    :class:`faults.spec.SpecError` saying why for a class that is not :func:`raisable`
-    (``raise(mypkg.Stop)`` where ``Stop`` derives from ``BaseException`` only)."""
-    cls = resolve_exception_type(name)
-    if not raisable(cls):
-        from faults.spec import SpecError  # noqa: PLC0415 - spec imports this module
-
-        raise SpecError(_refusal(name, cls), name, 0)
-    return cls
-
-
-# Core errors whose constructor does not take a single message.
-_FACTORIES: Final[Mapping[type[BaseException], Callable[[str, str], BaseException]]] = {
-    core_errors.RetryError: lambda msg, site: core_errors.RetryError(1, None, msg),
-    core_errors.CircuitOpenError: lambda msg, site: core_errors.CircuitOpenError(site, "open"),
-    core_errors.FallbackError: lambda msg, site: core_errors.FallbackError(site, ()),
-    core_errors.StreamStalled: lambda msg, site: core_errors.StreamStalled("idle", 0.0),
-    core_errors.StreamInterrupted: lambda msg, site: core_errors.StreamInterrupted(msg),
-    core_errors.ModelNotFound: lambda msg, site: core_errors.ModelNotFound(site, msg),
-    core_errors.ServerError: lambda msg, site: core_errors.ServerError(500, msg),
-}
-
-
-def make_exception(name: str, message: str | None = None, *, site: str = "") -> BaseException:
-    """The exception instance that ``raise(name[, message])`` at ``site`` raises.
-
-    The message defaults to ``"fault injected at <site>"``. Core errors with richer
-    constructors get plausible values (``ServerError`` is a 500, ``CircuitOpenError`` names
-    the site). A class whose constructor refuses a single message is built without calling
-    its ``__init__`` and given the message as its only argument. Raises :class:`SpecError`
-    as :func:`resolve_raise_type` does (a class that is not :func:`raisable` is refused).
-    """
-    cls = resolve_raise_type(name)
-    text = message if message is not None else f"fault injected at {site or 'a site'}"
-    factory = _FACTORIES.get(cls)
-    if factory is not None:
-        return factory(text, site)
-    try:
-        return cls(text)
-    except TypeError:
-        # e.g. UnicodeDecodeError or a third-party error with required fields.
-        exc = cls.__new__(cls)
-        exc.args = (text,)
-        return exc
-
-
-# --------------------------------------------------------------------------- bad outputs
-
-
-def corrupt_text(text: str) -> str:
-    """Corrupt plain generated text: the model answered with nothing."""
-    del text  # the corruption does not depend on it, by design
-    return ""
-
-
-def corrupt_json(text: str) -> str:
-    """Corrupt text that should be JSON: the first half of it and a replacement character.
-
-    The result is never valid JSON: a document cannot end with U+FFFD outside a string,
-    and inside a string the string is unterminated.
-    """
-    return text[: len(text) // 2] + "\ufffd"
-
-
-Vector = list[float]
-
-
-def corrupt_vector(
-    vector: Sequence[float] | Sequence[Sequence[float]],
-) -> list[float] | list[Vector]:
-    """A vector of the wrong shape: one element short (one element, if it was empty).
-
-    A batch (a sequence of vectors) has every row corrupted the same way.
-    """
-    if vector and not isinstance(vector[0], int | float):
-        return [_short(row) for row in vector]  # type: ignore[arg-type]
-    return _short(vector)  # type: ignore[arg-type]
-
-
-def _short(row: Sequence[float]) -> Vector:
-    return [float(x) for x in row[:-1]] if row else [0.0]
-
-
-def nan_vector(vector: Sequence[float] | Sequence[Sequence[float]]) -> list[float] | list[Vector]:
-    """The vector with non-finite values: the first element NaN, the last +Inf (same shape).
-
-    An empty vector becomes ``[nan]``; a batch has every row treated the same way.
-    """
-    if vector and not isinstance(vector[0], int | float):
-        return [_nan(row) for row in vector]  # type: ignore[arg-type]
-    return _nan(vector)  # type: ignore[arg-type]
-
-
-def _nan(row: Sequence[float]) -> Vector:
-    out = [float(x) for x in row] or [math.nan]
-    out[0] = math.nan
-    if len(out) > 1:
-        out[-1] = math.inf
-    return out
+def exception_class(name: str) -> type[BaseException] | None:
+    """The class a bare exception name means (a builtin, or one of
+    ``pytest_resilience.core.errors``), raisable or not; ``None`` for any other name."""
+    return _EXCEPTIONS.get(name)
 
 
 # ---------------------------------------------------------------------------------- kinds

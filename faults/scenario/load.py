@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from faults.parser import parse
 from faults.scenario.callables import (
     _check_arguments,
     _check_callable_tables,
@@ -28,7 +29,7 @@ from faults.scenario.schema import (
     _Checker,
     _kind,
 )
-from faults.spec import Spec, SpecError, parse
+from faults.spec import Spec, SpecError
 from faults.target import address_of
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.events import Journal

@@ -11,7 +11,7 @@ import importlib
 import keyword
 from typing import TYPE_CHECKING
 
-from faults.kinds import resolve_exception_type
+from faults.effects import resolve_exception_type
 from faults.scenario.callables import _MISSING, _NotFound
 from faults.scenario.reading import ScenarioError, _dotted, _line_of
 from faults.scenario.schema import _kind

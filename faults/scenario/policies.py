@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from faults.kinds import resolve_exception_type
+from faults.effects import resolve_exception_type
 from faults.scenario.model import _DEFAULT_ON
 from faults.schedule import derive_rng
 from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures, Recovery

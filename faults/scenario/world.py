@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from faults.kinds import resolve_exception_type
+from faults.effects import resolve_exception_type
 from faults.scenario.callables import _context_args, _lookup, _signature
 from faults.scenario.model import FAILURES
 from faults.scenario.policies import _Policies

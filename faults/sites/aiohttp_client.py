@@ -34,7 +34,7 @@ Each fault is what aiohttp itself raises or returns for the real failure:
 
 A streamed answer (``text/event-stream``) gets a ``resp.content`` of ours: an
 ``aiohttp.StreamReader`` fed, on demand and with no task of its own, from the real body
-re-cut into whole SSE events (:func:`faults.sites.daemon.aevents`), so every way of reading
+re-cut into whole SSE events (:func:`faults.sites.sse.aevents`), so every way of reading
 it (``async for line in resp.content``, ``iter_chunked``, ``iter_any``, ``iter_chunks``,
 ``readline``, ``read``, ``resp.text()``, ``resp.read()``) meets the same faults:
 
@@ -73,7 +73,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from faults.sites.base import Patch
-from faults.sites.daemon import Errors, Unhookable, aevents, closed_port
+from faults.sites.daemon import Unhookable, closed_port
+from faults.sites.sse import Errors, aevents
 
 if TYPE_CHECKING:
     from collections.abc import Callable

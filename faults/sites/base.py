@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from faults.kinds import make_exception, resolve_raise_type
+from faults.effects import make_exception, resolve_raise_type
 from faults.schedule import derive_rng
 from faults.spec import SpecError, format_duration
 from pytest_resilience.core.cancel import current_scope

@@ -14,13 +14,12 @@ everything the families share:
 - ``daemon.request``: the decision and its parts that do not depend on the client (the
   hang on the clock, the status and OpenAI-style JSON body of ``ratelimit`` and
   ``status``, a closed port to be refused by);
-- ``daemon.stream``: counted on answers of type ``text/event-stream``; :func:`events` and
-  :func:`aevents` cut a client's body into whole SSE events and apply ``stall``,
-  ``truncate`` (``data: [DONE]`` after n chunks: a clean end), ``corrupt`` (each chunk's
-  data is invalid JSON) and ``lost(after=n)`` (the daemon is SIGKILLed after n chunks and
-  the client reads the real loss).
+- ``daemon.stream``: counted on answers of type ``text/event-stream``, and decided into the
+  answer's :class:`~faults.sites.sse.Plan`, which :mod:`faults.sites.sse` applies to the
+  body as the client reads it.
 
-A client family passes in what only it knows: its own exception types (:class:`Errors`).
+A client family passes in what only it knows: its own exception types
+(:class:`~faults.sites.sse.Errors`).
 """
 
 from __future__ import annotations
@@ -30,20 +29,19 @@ import importlib
 import importlib.util
 import json
 import math
-import re
 import socket
 import threading
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from faults.sites.base import Cleanup, after_of, close_source, seconds_of
+from faults.sites.base import Cleanup, after_of, seconds_of
+from faults.sites.sse import Action, Plan
 from faults.target import Target, same_host
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import DaemonUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+    from collections.abc import Mapping
 
     from faults.schedule import Decision
     from faults.sites.base import Env, Restorer, SiteFaults
@@ -54,10 +52,11 @@ __all__ = [
     "CLIENTS",
     "Call",
     "DaemonSites",
-    "Errors",
     "Unhookable",
-    "aevents",
-    "events",
+    "closed_port",
+    "error_body",
+    "error_headers",
+    "error_status",
     "install",
 ]
 
@@ -71,9 +70,6 @@ CLIENTS: tuple[tuple[str, str], ...] = (
     ("urllib3", "faults.sites.urllib3_client"),
 )
 
-_SSE_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_LINES = re.compile(rb"\r\n|\n|\r")
-DONE = b"data: [DONE]\n\n"
 
 #: What an OpenAI-compatible server says with each status (the body's ``error`` object).
 _ERRORS: Mapping[int, tuple[str, str, str | None]] = {
@@ -121,189 +117,9 @@ def closed_port(host: str) -> int:
         return port
 
 
-# ================================================================================ SSE
-
-
-def _data(event: bytes) -> bytes | None:
-    """The data of an SSE event that carries a chunk (None for comments, [DONE], ...)."""
-    values = [
-        line[5:].removeprefix(b" ") for line in _LINES.split(event) if line.startswith(b"data:")
-    ]
-    if not values:
-        return None
-    data = b"\n".join(values)
-    return None if data.strip() == b"[DONE]" else data
-
-
-def _corrupt_event(event: bytes) -> bytes:
-    from faults.kinds import corrupt_json  # noqa: PLC0415 - kinds is loaded already
-
-    data = _data(event) or b""
-    return b"data: " + corrupt_json(data.decode("utf-8", "replace")).encode() + b"\n\n"
-
-
-class _Splitter:
-    """Cuts a byte stream into whole SSE events (each with its blank line)."""
-
-    def __init__(self) -> None:
-        self.buffer = b""
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self.buffer += data
-        found = []
-        while m := _SSE_END.search(self.buffer):
-            found.append(self.buffer[: m.end()])
-            self.buffer = self.buffer[m.end() :]
-        return found
-
-
 class Unhookable(Exception):
     """Raised by a family's ``hook`` when the installed version cannot carry the sites (the
     message says why); the family is skipped, and the reason shows in ``unreached()``."""
-
-
-@dataclass(slots=True)
-class Action:
-    after: int  # before the chunk numbered after+1 is delivered
-    kind: str  # stall, truncate, kill, reset
-    faults: SiteFaults
-    seconds: float = 0.0
-
-
-class Plan:
-    """What happens to one answer's body."""
-
-    def __init__(self, sites: DaemonSites) -> None:
-        self.sites = sites
-        self.actions: list[Action] = []
-        self.corrupt = False
-        self.read_timeout: float | None = None  # the client's own: it ends a longer stall
-
-    def due(self, n: int) -> list[Action]:
-        return [a for a in self.actions if a.after == n]
-
-    @property
-    def empty(self) -> bool:
-        return not self.actions and not self.corrupt
-
-
-@dataclass(frozen=True, slots=True)
-class Errors:
-    """A client family's own errors for a connection that dies while the answer is read.
-
-    ``reset()`` is what it raises for a connection reset by the peer, ``cut()`` for a body
-    that ends before it is complete, and ``transport`` the exception types its reads raise
-    (caught while draining the socket of a killed daemon, to hand the client its own).
-    ``timeout()``, when given, is what it raises for a read that waits past its read
-    timeout (a ``stall`` longer than the plan's ``read_timeout`` ends with it).
-    """
-
-    reset: Callable[[], BaseException]
-    cut: Callable[[], BaseException]
-    transport: tuple[type[BaseException], ...]
-    timeout: Callable[[], BaseException] | None = None
-
-
-def _stall(plan: Plan, action: Action, errors: Errors) -> tuple[float, BaseException | None]:
-    """How long a stall hangs, and what the client raises after it: a stall longer than the
-    client's own read timeout ends there, with the client's read timeout error."""
-    limit = plan.read_timeout
-    if limit is not None and limit < action.seconds and errors.timeout is not None:
-        return limit, errors.timeout()
-    return action.seconds, None
-
-
-def _lose(plan: Plan, action: Action, it: Iterator[bytes], errors: Errors) -> BaseException:
-    if action.kind == "reset":
-        close_source(it)
-        return errors.reset()
-    if plan.sites.kill_now():
-        try:  # read what the dead daemon's socket still holds, up to the real failure
-            for _ in it:
-                pass
-        except errors.transport as exc:
-            return exc
-    return errors.cut()
-
-
-async def _alose(
-    plan: Plan, action: Action, it: AsyncIterator[bytes], errors: Errors
-) -> BaseException:
-    if action.kind == "reset":
-        return errors.reset()
-    if plan.sites.kill_now():
-        try:
-            async for _ in it:
-                pass
-        except errors.transport as exc:
-            return exc
-    return errors.cut()
-
-
-def events(plan: Plan, chunks: Iterator[bytes], errors: Errors) -> Iterator[bytes]:
-    """The bytes of ``chunks`` re-cut into whole SSE events, with ``plan`` applied."""
-    __tracebackhide__ = True
-    splitter, n = _Splitter(), 0
-    it = iter(chunks)
-    try:
-        for action in plan.due(-1):  # a reset due before the body: it has no chunks to count
-            raise _lose(plan, action, it, errors)
-        for data in it:
-            for event in splitter.feed(data):
-                if _data(event) is not None:
-                    for action in plan.due(n):
-                        if action.kind == "stall":
-                            seconds, error = _stall(plan, action, errors)
-                            action.faults.hang(seconds, "stall")
-                            if error is not None:
-                                raise error
-                        elif action.kind == "truncate":
-                            yield DONE
-                            return
-                        else:
-                            raise _lose(plan, action, it, errors)
-                    n += 1
-                    yield _corrupt_event(event) if plan.corrupt else event
-                    continue
-                yield event
-        if splitter.buffer:
-            yield splitter.buffer
-    finally:
-        close_source(it)
-
-
-async def aevents(plan: Plan, chunks: AsyncIterator[bytes], errors: Errors) -> AsyncIterator[bytes]:
-    """:func:`events` for an async byte stream."""
-    __tracebackhide__ = True
-    splitter, n = _Splitter(), 0
-    it = aiter(chunks)
-    try:
-        for action in plan.due(-1):
-            raise await _alose(plan, action, it, errors)
-        async for data in it:
-            for event in splitter.feed(data):
-                if _data(event) is not None:
-                    for action in plan.due(n):
-                        if action.kind == "stall":
-                            seconds, error = _stall(plan, action, errors)
-                            await action.faults.ahang(seconds, "stall")
-                            if error is not None:
-                                raise error
-                        elif action.kind == "truncate":
-                            yield DONE
-                            return
-                        else:
-                            raise await _alose(plan, action, it, errors)
-                    n += 1
-                    yield _corrupt_event(event) if plan.corrupt else event
-                    continue
-                yield event
-        if splitter.buffer:
-            yield splitter.buffer
-    finally:
-        aclose = getattr(it, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 # ============================================================================ one call

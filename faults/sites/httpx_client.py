@@ -19,7 +19,7 @@ Each fault is what the package itself raises or returns for the real failure:
 ``latency``    a wait on the clock, then the real request. ``raise``: the exception.
 =============  =========================================================================
 
-A streamed answer's body is re-cut into whole SSE events (:func:`faults.sites.daemon.events`);
+A streamed answer's body is re-cut into whole SSE events (:func:`faults.sites.sse.events`);
 a daemon killed mid-answer is read to the real error httpx raises for it, and a ``stall``
 longer than the request's read timeout ends with ``ReadTimeout`` there.
 """
@@ -30,7 +30,8 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from faults.sites.base import Patch, Restorer
-from faults.sites.daemon import Errors, aevents, closed_port, events
+from faults.sites.daemon import closed_port
+from faults.sites.sse import Errors, aevents, events
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator

@@ -28,7 +28,7 @@ import inspect
 import threading
 from typing import TYPE_CHECKING, Any
 
-from faults.kinds import corrupt_json, corrupt_text, corrupt_vector, nan_vector
+from faults.effects import corrupt_json, corrupt_text, corrupt_vector, nan_vector
 from faults.sites.base import Outputs, Patch, close_source
 
 if TYPE_CHECKING:

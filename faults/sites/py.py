@@ -15,7 +15,7 @@ import importlib
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from faults.kinds import corrupt_text, corrupt_vector
+from faults.effects import corrupt_text, corrupt_vector
 from faults.sites.base import STREAM_KINDS, Outputs, Patch, SiteFaults, identity
 from faults.spec import SpecError
 

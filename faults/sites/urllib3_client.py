@@ -46,11 +46,12 @@ past the request's read timeout, the read fails as a socket timeout does (urllib
 ``ReadTimeoutError``, ``ConnectionError`` from requests' ``iter_content``), and a deadline
 above it raises its own ``DeadlineExceeded``.
 
-How: the answer's body is re-cut into whole SSE events (:func:`faults.sites.daemon.events`)
+How: the answer's body is re-cut into whole SSE events (:func:`faults.sites.sse.events`)
 below urllib3, in the socket file under the ``http.client`` response, and served again in
-its transfer framing; every read urllib3 offers (``stream``, ``read``, ``read1``,
-``read_chunked``, iteration, ``.data``, requests' ``iter_content``) goes through urllib3's
-own code and error handling. A body cut short leaves its connection closed, never reused.
+its transfer framing (:mod:`faults.sites.urllib3_body`); every read urllib3 offers
+(``stream``, ``read``, ``read1``, ``read_chunked``, iteration, ``.data``, requests'
+``iter_content``) goes through urllib3's own code and error handling. A body cut short
+leaves its connection closed, never reused.
 
 The waits ``Retry`` asks for between attempts after an injected fault (``backoff_factor``,
 ``Retry-After``) are on the injector's clock, like every injected wait (a ``Retry`` whose
@@ -70,11 +71,12 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from faults.sites.base import Patch, Restorer, seconds_of
-from faults.sites.daemon import Errors, closed_port, events
-from pytest_resilience.core.errors import DeadlineExceeded
+from faults.sites.daemon import closed_port
+from faults.sites.sse import Errors, events
+from faults.sites.urllib3_body import Body, Ended, Reframed, unmask_read, unmask_stream
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from types import ModuleType
 
     from faults.sites.base import SiteFaults
@@ -84,8 +86,6 @@ __all__ = ["hook"]
 
 _NO_ANSWER = "Remote end closed connection without response"
 _REFUSED = "Failed to establish a new connection: [Errno 111] Connection refused"
-_MAXLINE = 65536  # http.client's limit on a chunk-size line
-_READ = 65536
 _SLEEPS = ("sleep", "sleep_for_retry", "_sleep_backoff")
 _log = logging.getLogger("urllib3.connectionpool")  # urllib3's own, for its retry warnings
 
@@ -95,10 +95,6 @@ def hook(sites: DaemonSites, urllib3: ModuleType) -> list[Restorer]:
     pool = urllib3.HTTPConnectionPool
     family = _Family(sites, urllib3)
     return [Patch(pool, "urlopen", family.urlopen(vars(pool)["urlopen"]))]
-
-
-class _Ended(Exception):
-    """The body ends where the socket did (our ``Errors.cut``): EOF, as urllib3 reads it."""
 
 
 class _Request:
@@ -149,7 +145,7 @@ class _Family:
         self.version_string = "version_string" in response.parameters
         self.errors = Errors(
             reset=lambda: ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
-            cut=_Ended,
+            cut=Ended,
             transport=(OSError,),
             timeout=lambda: TimeoutError("timed out"),  # a socket's: urllib3 makes it its own
         )
@@ -396,7 +392,7 @@ class _Family:
     def wrap(self, response: Any, call: Call) -> None:
         original = response._original_response  # checked by wrappable()
         chunked = bool(original.chunked)
-        body = _Body(original.fp, chunked=chunked, length=original.length)
+        body = Body(original.fp, chunked=chunked, length=original.length)
 
         def abandon() -> None:  # the rest of the body is still on its way: never reuse
             conn = response.connection
@@ -404,16 +400,16 @@ class _Family:
                 conn.close()
 
         pieces = events(call.plan, body.chunks(), self.errors)
-        file = _Reframed(body, pieces, chunked=chunked, abandon=abandon)
+        file = Reframed(body, pieces, chunked=chunked, abandon=abandon)
         original.fp = file
         if not chunked:  # the length changes with the faults; read to the end instead
             original.length = None
             response.length_remaining = None
         timed_out = self.x.ReadTimeoutError
         for name in ("read", "read1"):
-            setattr(response, name, _unmasked(getattr(response, name), file, timed_out))
+            setattr(response, name, unmask_read(getattr(response, name), file, timed_out))
         for name in ("stream", "read_chunked"):
-            setattr(response, name, _unmasked_stream(getattr(response, name), file, timed_out))
+            setattr(response, name, unmask_stream(getattr(response, name), file, timed_out))
 
 
 def _port(pool: Any) -> int | None:
@@ -426,196 +422,3 @@ def _port(pool: Any) -> int | None:
 def _is_sse(response: Any) -> bool:
     content_type = str(response.headers.get("content-type", "")).lower()
     return content_type.startswith("text/event-stream")
-
-
-def _unmasked(read: Callable[..., Any], file: _Reframed, timed_out: type[Exception]) -> Any:
-    """``read`` raising a deadline's own ``DeadlineExceeded`` again where urllib3 took it
-    for a socket timeout (it is a ``TimeoutError``) and made it a ``ReadTimeoutError``."""
-
-    @functools.wraps(read)
-    def unmasked(*args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True
-        try:
-            return read(*args, **kwargs)
-        except timed_out as exc:
-            if file.masked is not None and exc.__cause__ is file.masked:
-                raise file.masked from None
-            raise
-
-    return unmasked
-
-
-def _unmasked_stream(
-    stream: Callable[..., Iterator[bytes]], file: _Reframed, timed_out: type[Exception]
-) -> Any:
-    @functools.wraps(stream)
-    def unmasked(*args: Any, **kwargs: Any) -> Iterator[bytes]:
-        __tracebackhide__ = True
-        try:
-            yield from stream(*args, **kwargs)
-        except timed_out as exc:
-            if file.masked is not None and exc.__cause__ is file.masked:
-                raise file.masked from None
-            raise
-
-    return unmasked
-
-
-class _Body:
-    """The body as it comes off the socket file: the data of each chunk (of a chunked
-    answer), else the bytes up to its length or the end. A socket that ends early ends it
-    (the faults' drain reads it to there); ``complete`` once the whole body was read."""
-
-    def __init__(self, fp: Any, *, chunked: bool, length: int | None) -> None:
-        self.fp, self.chunked, self.length = fp, chunked, length
-        self.complete = False
-
-    def chunks(self) -> Iterator[bytes]:
-        fp = self.fp
-        if not self.chunked:
-            left = self.length
-            while left is None or left > 0:
-                data = fp.read1(_READ if left is None else min(_READ, left))
-                if not data:
-                    break
-                if left is not None:
-                    left -= len(data)
-                yield data
-            self.complete = not left
-            return
-        while True:
-            line = fp.readline(_MAXLINE + 1)
-            try:
-                size = int(line.split(b";", 1)[0], 16)
-            except ValueError:  # b"": the socket ended (or it is not chunked framing)
-                return
-            if size == 0:
-                while fp.readline(_MAXLINE + 1) not in (b"", b"\r\n", b"\n"):
-                    pass  # trailers
-                self.complete = True
-                return
-            data = fp.read(size)
-            if data:
-                yield data
-            if len(data) < size:
-                return
-            fp.read(2)  # the CRLF after the data
-
-
-class _Reframed:
-    """The socket file under an ``http.client`` response, serving the body as ``pieces``
-    (whole SSE events with the plan applied) in its transfer framing, to http.client and
-    urllib3's own readers, which raise their own errors for what the pieces raise (a reset,
-    a socket timeout) as they do for the socket's. ``abandon()`` when the file is closed
-    before the whole body was read from the socket."""
-
-    def __init__(
-        self, body: _Body, pieces: Iterator[bytes], *, chunked: bool, abandon: Callable[[], None]
-    ) -> None:
-        self.body, self.pieces, self.chunked, self.abandon = body, pieces, chunked, abandon
-        self.buffer = bytearray()
-        self.ended = False
-        self.closed = False
-        self.masked: DeadlineExceeded | None = None  # a deadline's, on its way through urllib3
-
-    # ------------------------------------------------------------------ the pieces
-
-    def _next(self) -> bytes:
-        __tracebackhide__ = True
-        try:
-            return next(self.pieces)
-        except DeadlineExceeded as exc:  # a deadline above a stall: see _unmasked
-            self.masked = exc
-            raise
-
-    def _pull(self) -> bool:
-        """Frame the next piece into the buffer; False once the body has ended."""
-        __tracebackhide__ = True
-        if self.ended:
-            return False
-        try:
-            piece = self._next()
-        except StopIteration:
-            self.ended = True
-            if self.chunked:
-                self.buffer += b"0\r\n\r\n"
-                return True
-            return False
-        except _Ended:
-            self.ended = True
-            return False
-        except BaseException:
-            self.ended = True
-            raise
-        if piece:
-            self.buffer += b"%x\r\n%b\r\n" % (len(piece), piece) if self.chunked else piece
-        return True
-
-    def _take(self, n: int) -> bytes:
-        data = bytes(self.buffer[:n])
-        del self.buffer[:n]
-        return data
-
-    # ------------------------------------------------------------------ the file
-
-    def read(self, n: int | None = -1) -> bytes:
-        __tracebackhide__ = True
-        if n is None or n < 0:
-            while self._pull():
-                pass
-            return self._take(len(self.buffer))
-        while len(self.buffer) < n and self._pull():
-            pass
-        return self._take(n)
-
-    def read1(self, n: int = -1) -> bytes:
-        __tracebackhide__ = True
-        while not self.buffer and self._pull():
-            pass
-        return self._take(len(self.buffer) if n is None or n < 0 else n)
-
-    def readinto(self, b: Any) -> int:
-        __tracebackhide__ = True
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def readline(self, limit: int = -1) -> bytes:
-        __tracebackhide__ = True
-        while True:
-            end = self.buffer.find(b"\n")
-            if end >= 0:
-                n = end + 1
-                break
-            if 0 <= limit <= len(self.buffer) or not self._pull():
-                n = len(self.buffer)
-                break
-        return self._take(n if limit is None or limit < 0 else min(n, limit))
-
-    def peek(self, n: int = 0) -> bytes:
-        __tracebackhide__ = True
-        while not self.buffer and self._pull():
-            pass
-        return bytes(self.buffer)
-
-    def readable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return int(self.body.fp.fileno())
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            close = getattr(self.pieces, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self.body.fp.close()
-            if not self.body.complete:
-                self.abandon()

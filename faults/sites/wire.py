@@ -34,7 +34,7 @@ looks like on a socket):
                        body; the answer says ``connection: close`` and the connection is
                        closed cleanly.
 ``corrupt``            every data event's data is invalid JSON
-                       (:func:`faults.kinds.corrupt_json`).
+                       (:func:`faults.effects.corrupt_json`).
 daemon.stream ``lost`` the daemon is SIGKILLed after n events; the client reads the real
                        loss (the body ends before its end).
 daemon.process         ``lost``: SIGKILL before the request is forwarded (``after=n``:
@@ -63,7 +63,7 @@ import math
 import threading
 from typing import TYPE_CHECKING
 
-from faults.kinds import corrupt_json
+from faults.effects import corrupt_json
 from faults.proxy import AnswerPlan, Cut, Reply, Verdict
 from faults.sites.base import Cleanup, after_of, seconds_of
 from faults.sites.daemon import error_body, error_headers, error_status

@@ -223,7 +223,7 @@ def parse_spec(value: str, where: str, base: Path | None = None) -> Spec:
     """Parse a fault spec (or read a scenario file's), raising ``pytest.UsageError``
     that names ``where`` it came from and shows the caret of a ``SpecError``."""
     from faults.parser import parse  # noqa: PLC0415 - only when faults are asked for
-    from faults.spec import SpecError  # noqa: PLC0415
+    from faults.spec import SpecError  # noqa: PLC0415 - likewise
 
     text = value.strip()
     if text.endswith(".toml"):

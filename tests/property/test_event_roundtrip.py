@@ -12,14 +12,15 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import faults.journal
-from faults.spec import Site, parse
+from faults.parser import parse
+from faults.strategies import fault_specs
 from pytest_resilience.core.events import (
     Event,
     FaultInjected,
@@ -27,7 +28,9 @@ from pytest_resilience.core.events import (
     event_type,
     event_types,
 )
-from pytest_resilience.plugin.strategies import fault_specs
+
+if TYPE_CHECKING:
+    from faults.spec import Site
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("pytest_resilience", "faults")

@@ -1,6 +1,6 @@
 """Property tests of the fault grammar: valid specs round-trip, mangled ones fail cleanly.
 
-``spec_texts()`` (from pytest_resilience.plugin.strategies, where users get it too) writes valid
+``spec_texts()`` (from faults.strategies, where users get it too) writes valid
 spec text *and* the Spec it must parse to, varying what the grammar lets vary (whitespace,
 positional or keyword arguments, quote style, escapes, units, defaults given or left out).
 ``malformed_specs()`` applies the mutations of the corpus of malformed specs
@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from faults import Entry, Site, Spec, SpecError, Term, format_duration, parse
-from faults.kinds import corrupt_json
-from pytest_resilience.plugin.strategies import spec_texts
+from faults.effects import corrupt_json
+from faults.parser import parse
+from faults.spec import Entry, Site, Spec, SpecError, Term, format_duration
+from faults.strategies import spec_texts
 from tests.corpus import make_specs
 
 if TYPE_CHECKING:

@@ -19,7 +19,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
 import faults
-from faults import KINDS, SITES, parse
+from faults import parse
+from faults.effects import resolve_exception_type
+from faults.kinds import KINDS, SITES
+from faults.strategies import fault_specs
 from pytest_resilience.core.breaker import (
     CircuitBreaker,
     ConsecutiveFailures,
@@ -32,14 +35,12 @@ from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import CircuitOpenError, DeadlineExceeded, RetryError
 from pytest_resilience.core.events import BreakerTransition, FaultInjected, Journal
 from pytest_resilience.core.retry import Backoff, Jitter, Retry
+from pytest_resilience.plugin.breaker_machine import BreakerMachine, Dependency
 from pytest_resilience.plugin.strategies import (
-    BreakerMachine,
     BreakerSettings,
-    Dependency,
     RetrySettings,
     backoffs,
     breaker_settings,
-    fault_specs,
     retry_settings,
     trip_policies,
 )
@@ -77,9 +78,7 @@ def test_every_spec_is_canonical_and_within_the_defaults(text: str) -> None:
             assert term.count is None or term.count <= 5
             assert term.at is None or term.at <= 5
             if term.kind == "raise":
-                assert issubclass(
-                    faults.kinds.resolve_exception_type(str(term.arg("type"))), Exception
-                )
+                assert issubclass(resolve_exception_type(str(term.arg("type"))), Exception)
 
 
 @given(fault_specs())
@@ -127,7 +126,7 @@ RUNNABLE = ["none", "raise", "corrupt", "oom", "latency", "off"]
 def test_drawn_specs_run_under_the_injector(text: str) -> None:
     [entry] = parse(text)
     raised = tuple(
-        faults.kinds.resolve_exception_type(str(term.arg("type")))
+        resolve_exception_type(str(term.arg("type")))
         for term in entry.chain
         if term.kind == "raise"
     )

@@ -41,7 +41,8 @@ import pytest
 import faults
 import pytest_resilience
 from faults.kinds import KINDS, PY, SITES, KindInfo, kinds_for
-from faults.spec import SpecError, parse
+from faults.parser import parse
+from faults.spec import SpecError
 from pytest_resilience.core.errors import DEFAULT_RULES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from faults import Decision, Schedule, Site, Term, derive_rng, parse, schedules
+from faults.parser import parse
+from faults.schedule import Decision, Schedule, derive_rng, schedules
+from faults.spec import Site, Term
 
 
 def schedule(text: str, *, seed: int | str = 1234, scope: str = "test") -> Schedule:
@@ -193,7 +195,7 @@ def test_decision_carries_the_term_call_and_index() -> None:
 
 def test_derived_generators_do_not_depend_on_the_hash_seed() -> None:
     code = (
-        "from faults import derive_rng; "
+        "from faults.schedule import derive_rng; "
         "print(derive_rng(42, 'tests/test_x.py::test_y', 'llama.generate').random())"
     )
     outputs = {

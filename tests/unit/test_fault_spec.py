@@ -1,4 +1,5 @@
-"""The fault grammar (faults.spec) and the kind table and helpers (faults.kinds)."""
+"""The fault grammar (faults.parser, faults.spec), the kind table (faults.kinds) and what the
+kinds do (faults.effects)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,18 @@ import pytest
 
 import faults
 import faults.sites.base
-from faults import KINDS, SITES, Entry, Site, Spec, SpecError, Term, format_duration, merge, parse
-from faults.kinds import (
-    PY,
+from faults.effects import (
     corrupt_json,
     corrupt_text,
     corrupt_vector,
-    exception_names,
-    kinds_for,
     make_exception,
     nan_vector,
-    raisable,
     resolve_exception_type,
     resolve_raise_type,
 )
+from faults.kinds import KINDS, PY, SITES, exception_names, kinds_for, raisable
+from faults.parser import parse
+from faults.spec import Entry, Site, Spec, SpecError, Term, format_duration, merge
 from pytest_resilience.core import errors
 from tests.unit import fault_targets
 
