@@ -1,4 +1,4 @@
-"""When a site's faults fire: failpoint semantics over a chain of terms (DESIGN §6).
+"""When a site's faults fire: failpoint semantics over a chain of terms.
 
 A :class:`Schedule` holds the chain of one site and answers, once per call of the site,
 :meth:`Schedule.decide`: the :class:`Decision` (which term fires, on which call) or

@@ -1,4 +1,4 @@
-"""Scenario files: a failure, the steps that meet it, and what must hold (DESIGN §7).
+"""Scenario files: a failure, the steps that meet it, and what must hold.
 
 A scenario is a TOML file, read with the stdlib ``tomllib``; Chaos Toolkit's experiment is
 the model: a steady state checked before and after, a method (the steps, run under the
@@ -46,7 +46,7 @@ one line of printable text)::
     errors = ["myapp.errors.ModelDown"]     # more exceptions that count as a failed op
 
     [faults]
-    spec = "daemon.stream=@2lost(after=3)"     # the --inject-faults grammar (DESIGN §6)
+    spec = "daemon.stream=@2lost(after=3)"     # the --inject-faults grammar
 
     [resilience.retry]                # every table optional; each configures one core object
     attempts = 3                      # counting the first; at most MAX_ATTEMPTS (100)

@@ -37,7 +37,7 @@ injected clock) since the level last changed:
   ``degrade_at.latency``;
 - **step down at once**, whatever the counts, on an error whose classification says
   ``REDUCE_LOAD`` (``MemoryError``, ``ResourceExhausted``, "failed to create context"...):
-  the seeds' "OOM degrades to a lower level";
+  "out of memory degrades to a lower level";
 - **step up** one level only after ``dwell`` seconds at the current level, with at least
   ``min_calls`` outcomes in the window, and both the error rate and the p90 latency at or
   below ``restore_below``, which must be lower than ``degrade_at`` (hysteresis: a service

@@ -46,7 +46,7 @@ class Scripted(random.Random):
         return self.values.pop(0)
 
 
-# ------------------------------------------------------------------- the DESIGN examples
+# ------------------------------------------------------------------ the documented examples
 
 
 def test_two_none_then_normal() -> None:

@@ -56,9 +56,9 @@ Streams
 Policies
     ``policy="raise"``: when the direct backend fails too,
     :class:`~pytest_resilience.core.errors.FallbackError` is raised (``failures`` names both
-    errors), chained from the direct backend's error. ``policy="never_fail"`` (the seeds'
-    SteadyText v2.1 behaviour): ``generate``/``embed``/``stream`` return ``None`` instead,
-    and a stream that fails after it started simply ends, with ``error`` set. Cancellation
+    errors), chained from the direct backend's error. ``policy="never_fail"`` (for apps that
+    want ``None`` rather than an exception): ``generate``/``embed``/``stream`` return ``None``
+    instead, and a stream that fails after it started simply ends, with ``error`` set. Cancellation
     propagates in both modes: it is the caller's decision, not a failure.
 
 Health
