@@ -7,6 +7,10 @@ libraries' ``time.sleep`` onto it), the async ones on its virtual event loop
 (``clock.run``), so each test asserts the exact delays and times without waiting for them.
 The openai client talks to a stub server on 127.0.0.1 that answers 429 (with a
 Retry-After of a few milliseconds) before it answers.
+
+The watch is the plugin's own, as users get it: a test that asks for the ``journal``
+fixture has its app's retries recorded there, stamped with its ``clock`` (requested, or
+given by ``virtual_time``; else the system clock stamps them).
 """
 
 from __future__ import annotations
@@ -62,14 +66,6 @@ FLAKY = Flaky()
 def flaky() -> Flaky:
     FLAKY.outcomes, FLAKY.calls = [], 0
     return FLAKY
-
-
-@pytest.fixture
-def journal(clock: TestClock) -> Iterator[Journal]:
-    """A journal that a watch on the test's clock fills."""
-    journal = Journal()
-    with faults.observe.watch(journal, clock=clock):
-        yield journal
 
 
 def seen(journal: Journal) -> list[tuple[float, str, str, int, float, str]]:
@@ -236,6 +232,7 @@ def test_stamina_async(flaky: Flaky, journal: Journal, clock: TestClock) -> None
     ]
 
 
+@pytest.mark.usefixtures("clock")  # the watch stamps the events with it: time 0.0
 def test_stamina_in_its_testing_mode(flaky: Flaky, journal: Journal) -> None:
     flaky.outcomes = [ConnectionError("refused")]
     with stamina.set_testing(True, attempts=2):  # no waits at all

@@ -94,11 +94,6 @@ def echo(echo_server: _EchoServer) -> tuple[str, int]:
 
 
 @pytest.fixture
-def journal() -> Journal:
-    return Journal()
-
-
-@pytest.fixture
 def proxy(echo: tuple[str, int], journal: Journal) -> Iterator[FaultProxy]:
     with FaultProxy(echo, journal=journal) as running:
         yield running
@@ -474,16 +469,16 @@ PARAMS = GenerationParams(max_tokens=16)
 
 
 @pytest.fixture(scope="module")
-def daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
+def shared_daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
     with DaemonProcess(tiny_model_path, ServerOptions(n_threads=1)) as running:
         yield running
 
 
 @pytest.fixture
-def daemon_proxy(daemon: DaemonProcess, journal: Journal) -> Iterator[FaultProxy]:
-    assert daemon.port is not None
-    with FaultProxy((daemon.host, daemon.port), journal=journal) as running:
+def daemon_proxy(shared_daemon: DaemonProcess, journal: Journal) -> Iterator[FaultProxy]:
+    assert shared_daemon.port is not None
+    with FaultProxy((shared_daemon.host, shared_daemon.port), journal=journal) as running:
         yield running
 
 
@@ -502,9 +497,9 @@ def client() -> Iterator[Callable[..., DaemonBackend]]:
 
 
 @pytest.fixture
-def direct(daemon: DaemonProcess, client: Callable[..., DaemonBackend]) -> list[str]:
+def direct(shared_daemon: DaemonProcess, client: Callable[..., DaemonBackend]) -> list[str]:
     """The chunks of the streamed completion, straight from the daemon."""
-    return list(client(daemon.base_url).stream(PROMPT, PARAMS))
+    return list(client(shared_daemon.base_url).stream(PROMPT, PARAMS))
 
 
 def test_daemon_stream_through_the_proxy_equals_the_direct_one(

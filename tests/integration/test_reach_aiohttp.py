@@ -138,7 +138,7 @@ def _hook_restored() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
+def shared_daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
     """One daemon for the tests that leave it running."""
     with DaemonProcess(tiny_model_path, ServerOptions(n_ctx=1024)) as d:
         yield d
@@ -159,15 +159,15 @@ def spawn(tiny_model_path: Path) -> Iterator[Callable[[], DaemonProcess]]:
 
 
 @pytest.fixture(scope="module")
-def baseline(daemon: DaemonProcess) -> dict[str, Any]:
+def baseline(shared_daemon: DaemonProcess) -> dict[str, Any]:
     """What the daemon answers with no fault: the whole text, and the streamed chunks."""
-    _, whole = asyncio.run(_post(daemon.base_url))
-    _, streamed = asyncio.run(_post(daemon.base_url, stream=True))
+    _, whole = asyncio.run(_post(shared_daemon.base_url))
+    _, streamed = asyncio.run(_post(shared_daemon.base_url, stream=True))
     return {"text": json.loads(whole)["choices"][0]["text"], "chunks": _texts(streamed)}
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
+def vclock() -> VirtualClock:
     return VirtualClock()
 
 
@@ -189,17 +189,17 @@ def test_the_aiohttp_internals_the_hook_relies_on_are_there() -> None:
     assert "_conn_key" in inspect.getsource(aiohttp.ClientConnectorError)
 
 
-def test_the_hook_is_installed_and_removed_with_the_injector(daemon: DaemonProcess) -> None:
-    injector = faults.inject("daemon.request=refuse", daemon=daemon)
+def test_the_hook_is_installed_and_removed_with_the_injector(shared_daemon: DaemonProcess) -> None:
+    injector = faults.inject("daemon.request=refuse", daemon=shared_daemon)
     with injector:
         assert not _restored()
         assert vars(aiohttp.ClientSession)["_request"].__wrapped__ is ORIGINAL
     assert _restored()
     with (
         pytest.raises(RuntimeError, match="boom"),
-        faults.inject('daemon.request=raise(RuntimeError, "boom")', daemon=daemon),
+        faults.inject('daemon.request=raise(RuntimeError, "boom")', daemon=shared_daemon),
     ):
-        asyncio.run(_post(daemon.base_url))
+        asyncio.run(_post(shared_daemon.base_url))
     assert _restored()
 
 
@@ -207,51 +207,53 @@ def test_the_hook_is_installed_and_removed_with_the_injector(daemon: DaemonProce
 
 
 def test_refuse_is_a_connection_the_kernel_really_refuses(
-    daemon: DaemonProcess, baseline: dict[str, Any]
+    shared_daemon: DaemonProcess, baseline: dict[str, Any]
 ) -> None:
-    with faults.inject("daemon.request=@1refuse", daemon=daemon) as run:
+    with faults.inject("daemon.request=@1refuse", daemon=shared_daemon) as run:
         with pytest.raises(aiohttp.ClientConnectorError) as refused:
-            asyncio.run(_post(daemon.base_url))
-        status, body = asyncio.run(_post(daemon.base_url))
+            asyncio.run(_post(shared_daemon.base_url))
+        status, body = asyncio.run(_post(shared_daemon.base_url))
     error = refused.value
     assert type(error) is aiohttp.ClientConnectorError
     assert isinstance(error.os_error, ConnectionRefusedError)
-    assert (error.host, error.port) == (daemon.host, daemon.port)
-    assert str(error).startswith(f"Cannot connect to host {daemon.host}:{daemon.port} ")
+    assert (error.host, error.port) == (shared_daemon.host, shared_daemon.port)
+    assert str(error).startswith(
+        f"Cannot connect to host {shared_daemon.host}:{shared_daemon.port} "
+    )
     assert (status, json.loads(body)["choices"][0]["text"]) == (200, baseline["text"])
     assert (run.injected("daemon.request"), run.calls("daemon.request")) == (1, 2)
 
 
 def test_lost_is_a_server_disconnect_and_aiohttp_retries_a_get_once(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
 ) -> None:
     with (
-        faults.inject("daemon.request=@1lost", daemon=daemon) as run,
+        faults.inject("daemon.request=@1lost", daemon=shared_daemon) as run,
         pytest.raises(aiohttp.ServerDisconnectedError) as lost,
     ):
-        asyncio.run(_post(daemon.base_url))  # a POST is not retried
+        asyncio.run(_post(shared_daemon.base_url))  # a POST is not retried
     assert type(lost.value) is aiohttp.ServerDisconnectedError
     assert str(lost.value) == "Server disconnected"
     assert (run.injected("daemon.request"), run.calls("daemon.request")) == (1, 1)
 
     async def models() -> int:
-        async with aiohttp.ClientSession() as s, s.get(daemon.base_url + "/v1/models") as r:
+        async with aiohttp.ClientSession() as s, s.get(shared_daemon.base_url + "/v1/models") as r:
             await r.read()
             return r.status
 
-    with faults.inject("daemon.request=@1lost", daemon=daemon) as run:
+    with faults.inject("daemon.request=@1lost", daemon=shared_daemon) as run:
         assert asyncio.run(models()) == 200  # aiohttp's own retry of an idempotent request
     assert (run.injected("daemon.request"), run.calls("daemon.request")) == (1, 2)
 
 
 def test_lost_after_n_events_is_a_reset_connection_mid_stream(
-    daemon: DaemonProcess, baseline: dict[str, Any]
+    shared_daemon: DaemonProcess, baseline: dict[str, Any]
 ) -> None:
     got: list[bytes] = []
-    with faults.inject("daemon.request=@1lost(after=3)", daemon=daemon) as run:
+    with faults.inject("daemon.request=@1lost(after=3)", daemon=shared_daemon) as run:
         with pytest.raises(aiohttp.ClientPayloadError) as lost:
-            asyncio.run(_post(daemon.base_url, stream=True, got=got))
-        status, again = asyncio.run(_post(daemon.base_url, stream=True))
+            asyncio.run(_post(shared_daemon.base_url, stream=True, got=got))
+        status, again = asyncio.run(_post(shared_daemon.base_url, stream=True))
     assert type(lost.value) is aiohttp.ClientPayloadError
     assert str(lost.value) == (
         "Response payload is not completed: <TransferEncodingError: 400, message='Not enough "
@@ -261,23 +263,23 @@ def test_lost_after_n_events_is_a_reset_connection_mid_stream(
     assert isinstance(lost.value.__cause__, http_exceptions.TransferEncodingError)
     assert _texts(b"".join(got)) == baseline["chunks"][:3]
     assert (status, _texts(again)) == (200, baseline["chunks"])
-    assert _alive(daemon)
+    assert _alive(shared_daemon)
     assert run.injected("daemon.request") == 1
 
 
 def test_lost_after_n_on_an_answer_that_is_not_a_stream_resets_as_it_is_read(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
 ) -> None:
     async def main() -> None:
         async with (
             aiohttp.ClientSession() as session,
-            session.post(daemon.base_url + COMPLETIONS, json=BODY) as resp,
+            session.post(shared_daemon.base_url + COMPLETIONS, json=BODY) as resp,
         ):
             assert resp.status == 200
             await resp.json()
 
     with (
-        faults.inject("daemon.request=lost(after=2)", daemon=daemon) as run,
+        faults.inject("daemon.request=lost(after=2)", daemon=shared_daemon) as run,
         pytest.raises(aiohttp.ClientPayloadError, match="Connection reset by peer") as lost,
     ):
         asyncio.run(main())
@@ -298,61 +300,61 @@ def test_lost_after_n_on_an_answer_that_is_not_a_stream_resets_as_it_is_read(
     ids=["sock_read", "total", "sock_read-first", "fault-first", "no-client-timeout"],
 )
 def test_timeout_lasts_until_the_clients_own_timeout_then_raises_its_error(
-    daemon: DaemonProcess,
-    clock: VirtualClock,
+    shared_daemon: DaemonProcess,
+    vclock: VirtualClock,
     timeout: aiohttp.ClientTimeout,
     error: type[BaseException],
     waited: float,
 ) -> None:
     with (
-        faults.inject("daemon.request=timeout(30s)", daemon=daemon, clock=clock) as run,
+        faults.inject("daemon.request=timeout(30s)", daemon=shared_daemon, clock=vclock) as run,
         pytest.raises(error) as caught,
     ):
-        asyncio.run(_post(daemon.base_url, timeout=timeout))
+        asyncio.run(_post(shared_daemon.base_url, timeout=timeout))
     assert type(caught.value) is error
     if error is aiohttp.SocketTimeoutError:
         assert str(caught.value) == "Timeout on reading data from socket"
-    assert clock.now() == pytest.approx(waited)
+    assert vclock.now() == pytest.approx(waited)
     assert run.injected("daemon.request") == 1
 
 
 def test_a_timeout_given_to_the_request_itself_is_the_one_that_counts(
-    daemon: DaemonProcess, clock: VirtualClock
+    shared_daemon: DaemonProcess, vclock: VirtualClock
 ) -> None:
     async def main() -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as s:
             timeout = aiohttp.ClientTimeout(sock_read=2)
-            async with s.post(daemon.base_url + COMPLETIONS, json=BODY, timeout=timeout):
+            async with s.post(shared_daemon.base_url + COMPLETIONS, json=BODY, timeout=timeout):
                 pass
 
     with (
-        faults.inject("daemon.request=timeout", daemon=daemon, clock=clock) as run,
+        faults.inject("daemon.request=timeout", daemon=shared_daemon, clock=vclock) as run,
         pytest.raises(aiohttp.SocketTimeoutError),
     ):
         asyncio.run(main())
-    assert clock.now() == pytest.approx(2.0)
+    assert vclock.now() == pytest.approx(2.0)
     assert run.injected("daemon.request") == 1
 
 
 def test_latency_then_the_real_answer_unless_the_read_timeout_comes_first(
-    daemon: DaemonProcess, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess, baseline: dict[str, Any], vclock: VirtualClock
 ) -> None:
     impatient = aiohttp.ClientTimeout(sock_read=5)
     spec = "daemon.request=@1latency(2s)->@2latency(10s)"
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
-        status, body = asyncio.run(_post(daemon.base_url, timeout=impatient))
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
+        status, body = asyncio.run(_post(shared_daemon.base_url, timeout=impatient))
         assert (status, json.loads(body)["choices"][0]["text"]) == (200, baseline["text"])
-        assert clock.now() == pytest.approx(2.0)
+        assert vclock.now() == pytest.approx(2.0)
         with pytest.raises(aiohttp.SocketTimeoutError):
-            asyncio.run(_post(daemon.base_url, timeout=impatient))
-        assert clock.now() == pytest.approx(7.0)
+            asyncio.run(_post(shared_daemon.base_url, timeout=impatient))
+        assert vclock.now() == pytest.approx(7.0)
     assert run.injected("daemon.request") == 2
 
 
 def test_ratelimit_and_status_are_real_responses_with_an_openai_error_body(
-    daemon: DaemonProcess, baseline: dict[str, Any]
+    shared_daemon: DaemonProcess, baseline: dict[str, Any]
 ) -> None:
-    url = daemon.base_url + COMPLETIONS
+    url = shared_daemon.base_url + COMPLETIONS
 
     async def main() -> list[Any]:
         seen: list[Any] = []
@@ -371,7 +373,7 @@ def test_ratelimit_and_status_are_real_responses_with_an_openai_error_body(
         return seen
 
     spec = "daemon.request=@1ratelimit(retry_after=7s)->@2status(500)->@3status(503)"
-    with faults.inject(spec, daemon=daemon) as run:
+    with faults.inject(spec, daemon=shared_daemon) as run:
         seen = asyncio.run(main())
     limited, failed, unavailable, normal = seen
     assert limited[:2] == (429, "7")
@@ -386,14 +388,14 @@ def test_ratelimit_and_status_are_real_responses_with_an_openai_error_body(
 
 
 def test_a_session_that_raises_for_status_raises_for_an_injected_429(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
 ) -> None:
     async def main() -> None:
         async with aiohttp.ClientSession(raise_for_status=True) as session:
-            await session.post(daemon.base_url + COMPLETIONS, json=BODY)
+            await session.post(shared_daemon.base_url + COMPLETIONS, json=BODY)
 
     with (
-        faults.inject("daemon.request=ratelimit(retry_after=2.5s)", daemon=daemon) as run,
+        faults.inject("daemon.request=ratelimit(retry_after=2.5s)", daemon=shared_daemon) as run,
         pytest.raises(aiohttp.ClientResponseError) as limited,
     ):
         asyncio.run(main())
@@ -404,38 +406,38 @@ def test_a_session_that_raises_for_status_raises_for_an_injected_429(
 
 
 def test_raise_is_raised_where_aiohttp_raises_its_connection_errors(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
 ) -> None:
     spec = 'daemon.request=@1raise(RuntimeError, "boom")->@2raise(OSError, "no route")'
-    with faults.inject(spec, daemon=daemon) as run:
+    with faults.inject(spec, daemon=shared_daemon) as run:
         with pytest.raises(RuntimeError, match="boom"):
-            asyncio.run(_post(daemon.base_url))
+            asyncio.run(_post(shared_daemon.base_url))
         with pytest.raises(aiohttp.ClientOSError, match="no route") as wrapped:
-            asyncio.run(_post(daemon.base_url))  # aiohttp wraps an OSError as its own
+            asyncio.run(_post(shared_daemon.base_url))  # aiohttp wraps an OSError as its own
     assert type(wrapped.value.__cause__) is OSError
     assert run.injected("daemon.request") == 2
 
 
 def test_a_fault_on_the_second_request_only(
-    daemon: DaemonProcess, baseline: dict[str, Any]
+    shared_daemon: DaemonProcess, baseline: dict[str, Any]
 ) -> None:
     async def main() -> list[int]:
         statuses = []
         async with aiohttp.ClientSession() as session:  # one session, kept-alive connection
             for _ in range(3):
-                async with session.post(daemon.base_url + COMPLETIONS, json=BODY) as resp:
+                async with session.post(shared_daemon.base_url + COMPLETIONS, json=BODY) as resp:
                     await resp.read()
                     statuses.append(resp.status)
         return statuses
 
-    with faults.inject("daemon.request=@2status(503)", daemon=daemon) as run:
+    with faults.inject("daemon.request=@2status(503)", daemon=shared_daemon) as run:
         assert asyncio.run(main()) == [200, 503, 200]
     assert (run.injected("daemon.request"), run.calls("daemon.request")) == (1, 3)
     assert [d.call for _, d in run.decisions] == [2]
 
 
 def test_traffic_to_another_server_passes_untouched_and_uncounted(
-    daemon: DaemonProcess,
+    shared_daemon: DaemonProcess,
 ) -> None:
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="other")
@@ -456,14 +458,14 @@ def test_traffic_to_another_server_passes_untouched_and_uncounted(
             async with aiohttp.request("GET", other) as resp:
                 seen.append(await resp.text())
             try:
-                await _post(daemon.base_url)
+                await _post(shared_daemon.base_url)
             except aiohttp.ClientConnectorError as exc:
                 seen.append(type(exc))
             return seen
         finally:
             await runner.cleanup()
 
-    with faults.inject("daemon.request=refuse", daemon=daemon) as run:
+    with faults.inject("daemon.request=refuse", daemon=shared_daemon) as run:
         assert asyncio.run(main()) == ["other", "other", aiohttp.ClientConnectorError]
     assert (run.injected("daemon.request"), run.calls("daemon.request")) == (1, 1)
 
@@ -473,10 +475,10 @@ def test_traffic_to_another_server_passes_untouched_and_uncounted(
 
 @pytest.mark.parametrize("way", list(READERS))
 def test_every_way_of_reading_meets_a_truncated_stream(
-    daemon: DaemonProcess, baseline: dict[str, Any], way: str
+    shared_daemon: DaemonProcess, baseline: dict[str, Any], way: str
 ) -> None:
-    with faults.inject("daemon.stream=truncate(after=2)", daemon=daemon) as run:
-        status, body = asyncio.run(_post(daemon.base_url, stream=True, reader=READERS[way]))
+    with faults.inject("daemon.stream=truncate(after=2)", daemon=shared_daemon) as run:
+        status, body = asyncio.run(_post(shared_daemon.base_url, stream=True, reader=READERS[way]))
     assert status == 200
     assert _texts(body) == baseline["chunks"][:2]
     assert body.endswith(b"data: [DONE]\n\n")
@@ -485,24 +487,24 @@ def test_every_way_of_reading_meets_a_truncated_stream(
 
 @pytest.mark.parametrize("way", list(READERS))
 def test_every_way_of_reading_meets_a_connection_lost_mid_stream(
-    daemon: DaemonProcess, baseline: dict[str, Any], way: str
+    shared_daemon: DaemonProcess, baseline: dict[str, Any], way: str
 ) -> None:
     got: list[bytes] = []
-    with faults.inject("daemon.request=lost(after=2)", daemon=daemon) as run:
+    with faults.inject("daemon.request=lost(after=2)", daemon=shared_daemon) as run:
         with pytest.raises(aiohttp.ClientPayloadError, match="Connection reset by peer"):
-            asyncio.run(_post(daemon.base_url, stream=True, got=got, reader=READERS[way]))
+            asyncio.run(_post(shared_daemon.base_url, stream=True, got=got, reader=READERS[way]))
         if way in INCREMENTAL:
             assert _texts(b"".join(got)) == baseline["chunks"][:2]
     assert run.injected("daemon.request") == 1
 
 
 def test_truncate_counts_only_streamed_answers_and_corrupt_breaks_every_event(
-    daemon: DaemonProcess, baseline: dict[str, Any]
+    shared_daemon: DaemonProcess, baseline: dict[str, Any]
 ) -> None:
-    with faults.inject("daemon.stream=@1truncate(after=1)->@2corrupt", daemon=daemon) as run:
-        _, whole = asyncio.run(_post(daemon.base_url))  # not a stream: not counted
-        _, cut = asyncio.run(_post(daemon.base_url, stream=True))
-        _, corrupt = asyncio.run(_post(daemon.base_url, stream=True))
+    with faults.inject("daemon.stream=@1truncate(after=1)->@2corrupt", daemon=shared_daemon) as run:
+        _, whole = asyncio.run(_post(shared_daemon.base_url))  # not a stream: not counted
+        _, cut = asyncio.run(_post(shared_daemon.base_url, stream=True))
+        _, corrupt = asyncio.run(_post(shared_daemon.base_url, stream=True))
     assert json.loads(whole)["choices"][0]["text"] == baseline["text"]
     assert _texts(cut) == baseline["chunks"][:1]
     events = [line for line in corrupt.splitlines() if line.startswith(b"data: {")]
@@ -515,43 +517,45 @@ def test_truncate_counts_only_streamed_answers_and_corrupt_breaks_every_event(
 
 
 def test_a_stall_ends_at_the_clients_read_timeout_with_the_partial_stream(
-    daemon: DaemonProcess, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess, baseline: dict[str, Any], vclock: VirtualClock
 ) -> None:
     got: list[bytes] = []
     guarded = aiohttp.ClientTimeout(total=300, sock_read=5)
     spec = "daemon.stream=@1stall(after=3, for=30s)->@2stall(after=3, for=2s)"
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
+    with faults.inject(spec, daemon=shared_daemon, clock=vclock) as run:
         with pytest.raises(aiohttp.SocketTimeoutError, match="Timeout on reading data"):
-            asyncio.run(_post(daemon.base_url, stream=True, timeout=guarded, got=got))
+            asyncio.run(_post(shared_daemon.base_url, stream=True, timeout=guarded, got=got))
         assert _texts(b"".join(got)) == baseline["chunks"][:3]
-        assert clock.now() == pytest.approx(5.0)
-        _, whole = asyncio.run(_post(daemon.base_url, stream=True, timeout=guarded))
+        assert vclock.now() == pytest.approx(5.0)
+        _, whole = asyncio.run(_post(shared_daemon.base_url, stream=True, timeout=guarded))
         assert _texts(whole) == baseline["chunks"]  # a shorter stall is only late
-        assert clock.now() == pytest.approx(7.0)
+        assert vclock.now() == pytest.approx(7.0)
     assert run.injected("daemon.stream") == 2
 
 
 def test_a_stall_that_outlasts_the_total_timeout_is_a_timeout_error(
-    daemon: DaemonProcess, baseline: dict[str, Any], clock: VirtualClock
+    shared_daemon: DaemonProcess, baseline: dict[str, Any], vclock: VirtualClock
 ) -> None:
     got: list[bytes] = []
 
     async def main() -> None:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-            session.post(daemon.base_url + COMPLETIONS, json={**BODY, "stream": True}) as resp,
+            session.post(
+                shared_daemon.base_url + COMPLETIONS, json={**BODY, "stream": True}
+            ) as resp,
         ):
             await _read_lines(resp, got)
             pytest.fail("the stall should have ended the stream")
 
     with (
-        faults.inject("daemon.stream=stall(after=2)", daemon=daemon, clock=clock) as run,
+        faults.inject("daemon.stream=stall(after=2)", daemon=shared_daemon, clock=vclock) as run,
         pytest.raises(TimeoutError) as timed_out,
     ):
         asyncio.run(main())
     assert not isinstance(timed_out.value, aiohttp.ClientError)
     assert _texts(b"".join(got)) == baseline["chunks"][:2]
-    assert clock.now() == pytest.approx(10.0)
+    assert vclock.now() == pytest.approx(10.0)
     assert run.injected("daemon.stream") == 1
 
 

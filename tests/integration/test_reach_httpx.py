@@ -36,7 +36,7 @@ def hx(request: pytest.FixtureRequest) -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
+def shared_daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
     """One daemon for the tests that leave it running."""
     with DaemonProcess(tiny_model_path, ServerOptions(n_ctx=1024)) as d:
         yield d
@@ -92,12 +92,15 @@ def _text(data: str) -> str:
     ],
 )
 def test_request_failures_are_the_clients_own(
-    hx: ModuleType, daemon: DaemonProcess, spec: str, error: str
+    hx: ModuleType, shared_daemon: DaemonProcess, spec: str, error: str
 ) -> None:
     clock = VirtualClock()
     expected = getattr(hx, error, None) or getattr(builtins, error)
-    with faults.inject(spec, daemon=daemon, clock=clock) as run, pytest.raises(expected) as got:
-        _post(hx, daemon.base_url)
+    with (
+        faults.inject(spec, daemon=shared_daemon, clock=clock) as run,
+        pytest.raises(expected) as got,
+    ):
+        _post(hx, shared_daemon.base_url)
     assert type(got.value) is expected
     assert run.injected("daemon.request") == 1
     if "timeout" in spec or "latency" in spec:
@@ -105,11 +108,11 @@ def test_request_failures_are_the_clients_own(
 
 
 def test_latency_shorter_than_the_timeout_delays_the_real_answer(
-    hx: ModuleType, daemon: DaemonProcess
+    hx: ModuleType, shared_daemon: DaemonProcess
 ) -> None:
     clock = VirtualClock()
-    with faults.inject("daemon.request=latency(2s)", daemon=daemon, clock=clock) as run:
-        answer = _post(hx, daemon.base_url)
+    with faults.inject("daemon.request=latency(2s)", daemon=shared_daemon, clock=clock) as run:
+        answer = _post(hx, shared_daemon.base_url)
     assert answer.status_code == 200
     assert answer.json()["choices"][0]["text"]
     assert clock.now() == 2.0
@@ -125,12 +128,12 @@ def test_latency_shorter_than_the_timeout_delays_the_real_answer(
     ],
 )
 def test_http_errors_carry_the_status_and_an_openai_error_body(
-    hx: ModuleType, daemon: DaemonProcess, spec: str, want: tuple[int, str | None, str]
+    hx: ModuleType, shared_daemon: DaemonProcess, spec: str, want: tuple[int, str | None, str]
 ) -> None:
     status, retry_after, kind = want
-    with faults.inject(spec, daemon=daemon) as run:
-        answer = _post(hx, daemon.base_url)
-        assert _post(hx, daemon.base_url).status_code == status  # every request: no count
+    with faults.inject(spec, daemon=shared_daemon) as run:
+        answer = _post(hx, shared_daemon.base_url)
+        assert _post(hx, shared_daemon.base_url).status_code == status  # every request: no count
     assert answer.status_code == status
     assert answer.headers.get("retry-after") == retry_after
     assert answer.headers["content-type"] == "application/json"
@@ -143,14 +146,14 @@ def test_http_errors_carry_the_status_and_an_openai_error_body(
 
 
 def test_stream_truncate_and_corrupt_act_on_the_events(
-    hx: ModuleType, daemon: DaemonProcess
+    hx: ModuleType, shared_daemon: DaemonProcess
 ) -> None:
-    whole = _events(hx, daemon.base_url)
+    whole = _events(hx, shared_daemon.base_url)
     assert whole[-1] == "[DONE]"
     assert len(whole) > 3
-    with faults.inject("daemon.stream=@1truncate(after=2)->@2corrupt", daemon=daemon) as run:
-        cut = _events(hx, daemon.base_url)
-        bad = _events(hx, daemon.base_url)
+    with faults.inject("daemon.stream=@1truncate(after=2)->@2corrupt", daemon=shared_daemon) as run:
+        cut = _events(hx, shared_daemon.base_url)
+        bad = _events(hx, shared_daemon.base_url)
     assert [_text(d) for d in cut[:-1]] == [_text(d) for d in whole[:2]]
     assert cut[-1] == "[DONE]"
     assert len(bad) == len(whole)
@@ -160,25 +163,29 @@ def test_stream_truncate_and_corrupt_act_on_the_events(
     assert run.injected("daemon.stream") == 2
 
 
-def test_a_stall_ends_at_the_clients_read_timeout(hx: ModuleType, daemon: DaemonProcess) -> None:
+def test_a_stall_ends_at_the_clients_read_timeout(
+    hx: ModuleType, shared_daemon: DaemonProcess
+) -> None:
     clock = VirtualClock()
     with (
-        faults.inject("daemon.stream=stall(after=1)", daemon=daemon, clock=clock) as run,
+        faults.inject("daemon.stream=stall(after=1)", daemon=shared_daemon, clock=clock) as run,
         pytest.raises(hx.ReadTimeout),
     ):
-        _events(hx, daemon.base_url, timeout=5.0)
+        _events(hx, shared_daemon.base_url, timeout=5.0)
     assert clock.now() == 5.0
     assert run.injected("daemon.stream") == 1
 
 
-def test_a_stall_that_nothing_can_end_is_named(hx: ModuleType, daemon: DaemonProcess) -> None:
+def test_a_stall_that_nothing_can_end_is_named(
+    hx: ModuleType, shared_daemon: DaemonProcess
+) -> None:
     from pytest_resilience.core.errors import HangDetected  # noqa: PLC0415
 
     with (
-        faults.inject("daemon.stream=stall(after=1)", daemon=daemon, clock=VirtualClock()),
+        faults.inject("daemon.stream=stall(after=1)", daemon=shared_daemon, clock=VirtualClock()),
         pytest.raises(HangDetected, match=r"daemon\.stream"),
     ):
-        _events(hx, daemon.base_url, timeout=None)
+        _events(hx, shared_daemon.base_url, timeout=None)
 
 
 def test_lost_mid_stream_is_what_a_real_kill_gives(
@@ -206,10 +213,12 @@ def test_the_process_is_lost_on_the_nth_request(hx: ModuleType, own_daemon: Daem
     assert run.injected("daemon.process") == 1
 
 
-def test_traffic_to_another_server_passes_untouched(hx: ModuleType, daemon: DaemonProcess) -> None:
+def test_traffic_to_another_server_passes_untouched(
+    hx: ModuleType, shared_daemon: DaemonProcess
+) -> None:
     other = faults.Target("http://127.0.0.1:9")
     with faults.inject("daemon.request=refuse", daemon=other) as run:
-        assert _post(hx, daemon.base_url).status_code == 200
+        assert _post(hx, shared_daemon.base_url).status_code == 200
     assert run.calls("daemon.request") == 0
     assert "went to other servers" in run.unreached()[0].reason
 
@@ -225,7 +234,7 @@ def test_traffic_to_another_server_passes_untouched(hx: ModuleType, daemon: Daem
     ],
 )
 def test_async_clients_meet_the_same_faults(
-    hx: ModuleType, daemon: DaemonProcess, spec: str, check: str | int
+    hx: ModuleType, shared_daemon: DaemonProcess, spec: str, check: str | int
 ) -> None:
     clock = VirtualClock()
 
@@ -234,16 +243,16 @@ def test_async_clients_meet_the_same_faults(
             if spec.startswith("daemon.stream"):
                 body = {**BODY, "stream": True}
                 async with client.stream(
-                    "POST", f"{daemon.base_url}/v1/completions", json=body
+                    "POST", f"{shared_daemon.base_url}/v1/completions", json=body
                 ) as r:
                     return [line async for line in r.aiter_lines() if line.startswith("data: ")]
-            answer = await client.post(f"{daemon.base_url}/v1/completions", json=BODY)
+            answer = await client.post(f"{shared_daemon.base_url}/v1/completions", json=BODY)
             return answer.status_code
 
     # The virtual loop jumps over real socket waits too; an answer read from the daemon
     # needs a real loop (no injected wait is involved then).
     run_loop = asyncio.run if check == 1 else clock.run
-    with faults.inject(spec, daemon=daemon, clock=clock) as run:
+    with faults.inject(spec, daemon=shared_daemon, clock=clock) as run:
         if isinstance(check, str):
             with pytest.raises(getattr(hx, check)):
                 clock.run(main())

@@ -46,7 +46,7 @@ TOKENS = 8
 
 
 @pytest.fixture(scope="module")
-def daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
+def shared_daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
     """One daemon for the tests that leave it running."""
     with DaemonProcess(tiny_model_path, ServerOptions(n_ctx=1024)) as d:
         yield d
@@ -60,13 +60,13 @@ def own_daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
 
 
 @pytest.fixture
-def model(daemon: DaemonProcess) -> Iterator[Callable[..., ChatOpenAI]]:
+def model(shared_daemon: DaemonProcess) -> Iterator[Callable[..., ChatOpenAI]]:
     """``model(**kw)``: a ChatOpenAI for the daemon (or ``to=``), its httpx2 client closed
     after. An async test passes an ``http_async_client`` it closes on its own loop."""
     sync_clients: list[httpx2.Client] = []
 
     def make(*, to: DaemonProcess | None = None, **kw: Any) -> ChatOpenAI:
-        where = to or daemon
+        where = to or shared_daemon
         sync_clients.append(httpx2.Client())
         return ChatOpenAI(
             base_url=where.base_url + "/v1",
@@ -85,13 +85,13 @@ def model(daemon: DaemonProcess) -> Iterator[Callable[..., ChatOpenAI]]:
 
 
 @pytest.fixture(scope="module")
-def baseline(daemon: DaemonProcess) -> dict[str, object]:
+def baseline(shared_daemon: DaemonProcess) -> dict[str, object]:
     """What invoke and stream answer with no fault (greedy: the same every time)."""
     with httpx2.Client() as http:
         llm = ChatOpenAI(
-            base_url=daemon.base_url + "/v1",
+            base_url=shared_daemon.base_url + "/v1",
             api_key="x",  # type: ignore[arg-type]
-            model=daemon.alias,
+            model=shared_daemon.alias,
             max_retries=0,
             temperature=0,
             extra_body={"max_tokens": TOKENS},
@@ -106,13 +106,13 @@ def pieces(llm: ChatOpenAI) -> list[object]:
 
 
 def test_invoke_and_stream_answer_and_each_request_is_counted(
-    daemon: DaemonProcess, model: Callable[..., ChatOpenAI], baseline: dict[str, object]
+    shared_daemon: DaemonProcess, model: Callable[..., ChatOpenAI], baseline: dict[str, object]
 ) -> None:
     llm = model()
     chunks = baseline["stream"]
     assert isinstance(chunks, list)
     assert "".join(map(str, chunks)) == baseline["invoke"]
-    with faults.inject("daemon.request=@9refuse", daemon=daemon) as run:
+    with faults.inject("daemon.request=@9refuse", daemon=shared_daemon) as run:
         assert llm.invoke(PROMPT).content == baseline["invoke"]
         assert pieces(llm) == chunks
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (2, 0)
@@ -120,11 +120,11 @@ def test_invoke_and_stream_answer_and_each_request_is_counted(
 
 @pytest.mark.parametrize("call", ["invoke", "stream"])
 def test_refuse_is_langchains_openaiconnectionerror(
-    daemon: DaemonProcess, model: Callable[..., ChatOpenAI], call: str
+    shared_daemon: DaemonProcess, model: Callable[..., ChatOpenAI], call: str
 ) -> None:
     llm = model()
     with (
-        faults.inject("daemon.request=refuse", daemon=daemon) as run,
+        faults.inject("daemon.request=refuse", daemon=shared_daemon) as run,
         pytest.raises(OpenAIConnectionError) as caught,
     ):
         llm.invoke(PROMPT) if call == "invoke" else pieces(llm)
@@ -137,12 +137,12 @@ def test_refuse_is_langchains_openaiconnectionerror(
 
 @pytest.mark.parametrize("call", ["invoke", "stream"])
 def test_ratelimit_is_langchains_openairatelimiterror(
-    daemon: DaemonProcess, model: Callable[..., ChatOpenAI], call: str
+    shared_daemon: DaemonProcess, model: Callable[..., ChatOpenAI], call: str
 ) -> None:
     llm = model()
     spec = "daemon.request=ratelimit(retry_after=10ms)"
     with (
-        faults.inject(spec, daemon=daemon) as run,
+        faults.inject(spec, daemon=shared_daemon) as run,
         pytest.raises(OpenAIRateLimitError) as caught,
     ):
         llm.invoke(PROMPT) if call == "invoke" else pieces(llm)
@@ -156,11 +156,11 @@ def test_ratelimit_is_langchains_openairatelimiterror(
 
 
 def test_status_500_is_langchains_openaiapierror(
-    daemon: DaemonProcess, model: Callable[..., ChatOpenAI]
+    shared_daemon: DaemonProcess, model: Callable[..., ChatOpenAI]
 ) -> None:
     llm = model()
     with (
-        faults.inject("daemon.request=status(500)", daemon=daemon) as run,
+        faults.inject("daemon.request=status(500)", daemon=shared_daemon) as run,
         pytest.raises(OpenAIAPIError) as caught,
     ):
         llm.invoke(PROMPT)
@@ -172,12 +172,12 @@ def test_status_500_is_langchains_openaiapierror(
 
 
 def test_timeout_is_langchains_openaitimeouterror_at_its_own_timeout(
-    daemon: DaemonProcess, model: Callable[..., ChatOpenAI]
+    shared_daemon: DaemonProcess, model: Callable[..., ChatOpenAI]
 ) -> None:
     clock = VirtualClock()
     llm = model(timeout=5.0)
     with (
-        faults.inject("daemon.request=timeout", daemon=daemon, clock=clock) as run,
+        faults.inject("daemon.request=timeout", daemon=shared_daemon, clock=clock) as run,
         pytest.raises(OpenAITimeoutError) as caught,
     ):
         llm.invoke(PROMPT)
@@ -187,12 +187,12 @@ def test_timeout_is_langchains_openaitimeouterror_at_its_own_timeout(
 
 
 def test_stream_truncate_ends_the_stream_cleanly_after_two_chunks(
-    daemon: DaemonProcess, model: Callable[..., ChatOpenAI], baseline: dict[str, object]
+    shared_daemon: DaemonProcess, model: Callable[..., ChatOpenAI], baseline: dict[str, object]
 ) -> None:
     llm = model()
     chunks = baseline["stream"]
     assert isinstance(chunks, list)
-    with faults.inject("daemon.stream=1*truncate(after=2)", daemon=daemon) as run:
+    with faults.inject("daemon.stream=1*truncate(after=2)", daemon=shared_daemon) as run:
         cut = pieces(llm)
         assert llm.invoke(PROMPT).content == baseline["invoke"]  # not a stream: not counted
     # the role chunk and one token, then langchain's own closing chunk: no error
@@ -237,7 +237,7 @@ def test_stream_lost_mid_answer_is_openaiconnectionerror(
 
 
 def test_async_invoke_meets_the_same_faults(
-    daemon: DaemonProcess, model: Callable[..., ChatOpenAI], baseline: dict[str, object]
+    shared_daemon: DaemonProcess, model: Callable[..., ChatOpenAI], baseline: dict[str, object]
 ) -> None:
     async def main() -> list[object]:
         seen: list[object] = []
@@ -250,6 +250,6 @@ def test_async_invoke_meets_the_same_faults(
                     seen.append(type(exc))
         return seen
 
-    with faults.inject("daemon.request=@1refuse->@2status(503)", daemon=daemon) as run:
+    with faults.inject("daemon.request=@1refuse->@2status(503)", daemon=shared_daemon) as run:
         assert asyncio.run(main()) == [OpenAIConnectionError, OpenAIAPIError, baseline["invoke"]]
     assert (run.calls("daemon.request"), run.injected("daemon.request")) == (3, 2)

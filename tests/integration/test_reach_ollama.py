@@ -163,7 +163,7 @@ def client(server: FakeOllama) -> Iterator[Callable[..., ollama.Client]]:
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
+def vclock() -> VirtualClock:
     return VirtualClock()
 
 
@@ -232,27 +232,27 @@ def test_lost_after_n_on_an_ndjson_stream_resets_at_once(
 
 
 def test_timeout_ends_at_the_clients_timeout_on_the_clock(
-    server: FakeOllama, client: Callable[..., ollama.Client], clock: VirtualClock
+    server: FakeOllama, client: Callable[..., ollama.Client], vclock: VirtualClock
 ) -> None:
     c = client(timeout=5.0)
     with (
-        faults.inject("daemon.request=timeout", daemon=Target(server.url), clock=clock) as run,
+        faults.inject("daemon.request=timeout", daemon=Target(server.url), clock=vclock) as run,
         pytest.raises(httpx.ReadTimeout),  # unmapped by ollama
     ):
         generate(c)
-    assert clock.now() == 5.0
+    assert vclock.now() == 5.0
     assert run.injected("daemon.request") == 1
 
 
 def test_ollamas_default_client_has_no_timeout_so_the_faults_duration_is_waited(
-    server: FakeOllama, client: Callable[..., ollama.Client], clock: VirtualClock
+    server: FakeOllama, client: Callable[..., ollama.Client], vclock: VirtualClock
 ) -> None:
     c = client()  # ollama's default: timeout=None
     spec = "daemon.request=@1timeout(30s)->@2timeout"
-    with faults.inject(spec, daemon=Target(server.url), clock=clock) as run:
+    with faults.inject(spec, daemon=Target(server.url), clock=vclock) as run:
         with pytest.raises(httpx.ReadTimeout):
             generate(c, stream=True)
-        assert clock.now() == 30.0
+        assert vclock.now() == 30.0
         with pytest.raises(HangDetected, match=r"daemon\.request"):
             generate(c)  # a hang that nothing ends: the app's missing timeout is found
     assert run.injected("daemon.request") == 2
@@ -293,15 +293,15 @@ def test_status_is_ollamas_responseerror_with_the_code(
 
 
 def test_raise_and_latency(
-    server: FakeOllama, client: Callable[..., ollama.Client], clock: VirtualClock
+    server: FakeOllama, client: Callable[..., ollama.Client], vclock: VirtualClock
 ) -> None:
     c = client()
     spec = 'daemon.request=@1raise(ConnectionResetError, "gone")->@2latency(2s)'
-    with faults.inject(spec, daemon=Target(server.url), clock=clock) as run:
+    with faults.inject(spec, daemon=Target(server.url), clock=vclock) as run:
         with pytest.raises(ConnectionResetError, match="gone"):
             generate(c)
         assert generate(c) == TEXT
-    assert clock.now() == 2.0
+    assert vclock.now() == 2.0
     assert run.injected("daemon.request") == 2
 
 

@@ -63,12 +63,7 @@ def no_process_left() -> Iterator[None]:
 
 
 @pytest.fixture
-def journal() -> Journal:
-    return Journal()
-
-
-@pytest.fixture
-def daemon(tiny_model_path: Path, journal: Journal) -> Iterator[DaemonProcess]:
+def own_daemon(tiny_model_path: Path, journal: Journal) -> Iterator[DaemonProcess]:
     """A daemon of the test's own (to kill, freeze, restart); closed even on failure."""
     process = DaemonProcess(tiny_model_path, ServerOptions(n_ctx=2048), journal=journal)
     try:
@@ -79,15 +74,15 @@ def daemon(tiny_model_path: Path, journal: Journal) -> Iterator[DaemonProcess]:
 
 @pytest.fixture
 def make(
-    daemon: DaemonProcess, llama_backend: LlamaBackend, journal: Journal
+    own_daemon: DaemonProcess, llama_backend: LlamaBackend, journal: Journal
 ) -> Iterator[Callable[..., ResilientClient]]:
     """ResilientClient factory over the test's daemon and the session's in-process model."""
     made: list[tuple[ResilientClient, DaemonBackend]] = []
 
     def build(timeouts: Timeouts | None = None, **kwargs: Any) -> ResilientClient:
-        backend = DaemonBackend(daemon.base_url, timeouts=timeouts)
+        backend = DaemonBackend(own_daemon.base_url, timeouts=timeouts)
         kwargs.setdefault("journal", journal)
-        kwargs.setdefault("process", daemon)
+        kwargs.setdefault("process", own_daemon)
         client = ResilientClient(backend, kwargs.pop("direct", llama_backend), **kwargs)
         made.append((client, backend))
         return client
@@ -115,14 +110,14 @@ def test_a_healthy_daemon_answers_every_call(
 
 def test_a_killed_daemon_is_answered_in_process_and_the_breaker_opens(
     make: Callable[..., ResilientClient],
-    daemon: DaemonProcess,
+    own_daemon: DaemonProcess,
     llama_backend: LlamaBackend,
     journal: Journal,
 ) -> None:
     client = make()
     expected = llama_backend.generate("Hello", SHORT)
     assert client.generate("Hello", SHORT) == expected
-    daemon.kill()
+    own_daemon.kill()
     for _ in range(3):
         assert client.generate("Hello", SHORT) == expected
     assert client.breaker.state is State.OPEN
@@ -141,7 +136,7 @@ def test_a_killed_daemon_is_answered_in_process_and_the_breaker_opens(
 
 def test_sigkill_mid_stream_is_finished_in_process_without_loss_or_duplication(
     make: Callable[..., ResilientClient],
-    daemon: DaemonProcess,
+    own_daemon: DaemonProcess,
     llama_backend: LlamaBackend,
     journal: Journal,
 ) -> None:
@@ -153,8 +148,8 @@ def test_sigkill_mid_stream_is_finished_in_process_without_loss_or_duplication(
     for chunk in stream:
         received.append(chunk)
         if len(received) == 5:
-            daemon.kill()
-    assert not daemon.alive
+            own_daemon.kill()
+    assert not own_daemon.alive
     assert "".join(received) == expected
     assert stream.text == expected
     assert stream.fell_back
@@ -165,7 +160,7 @@ def test_sigkill_mid_stream_is_finished_in_process_without_loss_or_duplication(
 
 def test_sigstop_falls_back_within_the_client_deadline_then_resume_real_time(
     make: Callable[..., ResilientClient],
-    daemon: DaemonProcess,
+    own_daemon: DaemonProcess,
     llama_backend: LlamaBackend,
     journal: Journal,
 ) -> None:
@@ -174,11 +169,11 @@ def test_sigstop_falls_back_within_the_client_deadline_then_resume_real_time(
     assert client.generate("Frozen", SHORT) == expected
     assert client.daemon_up is True
 
-    daemon.pause()
+    own_daemon.pause()
     started = time.perf_counter()
     assert client.generate("Frozen", SHORT) == expected
     assert time.perf_counter() - started >= DEADLINE  # the deadline was waited out in full
-    assert daemon.paused  # still frozen: the answer was the fallback's
+    assert own_daemon.paused  # still frozen: the answer was the fallback's
     (down,) = [e for e in journal.events(DaemonDown) if e.source == client.name]
     # the client's own deadline ended the wait, not the daemon backend's read timeout (60 s)
     assert (
@@ -187,7 +182,7 @@ def test_sigstop_falls_back_within_the_client_deadline_then_resume_real_time(
     (used,) = journal.events(FallbackUsed)
     assert used.after == (f"daemon: {down.reason}",)
 
-    daemon.resume()
+    own_daemon.resume()
     assert client.generate("Frozen", SHORT) == expected
     assert len(journal.events(FallbackUsed)) == 1  # back on the daemon
     assert any(e.source == client.name for e in journal.events(DaemonUp))
@@ -197,7 +192,7 @@ def test_sigstop_falls_back_within_the_client_deadline_then_resume_real_time(
     assert stream is not None
     received = [next(stream) for _ in range(3)]
     assert stream.source == "daemon"  # still streaming from the daemon when it freezes
-    daemon.pause()
+    own_daemon.pause()
     received.extend(stream)
     assert "".join(received) == long
     assert stream.fell_back
@@ -205,13 +200,13 @@ def test_sigstop_falls_back_within_the_client_deadline_then_resume_real_time(
     stalled = journal.events(FallbackUsed)[-1].after[0]
     assert stalled.startswith("daemon: StreamStalled: stream stalled: no chunk for ")
     assert "(idle deadline)" in stalled  # the guard's idle deadline, not a read timeout
-    assert daemon.paused
-    daemon.resume()
+    assert own_daemon.paused
+    own_daemon.resume()
 
 
 def test_the_monitor_restarts_a_killed_daemon_and_calls_return_to_it_real_time(
     make: Callable[..., ResilientClient],
-    daemon: DaemonProcess,
+    own_daemon: DaemonProcess,
     llama_backend: LlamaBackend,
     journal: Journal,
 ) -> None:
@@ -224,8 +219,8 @@ def test_the_monitor_restarts_a_killed_daemon_and_calls_return_to_it_real_time(
     )
     client = make(breaker=breaker)
     expected = llama_backend.generate("Again", SHORT)
-    old_pid = daemon.pid
-    daemon.kill()
+    old_pid = own_daemon.pid
+    own_daemon.kill()
     assert client.generate("Again", SHORT) == expected
     assert breaker.state is State.OPEN
 
@@ -238,10 +233,10 @@ def test_the_monitor_restarts_a_killed_daemon_and_calls_return_to_it_real_time(
     assert breaker.stats().state is State.CLOSED
     client.close()  # stops the monitor thread (the leak check would see it otherwise)
 
-    assert daemon.alive
-    assert daemon.pid != old_pid
+    assert own_daemon.alive
+    assert own_daemon.pid != old_pid
     (restarted,) = journal.events(DaemonRestarted)
-    assert restarted.pid == daemon.pid
+    assert restarted.pid == own_daemon.pid
     assert any(e.source == client.name for e in journal.events(DaemonUp))
     fallbacks = len(journal.events(FallbackUsed))
     assert client.generate("Again", SHORT) == expected
@@ -249,14 +244,14 @@ def test_the_monitor_restarts_a_killed_daemon_and_calls_return_to_it_real_time(
 
 
 def test_never_fail_returns_none_when_the_daemon_and_the_model_both_fail(
-    make: Callable[..., ResilientClient], daemon: DaemonProcess, tmp_path: Path
+    make: Callable[..., ResilientClient], own_daemon: DaemonProcess, tmp_path: Path
 ) -> None:
     missing = tmp_path / "missing.gguf"
 
     def load() -> LlamaBackend:
         return LlamaBackend(missing, n_threads=1)
 
-    daemon.kill()
+    own_daemon.kill()
     never_fail = make(direct=load, policy="never_fail")
     assert never_fail.generate("Hello", SHORT) is None
     assert never_fail.stream("Hello", SHORT) is None

@@ -19,79 +19,79 @@ from pytest_resilience.core.errors import Cancelled, DeadlineExceeded, HangDetec
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
+def vclock() -> VirtualClock:
     return VirtualClock()
 
 
 # ---------------------------------------------------------------------- sync
 
 
-def test_a_deadline_ends_a_wait_at_the_deadline(clock: VirtualClock) -> None:
-    with deadline(5, clock=clock, name="fetch") as scope:
+def test_a_deadline_ends_a_wait_at_the_deadline(vclock: VirtualClock) -> None:
+    with deadline(5, clock=vclock, name="fetch") as scope:
         assert current_scope() is scope
         assert scope.remaining() == 5
         with pytest.raises(DeadlineExceeded, match="fetch of 5s exceeded") as info:
             scope.wait()
     assert info.value.budget == 5
-    assert clock.now() == 5
+    assert vclock.now() == 5
     assert current_scope() is None
 
 
 def test_wait_with_a_shorter_timeout_returns_and_the_deadline_wins_a_tie(
-    clock: VirtualClock,
+    vclock: VirtualClock,
 ) -> None:
-    with deadline(5, clock=clock) as scope:
+    with deadline(5, clock=vclock) as scope:
         scope.wait(2)
-        assert clock.now() == 2
+        assert vclock.now() == 2
         assert scope.remaining() == 3
         with pytest.raises(DeadlineExceeded):
             scope.wait(3)
-    assert clock.now() == 5
+    assert vclock.now() == 5
 
 
-def test_check_cancelled_follows_the_current_scope(clock: VirtualClock) -> None:
+def test_check_cancelled_follows_the_current_scope(vclock: VirtualClock) -> None:
     check_cancelled()  # outside any scope: nothing to do
-    with deadline(1, clock=clock) as scope:
+    with deadline(1, clock=vclock) as scope:
         check_cancelled()
-        clock.advance(1)
+        vclock.advance(1)
         assert scope.expired
         with pytest.raises(DeadlineExceeded):
             check_cancelled()
 
 
-def test_nested_scopes_take_the_earlier_deadline(clock: VirtualClock) -> None:
-    with deadline(10, clock=clock, name="request"):
-        with deadline(3, clock=clock, name="attempt") as short:
+def test_nested_scopes_take_the_earlier_deadline(vclock: VirtualClock) -> None:
+    with deadline(10, clock=vclock, name="request"):
+        with deadline(3, clock=vclock, name="attempt") as short:
             assert short.deadline == 3
         with deadline(30, name="attempt") as long:  # the clock comes from the outer scope
-            assert long.clock is clock
+            assert long.clock is vclock
             assert long.deadline == 10
             with pytest.raises(DeadlineExceeded, match="request of 10s exceeded"):
                 long.wait()
-    assert clock.now() == 10
+    assert vclock.now() == 10
 
 
-def test_cancelling_an_outer_scope_cancels_the_inner_ones(clock: VirtualClock) -> None:
-    with cancel_scope(clock=clock) as outer, deadline(30, name="inner") as inner:
+def test_cancelling_an_outer_scope_cancels_the_inner_ones(vclock: VirtualClock) -> None:
+    with cancel_scope(clock=vclock) as outer, deadline(30, name="inner") as inner:
         outer.cancel("user pressed stop")
         assert inner.cancelled
         assert inner.cancel_reason == "user pressed stop"
         with pytest.raises(Cancelled, match="user pressed stop"):
             inner.wait()
-    assert clock.now() == 0
+    assert vclock.now() == 0
 
 
-def test_a_scope_is_entered_once(clock: VirtualClock) -> None:
-    scope = deadline(1, clock=clock)
+def test_a_scope_is_entered_once(vclock: VirtualClock) -> None:
+    scope = deadline(1, clock=vclock)
     with scope:
         pass
     with pytest.raises(RuntimeError, match="twice"), scope:
         pass
 
 
-def test_a_wait_nothing_can_end_is_a_hang(clock: VirtualClock) -> None:
+def test_a_wait_nothing_can_end_is_a_hang(vclock: VirtualClock) -> None:
     with (
-        cancel_scope(clock=clock, name="shutdown") as scope,
+        cancel_scope(clock=vclock, name="shutdown") as scope,
         pytest.raises(HangDetected, match="a wait in shutdown can never end"),
     ):
         scope.wait()
@@ -99,9 +99,9 @@ def test_a_wait_nothing_can_end_is_a_hang(clock: VirtualClock) -> None:
 
 @pytest.mark.timeout(10)
 def test_cancelling_an_outer_scope_wakes_an_inner_wait_in_another_thread(
-    clock: VirtualClock,
+    vclock: VirtualClock,
 ) -> None:
-    outer = cancel_scope(clock=clock, name="request")
+    outer = cancel_scope(clock=vclock, name="request")
     outcome: list[BaseException] = []
 
     def worker() -> None:
@@ -112,14 +112,14 @@ def test_cancelling_an_outer_scope_wakes_an_inner_wait_in_another_thread(
             outcome.append(exc)
 
     thread = threading.Thread(target=worker)
-    with clock.hold():  # no jump to the inner deadline while we get ready to cancel
+    with vclock.hold():  # no jump to the inner deadline while we get ready to cancel
         thread.start()
-        clock.wait_blocked(1)
+        vclock.wait_blocked(1)
         outer.cancel("shutdown")
     thread.join(5)
     assert [type(e) for e in outcome] == [Cancelled]
     assert str(outcome[0]) == "shutdown"
-    assert clock.now() == 0
+    assert vclock.now() == 0
 
 
 @pytest.mark.timeout(10)
@@ -148,20 +148,20 @@ def test_cancel_from_another_thread_wakes_a_system_clock_wait_real_time() -> Non
 
 
 @pytest.mark.timeout(10)
-def test_async_deadline_cancels_the_task_on_the_loop_clock(clock: VirtualClock) -> None:
+def test_async_deadline_cancels_the_task_on_the_loop_clock(vclock: VirtualClock) -> None:
     async def main() -> CancelScope:
         with pytest.raises(DeadlineExceeded, match="call of 5s exceeded"):
             async with deadline(5, name="call") as scope:  # no clock: the loop's
                 await asyncio.sleep(3600)
         return scope
 
-    scope = clock.run(main())
-    assert scope.clock is clock
-    assert clock.now() == 5
+    scope = vclock.run(main())
+    assert scope.clock is vclock
+    assert vclock.now() == 5
 
 
 @pytest.mark.timeout(10)
-def test_async_nested_deadlines_the_outer_one_wins_when_earlier(clock: VirtualClock) -> None:
+def test_async_nested_deadlines_the_outer_one_wins_when_earlier(vclock: VirtualClock) -> None:
     async def main() -> str:
         async with deadline(10, name="request"):
             try:
@@ -172,12 +172,12 @@ def test_async_nested_deadlines_the_outer_one_wins_when_earlier(clock: VirtualCl
         return "not cancelled"
 
     with pytest.raises(DeadlineExceeded, match="request of 10s exceeded"):
-        clock.run(main())
-    assert clock.now() == 10
+        vclock.run(main())
+    assert vclock.now() == 10
 
 
 @pytest.mark.timeout(10)
-def test_async_inner_deadline_is_converted_by_the_inner_scope(clock: VirtualClock) -> None:
+def test_async_inner_deadline_is_converted_by_the_inner_scope(vclock: VirtualClock) -> None:
     async def main() -> str:
         async with deadline(30, name="request"):
             try:
@@ -188,23 +188,23 @@ def test_async_inner_deadline_is_converted_by_the_inner_scope(clock: VirtualCloc
                 return str(exc)
         return "not reached"
 
-    assert clock.run(main()) == "attempt of 2s exceeded"
-    assert clock.now() == 3
+    assert vclock.run(main()) == "attempt of 2s exceeded"
+    assert vclock.now() == 3
 
 
 @pytest.mark.timeout(10)
-def test_async_scope_cancelled_from_another_thread(clock: VirtualClock) -> None:
+def test_async_scope_cancelled_from_another_thread(vclock: VirtualClock) -> None:
     async def main() -> None:
         async with cancel_scope(name="stream") as scope:
             threading.Thread(target=scope.cancel, args=("client went away",)).start()
             await asyncio.get_running_loop().create_future()
 
     with pytest.raises(Cancelled, match="client went away"):
-        clock.run(main())
+        vclock.run(main())
 
 
 @pytest.mark.timeout(10)
-def test_an_outside_cancellation_is_not_swallowed_or_converted(clock: VirtualClock) -> None:
+def test_an_outside_cancellation_is_not_swallowed_or_converted(vclock: VirtualClock) -> None:
     async def body() -> None:
         async with deadline(100):
             await asyncio.sleep(3600)
@@ -217,12 +217,12 @@ def test_an_outside_cancellation_is_not_swallowed_or_converted(clock: VirtualClo
             await task
         return task.cancelled()
 
-    assert clock.run(main()) is True
-    assert clock.now() == 1
+    assert vclock.run(main()) is True
+    assert vclock.now() == 1
 
 
 @pytest.mark.timeout(10)
-def test_an_outside_cancellation_at_the_deadline_still_propagates(clock: VirtualClock) -> None:
+def test_an_outside_cancellation_at_the_deadline_still_propagates(vclock: VirtualClock) -> None:
     async def body() -> None:
         async with deadline(5):
             await asyncio.sleep(3600)
@@ -235,16 +235,16 @@ def test_an_outside_cancellation_at_the_deadline_still_propagates(clock: Virtual
             await task
         return task.cancelled()
 
-    assert clock.run(main()) is True
+    assert vclock.run(main()) is True
 
 
 @pytest.mark.timeout(10)
-def test_cancelling_a_scope_after_it_exited_leaves_the_task_alone(clock: VirtualClock) -> None:
+def test_cancelling_a_scope_after_it_exited_leaves_the_task_alone(vclock: VirtualClock) -> None:
     async def main() -> float:
         async with cancel_scope() as scope:
             pass
         scope.cancel("too late")
         await asyncio.sleep(1)  # would raise CancelledError if the cancel reached the task
-        return clock.now()
+        return vclock.now()
 
-    assert clock.run(main()) == 1
+    assert vclock.run(main()) == 1

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
+def vclock() -> VirtualClock:
     return VirtualClock()
 
 
@@ -43,8 +43,8 @@ def test_result_details_are_read_only() -> None:
 # ------------------------------------------------------------------------------ daemon
 
 
-def test_daemon_check_up_with_latency(clock: VirtualClock) -> None:
-    check = DaemonCheck(lambda: clock.sleep(0.2), slow_after=1.0, clock=clock)
+def test_daemon_check_up_with_latency(vclock: VirtualClock) -> None:
+    check = DaemonCheck(lambda: vclock.sleep(0.2), slow_after=1.0, clock=vclock)
     result = check()
     assert (result.name, result.healthy, result.message) == ("daemon", True, "up")
     assert result.latency == pytest.approx(0.2)
@@ -52,27 +52,27 @@ def test_daemon_check_up_with_latency(clock: VirtualClock) -> None:
     assert isinstance(check, HealthCheck)
 
 
-def test_daemon_check_slow_is_healthy_but_flagged(clock: VirtualClock) -> None:
-    result = DaemonCheck(lambda: clock.sleep(3.0), slow_after=1.0, clock=clock)()
+def test_daemon_check_slow_is_healthy_but_flagged(vclock: VirtualClock) -> None:
+    result = DaemonCheck(lambda: vclock.sleep(3.0), slow_after=1.0, clock=vclock)()
     assert result.healthy
     assert result.details["slow"] is True
     assert result.message.startswith("slow: 3s")
 
 
-def test_daemon_check_down_when_the_ping_raises(clock: VirtualClock) -> None:
+def test_daemon_check_down_when_the_ping_raises(vclock: VirtualClock) -> None:
     def ping() -> None:
-        clock.sleep(0.01)
+        vclock.sleep(0.01)
         raise ConnectionRefusedError("connection refused")
 
-    result = DaemonCheck(ping, clock=clock)()
+    result = DaemonCheck(ping, clock=vclock)()
     assert not result.healthy
     assert result.message == "down: ConnectionRefusedError: connection refused"
     assert result.details["error"] == "ConnectionRefusedError: connection refused"
     assert result.latency == pytest.approx(0.01)
 
 
-def test_daemon_check_down_when_the_ping_says_false(clock: VirtualClock) -> None:
-    result = DaemonCheck(lambda: False, name="llama-server", clock=clock)()
+def test_daemon_check_down_when_the_ping_says_false(vclock: VirtualClock) -> None:
+    result = DaemonCheck(lambda: False, name="llama-server", clock=vclock)()
     assert (result.name, result.healthy, result.message) == (
         "llama-server",
         False,
@@ -80,12 +80,12 @@ def test_daemon_check_down_when_the_ping_says_false(clock: VirtualClock) -> None
     )
 
 
-def test_daemon_check_lets_keyboard_interrupt_through(clock: VirtualClock) -> None:
+def test_daemon_check_lets_keyboard_interrupt_through(vclock: VirtualClock) -> None:
     def ping() -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        DaemonCheck(ping, clock=clock)()
+        DaemonCheck(ping, clock=vclock)()
 
 
 # -------------------------------------------------------------------------- model file
@@ -232,17 +232,17 @@ class Counting:
         return HealthResult(self.name, self.healthy, "ok" if self.healthy else "bad")
 
 
-def test_monitor_runs_checks_when_due_on_the_clock(clock: VirtualClock) -> None:
+def test_monitor_runs_checks_when_due_on_the_clock(vclock: VirtualClock) -> None:
     journal = Journal()
     a, b = Counting("a"), Counting("b", healthy=False)
-    monitor = HealthMonitor([a, b], interval=30.0, clock=clock, journal=journal)
+    monitor = HealthMonitor([a, b], interval=30.0, clock=vclock, journal=journal)
 
     assert [r.name for r in monitor.run_due()] == ["a", "b"]  # all due at first
     assert monitor.run_due() == []
     assert monitor.next_due() == 30.0
-    clock.advance(29.9)
+    vclock.advance(29.9)
     assert monitor.run_due() == []
-    clock.advance(0.1)
+    vclock.advance(0.1)
     assert len(monitor.run_due()) == 2
     assert (a.runs, b.runs) == (2, 2)
 
@@ -259,32 +259,32 @@ def test_monitor_runs_checks_when_due_on_the_clock(clock: VirtualClock) -> None:
     assert set(monitor.results) == {"a", "b"}
 
 
-def test_monitor_turns_a_raising_check_into_an_unhealthy_result(clock: VirtualClock) -> None:
+def test_monitor_turns_a_raising_check_into_an_unhealthy_result(vclock: VirtualClock) -> None:
     class Broken:
         name = "broken"
 
         def __call__(self) -> HealthResult:
             raise RuntimeError("bug in the check")
 
-    monitor = HealthMonitor([Broken()], clock=clock)
+    monitor = HealthMonitor([Broken()], clock=vclock)
     (result,) = monitor.run_due()
     assert not result.healthy
     assert result.message == "check raised RuntimeError: bug in the check"
     assert monitor.results["broken"] is result
 
 
-def test_monitor_is_not_healthy_before_every_check_has_run(clock: VirtualClock) -> None:
-    monitor = HealthMonitor([Counting("a")], clock=clock)
+def test_monitor_is_not_healthy_before_every_check_has_run(vclock: VirtualClock) -> None:
+    monitor = HealthMonitor([Counting("a")], clock=vclock)
     assert not monitor.is_healthy()
     monitor.run_due()
     assert monitor.is_healthy()
 
 
-def test_monitor_rejects_duplicate_names_and_bad_intervals(clock: VirtualClock) -> None:
+def test_monitor_rejects_duplicate_names_and_bad_intervals(vclock: VirtualClock) -> None:
     with pytest.raises(ValueError, match="unique"):
-        HealthMonitor([Counting("a"), Counting("a")], clock=clock)
+        HealthMonitor([Counting("a"), Counting("a")], clock=vclock)
     with pytest.raises(ValueError, match="interval"):
-        HealthMonitor([Counting("a")], interval=0.0, clock=clock)
+        HealthMonitor([Counting("a")], interval=0.0, clock=vclock)
 
 
 def test_monitor_thread_runs_and_stop_joins_it() -> None:

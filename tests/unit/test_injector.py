@@ -25,7 +25,7 @@ M = "py:tests.unit.fault_targets"
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
+def vclock() -> VirtualClock:
     return VirtualClock()
 
 
@@ -59,9 +59,9 @@ def _assert_restored() -> None:
 # -------------------------------------------------------------------- plain functions
 
 
-def test_none_then_pass_through_counts_calls_and_injections(clock: VirtualClock) -> None:
+def test_none_then_pass_through_counts_calls_and_injections(vclock: VirtualClock) -> None:
     journal = Journal()
-    with faults.inject(f"{M}:answer=2*none", seed=7, clock=clock, journal=journal) as run:
+    with faults.inject(f"{M}:answer=2*none", seed=7, clock=vclock, journal=journal) as run:
         results = [t.answer("q") for _ in range(4)]
     assert results == [None, None, "yes, q", "yes, q"]
     assert t.CALLS["answer"] == 2  # the faulted calls never ran the body
@@ -97,41 +97,41 @@ def test_oom_is_a_memory_error_and_corrupt_empties_or_shortens() -> None:
     assert t.CALLS == {"answer": 1, "vector": 1}
 
 
-def test_timeout_is_ended_by_a_deadline_in_virtual_time(clock: VirtualClock) -> None:
+def test_timeout_is_ended_by_a_deadline_in_virtual_time(vclock: VirtualClock) -> None:
     started = time.perf_counter()
     with (
-        faults.inject(f"{M}:answer=timeout(10m)", clock=clock),
+        faults.inject(f"{M}:answer=timeout(10m)", clock=vclock),
         pytest.raises(DeadlineExceeded),
-        deadline(60.0, clock=clock),
+        deadline(60.0, clock=vclock),
     ):
         t.answer("slow")
-    assert clock.now() == pytest.approx(60.0)
+    assert vclock.now() == pytest.approx(60.0)
     assert t.CALLS["answer"] == 0
     # generous, for a loaded machine: the 60 s deadline waited out in real time exceeds it
     assert time.perf_counter() - started < 30.0
 
 
-def test_a_timeout_that_runs_out_raises_timeout_error(clock: VirtualClock) -> None:
+def test_a_timeout_that_runs_out_raises_timeout_error(vclock: VirtualClock) -> None:
     with (
-        faults.inject(f"{M}:answer=timeout(30s)", clock=clock),
+        faults.inject(f"{M}:answer=timeout(30s)", clock=vclock),
         pytest.raises(TimeoutError, match="no answer within 30s"),
     ):
         t.answer("slow")
-    assert clock.now() == pytest.approx(30.0)
+    assert vclock.now() == pytest.approx(30.0)
 
 
-def test_latency_delays_then_answers_on_the_clock(clock: VirtualClock) -> None:
-    with faults.inject(f"{M}:answer=latency(2s, 500ms)", seed=3, clock=clock):
+def test_latency_delays_then_answers_on_the_clock(vclock: VirtualClock) -> None:
+    with faults.inject(f"{M}:answer=latency(2s, 500ms)", seed=3, clock=vclock):
         assert t.answer("late") == "yes, late"
-        first = clock.now()
+        first = vclock.now()
         assert t.answer("late") == "yes, late"
     assert 1.5 <= first <= 2.5
-    assert 3.0 <= clock.now() <= 5.0
+    assert 3.0 <= vclock.now() <= 5.0
 
 
 @pytest.mark.timeout(10)
-def test_an_unguarded_hang_is_reported_naming_the_site_never_hangs(clock: VirtualClock) -> None:
-    with faults.inject(f"{M}:answer=timeout", clock=clock), pytest.raises(HangDetected) as hung:
+def test_an_unguarded_hang_is_reported_naming_the_site_never_hangs(vclock: VirtualClock) -> None:
+    with faults.inject(f"{M}:answer=timeout", clock=vclock), pytest.raises(HangDetected) as hung:
         t.answer("forever")
     message = str(hung.value)
     assert f"{M}:answer" in message
@@ -139,28 +139,28 @@ def test_an_unguarded_hang_is_reported_naming_the_site_never_hangs(clock: Virtua
 
 
 @pytest.mark.timeout(10)
-def test_a_hang_in_a_scope_without_deadline_is_reported_too(clock: VirtualClock) -> None:
+def test_a_hang_in_a_scope_without_deadline_is_reported_too(vclock: VirtualClock) -> None:
     with (
-        faults.inject(f"{M}:answer=timeout", clock=clock),
-        cancel_scope(clock=clock),
+        faults.inject(f"{M}:answer=timeout", clock=vclock),
+        cancel_scope(clock=vclock),
         pytest.raises(HangDetected, match="fault_targets:answer"),
     ):
         t.answer("forever")
 
 
-def test_ten_sites_timing_out_ten_minutes_cost_no_wall_time(clock: VirtualClock) -> None:
+def test_ten_sites_timing_out_ten_minutes_cost_no_wall_time(vclock: VirtualClock) -> None:
     spec = ";".join(f"{M}:target_{i}=timeout(10m)" for i in range(10))
     targets = [getattr(t, f"target_{i}") for i in range(10)]
     started = time.perf_counter()
-    with faults.inject(spec, clock=clock) as run:
+    with faults.inject(spec, clock=vclock) as run:
         for i in range(10):
-            with pytest.raises(DeadlineExceeded), deadline(60.0, clock=clock):
+            with pytest.raises(DeadlineExceeded), deadline(60.0, clock=vclock):
                 getattr(t, f"target_{i}")()
     elapsed = time.perf_counter() - started
     # generous, for a loaded machine: one of the 60 s deadlines waited out in real time
     # would exceed it
     assert elapsed < 30.0, elapsed
-    assert clock.now() == pytest.approx(600.0)
+    assert vclock.now() == pytest.approx(600.0)
     assert all(run.injected(f"{M}:target_{i}") == 1 for i in range(10))
     assert [getattr(t, f"target_{i}") for i in range(10)] == targets
 
@@ -210,7 +210,7 @@ def test_the_wrapper_keeps_name_doc_and_signature() -> None:
 # -------------------------------------------------------------------------- async
 
 
-def test_async_functions_and_methods(clock: VirtualClock) -> None:
+def test_async_functions_and_methods(vclock: VirtualClock) -> None:
     spec = f"{M}:aanswer=1*none->1*raise(ValueError)->timeout(1m);{M}:Client.aask=corrupt"
 
     async def main() -> list[object]:
@@ -227,9 +227,9 @@ def test_async_functions_and_methods(clock: VirtualClock) -> None:
         seen.append(await t.Client("c").aask("x"))
         return seen
 
-    with faults.inject(spec, clock=clock):
-        assert clock.run(main()) == [None, ValueError, "deadline", ""]
-    assert clock.now() == pytest.approx(5.0)
+    with faults.inject(spec, clock=vclock):
+        assert vclock.run(main()) == [None, ValueError, "deadline", ""]
+    assert vclock.now() == pytest.approx(5.0)
     assert t.CALLS == {"Client.aask": 1}
     _assert_restored()
 
@@ -249,26 +249,26 @@ def test_a_generator_passes_through_with_its_return_value() -> None:
     assert run.calls(f"{M}:words") == 2
 
 
-def test_generator_stall_truncate_corrupt_and_raise(clock: VirtualClock) -> None:
+def test_generator_stall_truncate_corrupt_and_raise(vclock: VirtualClock) -> None:
     spec = (
         f"{M}:words=@1stall(after=2)->@2truncate(after=1)->@3corrupt->@4raise(OSError)"
         "->@5stall(after=1, for=3s)"
     )
-    with faults.inject(spec, clock=clock):
+    with faults.inject(spec, clock=vclock):
         got: list[str] = []
-        with pytest.raises(DeadlineExceeded), deadline(10.0, clock=clock):
+        with pytest.raises(DeadlineExceeded), deadline(10.0, clock=vclock):
             got.extend(t.words("a b c d"))
         assert got == ["a", "b"]
-        assert clock.now() == pytest.approx(10.0)
+        assert vclock.now() == pytest.approx(10.0)
         assert list(t.words("a b c")) == ["a"]
         assert list(t.words("a b")) == ["", ""]
         with pytest.raises(OSError, match="fault injected"):
             next(t.words("a"))
         assert list(t.words("x y z")) == ["x", "y", "z"]  # a 3 s stall, then on
-    assert clock.now() == pytest.approx(13.0)
+    assert vclock.now() == pytest.approx(13.0)
 
 
-def test_async_generator_stall_is_cancelled_by_its_deadline(clock: VirtualClock) -> None:
+def test_async_generator_stall_is_cancelled_by_its_deadline(vclock: VirtualClock) -> None:
     async def main() -> tuple[list[str], list[str]]:
         got: list[str] = []
         try:
@@ -280,9 +280,9 @@ def test_async_generator_stall_is_cancelled_by_its_deadline(clock: VirtualClock)
         cut = [w async for w in t.awords("a b c")]
         return got, cut
 
-    with faults.inject(f"{M}:awords=1*stall(after=1)->truncate(after=2)", clock=clock):
-        assert clock.run(main()) == (["a"], ["a", "b"])
-    assert clock.now() == pytest.approx(4.0)
+    with faults.inject(f"{M}:awords=1*stall(after=1)->truncate(after=2)", clock=vclock):
+        assert vclock.run(main()) == (["a"], ["a", "b"])
+    assert vclock.now() == pytest.approx(4.0)
 
 
 def test_stall_on_a_function_that_is_not_a_generator_fails_at_install() -> None:
@@ -392,7 +392,7 @@ def test_the_pass_through_path_records_nothing() -> None:
     assert run.calls(f"{M}:answer") == 50
 
 
-def test_each_call_of_a_thread_safe_site_is_counted_once(clock: VirtualClock) -> None:
+def test_each_call_of_a_thread_safe_site_is_counted_once(vclock: VirtualClock) -> None:
     with faults.inject(f"{M}:answer=3*none") as run:
         results: list[Any] = []
 
@@ -408,15 +408,15 @@ def test_each_call_of_a_thread_safe_site_is_counted_once(clock: VirtualClock) ->
     assert run.calls(f"{M}:answer") == 400
 
 
-def test_the_async_event_loop_hang_names_the_site(clock: VirtualClock) -> None:
+def test_the_async_event_loop_hang_names_the_site(vclock: VirtualClock) -> None:
     async def main() -> None:
         await t.aanswer("forever")
 
     with (
-        faults.inject(f"{M}:aanswer=timeout", clock=clock),
+        faults.inject(f"{M}:aanswer=timeout", clock=vclock),
         pytest.raises(HangDetected, match="fault_targets:aanswer"),
     ):
-        clock.run(main())
+        vclock.run(main())
 
 
 def test_the_benchmark_harness_times_every_row() -> None:

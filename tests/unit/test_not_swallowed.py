@@ -96,16 +96,6 @@ def signal(request: pytest.FixtureRequest) -> ResilienceInterrupt:
     return make()
 
 
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
-@pytest.fixture
-def journal() -> Journal:
-    return Journal()
-
-
 class Dependency:
     """Fails with a ConnectionError before call ``at``, raises ``signal`` on it, then answers."""
 

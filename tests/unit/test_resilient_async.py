@@ -18,7 +18,6 @@ import pytest
 from pytest_resilience.backends.resilient import AsyncResilientStream, ResilientClient
 from pytest_resilience.core.breaker import State
 from pytest_resilience.core.cancel import cancel_scope, check_cancelled, current_scope
-from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import (
     Cancelled,
     DaemonLost,
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
     from pytest_resilience.backends.base import Backend, GenerationParams
     from pytest_resilience.backends.daemon import DaemonBackend
     from pytest_resilience.backends.llama import LlamaBackend
+    from pytest_resilience.core.clock import VirtualClock
 
 
 def answer(prompt: str) -> str:
@@ -166,17 +166,7 @@ class FakeDirect:
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
-@pytest.fixture
-def journal() -> Journal:
-    return Journal()
-
-
-@pytest.fixture
-def daemon() -> AsyncFakeDaemon:
+def fake_daemon() -> AsyncFakeDaemon:
     return AsyncFakeDaemon()
 
 
@@ -187,7 +177,7 @@ def direct() -> FakeDirect:
 
 @pytest.fixture
 def make(
-    clock: VirtualClock, journal: Journal, daemon: AsyncFakeDaemon, direct: FakeDirect
+    clock: VirtualClock, journal: Journal, fake_daemon: AsyncFakeDaemon, direct: FakeDirect
 ) -> Iterator[Callable[..., ResilientClient]]:
     made: list[ResilientClient] = []
 
@@ -196,7 +186,7 @@ def make(
         kwargs.setdefault("journal", journal)
         kwargs.setdefault("timeout", 5.0)
         backend = kwargs.pop("direct", direct)
-        client = ResilientClient(cast("DaemonBackend", daemon), backend, **kwargs)  # type: ignore[arg-type]
+        client = ResilientClient(cast("DaemonBackend", fake_daemon), backend, **kwargs)  # type: ignore[arg-type]
         made.append(client)
         return client
 
@@ -228,7 +218,7 @@ async def read_all(client: ResilientClient) -> tuple[AsyncResilientStream, list[
 def test_a_healthy_daemon_streams_and_the_direct_backend_is_never_built(
     make: Callable[..., ResilientClient],
     journal: Journal,
-    daemon: AsyncFakeDaemon,
+    fake_daemon: AsyncFakeDaemon,
     clock: VirtualClock,
 ) -> None:
     built: list[Backend] = []
@@ -243,7 +233,7 @@ def test_a_healthy_daemon_streams_and_the_direct_backend_is_never_built(
     assert stream.text == ANSWER
     assert (stream.source, stream.fell_back, stream.complete) == ("daemon", False, True)
     assert stream.error is None
-    assert (daemon.opened, daemon.closed) == (1, 1)
+    assert (fake_daemon.opened, fake_daemon.closed) == (1, 1)
     assert built == []
     assert journal.events(FallbackUsed, DaemonDown) == []
     assert client.daemon_up is True
@@ -251,13 +241,13 @@ def test_a_healthy_daemon_streams_and_the_direct_backend_is_never_built(
 
 
 def test_astream_returns_once_the_first_chunk_has_arrived(
-    make: Callable[..., ResilientClient], daemon: AsyncFakeDaemon, clock: VirtualClock
+    make: Callable[..., ResilientClient], fake_daemon: AsyncFakeDaemon, clock: VirtualClock
 ) -> None:
     client = make()
 
     async def main() -> tuple[int, str, str]:
         stream = await opened(client)
-        seen, text = daemon.opened, stream.text
+        seen, text = fake_daemon.opened, stream.text
         first = await anext(stream)
         await stream.aclose()
         return seen, text, first
@@ -272,7 +262,7 @@ def test_astream_returns_once_the_first_chunk_has_arrived(
 def test_a_down_daemon_is_answered_in_process_in_worker_threads(
     make: Callable[..., ResilientClient],
     journal: Journal,
-    daemon: AsyncFakeDaemon,
+    fake_daemon: AsyncFakeDaemon,
     clock: VirtualClock,
 ) -> None:
     built_in: list[str] = []
@@ -283,13 +273,13 @@ def test_a_down_daemon_is_answered_in_process_in_worker_threads(
         return backend
 
     client = make(direct=factory)
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
     for _ in range(4):
         stream, received = clock.run(read_all(client))
         assert "".join(received) == ANSWER
         assert received == chunks(ANSWER, 4)
         assert (stream.source, stream.fell_back, stream.complete) == ("direct", True, True)
-    assert daemon.opened == 3  # the default breaker opens after 3 consecutive failures
+    assert fake_daemon.opened == 3  # the default breaker opens after 3 consecutive failures
     assert client.breaker.state is State.OPEN
     main = threading.main_thread().name
     assert built_in != [main]
@@ -310,16 +300,16 @@ def test_a_down_daemon_is_answered_in_process_in_worker_threads(
 def test_a_daemon_frozen_before_its_first_chunk_is_given_up_at_the_first_token_deadline(
     make: Callable[..., ResilientClient],
     journal: Journal,
-    daemon: AsyncFakeDaemon,
+    fake_daemon: AsyncFakeDaemon,
     clock: VirtualClock,
 ) -> None:
     client = make(timeout=5.0)
-    daemon.mode = "frozen"
+    fake_daemon.mode = "frozen"
     stream, received = clock.run(read_all(client))
     assert "".join(received) == ANSWER
     assert stream.source == "direct"
     assert clock.now() == 5.0
-    assert daemon.closed == 1
+    assert fake_daemon.closed == 1
     (used,) = journal.events(FallbackUsed)
     assert used.after[0].startswith("daemon: StreamStalled")
 
@@ -328,7 +318,7 @@ def test_a_daemon_frozen_before_its_first_chunk_is_given_up_at_the_first_token_d
 @pytest.mark.parametrize("after", [0, 1, 4, DAEMON_CHUNKS - 1])
 def test_a_stream_that_fails_midway_is_finished_in_process_without_loss_or_duplication(
     make: Callable[..., ResilientClient],
-    daemon: AsyncFakeDaemon,
+    fake_daemon: AsyncFakeDaemon,
     direct: FakeDirect,
     failure: str,
     after: int,
@@ -336,13 +326,13 @@ def test_a_stream_that_fails_midway_is_finished_in_process_without_loss_or_dupli
     client = make(timeout=5.0)
     clock, journal = cast("VirtualClock", client.clock), client.journal
     assert journal is not None
-    daemon.fail_after, daemon.failure = after, failure
+    fake_daemon.fail_after, fake_daemon.failure = after, failure
     stream, received = clock.run(read_all(client))
     assert "".join(received) == ANSWER
     assert received[:after] == chunks(ANSWER, 3)[:after]  # the daemon's part came first
     assert all(received)  # no empty chunk is delivered
     assert (stream.source, stream.fell_back, stream.complete) == ("direct", True, True)
-    assert daemon.closed == 1
+    assert fake_daemon.closed == 1
     (replay,) = direct.streams
     assert replay.closed
     assert replay.finished
@@ -357,13 +347,13 @@ def test_a_stream_that_fails_midway_is_finished_in_process_without_loss_or_dupli
 def test_the_daemon_answering_again_is_journaled_as_up(
     make: Callable[..., ResilientClient],
     journal: Journal,
-    daemon: AsyncFakeDaemon,
+    fake_daemon: AsyncFakeDaemon,
     clock: VirtualClock,
 ) -> None:
     client = make()
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
     clock.run(read_all(client))
-    daemon.mode = "ok"
+    fake_daemon.mode = "ok"
     stream, _ = clock.run(read_all(client))
     assert stream.source == "daemon"
     assert [type(e) for e in journal.events(DaemonDown, DaemonUp)] == [DaemonDown, DaemonUp]
@@ -373,11 +363,11 @@ def test_the_daemon_answering_again_is_journaled_as_up(
 
 
 def test_a_diverging_replay_raises_with_the_delivered_text(
-    make: Callable[..., ResilientClient], daemon: AsyncFakeDaemon, clock: VirtualClock
+    make: Callable[..., ResilientClient], fake_daemon: AsyncFakeDaemon, clock: VirtualClock
 ) -> None:
     direct = FakeDirect(diverge=True)
     client = make(direct=direct)
-    daemon.fail_after = 2
+    fake_daemon.fail_after = 2
 
     async def main() -> tuple[str, StreamInterrupted, list[str]]:
         stream = await opened(client)
@@ -394,10 +384,10 @@ def test_a_diverging_replay_raises_with_the_delivered_text(
 
 
 def test_never_fail_ends_a_diverging_stream_quietly_with_the_error(
-    make: Callable[..., ResilientClient], daemon: AsyncFakeDaemon, clock: VirtualClock
+    make: Callable[..., ResilientClient], fake_daemon: AsyncFakeDaemon, clock: VirtualClock
 ) -> None:
     client = make(direct=FakeDirect(diverge=True), policy="never_fail")
-    daemon.fail_after = 2
+    fake_daemon.fail_after = 2
     stream, received = clock.run(read_all(client))
     assert "".join(received) == ANSWER[:6]
     assert not stream.complete
@@ -411,11 +401,11 @@ def test_never_fail_ends_a_diverging_stream_quietly_with_the_error(
 def test_raise_policy_raises_fallback_error_when_both_fail_before_the_first_chunk(
     make: Callable[..., ResilientClient],
     journal: Journal,
-    daemon: AsyncFakeDaemon,
+    fake_daemon: AsyncFakeDaemon,
     clock: VirtualClock,
 ) -> None:
     client = make(direct=FakeDirect(fail=True))
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
     with pytest.raises(FallbackError) as failed:
         clock.run(client.astream(PROMPT))
     assert [name for name, _ in failed.value.failures] == ["daemon", "direct"]
@@ -425,15 +415,15 @@ def test_raise_policy_raises_fallback_error_when_both_fail_before_the_first_chun
 
 
 def test_never_fail_returns_none_when_both_fail_before_the_first_chunk(
-    make: Callable[..., ResilientClient], daemon: AsyncFakeDaemon, clock: VirtualClock
+    make: Callable[..., ResilientClient], fake_daemon: AsyncFakeDaemon, clock: VirtualClock
 ) -> None:
     def missing() -> Backend:
         raise ModelNotFound("missing.gguf", "does not exist")
 
     client = make(direct=missing, policy="never_fail")
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
     assert clock.run(client.astream(PROMPT)) is None
-    daemon.mode = "ok"
+    fake_daemon.mode = "ok"
     client.breaker.reset()
     _, received = clock.run(read_all(client))
     assert "".join(received) == ANSWER  # the policy only changes how failure looks
@@ -442,12 +432,12 @@ def test_never_fail_returns_none_when_both_fail_before_the_first_chunk(
 @pytest.mark.parametrize("policy", ["raise", "never_fail"])
 def test_a_direct_backend_failing_after_the_daemon_was_lost(
     make: Callable[..., ResilientClient],
-    daemon: AsyncFakeDaemon,
+    fake_daemon: AsyncFakeDaemon,
     clock: VirtualClock,
     policy: str,
 ) -> None:
     client = make(direct=FakeDirect(fail=True), policy=policy)
-    daemon.fail_after = 2
+    fake_daemon.fail_after = 2
 
     async def main() -> tuple[AsyncResilientStream, BaseException | None]:
         stream = await opened(client)
@@ -468,12 +458,12 @@ def test_a_direct_backend_failing_after_the_daemon_was_lost(
 
 def test_an_in_process_stall_is_ended_by_the_guard_and_its_thread_stops(
     make: Callable[..., ResilientClient],
-    daemon: AsyncFakeDaemon,
+    fake_daemon: AsyncFakeDaemon,
     clock: VirtualClock,
 ) -> None:
     direct = FakeDirect(stall_at=3)
     client = make(direct=direct, timeout=5.0)
-    daemon.fail_after = 2
+    fake_daemon.fail_after = 2
 
     async def main() -> FallbackError:
         with pytest.raises(FallbackError) as failed:
@@ -494,7 +484,7 @@ def test_an_in_process_stall_is_ended_by_the_guard_and_its_thread_stops(
 
 def test_aclose_during_the_daemon_part_closes_it_and_counts_nothing(
     make: Callable[..., ResilientClient],
-    daemon: AsyncFakeDaemon,
+    fake_daemon: AsyncFakeDaemon,
     direct: FakeDirect,
     clock: VirtualClock,
 ) -> None:
@@ -510,7 +500,7 @@ def test_aclose_during_the_daemon_part_closes_it_and_counts_nothing(
     stream = clock.run(main())
     assert stream.text == ANSWER[:6]
     assert not stream.complete
-    assert daemon.closed == 1
+    assert fake_daemon.closed == 1
     assert direct.streams == []
     stats = client.breaker.stats()
     assert (stats.state, stats.failures) == (State.CLOSED, 0)
@@ -518,12 +508,12 @@ def test_aclose_during_the_daemon_part_closes_it_and_counts_nothing(
 
 def test_aclose_during_the_in_process_part_closes_the_replay(
     make: Callable[..., ResilientClient],
-    daemon: AsyncFakeDaemon,
+    fake_daemon: AsyncFakeDaemon,
     direct: FakeDirect,
     clock: VirtualClock,
 ) -> None:
     client = make()
-    daemon.fail_after = 1
+    fake_daemon.fail_after = 1
 
     async def main() -> AsyncResilientStream:
         async with await opened(client) as stream:
@@ -544,13 +534,13 @@ def test_aclose_during_the_in_process_part_closes_the_replay(
 
 def test_a_consumer_cancelled_while_a_worker_is_blocked_waits_for_the_worker(
     make: Callable[..., ResilientClient],
-    daemon: AsyncFakeDaemon,
+    fake_daemon: AsyncFakeDaemon,
     direct: FakeDirect,
     clock: VirtualClock,
 ) -> None:
     direct.stall_at = 2
     client = make(timeout=None)  # no guard deadlines: only the consumer's timeout ends it
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
 
     async def main() -> AsyncResilientStream:
         stream = await opened(client)
@@ -569,13 +559,13 @@ def test_a_consumer_cancelled_while_a_worker_is_blocked_waits_for_the_worker(
 
 def test_concurrent_aclose_ends_a_pending_read_quietly(
     make: Callable[..., ResilientClient],
-    daemon: AsyncFakeDaemon,
+    fake_daemon: AsyncFakeDaemon,
     direct: FakeDirect,
     clock: VirtualClock,
 ) -> None:
     direct.stall_at = 1
     client = make(timeout=None)
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
 
     async def main() -> tuple[AsyncResilientStream, list[str]]:
         stream = await opened(client)
@@ -599,7 +589,7 @@ def test_concurrent_aclose_ends_a_pending_read_quietly(
 
 def test_cancellation_is_never_a_reason_to_fall_back(
     make: Callable[..., ResilientClient],
-    daemon: AsyncFakeDaemon,
+    fake_daemon: AsyncFakeDaemon,
     direct: FakeDirect,
     clock: VirtualClock,
 ) -> None:
@@ -617,7 +607,7 @@ def test_cancellation_is_never_a_reason_to_fall_back(
             await read_two_cancelling_between()
 
     clock.run(main())
-    assert daemon.closed == 1
+    assert fake_daemon.closed == 1
     assert direct.streams == []
     stats = client.breaker.stats()
     assert (stats.state, stats.failures) == (State.CLOSED, 0)
@@ -648,11 +638,11 @@ class CapturingDirect(FakeDirect):
 
 
 def test_a_backend_that_captures_the_scope_at_the_start_runs_past_the_first_token_deadline(
-    make: Callable[..., ResilientClient], daemon: AsyncFakeDaemon, clock: VirtualClock
+    make: Callable[..., ResilientClient], fake_daemon: AsyncFakeDaemon, clock: VirtualClock
 ) -> None:
     direct = CapturingDirect(clock)
     client = make(direct=direct, timeout=5.0)  # first-token and idle deadlines: 5 s
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
     stream, received = clock.run(read_all(client))
     assert "".join(received) == ANSWER
     assert stream.complete

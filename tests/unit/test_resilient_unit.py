@@ -173,17 +173,7 @@ class FakeProcess:
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
-
-
-@pytest.fixture
-def journal() -> Journal:
-    return Journal()
-
-
-@pytest.fixture
-def daemon(clock: VirtualClock) -> FakeDaemon:
+def fake_daemon(clock: VirtualClock) -> FakeDaemon:
     return FakeDaemon(clock)
 
 
@@ -194,7 +184,7 @@ def direct() -> FakeDirect:
 
 @pytest.fixture
 def make(
-    clock: VirtualClock, journal: Journal, daemon: FakeDaemon, direct: FakeDirect
+    clock: VirtualClock, journal: Journal, fake_daemon: FakeDaemon, direct: FakeDirect
 ) -> Iterator[Callable[..., ResilientClient]]:
     made: list[ResilientClient] = []
 
@@ -203,7 +193,7 @@ def make(
         kwargs.setdefault("journal", journal)
         kwargs.setdefault("timeout", 5.0)
         backend = kwargs.pop("direct", direct)
-        client = ResilientClient(cast("DaemonBackend", daemon), backend, **kwargs)  # type: ignore[arg-type]
+        client = ResilientClient(cast("DaemonBackend", fake_daemon), backend, **kwargs)  # type: ignore[arg-type]
         made.append(client)
         return client
 
@@ -217,7 +207,7 @@ ANSWER = answer(PROMPT)
 
 
 def test_a_healthy_daemon_answers_and_the_direct_backend_is_never_built(
-    make: Callable[..., ResilientClient], journal: Journal, daemon: FakeDaemon
+    make: Callable[..., ResilientClient], journal: Journal, fake_daemon: FakeDaemon
 ) -> None:
     built: list[Backend] = []
 
@@ -234,7 +224,7 @@ def test_a_healthy_daemon_answers_and_the_direct_backend_is_never_built(
     assert stream.source == "daemon"
     assert stream.complete
     assert not stream.fell_back
-    assert daemon.calls == 3
+    assert fake_daemon.calls == 3
     assert built == []
     assert journal.events(FallbackUsed, DaemonDown, DaemonUp) == []
     assert client.daemon_up is True
@@ -243,14 +233,14 @@ def test_a_healthy_daemon_answers_and_the_direct_backend_is_never_built(
 def test_a_down_daemon_is_answered_in_process_and_the_breaker_opens(
     make: Callable[..., ResilientClient],
     journal: Journal,
-    daemon: FakeDaemon,
+    fake_daemon: FakeDaemon,
     direct: FakeDirect,
 ) -> None:
     client = make()
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
     for _ in range(5):
         assert client.generate(PROMPT) == ANSWER
-    assert daemon.calls == 3  # the default breaker opens after 3 consecutive failures
+    assert fake_daemon.calls == 3  # the default breaker opens after 3 consecutive failures
     assert direct.calls == 5
     assert client.breaker.state is State.OPEN
     (down,) = journal.events(DaemonDown)
@@ -265,11 +255,11 @@ def test_a_down_daemon_is_answered_in_process_and_the_breaker_opens(
 def test_a_frozen_daemon_is_given_up_at_the_client_deadline(
     make: Callable[..., ResilientClient],
     journal: Journal,
-    daemon: FakeDaemon,
+    fake_daemon: FakeDaemon,
     clock: VirtualClock,
 ) -> None:
     client = make(timeout=5.0)
-    daemon.mode = "frozen"
+    fake_daemon.mode = "frozen"
     assert client.generate(PROMPT) == ANSWER
     assert clock.now() == 5.0
     (down,) = journal.events(DaemonDown)
@@ -279,10 +269,10 @@ def test_a_frozen_daemon_is_given_up_at_the_client_deadline(
 
 
 def test_a_slow_daemon_still_answers_and_is_journaled_as_slow(
-    make: Callable[..., ResilientClient], journal: Journal, daemon: FakeDaemon
+    make: Callable[..., ResilientClient], journal: Journal, fake_daemon: FakeDaemon
 ) -> None:
     client = make(slow_after=1.0)
-    daemon.mode = "slow"
+    fake_daemon.mode = "slow"
     assert client.generate(PROMPT) == ANSWER
     (slow,) = journal.events(DaemonSlow)
     assert (slow.latency, slow.threshold) == (2.0, 1.0)
@@ -290,13 +280,13 @@ def test_a_slow_daemon_still_answers_and_is_journaled_as_slow(
 
 
 def test_the_daemon_coming_back_is_journaled_once_as_up(
-    make: Callable[..., ResilientClient], journal: Journal, daemon: FakeDaemon
+    make: Callable[..., ResilientClient], journal: Journal, fake_daemon: FakeDaemon
 ) -> None:
     client = make()
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
     client.generate(PROMPT)
     client.generate(PROMPT)
-    daemon.mode = "ok"
+    fake_daemon.mode = "ok"
     client.generate(PROMPT)
     client.generate(PROMPT)
     kinds = [type(e) for e in journal.events(DaemonDown, DaemonUp)]
@@ -308,12 +298,12 @@ def test_the_daemon_coming_back_is_journaled_once_as_up(
 def test_a_stream_that_fails_midway_is_finished_in_process_without_loss_or_duplication(
     make: Callable[..., ResilientClient],
     journal: Journal,
-    daemon: FakeDaemon,
+    fake_daemon: FakeDaemon,
     failure: str,
     after: int,
 ) -> None:
     client = make(timeout=5.0)
-    daemon.fail_after, daemon.stream_failure = after, failure
+    fake_daemon.fail_after, fake_daemon.stream_failure = after, failure
     stream = client.stream(PROMPT)
     assert stream is not None
     received = list(stream)
@@ -323,7 +313,7 @@ def test_a_stream_that_fails_midway_is_finished_in_process_without_loss_or_dupli
     assert stream.fell_back
     assert stream.source == "direct"
     assert stream.complete
-    assert daemon.streams[0].closed
+    assert fake_daemon.streams[0].closed
     (used,) = journal.events(FallbackUsed)
     assert used.step == "direct"
     expected = "StreamStalled" if failure == "frozen" else "DaemonLost"
@@ -332,10 +322,10 @@ def test_a_stream_that_fails_midway_is_finished_in_process_without_loss_or_dupli
 
 
 def test_a_diverging_replay_raises_with_the_delivered_text(
-    make: Callable[..., ResilientClient], daemon: FakeDaemon
+    make: Callable[..., ResilientClient], fake_daemon: FakeDaemon
 ) -> None:
     client = make(direct=FakeDirect(diverge=True))
-    daemon.fail_after = 2
+    fake_daemon.fail_after = 2
     stream = client.stream(PROMPT)
     assert stream is not None
     first = next(stream) + next(stream)
@@ -348,10 +338,10 @@ def test_a_diverging_replay_raises_with_the_delivered_text(
 
 
 def test_never_fail_ends_a_diverging_stream_quietly_with_the_error(
-    make: Callable[..., ResilientClient], daemon: FakeDaemon
+    make: Callable[..., ResilientClient], fake_daemon: FakeDaemon
 ) -> None:
     client = make(direct=FakeDirect(diverge=True), policy="never_fail")
-    daemon.fail_after = 2
+    fake_daemon.fail_after = 2
     stream = client.stream(PROMPT)
     assert stream is not None
     assert "".join(stream) == ANSWER[:6]
@@ -360,10 +350,10 @@ def test_never_fail_ends_a_diverging_stream_quietly_with_the_error(
 
 
 def test_raise_policy_raises_fallback_error_when_both_fail(
-    make: Callable[..., ResilientClient], journal: Journal, daemon: FakeDaemon
+    make: Callable[..., ResilientClient], journal: Journal, fake_daemon: FakeDaemon
 ) -> None:
     client = make(direct=FakeDirect(fail=True))
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
     with pytest.raises(FallbackError) as failed:
         client.generate(PROMPT)
     assert [name for name, _ in failed.value.failures] == ["daemon", "direct"]
@@ -377,27 +367,27 @@ def test_raise_policy_raises_fallback_error_when_both_fail(
 
 
 def test_never_fail_returns_none_when_both_fail(
-    make: Callable[..., ResilientClient], daemon: FakeDaemon, clock: VirtualClock
+    make: Callable[..., ResilientClient], fake_daemon: FakeDaemon, clock: VirtualClock
 ) -> None:
     def missing() -> Backend:
         raise ModelNotFound("missing.gguf", "does not exist")
 
     client = make(direct=missing, policy="never_fail")
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
     assert client.generate(PROMPT) is None
     assert client.embed("x") is None
     assert client.stream(PROMPT) is None
     assert clock.run(client.agenerate(PROMPT)) is None
-    daemon.mode = "ok"
+    fake_daemon.mode = "ok"
     client.breaker.reset()
     assert client.generate(PROMPT) == ANSWER  # the policy only changes how failure looks
 
 
 def test_a_stream_that_fails_in_process_after_the_daemon_ends_with_fallback_error(
-    make: Callable[..., ResilientClient], daemon: FakeDaemon
+    make: Callable[..., ResilientClient], fake_daemon: FakeDaemon
 ) -> None:
     client = make(direct=FakeDirect(fail=True))
-    daemon.fail_after = 2
+    fake_daemon.fail_after = 2
     stream = client.stream(PROMPT)
     assert stream is not None
     assert next(stream) + next(stream) == ANSWER[:6]
@@ -408,7 +398,7 @@ def test_a_stream_that_fails_in_process_after_the_daemon_ends_with_fallback_erro
 
 def test_cancellation_is_never_a_reason_to_fall_back(
     make: Callable[..., ResilientClient],
-    daemon: FakeDaemon,
+    fake_daemon: FakeDaemon,
     direct: FakeDirect,
     clock: VirtualClock,
 ) -> None:
@@ -424,7 +414,7 @@ def test_cancellation_is_never_a_reason_to_fall_back(
         scope.cancel("user left")
         with pytest.raises(Cancelled, match="user left"):  # as it is, as in async code
             next(stream)
-    assert daemon.streams[0].closed
+    assert fake_daemon.streams[0].closed
     assert direct.calls == 0
     assert client.breaker.state is State.CLOSED
 
@@ -432,10 +422,10 @@ def test_cancellation_is_never_a_reason_to_fall_back(
 def test_the_monitor_restarts_the_daemon_and_the_probe_closes_the_breaker(
     make: Callable[..., ResilientClient],
     journal: Journal,
-    daemon: FakeDaemon,
+    fake_daemon: FakeDaemon,
     clock: VirtualClock,
 ) -> None:
-    process = FakeProcess(daemon)
+    process = FakeProcess(fake_daemon)
     breaker = CircuitBreaker(
         "daemon",
         on=DaemonUnavailable,
@@ -445,7 +435,7 @@ def test_the_monitor_restarts_the_daemon_and_the_probe_closes_the_breaker(
         journal=journal,
     )
     client = make(process=cast("DaemonProcess", process), breaker=breaker)
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
     client.generate(PROMPT)
     assert breaker.state is State.OPEN
     monitor = client.watch(interval=5.0, restart=True, start=False)
@@ -467,20 +457,20 @@ def test_the_monitor_restarts_the_daemon_and_the_probe_closes_the_breaker(
         "half_open",
         "closed",
     ]
-    calls = daemon.calls
+    calls = fake_daemon.calls
     used = len(journal.events(FallbackUsed))
     assert client.generate(PROMPT) == ANSWER
-    assert daemon.calls == calls + 1
+    assert fake_daemon.calls == calls + 1
     assert len(journal.events(FallbackUsed)) == used
     assert [c.healthy for c in journal.events(HealthChecked)] == [True, True]
 
 
 def test_a_monitor_without_restart_only_reports(
-    make: Callable[..., ResilientClient], journal: Journal, daemon: FakeDaemon
+    make: Callable[..., ResilientClient], journal: Journal, fake_daemon: FakeDaemon
 ) -> None:
-    process = FakeProcess(daemon)
+    process = FakeProcess(fake_daemon)
     client = make(process=cast("DaemonProcess", process))
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
     (result,) = client.watch(start=False).run_due()
     assert not result.healthy
     assert process.restarts == 0
@@ -490,12 +480,12 @@ def test_a_monitor_without_restart_only_reports(
 
 
 def test_close_stops_the_monitor_thread_and_closes_only_what_the_client_built(
-    daemon: FakeDaemon,
+    fake_daemon: FakeDaemon,
 ) -> None:
     built = FakeDirect()
     given = FakeDirect()
-    lazy = ResilientClient(cast("DaemonBackend", daemon), lambda: built, clock=SystemClock())
-    daemon.mode = "down"
+    lazy = ResilientClient(cast("DaemonBackend", fake_daemon), lambda: built, clock=SystemClock())
+    fake_daemon.mode = "down"
     lazy.watch(interval=60.0)
     assert any(t.name == "pytest-resilience-health" for t in threading.enumerate())
     assert lazy.generate(PROMPT) == ANSWER
@@ -505,7 +495,7 @@ def test_close_stops_the_monitor_thread_and_closes_only_what_the_client_built(
     with pytest.raises(FallbackError):  # a closed client builds nothing more
         lazy.generate(PROMPT)
 
-    with ResilientClient(cast("DaemonBackend", daemon), given) as eager:
+    with ResilientClient(cast("DaemonBackend", fake_daemon), given) as eager:
         assert eager.generate(PROMPT) == ANSWER
     assert not given.closed
 
@@ -513,32 +503,32 @@ def test_close_stops_the_monitor_thread_and_closes_only_what_the_client_built(
 def test_agenerate_and_aembed_fall_back_in_a_worker_thread(
     make: Callable[..., ResilientClient],
     journal: Journal,
-    daemon: FakeDaemon,
+    fake_daemon: FakeDaemon,
     clock: VirtualClock,
 ) -> None:
     client = make()
     assert clock.run(client.agenerate(PROMPT)) == ANSWER
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
     assert clock.run(client.agenerate(PROMPT)) == ANSWER
     assert clock.run(client.aembed("abcd")) == [4.0, 2.0]
     assert len(journal.events(FallbackUsed)) == 2
-    daemon.mode = "frozen"
+    fake_daemon.mode = "frozen"
     client.breaker.reset()
     assert clock.run(client.agenerate(PROMPT)) == ANSWER
     assert clock.now() == 5.0
 
 
 def test_embed_falls_back_to_the_direct_backend(
-    make: Callable[..., ResilientClient], daemon: FakeDaemon
+    make: Callable[..., ResilientClient], fake_daemon: FakeDaemon
 ) -> None:
     client = make()
     assert client.embed("abc") == [3.0, 1.0]
-    daemon.mode = "down"
+    fake_daemon.mode = "down"
     assert client.embed("abc") == [3.0, 2.0]
 
 
-def test_bad_settings_are_refused(daemon: FakeDaemon, direct: FakeDirect) -> None:
+def test_bad_settings_are_refused(fake_daemon: FakeDaemon, direct: FakeDirect) -> None:
     with pytest.raises(ValueError, match="policy"):
-        ResilientClient(cast("DaemonBackend", daemon), direct, policy="maybe")  # type: ignore[arg-type]
+        ResilientClient(cast("DaemonBackend", fake_daemon), direct, policy="maybe")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="timeout"):
-        ResilientClient(cast("DaemonBackend", daemon), direct, timeout=-1)
+        ResilientClient(cast("DaemonBackend", fake_daemon), direct, timeout=-1)
