@@ -17,32 +17,36 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .core.analytics import Summary, summarize
     from .core.app import fallback_point, fell_back, retried
-    from .core.breaker import (
-        BreakerStats,
-        CircuitBreaker,
+    from .core.backoff import Backoff, Jitter
+    from .core.breaker import BreakerStats, CircuitBreaker, Permit, State
+    from .core.breaker_policy import (
         ConsecutiveFailures,
         CountWindow,
-        Permit,
         Recovery,
-        State,
         TimeWindow,
         TripPolicy,
     )
     from .core.cancel import CancelScope, cancel_scope, check_cancelled, current_scope, deadline
-    from .core.clock import Clock, SystemClock, VirtualClock
-    from .core.degrade import DegradePolicy, Degrader, Level, Limits, Profile
-    from .core.errors import (
+    from .core.classify import (
         Action,
-        BackendError,
-        Cancelled,
         Category,
-        CheckpointError,
-        CircuitOpenError,
         Classification,
         Classifier,
+        Rule,
+        Severity,
+        classify,
+    )
+    from .core.clock import Clock, SystemClock
+    from .core.degrade import DegradePolicy, Degrader, Level, Limits, Profile
+    from .core.errors import (
+        BackendError,
+        Cancelled,
+        CheckpointError,
+        CircuitOpenError,
         DaemonLost,
         DaemonUnavailable,
         DeadlineExceeded,
+        ExceptionFilter,
         FallbackError,
         HangDetected,
         InvalidOutput,
@@ -52,14 +56,11 @@ if TYPE_CHECKING:
         ResilienceInterrupt,
         ResourceExhausted,
         RetryError,
-        Rule,
         ServerError,
-        Severity,
         StreamInterrupted,
         StreamStalled,
-        classify,
     )
-    from .core.events import Event, Journal, JournalFull, JsonLinesLogger
+    from .core.events import Event
     from .core.fallback import Fallback, Step
     from .core.health import (
         DaemonCheck,
@@ -70,18 +71,14 @@ if TYPE_CHECKING:
         MemoryCheck,
         ModelFileCheck,
     )
+    from .core.journal import Journal, JournalFull, JsonLinesLogger
     from .core.recovery import Checkpoint, CheckpointStore, RecoveryContext, execute_with_recovery
-    from .core.retry import (
-        Backoff,
-        ExceptionFilter,
-        Jitter,
-        Retry,
-        RetryDetails,
-        is_retryable,
-        result_is_empty,
-        result_is_none,
-    )
-    from .core.stream import GuardedStream, StreamGuard, StreamResult
+    from .core.retry import Retry, is_retryable, result_is_empty, result_is_none
+    from .core.retry_run import RetryDetails
+    from .core.stream import StreamGuard
+    from .core.stream_base import StreamResult
+    from .core.stream_sync import GuardedStream
+    from .core.virtual_clock import VirtualClock
 
 __version__ = "0.1.0"
 
@@ -90,23 +87,23 @@ _EXPORTS: dict[str, str] = {
     "fallback_point": "core.app",
     "fell_back": "core.app",
     "retried": "core.app",
-    "Action": "core.errors",
+    "Action": "core.classify",
     "BackendError": "core.errors",
-    "Backoff": "core.retry",
+    "Backoff": "core.backoff",
     "BreakerStats": "core.breaker",
     "CancelScope": "core.cancel",
     "Cancelled": "core.errors",
-    "Category": "core.errors",
+    "Category": "core.classify",
     "Checkpoint": "core.recovery",
     "CheckpointError": "core.errors",
     "CheckpointStore": "core.recovery",
     "CircuitBreaker": "core.breaker",
     "CircuitOpenError": "core.errors",
-    "Classification": "core.errors",
-    "Classifier": "core.errors",
+    "Classification": "core.classify",
+    "Classifier": "core.classify",
     "Clock": "core.clock",
-    "ConsecutiveFailures": "core.breaker",
-    "CountWindow": "core.breaker",
+    "ConsecutiveFailures": "core.breaker_policy",
+    "CountWindow": "core.breaker_policy",
     "DaemonCheck": "core.health",
     "DaemonLost": "core.errors",
     "DaemonUnavailable": "core.errors",
@@ -118,17 +115,17 @@ _EXPORTS: dict[str, str] = {
     "ExceptionFilter": "core.errors",
     "Fallback": "core.fallback",
     "FallbackError": "core.errors",
-    "GuardedStream": "core.stream",
+    "GuardedStream": "core.stream_sync",
     "HangDetected": "core.errors",
     "ResilienceInterrupt": "core.errors",
     "HealthCheck": "core.health",
     "HealthMonitor": "core.health",
     "HealthResult": "core.health",
     "InvalidOutput": "core.errors",
-    "Jitter": "core.retry",
-    "Journal": "core.events",
-    "JournalFull": "core.events",
-    "JsonLinesLogger": "core.events",
+    "Jitter": "core.backoff",
+    "Journal": "core.journal",
+    "JournalFull": "core.journal",
+    "JsonLinesLogger": "core.journal",
     "Level": "core.degrade",
     "Limits": "core.degrade",
     "MemoryCheck": "core.health",
@@ -137,30 +134,30 @@ _EXPORTS: dict[str, str] = {
     "Permit": "core.breaker",
     "Profile": "core.degrade",
     "RateLimited": "core.errors",
-    "Recovery": "core.breaker",
+    "Recovery": "core.breaker_policy",
     "RecoveryContext": "core.recovery",
     "ResilienceError": "core.errors",
     "ResourceExhausted": "core.errors",
     "Retry": "core.retry",
-    "RetryDetails": "core.retry",
+    "RetryDetails": "core.retry_run",
     "RetryError": "core.errors",
-    "Rule": "core.errors",
+    "Rule": "core.classify",
     "ServerError": "core.errors",
-    "Severity": "core.errors",
+    "Severity": "core.classify",
     "State": "core.breaker",
     "Step": "core.fallback",
     "StreamGuard": "core.stream",
     "StreamInterrupted": "core.errors",
-    "StreamResult": "core.stream",
+    "StreamResult": "core.stream_base",
     "StreamStalled": "core.errors",
     "Summary": "core.analytics",
     "SystemClock": "core.clock",
-    "TimeWindow": "core.breaker",
-    "TripPolicy": "core.breaker",
-    "VirtualClock": "core.clock",
+    "TimeWindow": "core.breaker_policy",
+    "TripPolicy": "core.breaker_policy",
+    "VirtualClock": "core.virtual_clock",
     "cancel_scope": "core.cancel",
     "check_cancelled": "core.cancel",
-    "classify": "core.errors",
+    "classify": "core.classify",
     "current_scope": "core.cancel",
     "deadline": "core.cancel",
     "execute_with_recovery": "core.recovery",

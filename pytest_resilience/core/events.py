@@ -1,36 +1,40 @@
-"""What the components did, as frozen event records, and the Journal that holds them.
+"""What the components did, as frozen event records, and how a journal's lines become events.
 
 Every component takes an optional ``journal``; with none, it records nothing and pays
 nothing. Events carry the time of the component's clock, so under a virtual clock a
 timeline reads in virtual seconds. Success paths record nothing: a call that works on the
-first attempt through a closed breaker costs no append.
-
-The Journal is thread-safe, bounded (the oldest events go first; ``dropped`` counts them,
-and the first drop warns :class:`JournalFull`) and append-only. Listeners subscribe to it
-and are called, outside the lock, in the thread that appended. :class:`JsonLinesLogger` is
-a listener that writes each event as one JSON line through the stdlib ``logging`` module.
+first attempt through a closed breaker costs no append. The :class:`Journal` that holds
+them is in :mod:`pytest_resilience.core.journal`, and importable from here too.
 
 Journals are read back (:meth:`Journal.load`, :mod:`faults.journal`) through an explicit
 registry of event classes by ``kind``: the ones of this module, those the package defines
 elsewhere (``_ELSEWHERE``, imported when first needed), and an application's own, added
-with :func:`register_event`. Each field is checked against its annotation as it is read.
+with :func:`register_event`. Each field is checked against its annotation as it is read
+(:mod:`pytest_resilience.core.event_fields`); nothing is checked when an event is made.
+
+Making an event is on the hot path of the components that record (a rejected call, a
+failed attempt). The classes here are frozen, slotted dataclasses as the ones an
+application defines, but their ``__init__`` stores each field through its slot's descriptor
+instead of ``object.__setattr__``, and the components build them with
+:func:`event_maker`, which also skips ``type.__call__``: the same frozen event, in about
+half the time.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
-import json
-import logging
 import threading
 import types
 import typing
-import warnings
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, Any, ClassVar, Final, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
+
+from .event_fields import Convert, converter, show, show_name
+from .journal import Journal, JournalFull, JsonLinesLogger, Listener, format_event
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 __all__ = [
     "AppRetry",
@@ -59,14 +63,17 @@ __all__ = [
     "StreamFirstToken",
     "StreamStalled",
     "event_from_dict",
+    "event_maker",
     "event_type",
     "event_types",
+    "format_event",
     "register_event",
 ]
 
-_log = logging.getLogger(__name__)
-
 E = TypeVar("E", bound="Event")
+
+#: faults.journal's name for :func:`~pytest_resilience.core.event_fields.show`.
+_show = show
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,8 +322,7 @@ _registry_lock = threading.Lock()
 
 # How each field of an event class is read from JSON: the converter, and whether the
 # field is required (has no default). Built from the annotations on first use.
-_Convert = Callable[[object], object]
-_fields: dict[type[Event], dict[str, tuple[_Convert, bool]]] = {}
+_fields: dict[type[Event], dict[str, tuple[Convert, bool]]] = {}
 
 
 def register_event(cls: type[E]) -> type[E]:
@@ -358,7 +364,7 @@ def event_type(kind: object) -> type[Event]:
         if kind is None:
             raise ValueError("the event has no kind")
         known = ", ".join(sorted(_registry))
-        raise ValueError(f"unknown event kind {_show(kind)}; known: {known}")
+        raise ValueError(f"unknown event kind {show(kind)}; known: {known}")
     if isinstance(entry, str):
         return _resolve(str(kind), entry)
     return entry
@@ -399,7 +405,7 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
     known = _fields_of(cls)
     unknown = sorted(str(name) for name in fields if name not in known)
     if unknown:
-        shown = ", ".join(_name(name) for name in unknown[:5])
+        shown = ", ".join(show_name(name) for name in unknown[:5])
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise ValueError(f"event {kind!r} has no field(s) {shown}{more}")
     missing = [name for name, (_, required) in known.items() if required and name not in fields]
@@ -413,14 +419,14 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
     return cls(**fields)
 
 
-def _fields_of(cls: type[Event]) -> dict[str, tuple[_Convert, bool]]:
+def _fields_of(cls: type[Event]) -> dict[str, tuple[Convert, bool]]:
     found = _fields.get(cls)
     if found is None:
         hints = typing.get_type_hints(cls)
         found = {}
         for f in dataclasses.fields(cls):
             try:
-                convert = _converter(hints[f.name])
+                convert = converter(hints[f.name])
             except TypeError as exc:
                 raise TypeError(f"{_path(cls)}.{f.name}: {exc}") from None
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -429,241 +435,59 @@ def _fields_of(cls: type[Event]) -> dict[str, tuple[_Convert, bool]]:
     return found
 
 
-def _converter(hint: object) -> _Convert:
-    """What reads a JSON value into a field of type ``hint``; ``ValueError`` says what it
-    should have been. ``TypeError`` for a type a journal cannot hold."""
-    simple = _SIMPLE.get(hint)
-    if simple is not None:
-        return simple
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] in _SIMPLE:
-        return functools.partial(_to_tuple, _SIMPLE[args[0]], _NAMES[args[0]])
-    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
-        inner = _converter(args[0] if args[1] is type(None) else args[1])
-        return functools.partial(_or_none, inner)
-    raise TypeError(
-        f"a journal holds str, int, float, bool, tuple[T, ...] of one of those, or T | None; "
-        f"not {hint!r}"
-    )
+# -------------------------------------------------------------------------- fast making
 
 
-def _to_int(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise ValueError(f"an integer, not {_show(value)}")
+def _speed_up(cls: type[E]) -> Callable[..., E]:
+    """Give one of this module's event classes a faster ``__init__``; return its maker.
 
-
-def _to_float(value: object) -> float:
-    if isinstance(value, float):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except OverflowError:
-            raise ValueError(f"a number a float can hold, not {_show(value)}") from None
-    raise ValueError(f"a number, not {_show(value)}")
-
-
-def _to_str(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    raise ValueError(f"a string, not {_show(value)}")
-
-
-def _to_bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ValueError(f"true or false, not {_show(value)}")
-
-
-_SIMPLE: Final[dict[object, _Convert]] = {
-    int: _to_int,
-    float: _to_float,
-    str: _to_str,
-    bool: _to_bool,
-}
-_NAMES: Final[dict[object, str]] = {
-    int: "integers",
-    float: "numbers",
-    str: "strings",
-    bool: "true or false",
-}
-
-
-def _to_tuple(item: _Convert, names: str, value: object) -> tuple[object, ...]:
-    if isinstance(value, list | tuple):
-        try:
-            return tuple(item(x) for x in value)
-        except ValueError:
-            pass
-    raise ValueError(f"a list of {names}, not {_show(value)}")
-
-
-def _or_none(inner: _Convert, value: object) -> object:
-    if value is None:
-        return None
-    try:
-        return inner(value)
-    except ValueError as exc:
-        raise ValueError(f"null or {exc}") from None
-
-
-def _name(text: str) -> str:
-    """A name read from JSON, printable and short, for messages."""
-    shown = repr(text)[1:-1]
-    return shown if len(shown) <= 40 else f"{shown[:37]}..."
-
-
-def _show(value: object) -> str:
-    """A short, one-line, printable rendering of a value read from JSON, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        return f"a list of {len(value)} item(s)"
-    if isinstance(value, dict):
-        return f"an object of {len(value)} key(s)"
-    text = repr(value) if isinstance(value, str | int | float) else type(value).__name__
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
-class JournalFull(UserWarning):
-    """A journal reached its bound and dropped its oldest event: warned once per journal."""
-
-
-# ------------------------------------------------------------------------------- journal
-
-Listener = Callable[[Event], None]
-
-
-class Journal:
-    """A thread-safe, bounded, append-only record of events.
-
-    It keeps the last ``maxlen`` events: the oldest go first, ``dropped`` counts them, and
-    the first drop warns :class:`JournalFull` (once per journal).
+    Both take the dataclass ``__init__``'s keyword-only arguments and defaults, and store
+    each field through the member descriptor of its slot, as ``object.__setattr__`` would
+    after looking the descriptor up: the instance is the same frozen event.
     """
-
-    def __init__(self, maxlen: int = 100_000) -> None:
-        if maxlen < 1:
-            raise ValueError(f"Journal maxlen must be at least 1, got {maxlen}")
-        self._events: deque[Event] = deque(maxlen=maxlen)
-        self._lock = threading.Lock()
-        self._listeners: tuple[Listener, ...] = ()
-        self._warned = False  # JournalFull was warned
-        self.maxlen = maxlen
-        self.dropped = 0  # events pushed out by the bound
-
-    def append(self, event: Event) -> None:
-        full = False
-        with self._lock:
-            if len(self._events) == self.maxlen:
-                self.dropped += 1
-                if not self._warned:
-                    self._warned = full = True
-            self._events.append(event)
-            listeners = self._listeners
-        for listener in listeners:
-            try:
-                listener(event)
-            except Exception:  # noqa: BLE001 - a broken listener must not break the call it observes
-                _log.exception("journal listener %r failed on %s", listener, event.kind)
-        if full:  # last: under -W error it raises, and the listeners have had the event
-            warnings.warn(
-                f"the journal keeps the last {self.maxlen} events and has begun dropping the "
-                f"oldest ({event.kind!r} pushed one out; Journal.dropped counts them): give it "
-                "a larger bound, Journal(maxlen=...) (for the pytest plugin's journals, the "
-                "ini option resilience_journal_maxlen)",
-                JournalFull,
-                stacklevel=2,
-            )
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener`` for every later event; returns the function that unsubscribes."""
-        with self._lock:
-            self._listeners = (*self._listeners, listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                self._listeners = tuple(x for x in self._listeners if x is not listener)
-
-        return unsubscribe
-
-    @overload
-    def events(self) -> list[Event]: ...
-    @overload
-    def events(self, kind: type[E], /, *more: type[E]) -> list[E]: ...
-    def events(self, *kinds: type[Any]) -> list[Any]:
-        """A snapshot of the events, optionally only those of the given types."""
-        with self._lock:
-            snapshot = list(self._events)
-        if not kinds:
-            return snapshot
-        return [e for e in snapshot if isinstance(e, kinds)]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._events.clear()
-            self.dropped = 0
-
-    def __len__(self) -> int:
-        return len(self._events)
-
-    def __iter__(self) -> Iterator[Event]:
-        return iter(self.events())
-
-    def dump(self, stream: IO[str]) -> None:
-        """Write the events as JSON lines."""
-        for event in self.events():
-            stream.write(json.dumps(event.to_dict(), sort_keys=False) + "\n")
-
-    @classmethod
-    def load(cls, lines: Iterable[str], maxlen: int = 100_000) -> Journal:
-        """Read a journal written by :meth:`dump`. Raises ``ValueError`` naming the bad line."""
-        journal = cls(maxlen)
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-                if not isinstance(data, dict):
-                    raise ValueError(f"expected a JSON object, got {_show(data)}")
-                event = event_from_dict(data)
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"journal line {number}: {exc}") from exc
-            except RecursionError:
-                raise ValueError(f"journal line {number}: JSON nested too deep") from None
-            journal.append(event)
-        return journal
-
-    def timeline(self, last: int | None = None, *, since: float | None = None) -> str:
-        """A readable timeline, one event a line: ``  12.500s retry.scheduled ...``.
-
-        ``since`` shows times relative to it (``+12.500s``): a real-time journal's times are
-        a monotonic clock's, meaningless without the moment the test started.
-        """
-        events = self.events()
-        if last is not None:
-            events = events[-last:]
-        return "\n".join(format_event(e, since=since) for e in events)
+    params = cls.__dataclass_params__  # type: ignore[attr-defined]
+    if not (params.frozen and "__slots__" in vars(cls)) or hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__qualname__} is not a plain frozen, slotted event class")
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    params_src, stores = [], []
+    for f in dataclasses.fields(cls):
+        if not f.init or f.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"{cls.__qualname__}.{f.name} needs the dataclass __init__")
+        slot = next(k.__dict__[f.name] for k in cls.__mro__ if f.name in k.__dict__)
+        if not isinstance(slot, types.MemberDescriptorType):
+            raise TypeError(f"{cls.__qualname__}.{f.name} is not a slot")
+        namespace[f"_set_{f.name}"] = slot.__set__
+        if f.default is dataclasses.MISSING:
+            params_src.append(f.name)
+        else:
+            namespace[f"_default_{f.name}"] = f.default
+            params_src.append(f"{f.name}=_default_{f.name}")
+        stores.append(f"    _set_{f.name}(self, {f.name})")
+    signature = ", ".join(params_src)
+    body = "\n".join(stores)
+    source = (
+        f"def __init__(self, *, {signature}):\n{body}\n"
+        f"def make(*, {signature}):\n    self = _new(_cls)\n{body}\n    return self\n"
+    )
+    exec(source, namespace)  # code built from the class's own field names, as dataclasses does
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    cls.__init__ = init  # type: ignore[method-assign]
+    make: Callable[..., E] = namespace["make"]
+    make.__qualname__ = make.__name__ = f"make_{cls.__name__}"
+    make.__module__ = cls.__module__
+    return make
 
 
-def format_event(event: Event, *, since: float | None = None) -> str:
-    data = event.to_dict()
-    kind, time, source = data.pop("kind"), data.pop("time"), data.pop("source")
-    fields = " ".join(f"{k}={v!r}" for k, v in data.items())
-    where = f" [{source}]" if source else ""
-    shown = f"{time:10.3f}s" if since is None else f"{time - since:+10.3f}s"
-    return f"{shown} {kind}{where} {fields}".rstrip()
+_MAKERS: Final[dict[type[Event], Callable[..., Event]]] = {cls: _speed_up(cls) for cls in _HERE}
 
 
-class JsonLinesLogger:
-    """A journal listener that logs each event as one JSON line (``journal.subscribe(...)``)."""
+def event_maker(cls: type[E]) -> Callable[..., E]:
+    """A function that builds ``cls`` events as ``cls(**fields)`` does, in half the time.
 
-    def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
-        self.logger = logger if logger is not None else logging.getLogger("pytest_resilience")
-        self.level = level
-
-    def __call__(self, event: Event) -> None:
-        if self.logger.isEnabledFor(self.level):
-            self.logger.log(self.level, json.dumps(event.to_dict()))
+    ``cls`` is one of this module's event classes (``KeyError`` otherwise); the components
+    use it on their hot paths: ``rejected = event_maker(CallRejected)`` once, then
+    ``journal.append(rejected(time=now, source=name, state=state))``.
+    """
+    return _MAKERS[cls]  # type: ignore[return-value]

@@ -24,6 +24,10 @@ Method
     bare call does. Rejected calls are caught in the loop (``try: fn() except Err: pass``),
     so the open-breaker rows include raising and catching the library's error.
 
+    A row may have a goal in nanoseconds instead (one journal event: making the frozen
+    record and appending it, as the components do); its verdict compares the best time over
+    the rounds with the goal.
+
 Fairness
     The peers run with their logging and instrumentation off (stamina's retry hooks, backoff's
     logger), and with zero delay wherever a row says so; they still call ``time.sleep(0)``,
@@ -57,7 +61,7 @@ import tenacity
 
 from pytest_resilience.core.breaker import CircuitBreaker
 from pytest_resilience.core.errors import CircuitOpenError
-from pytest_resilience.core.events import Journal
+from pytest_resilience.core.events import AttemptFailed, CallRejected, Journal, event_maker
 
 try:  # the retry module may still be missing while it is being written
     from pytest_resilience.core.retry import Backoff, Retry
@@ -72,6 +76,7 @@ __all__ = [
     "Row",
     "Subject",
     "build_rows",
+    "format_goals",
     "format_report",
     "main",
     "measure",
@@ -83,7 +88,7 @@ LIBRARIES = ("tenacity", "stamina", "backoff", "pybreaker", "circuitbreaker", "b
 
 Fn = Callable[[], Any]
 Wrap = Callable[[Fn], Fn]  # builds a subject around the target function
-Mode = Literal["success", "flaky", "rejected"]
+Mode = Literal["success", "flaky", "rejected", "record"]
 
 # ------------------------------------------------------------------------------ targets
 
@@ -150,6 +155,7 @@ class Subject:
     library: str  # "ours" or one of LIBRARIES
     wrap: Wrap
     rejects: type[BaseException] | None = None  # the error an open breaker raises
+    journal: Journal | None = None  # what a "record" subject appends to
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +169,7 @@ class Row:
     goal: float | None  # the most our ratio may be; None: shown for information
     subjects: tuple[Subject, ...]
     missing: str = ""  # why "ours" is absent, if it is
+    goal_ns: float | None = None  # the most our best time may be, in ns, instead of a ratio
 
     def subject(self, library: str) -> Subject | None:
         return next((s for s in self.subjects if s.library == library), None)
@@ -303,6 +310,26 @@ def _circuit_open(fn: Fn) -> Fn:
     return wrapped
 
 
+def _journal_event(event: Literal["rejected", "failed"]) -> Subject:
+    """Make one frozen event and append it to a journal, as the open breaker (a rejection)
+    or a journaled retry (a failed attempt) does: the cost a component pays per event."""
+    journal = Journal()
+    append = journal.append
+    if event == "rejected":
+        rejected = event_maker(CallRejected)
+
+        def record() -> None:
+            append(rejected(time=1.0, source="bench", state="open"))
+
+    else:
+        failed = event_maker(AttemptFailed)
+
+        def record() -> None:
+            append(failed(time=1.0, source="bench", attempt=1, error="E: x", category="transient"))
+
+    return Subject("ours", lambda fn: record, journal=journal)
+
+
 def _only(subjects: tuple[Subject, ...], *libraries: str) -> tuple[Subject, ...]:
     return tuple(s for s in subjects if s.library in libraries)
 
@@ -348,6 +375,15 @@ def build_rows() -> list[Row]:
                 Subject("by hand", lambda fn: _breaker_by_hand(fn, 5), _Rejected),
             ),
         ),
+        Row(
+            "event",
+            "one journal event (ns)",
+            "record",
+            False,
+            None,
+            (_journal_event("rejected"),),
+            goal_ns=300.0,
+        ),
         Row("aretry", "async retry, success", "success", True, 10.0, retry, missing),
         # For information: the other call forms, and what a journal costs a retried call.
         Row(
@@ -392,6 +428,14 @@ def build_rows() -> list[Row]:
             _only(_retry_subjects(Journal()), "ours"),
             missing,
         ),
+        Row(
+            "event_failed",
+            "journal event, 5 fields (ns)",
+            "record",
+            False,
+            None,
+            (_journal_event("failed"),),
+        ),
     ]
 
 
@@ -413,6 +457,14 @@ def check(row: Row, subject: Subject, loop: asyncio.AbstractEventLoop) -> None:
     Raises ``AssertionError`` naming the row and the library when it does not.
     """
     where = f"{row.key}/{subject.library}"
+    if row.mode == "record":
+        journal = subject.journal
+        _expect(journal is not None, where, "no journal given")
+        assert journal is not None
+        before = len(journal) + journal.dropped
+        _run_once(subject.wrap(_ok), False, loop)
+        _expect(len(journal) + journal.dropped == before + 1, where, "appended no single event")
+        return
     if row.mode == "flaky":
         _expect(not row.is_async, where, "no async flaky target")
         result = _run_once(subject.wrap(_flaky()), False, loop)
@@ -530,6 +582,9 @@ class Report:
         return statistics.median(s / b for s, b in zip(m.samples, base, strict=True))
 
     def passed(self, row: Row) -> bool | None:
+        if row.goal_ns is not None:
+            m = self.get(row, "ours")
+            return None if m is None else m.best <= row.goal_ns
         ratio = self.ratio(row, "ours")
         return None if ratio is None or row.goal is None else ratio <= row.goal
 
@@ -619,7 +674,7 @@ def format_report(report: Report) -> str:
             row.title,
             f"{ours:.1f}×" if ours is not None else "n/a",
             f"{of_mins:.1f}×" if of_mins is not None else "n/a",
-            f"≤{row.goal:g}×" if row.goal is not None else "info",
+            _goal(row),
             verdict,
         ]
         for p in peers:
@@ -652,8 +707,32 @@ def format_report(report: Report) -> str:
             "Nanoseconds per call (min over rounds; µ = microseconds)",
             "",
             _table(["path", "bare", "ours", *peers], times),
+            "",
+            format_goals(report),
         ]
     )
+
+
+def _goal(row: Row) -> str:
+    if row.goal_ns is not None:
+        return f"≤{row.goal_ns:g}ns"
+    return f"≤{row.goal:g}×" if row.goal is not None else "info"
+
+
+def format_goals(report: Report) -> str:
+    """One line per goal: what ours measured against it, and the verdict."""
+    lines = []
+    for row in report.rows:
+        verdict = report.passed(row)
+        m = report.get(row, "ours")
+        if verdict is None or m is None:
+            continue
+        if row.goal_ns is not None:
+            got = f"{m.best:,.0f} ns (best of {len(m.samples)} rounds)"
+        else:
+            got = f"{report.ratio(row, 'ours'):.1f}× a bare call ({_ns(m.best)} ns)"
+        lines.append(f"  {row.title}: {got}, goal {_goal(row)}: {'pass' if verdict else 'MISS'}")
+    return "\n".join(["Goals", *lines])
 
 
 def _load() -> str:
@@ -691,3 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     if missed:
         print(f"\nmissed: {', '.join(missed)}", file=sys.stderr)
     return 1 if missed and args.strict else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -158,6 +158,44 @@ def test_open_breaker_rejects_with_retry_after(clock: VirtualClock, journal: Jou
     assert breaker.stats().retry_after == pytest.approx(6.0)
 
 
+def test_every_call_form_rejects_alike_and_records_it(
+    clock: VirtualClock, journal: Journal
+) -> None:
+    breaker = make(clock, journal)
+    fail(breaker, 3)
+    clock.advance(4.0)
+
+    async def acall() -> None:
+        await breaker.acall(asyncio.sleep, 0)
+
+    @breaker
+    async def decorated_async() -> None:
+        await asyncio.sleep(0)
+
+    forms: dict[str, Callable[[], object]] = {
+        "call": lambda: breaker.call(ok),
+        "decorator": breaker(ok),
+        "acquire": breaker.acquire,
+        "acall": lambda: asyncio.run(acall()),
+        "async decorator": lambda: asyncio.run(decorated_async()),
+    }
+    for form, attempt in forms.items():
+        with pytest.raises(CircuitOpenError) as info:
+            attempt()
+        error = info.value
+        assert (error.breaker, error.state, error.retry_after) == ("svc", "open", 6.0), form
+        assert str(error) == "circuit 'svc' is open; retry in 6s", form
+        assert error.args == ("svc", "open", 6.0), form
+    assert [(e.time, e.source, e.state) for e in journal.events(CallRejected)] == [
+        (4.0, "svc", "open")
+    ] * len(forms)
+    breaker.force_open()
+    with pytest.raises(CircuitOpenError) as forced:
+        breaker.call(ok)
+    assert (forced.value.state, forced.value.retry_after) == ("forced_open", None)
+    assert str(forced.value) == "circuit 'svc' is forced_open"
+
+
 # ---------------------------------------------------------------------- recovery
 
 

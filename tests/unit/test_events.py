@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import io
 import json
 import logging
 import threading
+from typing import Any
 
 import pytest
 
@@ -22,6 +25,8 @@ from pytest_resilience.core.events import (
     RetryScheduled,
     StreamStalled,
     event_from_dict,
+    event_maker,
+    event_types,
 )
 
 
@@ -231,3 +236,88 @@ def test_json_lines_logger_defaults_to_the_package_logger(
         journal.append(DaemonUp(time=1.0))
     assert [r.name for r in caplog.records] == ["pytest_resilience"]
     assert json.loads(caplog.records[0].getMessage())["kind"] == "daemon.up"
+
+
+# ------------------------------------------------------------------ making events fast
+
+
+def _sample(cls: type[Event]) -> dict[str, Any]:
+    """A value of the right type for every field of ``cls``."""
+    values = {float: 1.5, int: 3, str: "s", bool: True}
+    fields = {}
+    for f in dataclasses.fields(cls):
+        hint = inspect.get_annotations(cls, eval_str=True).get(f.name)
+        if hint is None:  # inherited: time or source
+            hint = float if f.name == "time" else str
+        fields[f.name] = values.get(hint, ("a", "b"))
+    return fields
+
+
+PACKAGE_EVENTS = [cls for cls in event_types().values() if cls.__module__.endswith("core.events")]
+
+
+@pytest.mark.parametrize("cls", PACKAGE_EVENTS, ids=lambda cls: cls.kind)
+def test_the_maker_and_the_class_build_the_same_frozen_event(cls: type[Event]) -> None:
+    fields = _sample(cls)
+    made, built = event_maker(cls)(**fields), cls(**fields)
+    assert type(made) is type(built) is cls
+    assert made == built
+    assert hash(made) == hash(built)
+    assert dataclasses.asdict(made) == dataclasses.asdict(built) == fields
+    for event in (made, built):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            event.time = 2.0  # type: ignore[misc]
+    positional: Any = cls  # keyword-only, as the class
+    for build in (event_maker(cls), positional):
+        with pytest.raises(TypeError, match="positional"):
+            build(*fields.values())
+
+
+def test_the_fast_init_keeps_the_dataclass_signature_and_defaults() -> None:
+    assert str(inspect.signature(FallbackUsed)) == "(*, time, source='', step, index, after=())"
+    assert FallbackUsed(time=1.0, step="s", index=2).after == ()
+    assert event_maker(DaemonUp)(time=1.0) == DaemonUp(time=1.0, source="", latency=0.0)
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'index'"):
+        FallbackUsed(time=1.0, step="s")  # type: ignore[call-arg]
+    with pytest.raises(KeyError):
+        event_maker(Event)
+
+
+@pytest.mark.filterwarnings("ignore::pytest_resilience.core.events.JournalFull")
+@pytest.mark.parametrize("maxlen", [1, 3, 50, 2000])
+def test_a_full_journal_counts_every_drop_exactly_after_each_append(maxlen: int) -> None:
+    journal = Journal(maxlen=maxlen)
+    total = 3 * maxlen + 1500  # well past the slack a full journal lets pile up
+    for i in range(total):
+        journal.append(scheduled(i))
+        kept = min(i + 1, maxlen)
+        assert (len(journal), journal.dropped) == (kept, i + 1 - kept)
+    assert [e.attempt for e in journal.events(RetryScheduled)] == list(range(total - maxlen, total))
+    assert list(journal) == journal.events(RetryScheduled)
+    journal.clear()
+    assert (len(journal), journal.dropped, journal.events()) == (0, 0, [])
+    journal.append(scheduled(0))
+    assert (len(journal), journal.dropped) == (1, 0)
+
+
+@pytest.mark.filterwarnings("ignore::pytest_resilience.core.events.JournalFull")
+def test_a_full_journal_under_four_threads_keeps_the_newest_of_each_in_order() -> None:
+    journal = Journal(maxlen=1000)
+    start = threading.Barrier(4)
+
+    def work(worker: int) -> None:
+        start.wait()
+        for i in range(5000):
+            journal.append(FaultInjected(time=0.0, source=str(worker), site="s", fault="x", call=i))
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (len(journal), journal.dropped) == (1000, 19_000)
+    events = journal.events(FaultInjected)
+    assert len(events) == 1000
+    for worker in range(4):  # what is left of each thread is its last appends, in order
+        calls = [e.call for e in events if e.source == str(worker)]
+        assert calls == list(range(5000 - len(calls), 5000))

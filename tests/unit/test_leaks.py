@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_resilience.backends.llama.stream import LlamaStream, _StopSignal
-from pytest_resilience.core import leaks
+from pytest_resilience.core import leak_watch, leaks
 from pytest_resilience.core.leaks import (
     Leak,
     ResourceRegistry,
@@ -403,11 +403,11 @@ def test_a_watch_names_where_a_child_process_was_started_real_time() -> None:
 
 def test_the_wrappers_come_and_go_with_the_watches() -> None:
     before = {name: vars(threading.Thread)[name] for name in ("start", "run")}
-    outer = leaks._WATCHER.active  # the suite's own check watches each test
+    outer = leak_watch._WATCHER.active  # the suite's own check watches each test
     with leaks.watch(), leaks.watch():
-        assert leaks._WATCHER.active == outer + 2
+        assert leak_watch._WATCHER.active == outer + 2
         assert getattr(threading.Thread.start, "__wrapped__", None) is not None
-    assert leaks._WATCHER.active == outer
+    assert leak_watch._WATCHER.active == outer
     assert {name: vars(threading.Thread)[name] for name in before} == before  # put back
     if not outer:
         assert getattr(threading.Thread.start, "__wrapped__", None) is None

@@ -1,0 +1,137 @@
+"""What the sync and async guarded streams share: the deadlines, the text, the events.
+
+A :class:`_Guarded` stream keeps the chunks delivered so far, the deadline for the next one
+(first-token, then idle, never past the total), and records the journal events; how it
+ends is a :class:`StreamResult`. The rules are in :mod:`pytest_resilience.core.stream`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import StreamInterrupted, StreamStalled
+from .events import StreamCancelled, StreamFirstToken
+from .events import StreamStalled as StalledEvent
+
+if TYPE_CHECKING:
+    from .events import Event
+    from .stream import StreamGuard
+
+__all__ = ["OnStall", "StreamResult"]
+
+_INF = float("inf")
+OnStall = Literal["raise", "return"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    """How a guarded stream ended.
+
+    ``reason`` is ``"complete"``, ``"first_token"``, ``"idle"``, ``"total"``, ``"cancelled"``,
+    ``"error"`` or ``"closed"``; ``detail`` says more (the cancel reason, the error).
+    ``buffered`` is true when the end came from buffered generation after an out-of-memory
+    error; ``first_token`` is the first chunk's latency, or None if none arrived.
+    """
+
+    text: str
+    complete: bool
+    reason: str
+    detail: str = ""
+    buffered: bool = False
+    first_token: float | None = None
+
+
+class _Guarded:
+    """Bookkeeping shared by the sync and async guarded streams."""
+
+    def __init__(self, guard: StreamGuard) -> None:
+        self._guard = guard
+        self._clock = guard.clock
+        self._now = guard.clock.now
+        self._journal = guard.journal
+        self._first_token = _INF if guard.first_token is None else guard.first_token
+        self._idle = _INF if guard.idle is None else guard.idle
+        self._total = _INF if guard.total is None else guard.total
+        self._parts: list[str] = []
+        self._started = False
+        self._start_at = 0.0
+        self._last = 0.0
+        self._total_at = _INF
+        self._armed = _INF  # our own deadline for the next chunk
+        self._latency: float | None = None
+        self._buffered_used = False
+        self.result: StreamResult | None = None
+
+    @property
+    def text(self) -> str:
+        """Everything delivered so far (the partial text after an early end)."""
+        return "".join(self._parts)
+
+    @property
+    def ended(self) -> bool:
+        return self.result is not None
+
+    def _begin(self) -> None:
+        self._started = True
+        self._start_at = self._last = self._now()
+        self._total_at = self._start_at + self._total
+        self._armed = min(self._start_at + self._first_token, self._total_at)
+
+    def _first(self, now: float) -> None:
+        self._latency = now - self._start_at
+        self._record(StreamFirstToken, latency=self._latency)
+
+    def _own(self) -> tuple[str, float, float]:
+        """(which, deadline, waiting since) of our deadline for the next chunk."""
+        if self._buffered_used:  # one long buffered call: only the total deadline applies
+            return "total", self._total_at, self._start_at
+        if self._latency is None:
+            which, at, since = "first_token", self._start_at + self._first_token, self._start_at
+        else:
+            which, at, since = "idle", self._last + self._idle, self._last
+        if self._total_at < at:
+            return "total", self._total_at, self._start_at
+        return which, at, since
+
+    def _stall_if_due(self, now: float) -> tuple[str, float] | None:
+        which, at, since = self._own()
+        return (which, now - since) if now >= at else None
+
+    def _record(self, event: type[Event], **fields: Any) -> None:
+        if self._journal is not None:
+            self._journal.append(event(time=self._now(), source=self._guard.name, **fields))
+
+    def _finish(self, reason: str, detail: str = "") -> StreamResult:
+        self.result = StreamResult(
+            self.text,
+            reason == "complete",
+            reason,
+            detail,
+            self._buffered_used,
+            self._latency,
+        )
+        return self.result
+
+    def _stalled(self, which: str, waited: float) -> StreamStalled | None:
+        """Record a stall; the error to raise, or None in ``on_stall="return"`` mode."""
+        partial = self.text
+        self._record(StalledEvent, which=which, waited=waited, partial=partial)
+        if self._guard.on_stall == "raise":
+            return StreamStalled(which, waited, partial)
+        return None
+
+    def _interrupted(self, reason: str) -> None:
+        self._record(StreamCancelled, reason=reason, partial=self.text)
+
+    def _splice(self, answer: str) -> str:
+        """What the buffered ``answer`` adds after the partial text; raises if it diverged."""
+        partial = self.text
+        if not answer.startswith(partial):
+            self._interrupted("buffered answer diverged")
+            raise StreamInterrupted("buffered answer diverged", partial)
+        return answer[len(partial) :]
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
