@@ -37,7 +37,7 @@ from faults.sites import Env, install
 from faults.spec import Site, Spec
 from faults.target import Target
 from pytest_resilience.core.clock import SystemClock
-from pytest_resilience.core.events import Journal
+from pytest_resilience.core.journal import Journal
 
 if TYPE_CHECKING:
     import os

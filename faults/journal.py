@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from faults.spec import Term
-    from pytest_resilience.core.events import Event, Journal
+    from pytest_resilience.core.events import Event
+    from pytest_resilience.core.journal import Journal
 
 __all__ = ["HEADER_KIND", "JournalFileError", "Recording", "dump", "load", "save"]
 

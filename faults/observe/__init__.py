@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from faults.observe.seams import Seam
     from pytest_resilience.core.clock import Clock
-    from pytest_resilience.core.events import Journal
+    from pytest_resilience.core.journal import Journal
 
 __all__ = ["LIBRARIES", "Watch", "check", "unwatch", "watch"]
 

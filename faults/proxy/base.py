@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from faults.proxy.exchange import Interceptor
     from faults.proxy.toxics import Toxic
-    from pytest_resilience.core.events import Journal
+    from pytest_resilience.core.journal import Journal
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST

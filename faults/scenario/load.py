@@ -32,7 +32,7 @@ from faults.scenario.schema import (
 from faults.spec import Spec, SpecError
 from faults.target import address_of
 from pytest_resilience.core.clock import VirtualClock
-from pytest_resilience.core.events import Journal
+from pytest_resilience.core.journal import Journal
 
 if TYPE_CHECKING:
     import os

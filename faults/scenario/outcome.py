@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pytest_resilience.core.analytics import Summary
-from pytest_resilience.core.events import Journal
+from pytest_resilience.core.journal import Journal
 
 if TYPE_CHECKING:
     from faults.scenario.model import Scenario

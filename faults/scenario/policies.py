@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from faults.scenario.model import Target
     from pytest_resilience.core.clock import Clock
-    from pytest_resilience.core.events import Journal
+    from pytest_resilience.core.journal import Journal
 
 
 class _Policies:

@@ -17,7 +17,7 @@ from pytest_resilience.core.events import FaultInjected, Recovered
 if TYPE_CHECKING:
     from faults.scenario.model import Scenario
     from faults.scenario.outcome import Outcome
-    from pytest_resilience.core.events import Journal
+    from pytest_resilience.core.journal import Journal
 
 
 def replay_command(scenario: Scenario, seed: int) -> str:

@@ -27,10 +27,10 @@ from pytest_resilience.core.events import (
     Event,
     FallbackUsed,
     FaultInjected,
-    Journal,
     Recovered,
     RetryScheduled,
 )
+from pytest_resilience.core.journal import Journal
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

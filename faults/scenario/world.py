@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess
     from pytest_resilience.backends.resilient import ResilientClient
     from pytest_resilience.core.clock import Clock
-    from pytest_resilience.core.events import Journal
+    from pytest_resilience.core.journal import Journal
 
 T = TypeVar("T")
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from faults.spec import Entry, Term
     from faults.target import Server
     from pytest_resilience.core.clock import Clock
-    from pytest_resilience.core.events import Journal
+    from pytest_resilience.core.journal import Journal
 
 __all__ = [
     "SOURCE",

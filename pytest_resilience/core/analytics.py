@@ -49,10 +49,10 @@ from .events import (
     FallbackUsed,
     FaultInjected,
     GaveUp,
-    Journal,
     RetryScheduled,
 )
 from .fallback import FallbackExhausted
+from .journal import Journal
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping

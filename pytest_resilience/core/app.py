@@ -49,7 +49,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from .clock import Clock
-    from .events import Event, Journal
+    from .events import Event
+    from .journal import Journal
 
 __all__ = [
     "Observation",

@@ -102,7 +102,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
     from types import TracebackType
 
-    from .events import Journal
+    from .journal import Journal
 
 __all__ = [
     "BreakerStats",

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
     from _typeshed import DataclassInstance
 
-    from .events import Journal
+    from .journal import Journal
 
 __all__ = ["DegradePolicy", "Degrader", "Level", "Limits", "Profile"]
 

@@ -3,10 +3,11 @@
 Every component takes an optional ``journal``; with none, it records nothing and pays
 nothing. Events carry the time of the component's clock, so under a virtual clock a
 timeline reads in virtual seconds. Success paths record nothing: a call that works on the
-first attempt through a closed breaker costs no append. The :class:`Journal` that holds
-them is in :mod:`pytest_resilience.core.journal`, and importable from here too.
+first attempt through a closed breaker costs no append. The
+:class:`~pytest_resilience.core.journal.Journal` that holds them is in
+:mod:`pytest_resilience.core.journal`, which this module does not import.
 
-Journals are read back (:meth:`Journal.load`, :mod:`faults.journal`) through an explicit
+Journals are read back (``Journal.load``, :mod:`faults.journal`) through an explicit
 registry of event classes by ``kind``: the ones of this module, those the package defines
 elsewhere (``_ELSEWHERE``, imported when first needed), and an application's own, added
 with :func:`register_event`. Each field is checked against its annotation as it is read
@@ -31,7 +32,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 from .event_fields import Convert, converter, show, show_name
-from .journal import Journal, JournalFull, JsonLinesLogger, Listener, format_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -53,10 +53,6 @@ __all__ = [
     "FaultInjected",
     "GaveUp",
     "HealthChecked",
-    "Journal",
-    "JournalFull",
-    "JsonLinesLogger",
-    "Listener",
     "Recovered",
     "RetryScheduled",
     "StreamCancelled",
@@ -66,7 +62,6 @@ __all__ = [
     "event_maker",
     "event_type",
     "event_types",
-    "format_event",
     "register_event",
 ]
 
@@ -313,8 +308,8 @@ _HERE: Final[tuple[type[Event], ...]] = (
 #: application's own event classes use :func:`register_event`.
 _ELSEWHERE: Final[Mapping[str, str]] = {
     "fallback.exhausted": "pytest_resilience.core.fallback:FallbackExhausted",
-    "scenario.op": "faults.scenario:ScenarioOp",
-    "scenario.step": "faults.scenario:ScenarioStep",
+    "scenario.op": "faults.scenario.events:ScenarioOp",
+    "scenario.step": "faults.scenario.events:ScenarioStep",
 }
 
 _registry: dict[str, type[Event] | str] = {cls.kind: cls for cls in _HERE} | dict(_ELSEWHERE)

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from .errors import ExceptionFilter
-    from .events import Journal
+    from .journal import Journal
 
 __all__ = [
     "Fallback",

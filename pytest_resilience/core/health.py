@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Callable, Iterable, Mapping
 
-    from .events import Journal
+    from .journal import Journal
 
 __all__ = [
     "DaemonCheck",

@@ -57,7 +57,7 @@ from .events import CheckpointSaved, Recovered
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .events import Journal
+    from .journal import Journal
 
 __all__ = ["Checkpoint", "CheckpointStore", "RecoveryContext", "execute_with_recovery"]
 

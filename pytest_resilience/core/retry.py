@@ -97,7 +97,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 
     from .errors import Classifier
-    from .events import Journal
+    from .journal import Journal
 
 __all__ = [
     "Attempt",

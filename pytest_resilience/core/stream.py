@@ -88,7 +88,7 @@ from .stream_sync import GuardedStream
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 
-    from .events import Journal
+    from .journal import Journal
 
 __all__ = ["AsyncGuardedStream", "GuardedStream", "StreamGuard", "StreamResult"]
 

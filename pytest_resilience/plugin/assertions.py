@@ -29,10 +29,9 @@ from ..core.events import (
     BreakerTransition,
     Event,
     FallbackUsed,
-    Journal,
     RetryScheduled,
-    format_event,
 )
+from ..core.journal import Journal, format_event
 from ..core.leaks import Leak, Snapshot, check, format_leaks
 
 if TYPE_CHECKING:

@@ -27,7 +27,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from ..core.cancel import current_scope
 from ..core.clock import VirtualClock
 from ..core.errors import CircuitOpenError
-from ..core.events import BreakerTransition, CallRejected, Event, Journal
+from ..core.events import BreakerTransition, CallRejected, Event
+from ..core.journal import Journal
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from pytest_resilience.backends.daemon import DaemonProcess
     from pytest_resilience.backends.llama import LlamaBackend
     from pytest_resilience.backends.resilient import ResilientClient
-    from pytest_resilience.core.events import Journal
+    from pytest_resilience.core.journal import Journal
     from pytest_resilience.plugin.fixtures import FaultsFactory, LeakCheck, TestClock
 
 __all__ = [

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from pytest_resilience.backends.llama import LlamaBackend
     from pytest_resilience.backends.resilient import ResilientClient
     from pytest_resilience.core.clock import Clock
-    from pytest_resilience.core.events import Journal
+    from pytest_resilience.core.journal import Journal
     from pytest_resilience.core.leaks import Leak, Snapshot
 
 __all__ = ["SLEEP_SITES", "FaultsFactory", "LeakCheck", "TestClock"]

@@ -200,8 +200,8 @@ def _warn_unreached(item: pytest.Item, missed: list[str]) -> None:
 def _adopt_fixtures(item: pytest.Item, state: TestState) -> None:
     """Use a suite's own ``clock`` and ``journal`` fixtures (overriding ours) if it has them."""
     funcargs: dict[str, object] = getattr(item, "funcargs", {})
-    clock_module, events_module = (
-        sys.modules.get(f"pytest_resilience.core.{m}") for m in ("clock", "events")
+    clock_module, journal_module = (
+        sys.modules.get(f"pytest_resilience.core.{m}") for m in ("virtual_clock", "journal")
     )
     theirs = funcargs.get("clock")
     if (
@@ -214,8 +214,8 @@ def _adopt_fixtures(item: pytest.Item, state: TestState) -> None:
     theirs = funcargs.get("journal")
     if (
         state._journal is None
-        and events_module is not None
-        and isinstance(theirs, events_module.Journal)
+        and journal_module is not None
+        and isinstance(theirs, journal_module.Journal)
     ):
         state._journal = theirs
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from faults.spec import Spec
     from pytest_resilience.backends.daemon import DaemonProcess
     from pytest_resilience.core.clock import Clock
-    from pytest_resilience.core.events import Journal
+    from pytest_resilience.core.journal import Journal
 
 __all__ = [
     "DAEMON_SCOPES",
@@ -152,7 +152,7 @@ class TestState:
     def journal(self) -> Journal:
         """The test's journal (made on first use): fixtures and injectors all write to it."""
         if self._journal is None:
-            from pytest_resilience.core.events import Journal  # noqa: PLC0415 - lazy, see module doc
+            from pytest_resilience.core.journal import Journal  # noqa: PLC0415 - lazy, see module doc
 
             self._journal = Journal(maxlen=self.journal_maxlen)
         return self._journal

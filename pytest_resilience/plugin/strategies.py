@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..core.breaker import TripPolicy
     from ..core.clock import Clock
     from ..core.errors import ExceptionFilter
-    from ..core.events import Journal
+    from ..core.journal import Journal
 
 __all__ = [
     "BreakerSettings",

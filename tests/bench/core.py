@@ -61,7 +61,8 @@ import tenacity
 
 from pytest_resilience.core.breaker import CircuitBreaker
 from pytest_resilience.core.errors import CircuitOpenError
-from pytest_resilience.core.events import AttemptFailed, CallRejected, Journal, event_maker
+from pytest_resilience.core.events import AttemptFailed, CallRejected, event_maker
+from pytest_resilience.core.journal import Journal
 
 try:  # the retry module may still be missing while it is being written
     from pytest_resilience.core.retry import Backoff, Retry

@@ -48,7 +48,8 @@ from pytest_resilience.core.errors import (
     StreamStalled,
     classify,
 )
-from pytest_resilience.core.events import DaemonDown, DaemonRestarted, DaemonUp, Journal
+from pytest_resilience.core.events import DaemonDown, DaemonRestarted, DaemonUp
+from pytest_resilience.core.journal import Journal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

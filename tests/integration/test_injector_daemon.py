@@ -28,7 +28,8 @@ from pytest_resilience.core.errors import (
     RateLimited,
     StreamStalled,
 )
-from pytest_resilience.core.events import DaemonDown, FaultInjected, Journal
+from pytest_resilience.core.events import DaemonDown, FaultInjected
+from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.stream import StreamGuard
 
 if TYPE_CHECKING:

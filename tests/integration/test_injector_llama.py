@@ -25,7 +25,8 @@ from pytest_resilience.core.errors import (
     ResourceExhausted,
     StreamStalled,
 )
-from pytest_resilience.core.events import FaultInjected, Journal
+from pytest_resilience.core.events import FaultInjected
+from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.stream import StreamGuard
 
 if TYPE_CHECKING:

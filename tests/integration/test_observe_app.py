@@ -20,7 +20,7 @@ from tests.integration import observe_app
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from pytest_resilience.core.events import Journal
+    from pytest_resilience.core.journal import Journal
     from pytest_resilience.plugin.fixtures import FaultsFactory, TestClock
 
 SITE = "py:tests.integration.observe_app:_request"

@@ -31,7 +31,8 @@ import tenacity
 
 import faults.observe
 from pytest_resilience.core.analytics import summarize
-from pytest_resilience.core.events import AppRetry, Journal
+from pytest_resilience.core.events import AppRetry
+from pytest_resilience.core.journal import Journal
 from pytest_resilience.plugin.assertions import assert_retried
 
 if TYPE_CHECKING:

@@ -33,11 +33,13 @@ from faults.proxy.http1 import _SseCounter
 from pytest_resilience.backends.base import GenerationParams
 from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess, ServerOptions, Timeouts
 from pytest_resilience.core.errors import DaemonLost, DaemonUnavailable, StreamStalled
-from pytest_resilience.core.events import FaultInjected, Journal
+from pytest_resilience.core.events import FaultInjected
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    from pytest_resilience.core.journal import Journal
 
 GUARD = 5.0  # a socket timeout that only a broken proxy would reach
 

@@ -20,17 +20,13 @@ from pytest_resilience.backends.llama import LlamaBackend
 from pytest_resilience.backends.resilient import ResilientClient
 from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures, Recovery, State
 from pytest_resilience.core.errors import DaemonUnavailable, FallbackError, ModelNotFound
-from pytest_resilience.core.events import (
-    DaemonDown,
-    DaemonRestarted,
-    DaemonUp,
-    FallbackUsed,
-    Journal,
-)
+from pytest_resilience.core.events import DaemonDown, DaemonRestarted, DaemonUp, FallbackUsed
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    from pytest_resilience.core.journal import Journal
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
 

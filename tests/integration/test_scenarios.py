@@ -11,7 +11,8 @@ import pytest
 
 from faults.scenario import ScenarioOp, format_failure, load, main, replay_command, run
 from pytest_resilience.backends.resilient import ResilientClient
-from pytest_resilience.core.events import CheckpointSaved, FaultInjected, Journal, Recovered
+from pytest_resilience.core.events import CheckpointSaved, FaultInjected, Recovered
+from pytest_resilience.core.journal import Journal
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

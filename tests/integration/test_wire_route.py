@@ -37,7 +37,8 @@ from faults.spec import SpecError
 from pytest_resilience.backends.base import GenerationParams
 from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess, ServerOptions
 from pytest_resilience.core.errors import RateLimited
-from pytest_resilience.core.events import FaultInjected, Journal
+from pytest_resilience.core.events import FaultInjected
+from pytest_resilience.core.journal import Journal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

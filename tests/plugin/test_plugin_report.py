@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 import faults  # loaded once here, so that pytester's runs do not reload it
-from pytest_resilience.core.events import BreakerTransition, FallbackUsed, Journal, RetryScheduled
+from pytest_resilience.core.events import BreakerTransition, FallbackUsed, RetryScheduled
+from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.leaks import Leak, snapshot
 from pytest_resilience.plugin.assertions import (
     assert_fell_back,

@@ -26,7 +26,8 @@ from pytest_resilience.core.breaker import (
 )
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import CircuitOpenError
-from pytest_resilience.core.events import BreakerTransition, CallRejected, Journal
+from pytest_resilience.core.events import BreakerTransition, CallRejected
+from pytest_resilience.core.journal import Journal
 
 
 class Boom(ConnectionError):

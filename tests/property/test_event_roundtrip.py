@@ -21,13 +21,8 @@ from hypothesis import strategies as st
 import faults.journal
 from faults.parser import parse
 from faults.strategies import fault_specs
-from pytest_resilience.core.events import (
-    Event,
-    FaultInjected,
-    Journal,
-    event_type,
-    event_types,
-)
+from pytest_resilience.core.events import Event, FaultInjected, event_type, event_types
+from pytest_resilience.core.journal import Journal
 
 if TYPE_CHECKING:
     from faults.spec import Site

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import Cancelled, RateLimited, RetryError
-from pytest_resilience.core.events import Journal
+from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.retry import Backoff, Jitter, Retry, result_is_none
 
 REL = 1e-9  # float rounding in rng.uniform(a, b) may land a hair outside [a, b]

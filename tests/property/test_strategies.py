@@ -33,7 +33,8 @@ from pytest_resilience.core.breaker import (
 from pytest_resilience.core.cancel import deadline
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import CircuitOpenError, DeadlineExceeded, RetryError
-from pytest_resilience.core.events import BreakerTransition, FaultInjected, Journal
+from pytest_resilience.core.events import BreakerTransition, FaultInjected
+from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.retry import Backoff, Jitter, Retry
 from pytest_resilience.plugin.breaker_machine import BreakerMachine, Dependency
 from pytest_resilience.plugin.strategies import (

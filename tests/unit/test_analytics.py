@@ -18,11 +18,10 @@ from pytest_resilience.core.events import (
     Event,
     FaultInjected,
     GaveUp,
-    Journal,
-    JournalFull,
     RetryScheduled,
 )
 from pytest_resilience.core.fallback import Fallback
+from pytest_resilience.core.journal import Journal, JournalFull
 
 
 def failed(t: float, attempt: int, category: str = "connection", source: str = "r") -> Event:

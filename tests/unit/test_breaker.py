@@ -18,7 +18,8 @@ from pytest_resilience.core.breaker import (
 )
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import CircuitOpenError
-from pytest_resilience.core.events import BreakerTransition, CallRejected, Event, Journal
+from pytest_resilience.core.events import BreakerTransition, CallRejected, Event
+from pytest_resilience.core.journal import Journal
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -18,7 +18,8 @@ import pytest
 from pytest_resilience.core.breaker import CircuitBreaker, CountWindow, Permit, Recovery
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import CircuitOpenError
-from pytest_resilience.core.events import BreakerTransition, CallRejected, Journal
+from pytest_resilience.core.events import BreakerTransition, CallRejected
+from pytest_resilience.core.journal import Journal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -11,7 +11,8 @@ from pytest_resilience.backends.base import GenerationParams
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.degrade import DegradePolicy, Degrader, Level, Limits, Profile
 from pytest_resilience.core.errors import DaemonUnavailable, ResourceExhausted
-from pytest_resilience.core.events import DegradationChanged, Journal
+from pytest_resilience.core.events import DegradationChanged
+from pytest_resilience.core.journal import Journal
 
 POLICY = DegradePolicy(
     degrade_at=Limits(error_rate=0.5, latency=8.0),

@@ -19,15 +19,13 @@ from pytest_resilience.core.events import (
     Event,
     FallbackUsed,
     FaultInjected,
-    Journal,
-    JournalFull,
-    JsonLinesLogger,
     RetryScheduled,
     StreamStalled,
     event_from_dict,
     event_maker,
     event_types,
 )
+from pytest_resilience.core.journal import Journal, JournalFull, JsonLinesLogger
 
 
 def scheduled(i: int) -> RetryScheduled:
@@ -93,7 +91,7 @@ def test_appends_from_four_threads_are_all_kept() -> None:
         assert [e.call for e in events if e.source == str(worker)] == list(range(500))
 
 
-@pytest.mark.filterwarnings("ignore::pytest_resilience.core.events.JournalFull")
+@pytest.mark.filterwarnings("ignore::pytest_resilience.core.journal.JournalFull")
 def test_a_bounded_journal_under_four_threads_counts_every_drop() -> None:
     journal = Journal(maxlen=100)
 
@@ -283,7 +281,7 @@ def test_the_fast_init_keeps_the_dataclass_signature_and_defaults() -> None:
         event_maker(Event)
 
 
-@pytest.mark.filterwarnings("ignore::pytest_resilience.core.events.JournalFull")
+@pytest.mark.filterwarnings("ignore::pytest_resilience.core.journal.JournalFull")
 @pytest.mark.parametrize("maxlen", [1, 3, 50, 2000])
 def test_a_full_journal_counts_every_drop_exactly_after_each_append(maxlen: int) -> None:
     journal = Journal(maxlen=maxlen)
@@ -300,7 +298,7 @@ def test_a_full_journal_counts_every_drop_exactly_after_each_append(maxlen: int)
     assert (len(journal), journal.dropped) == (1, 0)
 
 
-@pytest.mark.filterwarnings("ignore::pytest_resilience.core.events.JournalFull")
+@pytest.mark.filterwarnings("ignore::pytest_resilience.core.journal.JournalFull")
 def test_a_full_journal_under_four_threads_keeps_the_newest_of_each_in_order() -> None:
     journal = Journal(maxlen=1000)
     start = threading.Barrier(4)

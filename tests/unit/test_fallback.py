@@ -10,8 +10,9 @@ import pytest
 from pytest_resilience.core.cancel import cancel_scope, deadline
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import Cancelled, DaemonUnavailable, FallbackError
-from pytest_resilience.core.events import FallbackUsed, Journal
+from pytest_resilience.core.events import FallbackUsed
 from pytest_resilience.core.fallback import Fallback, FallbackExhausted, Step
+from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.retry import result_is_empty as reject_empty
 from pytest_resilience.core.retry import result_is_none as reject_none
 

@@ -13,7 +13,8 @@ import faults
 from faults import Injector, JournalFileError
 from faults.journal import HEADER_KIND, load
 from pytest_resilience.core.clock import VirtualClock
-from pytest_resilience.core.events import FaultInjected, Journal
+from pytest_resilience.core.events import FaultInjected
+from pytest_resilience.core.journal import Journal
 from tests.unit import fault_targets as t
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_resilience.core.clock import SystemClock, VirtualClock
-from pytest_resilience.core.events import HealthChecked, Journal
+from pytest_resilience.core.events import HealthChecked
 from pytest_resilience.core.health import (
     DaemonCheck,
     DiskCheck,
@@ -21,6 +21,7 @@ from pytest_resilience.core.health import (
     ModelFileCheck,
     read_memory,
 )
+from pytest_resilience.core.journal import Journal
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -15,7 +15,8 @@ from faults import Injector, SpecError
 from pytest_resilience.core.cancel import cancel_scope, deadline
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import DaemonLost, DeadlineExceeded, HangDetected
-from pytest_resilience.core.events import FaultInjected, Journal
+from pytest_resilience.core.events import FaultInjected
+from pytest_resilience.core.journal import Journal
 from tests.unit import fault_targets as t
 
 if TYPE_CHECKING:

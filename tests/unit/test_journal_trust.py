@@ -22,13 +22,12 @@ from pytest_resilience.core import events
 from pytest_resilience.core.events import (
     DaemonSlow,
     Event,
-    Journal,
-    JournalFull,
     RetryScheduled,
     event_from_dict,
     event_type,
     register_event,
 )
+from pytest_resilience.core.journal import Journal, JournalFull
 from tests.unit import fault_targets as t
 
 if TYPE_CHECKING:

@@ -46,7 +46,6 @@ from pytest_resilience.core.events import (
     FallbackUsed,
     GaveUp,
     HealthChecked,
-    Journal,
     Recovered,
     RetryScheduled,
     StreamStalled,
@@ -63,6 +62,7 @@ if TYPE_CHECKING:
 
     from pytest_resilience.backends.base import GenerationParams
     from pytest_resilience.backends.daemon import DaemonBackend
+    from pytest_resilience.core.journal import Journal
 
 #: The events a retry or a fallback writes when it handles a failure.
 HANDLED = (

@@ -35,11 +35,10 @@ from pytest_resilience.core.events import (
     AttemptFailed,
     Event,
     FallbackUsed,
-    Journal,
     RetryScheduled,
     event_type,
-    format_event,
 )
+from pytest_resilience.core.journal import Journal, format_event
 from pytest_resilience.plugin.assertions import assert_fell_back, assert_retried
 
 

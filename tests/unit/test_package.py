@@ -165,3 +165,21 @@ def test_wall_time_without_freezegun_says_which_extra_to_install(
         assert e.value.name == "freezegun"
     finally:
         clock.close()
+
+
+def test_no_module_imports_itself_back() -> None:
+    # import-linter holds the layers apart; inside a layer, no two modules may reach each
+    # other either (imports for type checking only are not cycles at run time).
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph(
+        "pytest_resilience", "faults", exclude_type_checking_imports=True, cache_dir=None
+    )
+    cycles = sorted(
+        {
+            " <-> ".join(sorted((a, b)))
+            for a in graph.modules
+            for b in graph.find_modules_directly_imported_by(a)
+            if graph.chain_exists(importer=b, imported=a)
+        }
+    )
+    assert cycles == []

@@ -12,7 +12,8 @@ import tenacity
 
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import CheckpointError, ResilienceError, RetryError
-from pytest_resilience.core.events import CheckpointSaved, Journal, Recovered
+from pytest_resilience.core.events import CheckpointSaved, Recovered
+from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.recovery import (
     Checkpoint,
     CheckpointStore,

@@ -27,8 +27,9 @@ from pytest_resilience.core.errors import (
     StreamInterrupted,
     StreamStalled,
 )
-from pytest_resilience.core.events import DaemonDown, DaemonUp, FallbackUsed, Journal
+from pytest_resilience.core.events import DaemonDown, DaemonUp, FallbackUsed
 from pytest_resilience.core.fallback import FallbackExhausted
+from pytest_resilience.core.journal import Journal
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Generator, Iterator

@@ -31,7 +31,6 @@ from pytest_resilience.core.events import (
     DaemonUp,
     FallbackUsed,
     HealthChecked,
-    Journal,
 )
 from pytest_resilience.core.fallback import FallbackExhausted
 
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
 
     from pytest_resilience.backends.base import Backend, GenerationParams
     from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess
+    from pytest_resilience.core.journal import Journal
 
 
 def answer(prompt: str) -> str:

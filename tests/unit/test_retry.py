@@ -23,13 +23,8 @@ from pytest_resilience.core.errors import (
     RetryError,
     Severity,
 )
-from pytest_resilience.core.events import (
-    AttemptFailed,
-    AttemptStarted,
-    GaveUp,
-    Journal,
-    RetryScheduled,
-)
+from pytest_resilience.core.events import AttemptFailed, AttemptStarted, GaveUp, RetryScheduled
+from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.retry import (
     Backoff,
     Jitter,

@@ -19,13 +19,9 @@ from pytest_resilience.core.errors import (
     StreamInterrupted,
     StreamStalled,
 )
-from pytest_resilience.core.events import (
-    FallbackUsed,
-    Journal,
-    StreamCancelled,
-    StreamFirstToken,
-)
+from pytest_resilience.core.events import FallbackUsed, StreamCancelled, StreamFirstToken
 from pytest_resilience.core.events import StreamStalled as StalledEvent
+from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.stream import StreamGuard, StreamResult
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from .launch import ServerOptions, _child_env, _free_port
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ...core.events import Journal
+    from ...core.journal import Journal
 
 __all__ = ["DaemonProcess", "DaemonStartFailed"]
 

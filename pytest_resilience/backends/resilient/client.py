@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from types import TracebackType
 
-    from ...core.events import Event, Journal
+    from ...core.events import Event
+    from ...core.journal import Journal
     from ..daemon import DaemonBackend, DaemonProcess
 
 __all__ = ["ResilientClient"]
