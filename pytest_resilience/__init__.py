@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .core.breaker_policy import (
         ConsecutiveFailures,
         CountWindow,
-        Recovery,
+        HalfOpen,
         TimeWindow,
         TripPolicy,
     )
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
         StreamStalled,
     )
     from .core.events import Event
-    from .core.fallback import Fallback, Step
+    from .core.fallback import Fallback, FallbackStep
     from .core.health import (
         DaemonCheck,
         DiskCheck,
@@ -134,7 +134,7 @@ _EXPORTS: dict[str, str] = {
     "Permit": "core.breaker",
     "Profile": "core.degrade",
     "RateLimited": "core.errors",
-    "Recovery": "core.breaker_policy",
+    "HalfOpen": "core.breaker_policy",
     "RecoveryContext": "core.recovery",
     "ResilienceError": "core.errors",
     "ResourceExhausted": "core.errors",
@@ -145,7 +145,7 @@ _EXPORTS: dict[str, str] = {
     "ServerError": "core.errors",
     "Severity": "core.classify",
     "State": "core.breaker",
-    "Step": "core.fallback",
+    "FallbackStep": "core.fallback",
     "StreamGuard": "core.stream",
     "StreamInterrupted": "core.errors",
     "StreamResult": "core.stream_base",
@@ -196,7 +196,9 @@ __all__ = [
     "ExceptionFilter",
     "Fallback",
     "FallbackError",
+    "FallbackStep",
     "GuardedStream",
+    "HalfOpen",
     "HangDetected",
     "HealthCheck",
     "HealthMonitor",
@@ -214,7 +216,6 @@ __all__ = [
     "Permit",
     "Profile",
     "RateLimited",
-    "Recovery",
     "RecoveryContext",
     "ResilienceError",
     "ResilienceInterrupt",
@@ -226,7 +227,6 @@ __all__ = [
     "ServerError",
     "Severity",
     "State",
-    "Step",
     "StreamGuard",
     "StreamInterrupted",
     "StreamResult",

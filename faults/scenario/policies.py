@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from faults.effects import resolve_exception_type
 from faults.scenario.model import _DEFAULT_ON
 from faults.schedule import derive_rng
-from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures, Recovery
+from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures, HalfOpen
 from pytest_resilience.core.degrade import Degrader, Level
 from pytest_resilience.core.retry import Backoff, Retry, result_is_empty, result_is_none
 from pytest_resilience.core.stream import StreamGuard
@@ -74,7 +74,7 @@ class _Policies:
             conf.get("name", default),
             on=self._exceptions(conf.get("on", _DEFAULT_ON)),
             trip=ConsecutiveFailures(conf.get("failures", 3)),
-            recovery=Recovery(
+            recovery=HalfOpen(
                 after=conf.get("recovery", 30.0),
                 probes=conf.get("probes", 1),
                 successes=conf.get("successes", 1),

@@ -10,7 +10,7 @@ one piece, kept in this one module; the trip and recovery policies are in
         "daemon",
         on=(ConnectionError, TimeoutError),             # required: what counts as a failure
         trip=CountWindow(size=20, rate=0.5, min_calls=10),
-        recovery=Recovery(after=30.0, probes=1, successes=2),
+        recovery=HalfOpen(after=30.0, probes=1, successes=2),
         slow_after=10.0,
         clock=clock,
         journal=journal,
@@ -89,7 +89,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 from .breaker_policy import (
     ConsecutiveFailures,
     CountWindow,
-    Recovery,
+    HalfOpen,
     TimeWindow,
     TripPolicy,
     TripTracker,
@@ -110,8 +110,8 @@ __all__ = [
     "ConsecutiveFailures",
     "CountWindow",
     "ExceptionFilter",
+    "HalfOpen",
     "Permit",
-    "Recovery",
     "State",
     "TimeWindow",
     "TripPolicy",
@@ -170,7 +170,7 @@ class CircuitBreaker:
 
     ``on`` (required) and ``exclude`` say which exceptions count as failures and which count
     as nothing; ``trip`` says when a closed breaker opens (default ``ConsecutiveFailures(5)``);
-    ``recovery`` is a :class:`Recovery` or just its ``after`` in seconds; ``slow_after``
+    ``recovery`` is a :class:`HalfOpen` or just its ``after`` in seconds; ``slow_after``
     makes calls slower than that a failure. Raises ``ValueError``/``TypeError`` on bad
     settings.
     """
@@ -181,7 +181,7 @@ class CircuitBreaker:
         *,
         on: ExceptionFilter,
         trip: TripPolicy | None = None,
-        recovery: Recovery | float = 30.0,
+        recovery: HalfOpen | float = 30.0,
         exclude: ExceptionFilter = (),
         slow_after: float | None = None,
         clock: Clock | None = None,
@@ -191,7 +191,7 @@ class CircuitBreaker:
             raise ValueError(f"slow_after must be >= 0, got {slow_after}")
         self.name = name
         self.trip: TripPolicy = trip if trip is not None else ConsecutiveFailures(5)
-        self.recovery = recovery if isinstance(recovery, Recovery) else Recovery(after=recovery)
+        self.recovery = recovery if isinstance(recovery, HalfOpen) else HalfOpen(after=recovery)
         self.slow_after = slow_after
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.journal = journal

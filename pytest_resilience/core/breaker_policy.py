@@ -4,7 +4,7 @@ Trip policies decide when a closed breaker opens: :class:`ConsecutiveFailures`,
 :class:`CountWindow` (failure rate over the last N calls) and :class:`TimeWindow` (failure
 rate over the calls that ended in the last T seconds). Each is an immutable setting; its
 :meth:`~TripPolicy.tracker` makes the mutable counts of one closed period, which the
-breaker updates under its lock. :class:`Recovery` says how an open breaker half-opens and
+breaker updates under its lock. :class:`HalfOpen` says how an open breaker half-opens and
 closes again. A policy of your own implements :class:`TripPolicy`.
 """
 
@@ -17,7 +17,7 @@ from typing import ClassVar, Protocol
 __all__ = [
     "ConsecutiveFailures",
     "CountWindow",
-    "Recovery",
+    "HalfOpen",
     "TimeWindow",
     "TripPolicy",
     "TripTracker",
@@ -239,7 +239,7 @@ class _Timed:
 
 
 @dataclass(frozen=True, slots=True)
-class Recovery:
+class HalfOpen:
     """How an open breaker recovers.
 
     After ``after`` seconds open, the breaker half-opens and admits at most ``probes`` calls
@@ -252,9 +252,9 @@ class Recovery:
 
     def __post_init__(self) -> None:
         if self.after < 0:
-            raise ValueError(f"Recovery needs after >= 0, got {self.after}")
+            raise ValueError(f"HalfOpen needs after >= 0, got {self.after}")
         if self.probes < 1 or self.successes < 1:
             raise ValueError(
-                f"Recovery needs probes >= 1 and successes >= 1, got {self.probes}, "
+                f"HalfOpen needs probes >= 1 and successes >= 1, got {self.probes}, "
                 f"{self.successes}"
             )

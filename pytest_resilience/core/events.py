@@ -55,9 +55,9 @@ __all__ = [
     "HealthChecked",
     "Recovered",
     "RetryScheduled",
+    "StallDetected",
     "StreamCancelled",
     "StreamFirstToken",
-    "StreamStalled",
     "event_from_dict",
     "event_maker",
     "event_type",
@@ -192,7 +192,7 @@ class StreamFirstToken(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StreamStalled(Event):
+class StallDetected(Event):
     kind: ClassVar[str] = "stream.stalled"
     which: str  # first_token | idle | total
     waited: float
@@ -288,7 +288,7 @@ _HERE: Final[tuple[type[Event], ...]] = (
     FallbackUsed,
     DegradationChanged,
     StreamFirstToken,
-    StreamStalled,
+    StallDetected,
     StreamCancelled,
     DaemonDown,
     DaemonUp,

@@ -5,8 +5,8 @@
     answer = Fallback(
         "answer",
         [
-            ("daemon", daemon.generate),                       # the chain's own on= / reject=
-            Step("direct", llama.generate, on=BackendError),   # or a step with its own rules
+            ("daemon", daemon.generate),                        # the chain's own on= / reject=
+            FallbackStep("direct", llama.generate, on=BackendError),  # a step with its own rules
             ("static", lambda prompt: "The model is resting; try again soon."),
         ],
         on=(DaemonUnavailable, DeadlineExceeded),              # required: what a failure is
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Fallback",
     "FallbackExhausted",
-    "Step",
+    "FallbackStep",
 ]
 
 
@@ -73,7 +73,7 @@ def _accept_all(result: object) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Step:
+class FallbackStep:
     """One way to answer. ``on`` and ``reject`` default to the chain's when left ``None``.
 
     ``fn`` may be a plain function or, for :meth:`Fallback.acall`, a coroutine function.
@@ -90,7 +90,9 @@ class _Resolved:
 
     __slots__ = ("fn", "is_failure", "name", "rejects")
 
-    def __init__(self, step: Step, on: ExceptionFilter, reject: Callable[[Any], bool]) -> None:
+    def __init__(
+        self, step: FallbackStep, on: ExceptionFilter, reject: Callable[[Any], bool]
+    ) -> None:
         self.name = step.name
         self.fn = step.fn
         self.is_failure = exception_filter(step.on if step.on is not None else on, "on")[1]
@@ -105,7 +107,7 @@ def _short(value: object, limit: int = 40) -> str:
 class Fallback:
     """An ordered fallback chain; call it like the functions it wraps.
 
-    ``steps`` are :class:`Step` objects or ``(name, fn)`` pairs. ``on`` (required: there is
+    ``steps`` are :class:`FallbackStep` objects or ``(name, fn)`` pairs. ``on`` (required: there is
     no "every exception" default) is an exception class, a tuple of them or a predicate;
     ``reject`` refuses results (default: accept every result). Raises ``ValueError`` for an
     empty chain or duplicate step names, ``TypeError`` for a bad ``on``.
@@ -114,14 +116,14 @@ class Fallback:
     def __init__(
         self,
         name: str,
-        steps: Iterable[Step | tuple[str, Callable[..., Any]]],
+        steps: Iterable[FallbackStep | tuple[str, Callable[..., Any]]],
         *,
         on: ExceptionFilter,
         reject: Callable[[Any], bool] | None = None,
         clock: Clock | None = None,
         journal: Journal | None = None,
     ) -> None:
-        given = [s if isinstance(s, Step) else Step(*s) for s in steps]
+        given = [s if isinstance(s, FallbackStep) else FallbackStep(*s) for s in steps]
         if not given:
             raise ValueError(f"fallback chain {name!r} needs at least one step")
         names = [s.name for s in given]

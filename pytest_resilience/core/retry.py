@@ -206,8 +206,8 @@ class Retry:
         fast = self._quiet and self._no_wait and types is not None
         object.__setattr__(self, "_fast", fast and self.budget is None and self.classifier is None)
 
-    def evolve(self, **changes: Any) -> Retry:
-        """A copy with some fields changed: ``retry.evolve(attempts=5)``."""
+    def with_(self, **changes: Any) -> Retry:
+        """A copy with some fields changed: ``retry.with_(attempts=5)``."""
         return dataclasses.replace(self, **changes)
 
     # -------------------------------------------------------------------------- sync

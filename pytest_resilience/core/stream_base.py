@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import StreamInterrupted, StreamStalled
-from .events import StreamCancelled, StreamFirstToken
-from .events import StreamStalled as StalledEvent
+from .events import StallDetected, StreamCancelled, StreamFirstToken
 
 if TYPE_CHECKING:
     from .events import Event
@@ -116,7 +115,7 @@ class _Guarded:
     def _stalled(self, which: str, waited: float) -> StreamStalled | None:
         """Record a stall; the error to raise, or None in ``on_stall="return"`` mode."""
         partial = self.text
-        self._record(StalledEvent, which=which, waited=waited, partial=partial)
+        self._record(StallDetected, which=which, waited=waited, partial=partial)
         if self._guard.on_stall == "raise":
             return StreamStalled(which, waited, partial)
         return None

@@ -281,7 +281,7 @@ class _Contract:
             if waited < recovery * (1 - 1e-9) - 1e-9:
                 raise self.fail(
                     f"the breaker half-opened after {waited:g}s open, before recovery = "
-                    f"{recovery:g}s: is that the breaker's Recovery.after?"
+                    f"{recovery:g}s: is that the breaker's HalfOpen.after?"
                 )
         if after == "open":
             self.opened_at = event.time
@@ -337,10 +337,10 @@ class BreakerMachine(RuleBasedStateMachine):
     #: ``CountWindow``, :attr:`.strategies.BreakerSettings.threshold` computes it); ``None``
     #: skips the check, for a ``TimeWindow``.
     threshold: ClassVar[int | None] = 5
-    #: Seconds the breaker stays open before it lets a probe through (``Recovery.after``);
+    #: Seconds the breaker stays open before it lets a probe through (``HalfOpen.after``);
     #: ``None`` skips the checks that need it.
     recovery: ClassVar[float | None] = 30.0
-    #: Successful probes that close a half-open breaker (``Recovery.successes``).
+    #: Successful probes that close a half-open breaker (``HalfOpen.successes``).
     successes: ClassVar[int] = 1
     #: The breaker's ``slow_after``: a call slower than this counts as a failure.
     slow_after: ClassVar[float | None] = None
@@ -472,7 +472,7 @@ class BreakerMachine(RuleBasedStateMachine):
                 f"the dependency recovered, recovery = {self.recovery:g}s passed and "
                 f"{self.successes} call(s) went by, but the journal shows the breaker "
                 f"{self._contract.state}: are recovery and successes the breaker's "
-                "Recovery.after and Recovery.successes?"
+                "HalfOpen.after and HalfOpen.successes?"
             )
 
     @invariant()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from hypothesis import strategies as st
 
-from ..core.breaker import CircuitBreaker, ConsecutiveFailures, CountWindow, Recovery, TimeWindow
+from ..core.breaker import CircuitBreaker, ConsecutiveFailures, CountWindow, HalfOpen, TimeWindow
 from ..core.clock import VirtualClock
 from ..core.retry import Backoff, Jitter, Retry
 
@@ -188,7 +188,7 @@ class BreakerSettings:
     """The settings of a circuit breaker, as hypothesis prints them; :meth:`build` makes one."""
 
     trip: TripPolicy
-    recovery: Recovery
+    recovery: HalfOpen
     slow_after: float | None = None
 
     @property
@@ -239,7 +239,7 @@ class BreakerSettings:
 def breaker_settings(
     *,
     trip: st.SearchStrategy[TripPolicy] | None = None,
-    recovery: st.SearchStrategy[Recovery] | None = None,
+    recovery: st.SearchStrategy[HalfOpen] | None = None,
     slow_after: st.SearchStrategy[float | None] | None = None,
 ) -> st.SearchStrategy[BreakerSettings]:
     """:class:`BreakerSettings` drawn from the given strategies.
@@ -249,7 +249,7 @@ def breaker_settings(
     towards ``ConsecutiveFailures(1)``, a 30-second recovery with one probe, no slow calls.
     """
     recoveries = st.builds(
-        Recovery,
+        HalfOpen,
         after=st.sampled_from([30.0, 1.0, 5.0, 60.0]) | st.floats(0.0, 600.0),
         probes=st.integers(1, 3),
         successes=st.integers(1, 3),

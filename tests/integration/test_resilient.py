@@ -18,7 +18,7 @@ from pytest_resilience.backends.base import GenerationParams
 from pytest_resilience.backends.daemon import DaemonBackend, DaemonProcess, ServerOptions, Timeouts
 from pytest_resilience.backends.llama import LlamaBackend
 from pytest_resilience.backends.resilient import ResilientClient
-from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures, Recovery, State
+from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures, HalfOpen, State
 from pytest_resilience.core.errors import DaemonUnavailable, FallbackError, ModelNotFound
 from pytest_resilience.core.events import DaemonDown, DaemonRestarted, DaemonUp, FallbackUsed
 
@@ -210,7 +210,7 @@ def test_the_monitor_restarts_a_killed_daemon_and_calls_return_to_it_real_time(
         "daemon",
         on=DaemonUnavailable,
         trip=ConsecutiveFailures(1),
-        recovery=Recovery(after=0.2),
+        recovery=HalfOpen(after=0.2),
         journal=journal,
     )
     client = make(breaker=breaker)

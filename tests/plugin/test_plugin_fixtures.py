@@ -82,7 +82,8 @@ def test_journal_and_clock_fixtures_are_shared_with_the_run_wide_injector(
         test_it="""
         import target
         from pytest_resilience.core.clock import VirtualClock
-        from pytest_resilience.core.events import FaultInjected, Journal
+        from pytest_resilience.core.events import FaultInjected
+        from pytest_resilience.core.journal import Journal
 
         def test_shared(journal, clock):
             assert isinstance(clock, VirtualClock)

@@ -662,7 +662,7 @@ def test_the_journal_bound_is_an_ini_option_and_its_warning_names_it(
     suite.makepyfile(
         test_full="""
         import pytest
-        from pytest_resilience.core.events import JournalFull
+        from pytest_resilience.core.journal import JournalFull
 
         def test_full(journal, faults):
             assert journal.maxlen == 3

@@ -19,8 +19,8 @@ from pytest_resilience.core.breaker import (
     CircuitBreaker,
     ConsecutiveFailures,
     CountWindow,
+    HalfOpen,
     Permit,
-    Recovery,
     TimeWindow,
     TripPolicy,
 )
@@ -162,7 +162,7 @@ class BreakerMachine(RuleBasedStateMachine):
         raise NotImplementedError
 
     def setup(self, cfg: dict[str, Any]) -> None:
-        recovery = Recovery(after=cfg["after"], probes=cfg["probes"], successes=cfg["successes"])
+        recovery = HalfOpen(after=cfg["after"], probes=cfg["probes"], successes=cfg["successes"])
         self.breaker = CircuitBreaker(
             "m",
             on=Boom,

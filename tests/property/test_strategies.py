@@ -27,7 +27,7 @@ from pytest_resilience.core.breaker import (
     CircuitBreaker,
     ConsecutiveFailures,
     CountWindow,
-    Recovery,
+    HalfOpen,
     TimeWindow,
 )
 from pytest_resilience.core.cancel import deadline
@@ -309,7 +309,7 @@ def settle(breaker: CircuitBreaker, failed: bool) -> None:
 
 # Any recovery but an instant one: the test needs an open breaker to stay open.
 LASTING = st.builds(
-    Recovery, after=st.floats(0.001, 600.0), probes=st.integers(1, 3), successes=st.integers(1, 3)
+    HalfOpen, after=st.floats(0.001, 600.0), probes=st.integers(1, 3), successes=st.integers(1, 3)
 )
 
 
@@ -359,11 +359,11 @@ def test_breaker_settings_build_a_breaker_that_opens_by_the_threshold(
     ],
 )
 def test_the_threshold_of_each_trip_policy(trip: Any, threshold: int | None) -> None:
-    assert BreakerSettings(trip, Recovery()).threshold == threshold
+    assert BreakerSettings(trip, HalfOpen()).threshold == threshold
 
 
 def test_the_threshold_is_tight_after_a_window_of_successes() -> None:
-    breaker = BreakerSettings(CountWindow(size=10, rate=0.3, min_calls=1), Recovery()).build(
+    breaker = BreakerSettings(CountWindow(size=10, rate=0.3, min_calls=1), HalfOpen()).build(
         on=ConnectionError
     )
     for failed in [False] * 10 + [True] * 2:
@@ -375,7 +375,7 @@ def test_the_threshold_is_tight_after_a_window_of_successes() -> None:
 
 def test_the_simplest_breaker_settings() -> None:
     simplest = find(breaker_settings(), lambda s: True, settings=FIND)
-    assert simplest == BreakerSettings(ConsecutiveFailures(1), Recovery(30.0, 1, 1), None)
+    assert simplest == BreakerSettings(ConsecutiveFailures(1), HalfOpen(30.0, 1, 1), None)
 
 
 def test_trip_policies_need_a_call() -> None:
@@ -482,7 +482,7 @@ class RetriedWithFallback(BreakerMachine):
         self, dependency: Dependency, clock: VirtualClock, journal: Journal
     ) -> Callable[[], object]:
         guard = breaker(
-            clock, journal, trip=ConsecutiveFailures(4), recovery=Recovery(30.0, successes=2)
+            clock, journal, trip=ConsecutiveFailures(4), recovery=HalfOpen(30.0, successes=2)
         )
         retry = Retry(on=ConnectionError, attempts=2, backoff=Backoff.fixed(1.0), clock=clock)
 
@@ -498,7 +498,7 @@ class RetriedWithFallback(BreakerMachine):
 class CountedWithSlowCalls(BreakerMachine):
     """A failure-rate window, and slow calls counted as failures."""
 
-    threshold = BreakerSettings(CountWindow(size=6, rate=0.5, min_calls=2), Recovery()).threshold
+    threshold = BreakerSettings(CountWindow(size=6, rate=0.5, min_calls=2), HalfOpen()).threshold
     recovery = 5.0
     slow_after = 2.0
 
@@ -633,7 +633,7 @@ class NeverRecovers(Guarded):
     def build(
         self, dependency: Dependency, clock: VirtualClock, journal: Journal
     ) -> Callable[[], object]:
-        guard = breaker(clock, journal, recovery=Recovery(10.0, successes=3))
+        guard = breaker(clock, journal, recovery=HalfOpen(10.0, successes=3))
         return lambda: guard.call(dependency)
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from pytest_resilience.core.analytics import Summary, summarize
-from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures, Recovery
+from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures, HalfOpen
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.degrade import Degrader, Level
 from pytest_resilience.core.errors import DaemonUnavailable, FallbackError
@@ -86,7 +86,7 @@ def test_fallback_and_breaker_and_degrader_from_real_components() -> None:
         "daemon",
         on=DaemonUnavailable,
         trip=ConsecutiveFailures(2),
-        recovery=Recovery(after=10.0),
+        recovery=HalfOpen(after=10.0),
         clock=clock,
         journal=journal,
     )

@@ -12,7 +12,7 @@ from pytest_resilience.core.breaker import (
     CircuitBreaker,
     ConsecutiveFailures,
     CountWindow,
-    Recovery,
+    HalfOpen,
     State,
     TimeWindow,
 )
@@ -45,7 +45,7 @@ def make(clock: VirtualClock, journal: Journal | None = None, **kwargs: Any) -> 
     kwargs.setdefault("on", Boom)
     kwargs.setdefault("exclude", Skip)
     kwargs.setdefault("trip", ConsecutiveFailures(3))
-    kwargs.setdefault("recovery", Recovery(after=10.0))
+    kwargs.setdefault("recovery", HalfOpen(after=10.0))
     return CircuitBreaker("svc", clock=clock, journal=journal, **kwargs)
 
 
@@ -92,9 +92,9 @@ def test_on_is_required(clock: VirtualClock) -> None:
         (lambda: CountWindow(size=5, min_calls=6), ValueError),
         (lambda: TimeWindow(seconds=0), ValueError),
         (lambda: TimeWindow(min_calls=0), ValueError),
-        (lambda: Recovery(after=-1), ValueError),
-        (lambda: Recovery(probes=0), ValueError),
-        (lambda: Recovery(successes=0), ValueError),
+        (lambda: HalfOpen(after=-1), ValueError),
+        (lambda: HalfOpen(probes=0), ValueError),
+        (lambda: HalfOpen(successes=0), ValueError),
         (lambda: CircuitBreaker("x", on=Boom, slow_after=-1), ValueError),
         (lambda: CircuitBreaker("x", on=(Boom, "nope")), TypeError),  # type: ignore[arg-type]
         (lambda: CircuitBreaker("x", on=42), TypeError),  # type: ignore[arg-type]
@@ -107,7 +107,7 @@ def test_bad_settings_are_rejected(make_bad: Callable[[], object], error: type[E
 
 def test_recovery_accepts_plain_seconds(clock: VirtualClock) -> None:
     breaker = CircuitBreaker("svc", on=Boom, recovery=7.5, clock=clock)
-    assert breaker.recovery == Recovery(after=7.5, probes=1, successes=1)
+    assert breaker.recovery == HalfOpen(after=7.5, probes=1, successes=1)
     assert breaker.trip == ConsecutiveFailures(5)
 
 
@@ -226,7 +226,7 @@ def test_a_call_after_recovery_is_a_probe_that_closes(
 
 
 def test_a_failed_probe_reopens(clock: VirtualClock, journal: Journal) -> None:
-    breaker = make(clock, journal, recovery=Recovery(after=10.0, successes=3))
+    breaker = make(clock, journal, recovery=HalfOpen(after=10.0, successes=3))
     fail(breaker, 3)
     clock.advance(10.0)
     breaker.call(ok)
@@ -242,7 +242,7 @@ def test_a_failed_probe_reopens(clock: VirtualClock, journal: Journal) -> None:
 
 
 def test_successes_needed_to_close(clock: VirtualClock) -> None:
-    breaker = make(clock, recovery=Recovery(after=1.0, successes=3))
+    breaker = make(clock, recovery=HalfOpen(after=1.0, successes=3))
     fail(breaker, 3)
     clock.advance(1.0)
     for _ in range(2):
@@ -253,7 +253,7 @@ def test_successes_needed_to_close(clock: VirtualClock) -> None:
 
 
 def test_probes_are_capped_in_flight_not_in_total(clock: VirtualClock) -> None:
-    breaker = make(clock, recovery=Recovery(after=1.0, probes=2, successes=3))
+    breaker = make(clock, recovery=HalfOpen(after=1.0, probes=2, successes=3))
     fail(breaker, 3)
     clock.advance(1.0)
     first, second = breaker.acquire(), breaker.acquire()
@@ -270,7 +270,7 @@ def test_probes_are_capped_in_flight_not_in_total(clock: VirtualClock) -> None:
 
 
 def test_an_excluded_probe_frees_its_slot_and_counts_nothing(clock: VirtualClock) -> None:
-    breaker = make(clock, recovery=Recovery(after=1.0))
+    breaker = make(clock, recovery=HalfOpen(after=1.0))
     fail(breaker, 3)
     clock.advance(1.0)
 
@@ -286,7 +286,7 @@ def test_an_excluded_probe_frees_its_slot_and_counts_nothing(clock: VirtualClock
 
 
 def test_an_interrupt_frees_the_probe_slot_and_propagates(clock: VirtualClock) -> None:
-    breaker = make(clock, recovery=Recovery(after=1.0))
+    breaker = make(clock, recovery=HalfOpen(after=1.0))
     fail(breaker, 3)
     clock.advance(1.0)
 
@@ -387,7 +387,7 @@ def test_slow_calls_count_as_failures(clock: VirtualClock, journal: Journal) -> 
 
 
 def test_a_slow_probe_reopens(clock: VirtualClock) -> None:
-    breaker = make(clock, slow_after=1.0, recovery=Recovery(after=5.0))
+    breaker = make(clock, slow_after=1.0, recovery=HalfOpen(after=5.0))
     fail(breaker, 3)
     clock.advance(5.0)
     with breaker.acquire() as permit:
@@ -501,7 +501,7 @@ def test_late_failures_do_not_reopen_after_reset(clock: VirtualClock) -> None:
 
 
 def test_late_probe_after_reopen_does_not_close(clock: VirtualClock) -> None:
-    breaker = make(clock, recovery=Recovery(after=1.0, probes=2))
+    breaker = make(clock, recovery=HalfOpen(after=1.0, probes=2))
     fail(breaker, 3)
     clock.advance(1.0)
     slow_probe, bad_probe = breaker.acquire(), breaker.acquire()
@@ -642,7 +642,7 @@ def test_decorator_sync(clock: VirtualClock) -> None:
 
 
 def test_acall_and_async_decorator(clock: VirtualClock) -> None:
-    breaker = make(clock, trip=ConsecutiveFailures(2), recovery=Recovery(after=1.0))
+    breaker = make(clock, trip=ConsecutiveFailures(2), recovery=HalfOpen(after=1.0))
 
     @breaker
     async def fetch(x: int) -> int:
@@ -672,7 +672,7 @@ def test_acall_and_async_decorator(clock: VirtualClock) -> None:
 
 
 def test_cancelled_async_probe_counts_as_neither(clock: VirtualClock) -> None:
-    breaker = make(clock, recovery=Recovery(after=1.0))
+    breaker = make(clock, recovery=HalfOpen(after=1.0))
     fail(breaker, 3)
     clock.advance(1.0)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_resilience.core.breaker import CircuitBreaker, CountWindow, Permit, Recovery
+from pytest_resilience.core.breaker import CircuitBreaker, CountWindow, HalfOpen, Permit
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import CircuitOpenError
 from pytest_resilience.core.events import BreakerTransition, CallRejected
@@ -91,7 +91,7 @@ def test_stress_counts_probe_cap_and_journal() -> None:
         on=Boom,
         exclude=Skip,
         trip=CountWindow(size=20, rate=0.5, min_calls=10),
-        recovery=Recovery(after=0.05, probes=PROBES, successes=3),
+        recovery=HalfOpen(after=0.05, probes=PROBES, successes=3),
         clock=clock,
         journal=journal,
     )
@@ -182,7 +182,7 @@ def test_stress_with_manual_actions() -> None:
     breaker = CircuitBreaker(
         "manual",
         on=Boom,
-        recovery=Recovery(after=0.01, probes=1),
+        recovery=HalfOpen(after=0.01, probes=1),
         clock=clock,
         journal=journal,
     )

@@ -20,7 +20,7 @@ from pytest_resilience.core.events import (
     FallbackUsed,
     FaultInjected,
     RetryScheduled,
-    StreamStalled,
+    StallDetected,
     event_from_dict,
     event_maker,
     event_types,
@@ -161,7 +161,7 @@ def test_json_lines_round_trip() -> None:
         FallbackUsed(
             time=3.0, source="f", step="static", index=2, after=("a: X", "b: result None")
         ),
-        StreamStalled(time=4.0, which="idle", waited=30.0, partial="héllo\n"),
+        StallDetected(time=4.0, which="idle", waited=30.0, partial="héllo\n"),
         DaemonUp(time=5.0),
     ]
     for event in events:

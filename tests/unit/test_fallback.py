@@ -11,7 +11,7 @@ from pytest_resilience.core.cancel import cancel_scope, deadline
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import Cancelled, DaemonUnavailable, FallbackError
 from pytest_resilience.core.events import FallbackUsed
-from pytest_resilience.core.fallback import Fallback, FallbackExhausted, Step
+from pytest_resilience.core.fallback import Fallback, FallbackExhausted, FallbackStep
 from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.retry import result_is_empty as reject_empty
 from pytest_resilience.core.retry import result_is_none as reject_none
@@ -130,8 +130,8 @@ def test_an_exception_outside_on_is_reraised_at_once() -> None:
 
 def test_a_step_can_override_the_chain_filters() -> None:
     fb = chain(
-        Step("strict", Recorder(raises=ValueError("bad")), on=ValueError),
-        Step("picky", Recorder([]), reject=reject_empty),
+        FallbackStep("strict", Recorder(raises=ValueError("bad")), on=ValueError),
+        FallbackStep("picky", Recorder([]), reject=reject_empty),
         ("loose", Recorder([])),
     )
     assert fb() == []
@@ -175,7 +175,7 @@ def test_bad_chains_are_refused() -> None:
 
 
 def test_steps_lists_the_names() -> None:
-    fb = chain(("daemon", str), Step("direct", repr))
+    fb = chain(("daemon", str), FallbackStep("direct", repr))
     assert fb.steps == ("daemon", "direct")
     assert "daemon" in repr(fb)
 

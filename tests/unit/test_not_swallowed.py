@@ -23,7 +23,7 @@ from pytest_resilience.core.breaker import (
     BreakerStats,
     CircuitBreaker,
     ConsecutiveFailures,
-    Recovery,
+    HalfOpen,
     State,
 )
 from pytest_resilience.core.cancel import cancel_scope, current_scope
@@ -48,7 +48,7 @@ from pytest_resilience.core.events import (
     HealthChecked,
     Recovered,
     RetryScheduled,
-    StreamStalled,
+    StallDetected,
 )
 from pytest_resilience.core.fallback import Fallback, FallbackExhausted
 from pytest_resilience.core.health import DaemonCheck, HealthMonitor, ModelFileCheck
@@ -251,7 +251,7 @@ def make_breaker(clock: VirtualClock, journal: Journal) -> CircuitBreaker:
         "dep",
         on=BaseException,  # as broad as it gets: still neither a success nor a failure
         trip=ConsecutiveFailures(3),
-        recovery=Recovery(after=10.0, probes=1, successes=1),
+        recovery=HalfOpen(after=10.0, probes=1, successes=1),
         clock=clock,
         journal=journal,
     )
@@ -485,7 +485,7 @@ def check_guard_outcome(
     ends it with a StreamInterrupted: see test_stream.py.)"""
     assert raised is signal
     assert reason == ("error" if isinstance(signal, HangDetected) else "cancelled")
-    assert journal.events(StreamStalled, FallbackUsed) == []
+    assert journal.events(StallDetected, FallbackUsed) == []
 
 
 @pytest.mark.parametrize("threaded", [False, True], ids=["inline", "threaded"])
@@ -751,7 +751,7 @@ def make_client(
         "daemon",
         on=BaseException,
         trip=ConsecutiveFailures(3),
-        recovery=Recovery(after=10.0),
+        recovery=HalfOpen(after=10.0),
         clock=clock,
         journal=journal,
     )

@@ -238,7 +238,7 @@ def test_policy_is_immutable_and_evolves_into_a_copy() -> None:
     retry = Retry(on=Boom, attempts=3)
     with pytest.raises(dataclasses.FrozenInstanceError):
         retry.attempts = 5  # type: ignore[misc]
-    more = retry.evolve(attempts=5)
+    more = retry.with_(attempts=5)
     assert (retry.attempts, more.attempts) == (3, 5)
     assert more.on is Boom
 

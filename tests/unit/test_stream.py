@@ -19,8 +19,12 @@ from pytest_resilience.core.errors import (
     StreamInterrupted,
     StreamStalled,
 )
-from pytest_resilience.core.events import FallbackUsed, StreamCancelled, StreamFirstToken
-from pytest_resilience.core.events import StreamStalled as StalledEvent
+from pytest_resilience.core.events import (
+    FallbackUsed,
+    StallDetected,
+    StreamCancelled,
+    StreamFirstToken,
+)
 from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.stream import StreamGuard, StreamResult
 
@@ -155,7 +159,7 @@ def test_first_token_stall_stops_a_cooperative_source_at_exactly_the_deadline(
     assert clock.now() == 10.0
     assert source.closed == 1
     (event,) = journal.events()
-    assert isinstance(event, StalledEvent)
+    assert isinstance(event, StallDetected)
     assert (event.which, event.waited, event.partial, event.time) == ("first_token", 10.0, "", 10)
 
 
@@ -174,7 +178,7 @@ def test_idle_stall_keeps_the_partial_text(clock: VirtualClock, journal: Journal
     assert stream.text == "Hello"
     assert stream.result == StreamResult("Hello", False, "idle", first_token=1.0)
     assert source.closed == 1
-    assert [e.which for e in journal.events(StalledEvent)] == ["idle"]
+    assert [e.which for e in journal.events(StallDetected)] == ["idle"]
 
 
 def test_total_deadline_ends_a_steady_but_endless_stream(clock: VirtualClock) -> None:
@@ -215,7 +219,7 @@ def test_on_stall_return_ends_the_iteration_with_an_incomplete_result(
 
     assert result == StreamResult("ab", False, "idle", first_token=0.0)
     assert source.closed == 1
-    assert [e.partial for e in journal.events(StalledEvent)] == ["ab"]
+    assert [e.partial for e in journal.events(StallDetected)] == ["ab"]
 
 
 def test_a_deadline_around_the_guard_propagates_unchanged(
@@ -629,7 +633,7 @@ async def test_async_stall_is_ended_by_the_scope_timer(
 
     assert (info.value.which, info.value.partial) == ("idle", "ab")
     assert finished == ["closed"]
-    assert [e.partial for e in journal.events(StalledEvent)] == ["ab"]
+    assert [e.partial for e in journal.events(StallDetected)] == ["ab"]
 
 
 @pytest.mark.asyncio

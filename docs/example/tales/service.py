@@ -22,7 +22,7 @@ from pytest_resilience import (
     CircuitBreaker,
     CircuitOpenError,
     ConsecutiveFailures,
-    Recovery,
+    HalfOpen,
     Retry,
     RetryError,
     StreamGuard,
@@ -62,7 +62,7 @@ class Storyteller:
             "model",
             on=RuntimeError,
             trip=ConsecutiveFailures(3),
-            recovery=Recovery(after=60.0),
+            recovery=HalfOpen(after=60.0),
             clock=clock,
             journal=journal,
         )

@@ -10,7 +10,7 @@ import asyncio
 import threading
 from typing import TYPE_CHECKING, Self, TypeVar
 
-from ...core.breaker import CircuitBreaker, ConsecutiveFailures, Recovery, State
+from ...core.breaker import CircuitBreaker, ConsecutiveFailures, HalfOpen, State
 from ...core.cancel import CancelScope, deadline
 from ...core.clock import Clock, SystemClock
 from ...core.errors import (
@@ -93,7 +93,7 @@ class ResilientClient:
             f"{name}.daemon",
             on=(*DOWN, ServerError),  # Cancelled, HangDetected: never counted
             trip=ConsecutiveFailures(3),
-            recovery=Recovery(after=10.0),
+            recovery=HalfOpen(after=10.0),
             clock=self.clock,
             journal=journal,
         )
