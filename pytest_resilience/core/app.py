@@ -41,7 +41,7 @@ import threading
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
 
-from .errors import classify
+from .classify import classify
 from .events import AppRetry, FallbackUsed
 
 if TYPE_CHECKING:

@@ -59,8 +59,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from .classify import Action, classify
 from .clock import Clock, SystemClock
-from .errors import Action, classify
 from .events import DegradationChanged
 
 if TYPE_CHECKING:

@@ -39,43 +39,25 @@ partial text, and lets a hang through.) ``classify()`` is not asked about them; 
 it says ``Cancelled`` is a permanent "fail" and ``HangDetected`` unknown.
 
 ``classify(exc)`` turns any exception into a :class:`Classification`: see
-:mod:`pytest_resilience.core.classify`, whose names are importable from here too (on first
-use, so that a module that only raises these errors does not build the rule table).
+:mod:`pytest_resilience.core.classify`, which imports this module (not the other way), so
+that a module that only raises these errors does not build the rule table.
 """
 
 from __future__ import annotations
 
-import importlib
 import reprlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .classify import (
-        DEFAULT_CLASSIFIER,
-        DEFAULT_RULES,
-        Action,
-        Category,
-        Classification,
-        Classifier,
-        Rule,
-        Severity,
-        classify,
-    )
 
 __all__ = [
-    "DEFAULT_CLASSIFIER",
-    "DEFAULT_RULES",
-    "Action",
     "BackendError",
     "Cancelled",
-    "Category",
     "CheckpointError",
     "CircuitOpenError",
-    "Classification",
-    "Classifier",
     "DaemonLost",
     "DaemonUnavailable",
     "DeadlineExceeded",
@@ -89,12 +71,9 @@ __all__ = [
     "ResilienceInterrupt",
     "ResourceExhausted",
     "RetryError",
-    "Rule",
     "ServerError",
-    "Severity",
     "StreamInterrupted",
     "StreamStalled",
-    "classify",
     "exception_filter",
 ]
 
@@ -320,33 +299,3 @@ def exception_filter(
     if callable(spec):
         return None, spec
     raise TypeError(f"{what}= takes an exception class, a tuple of them or a predicate: {spec!r}")
-
-
-# ------------------------------------------------------------------- classification, lazily
-
-#: The names of :mod:`pytest_resilience.core.classify` that this module exports too.
-_CLASSIFY = frozenset(
-    {
-        "Action",
-        "Category",
-        "Classification",
-        "Classifier",
-        "DEFAULT_CLASSIFIER",
-        "DEFAULT_RULES",
-        "Rule",
-        "Severity",
-        "classify",
-    }
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _CLASSIFY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(".classify", __package__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | _CLASSIFY)

@@ -87,8 +87,9 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .backoff import Backoff, Jitter
 from .cancel import CancelScope, current_scope
+from .classify import classify
 from .clock import Clock, SystemClock
-from .errors import ExceptionFilter, classify, exception_filter
+from .errors import ExceptionFilter, exception_filter
 from .retry_run import Attempt, RetryDetails, _Attempts, _Run
 from .seeding import default_rng
 
@@ -96,7 +97,7 @@ if TYPE_CHECKING:
     import random
     from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 
-    from .errors import Classifier
+    from .classify import Classifier
     from .journal import Journal
 
 __all__ = [

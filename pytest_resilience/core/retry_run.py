@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
 from .cancel import CancelScope, current_scope
-from .errors import DeadlineExceeded, RetryError, classify
+from .classify import classify
+from .errors import DeadlineExceeded, RetryError
 from .events import AttemptFailed, AttemptStarted, GaveUp, RetryScheduled, event_maker
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from .errors import Classification
+    from .classify import Classification
     from .retry import Retry
 
 __all__ = ["Attempt", "RetryDetails"]

@@ -34,10 +34,10 @@ from pytest_resilience.backends.daemon import (
 )
 from pytest_resilience.backends.llama import EmbeddingCheck
 from pytest_resilience.core.cancel import cancel_scope, deadline
+from pytest_resilience.core.classify import Category, classify
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import (
     Cancelled,
-    Category,
     DaemonLost,
     DaemonUnavailable,
     DeadlineExceeded,
@@ -46,7 +46,6 @@ from pytest_resilience.core.errors import (
     ServerError,
     StreamInterrupted,
     StreamStalled,
-    classify,
 )
 from pytest_resilience.core.events import DaemonDown, DaemonRestarted, DaemonUp
 from pytest_resilience.core.journal import Journal

@@ -43,7 +43,7 @@ import pytest_resilience
 from faults.kinds import KINDS, PY, SITES, KindInfo, kinds_for
 from faults.parser import parse
 from faults.spec import SpecError
-from pytest_resilience.core.errors import DEFAULT_RULES
+from pytest_resilience.core.classify import DEFAULT_RULES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 MKDOCS = DOCS.parent / "mkdocs.yml"

@@ -9,16 +9,21 @@ from typing import Any
 import httpx
 import pytest
 
-from pytest_resilience.core.errors import (
+from pytest_resilience.core.classify import (
     DEFAULT_CLASSIFIER,
     DEFAULT_RULES,
     Action,
-    BackendError,
-    Cancelled,
     Category,
-    CircuitOpenError,
     Classification,
     Classifier,
+    Rule,
+    Severity,
+    classify,
+)
+from pytest_resilience.core.errors import (
+    BackendError,
+    Cancelled,
+    CircuitOpenError,
     DaemonLost,
     DaemonUnavailable,
     DeadlineExceeded,
@@ -31,12 +36,9 @@ from pytest_resilience.core.errors import (
     ResilienceInterrupt,
     ResourceExhausted,
     RetryError,
-    Rule,
     ServerError,
-    Severity,
     StreamInterrupted,
     StreamStalled,
-    classify,
 )
 
 C, S, A = Category, Severity, Action

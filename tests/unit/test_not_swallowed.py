@@ -27,6 +27,7 @@ from pytest_resilience.core.breaker import (
     State,
 )
 from pytest_resilience.core.cancel import cancel_scope, current_scope
+from pytest_resilience.core.classify import classify
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.degrade import DegradePolicy, Degrader, Level, Limits
 from pytest_resilience.core.errors import (
@@ -34,7 +35,6 @@ from pytest_resilience.core.errors import (
     DaemonUnavailable,
     HangDetected,
     ResilienceInterrupt,
-    classify,
 )
 from pytest_resilience.core.events import (
     AttemptFailed,

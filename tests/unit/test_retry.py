@@ -11,18 +11,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_resilience.core.cancel import cancel_scope, current_scope, deadline
+from pytest_resilience.core.classify import Action, Category, Classification, Classifier, Severity
 from pytest_resilience.core.clock import SystemClock, VirtualClock
-from pytest_resilience.core.errors import (
-    Action,
-    Cancelled,
-    Category,
-    Classification,
-    Classifier,
-    DeadlineExceeded,
-    RateLimited,
-    RetryError,
-    Severity,
-)
+from pytest_resilience.core.errors import Cancelled, DeadlineExceeded, RateLimited, RetryError
 from pytest_resilience.core.events import AttemptFailed, AttemptStarted, GaveUp, RetryScheduled
 from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.retry import (
