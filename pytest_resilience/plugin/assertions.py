@@ -6,12 +6,14 @@ that matters::
     assert_transitions(journal, breaker, ["closed->open", "open->half_open"])
     assert_fell_back(journal, to="direct")
     assert_no_leaks(before)
+    assert_resilient(journal, ignore=("backoff",))
 
 ``assert_retried`` counts the core's retries (``RetryScheduled``, library
 ``"pytest_resilience"``) and the application's own (``AppRetry``: tenacity, stamina,
 backoff, openai, ... recorded by :func:`faults.observe.watch`); ``assert_fell_back`` counts
 every ``FallbackUsed``, a chain's or one the application marked
-(:func:`pytest_resilience.core.app.fell_back`).
+(:func:`pytest_resilience.core.app.fell_back`); ``assert_resilient`` judges how the app
+behaved under the faults, by the verdicts of :mod:`faults.verdicts`.
 
 Each raises ``AssertionError`` (so pytest shows it as a test failure) and returns nothing.
 This module does not import pytest: the assertions work under any runner.
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Iterable, Sequence
 
+    from faults.spec import Spec
+
     from ..core.leaks import ResourceRegistry
 
 __all__ = [
@@ -45,6 +49,7 @@ __all__ = [
     "ErrorFilter",
     "assert_fell_back",
     "assert_no_leaks",
+    "assert_resilient",
     "assert_retried",
     "assert_transitions",
 ]
@@ -243,3 +248,46 @@ def assert_no_leaks(
         leaks = list(before)
     if leaks:
         raise AssertionError(format_leaks(leaks))
+
+
+def assert_resilient(
+    journal: Journal | Iterable[Event],
+    *,
+    ignore: Iterable[str] = (),
+    spec: Spec | Iterable[Spec] | None = None,
+    leaks: _HasLeaks | Iterable[Leak] | None = None,
+) -> None:
+    """Assert that the app behaved well under the faults ``journal`` records: that it broke
+    none of the verdicts of :mod:`faults.verdicts` (honoured Retry-After, backed off, stopped
+    after a bounded number of attempts, did not retry an error that cannot succeed, did
+    not take a cut stream for a whole one, closed what it abandoned). Fails listing each
+    broken verdict with its evidence, then the timeline; passes when no fault fired.
+
+    - ``ignore``: ids of verdicts not to judge (``"backoff"``, ...); ``ValueError`` for an
+      id that is none;
+    - ``spec``: the spec (or specs) the faults came from, which ``bounded`` needs to know
+      which faults fire on every call; by default, those of the injections installed now
+      that write to ``journal`` (the plugin's and the ``faults`` fixture's, during the test);
+    - ``leaks``: what was left open, for ``closed``: the ``leak_check`` fixture or a list of
+      leaks; without it, ``closed`` is not judged here (the plugin judges it after the
+      test's teardown).
+    """
+    from faults.verdicts import format_broken, installed_specs, judge  # noqa: PLC0415
+
+    events = _events(journal)
+    if spec is None:
+        spec = installed_specs(journal) if isinstance(journal, Journal) else []
+    if leaks is None:
+        left: list[Leak] = []
+    elif hasattr(leaks, "leaks"):
+        left = leaks.leaks()
+    else:
+        left = list(leaks)
+    broken = judge(events, specs=spec, open_resources=left, ignore=ignore)
+    if broken:
+        noun = "verdict" if len(broken) == 1 else "verdicts"
+        raise AssertionError(
+            f"the app broke {len(broken)} {noun} under faults:\n"
+            + format_broken(broken)
+            + _timeline(events, "timeline")
+        )

@@ -3,19 +3,20 @@ that ``-p no:resilience`` turns all of the plugin off. It gathers the hooks and 
 the plugin's modules (:mod:`.options`, :mod:`.collection`, :mod:`.running`, :mod:`.report`,
 :mod:`.fixture_decls`, :mod:`.scenario_files`) so that pytest sees each exactly once, as
 part of this one plugin; adds the hooks a suite may implement (:mod:`.hookspecs`); and at
-configure time resolves the run's settings and registers what only some runs need: the
-summary's reporter, the autouse leak check, and the pytest-xdist and pytest-timeout
-support. Inside the package the imports point one way, from this module down to
-:mod:`.state`, which imports none of the others; none of them imports anything heavy at
-module level (each hook imports what it needs when it runs, and a run without faults never
-imports :mod:`faults`), as pytest imports this in every run of every user of the package.
+configure time resolves the run's settings and registers the summary's reporter, the
+judging of each test's verdicts (:mod:`.verdicts`), and what only some runs need: the
+autouse leak check, and the pytest-xdist and pytest-timeout support. Inside the package
+the imports point one way, from this module down to :mod:`.state`, which imports none of
+the others; none of them imports anything heavy at module level (each hook imports what it
+needs when it runs, and a run without faults never imports :mod:`faults`), as pytest
+imports this in every run of every user of the package.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from pytest_resilience.plugin import hookspecs, timeout_hooks, xdist_hooks
+from pytest_resilience.plugin import hookspecs, timeout_hooks, verdicts, xdist_hooks
 from pytest_resilience.plugin.collection import pytest_collection_modifyitems
 from pytest_resilience.plugin.fixture_decls import (
     LeakCheckPlugin,
@@ -105,6 +106,7 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = resolve(config)
     config.stash[SETTINGS] = settings
     config.pluginmanager.register(Reporter(settings.totals), "resilience-reporter")
+    config.pluginmanager.register(verdicts, "resilience-verdicts")
     if settings.leak_check:
         config.pluginmanager.register(LeakCheckPlugin(), "resilience-leak-check")
     if config.pluginmanager.hasplugin("xdist"):

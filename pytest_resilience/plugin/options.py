@@ -24,6 +24,7 @@ option                      ini                           environment
 ``resilience_scenarios``    (ini only: folders whose ``*.toml`` scenarios are collected)
 ``resilience_daemon_scope`` (ini only: ``function`` or ``session``, the ``daemon`` process)
 ``resilience_journal_maxlen`` (ini only: events each test's journal keeps, 100000)
+``resilience_verdicts``     (ini only: ``warn``, ``fail`` or ``off``, broken verdicts)
 ==========================  ============================  ==========================
 """
 
@@ -39,9 +40,11 @@ from pytest_resilience.plugin.state import (
     DAEMON_SCOPES,
     ROUTES,
     SETTINGS,
+    VERDICT_MODES,
     DaemonScope,
     Route,
     Settings,
+    VerdictMode,
 )
 
 if TYPE_CHECKING:
@@ -93,6 +96,8 @@ MARKERS: Final = (
     "tenacity/stamina/backoff/openai sleeps on it",
     "real_time: run this test in real time, even under --virtual-time",
     "no_leak_check: do not fail this test for leaked threads, fds or processes",
+    "verdicts(mode=None, ignore=()): report this test's broken verdicts as mode says (warn, "
+    "fail, off; default: resilience_verdicts), not judging those named in ignore",
 )
 
 
@@ -172,6 +177,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("resilience_daemon_url", "the base URL of the app's own model server")
     parser.addini("resilience_journal_maxlen", "events each test's journal keeps (100000)")
+    parser.addini("resilience_verdicts", "broken verdicts under faults: warn (default), fail, off")
     group.addoption(
         "--daemon-route",
         dest="resilience_daemon_route",
@@ -276,6 +282,16 @@ def _daemon_scope_of(config: pytest.Config) -> DaemonScope:
         raise pytest.UsageError(
             f"ini option resilience_daemon_scope ({config.inipath}): expected "
             f"{' or '.join(DAEMON_SCOPES)}, not {value!r}"
+        )
+    return value  # type: ignore[return-value]  # checked just above
+
+
+def _verdicts_of(config: pytest.Config) -> VerdictMode:
+    value = str(config.getini("resilience_verdicts")).strip() or "warn"
+    if value not in VERDICT_MODES:
+        raise pytest.UsageError(
+            f"ini option resilience_verdicts ({config.inipath}): expected "
+            f"{', '.join(VERDICT_MODES)}, not {value!r}"
         )
     return value  # type: ignore[return-value]  # checked just above
 
@@ -413,4 +429,5 @@ def resolve(config: pytest.Config) -> Settings:
     settings.daemon_scope = _daemon_scope_of(config)
     _daemon_options(config, settings)
     settings.journal_maxlen = _journal_maxlen(config)
+    settings.verdicts = _verdicts_of(config)
     return settings

@@ -1,10 +1,12 @@
 """The report: the header line of the run's seed and faults; for each test, its figures
-(faults injected, retries, breaker transitions, fallbacks, leaks, and each run-wide site's
-reach) as JUnit user properties (``resilience.*``) and its journal saved under
-``--fault-journal``; for a failure, its journal's timeline and the command that reproduces
-it; and the ``resilience`` section of the terminal summary, which sums the figures of every
-test from the reports (so that pytest-xdist workers count too). A conftest may add figures
-(``pytest_resilience_test_figures``) and change the summary's rows
+(faults injected, and the app's reactions: retries by library, breaker transitions,
+fallbacks, the retry delays and virtual time waited against the wall time the call took,
+the verdicts it broke; leaks, and each run-wide site's reach) as JUnit user properties
+(``resilience.*``) and its journal saved under ``--fault-journal``; for a failure, the
+faults next to the reactions, the broken verdicts, its journal's timeline and the command
+that reproduces it; and the ``resilience`` section of the terminal summary, which sums the
+figures of every test from the reports (so that pytest-xdist workers count too). A
+conftest may add figures (``pytest_resilience_test_figures``) and change the summary's rows
 (``pytest_resilience_summary``), see :mod:`~pytest_resilience.plugin.hookspecs`.
 """
 
@@ -41,6 +43,12 @@ __all__ = [
 
 _PROP: Final = "resilience.figures"  # the user property that carries a test's figures as JSON
 _REPRO: Final = "resilience.reproduce"
+#: Figures that are no JUnit property of their own: a table, or another figure by parts.
+_NO_PROPERTY: Final = frozenset({"faults", "reach", "retries_by"})
+#: The library of the core's own retries, as ``assert_retried`` names it.
+_CORE: Final = "pytest_resilience"
+#: The call phase's wall time and the virtual clock's advance (None: no virtual clock).
+_TIMES: Final = pytest.StashKey[tuple[float, "float | None"]]()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -72,15 +80,17 @@ def pytest_runtest_makereport(
         return (yield)
     settings = item.config.stash[SETTINGS]
     command = None
+    if call.when == "call":
+        item.stash[_TIMES] = (call.duration, _virtual_advance(state))
     if call.when == "call" and state.spec is not None:
         command = reproduce_command(item, state.spec)
         item.user_properties.append((_REPRO, command))
     if call.when == "teardown":
-        figures = _figures(state)
+        figures = _figures(state, item.stash.get(_TIMES, None))
         item.ihook.pytest_resilience_test_figures(item=item, state=state, figures=figures)
         item.user_properties.append((_PROP, json.dumps(figures, sort_keys=True)))
         for key, value in figures.items():
-            if key not in ("faults", "reach"):
+            if key not in _NO_PROPERTY:
                 number = figure_number(value)
                 item.user_properties.append(
                     (f"resilience.{key}", value if number is None else number)
@@ -97,6 +107,12 @@ def pytest_runtest_makereport(
         lines = "\n".join(f"  {text}" for text in state.missed)
         report.sections.append(("resilience: faults asked for that never fired", lines))
     if report.failed and call.when == "call" and (state.spec is not None or len(state.journal)):
+        reactions = _reactions(_figures(state, item.stash.get(_TIMES, None)))
+        report.sections.append(("resilience: faults and reactions", "\n".join(reactions)))
+        if state.verdicts:
+            from faults.verdicts import format_broken  # noqa: PLC0415 - a fault fired
+
+            report.sections.append(("resilience: verdicts broken", format_broken(state.verdicts)))
         timeline = state.journal.timeline(last=50, since=_origin(state))
         report.sections.append(("resilience: journal", timeline or "empty"))
         if command is not None:
@@ -110,10 +126,18 @@ def _origin(state: TestState) -> float:
     return state.started if state.clock_start is None else state.clock_start
 
 
-def _figures(state: TestState) -> dict[str, Any]:
-    """The test's figures, from its journal: what the summary sums."""
+def _virtual_advance(state: TestState) -> float | None:
+    """How far the test's virtual clock moved since the test began (None: it has none)."""
+    if state.clock is None or state.clock_start is None:
+        return None
+    return max(0.0, state.clock.now() - state.clock_start)
+
+
+def _figures(state: TestState, times: tuple[float, float | None] | None) -> dict[str, Any]:
+    """The test's figures, from its journal (and ``times``: its call phase's wall time, its
+    virtual clock's advance): what the summary sums."""
     from pytest_resilience.core.analytics import summarize  # noqa: PLC0415
-    from pytest_resilience.core.events import FaultInjected  # noqa: PLC0415
+    from pytest_resilience.core.events import AppRetry, FaultInjected, RetryScheduled  # noqa: PLC0415
 
     journal = state.journal
     faults: dict[str, dict[str, int]] = {}
@@ -131,6 +155,20 @@ def _figures(state: TestState) -> dict[str, Any]:
     for steps in summary.fallbacks.values():
         for step in steps:
             fallbacks[step] = fallbacks.get(step, 0) + 1
+    retries_by = dict(summary.app_retries)
+    core = summary.retries - sum(retries_by.values())
+    if core:
+        retries_by[_CORE] = core
+    delays = sum(e.delay for e in journal.events(AppRetry))
+    delays += sum(e.delay for e in journal.events(RetryScheduled))
+    verdicts: dict[str, int] = {}
+    for broken in state.verdicts:
+        verdicts[broken.verdict] = verdicts.get(broken.verdict, 0) + 1
+    timed: dict[str, float] = {}
+    if times is not None:
+        timed["wall"] = round(times[0], 6)
+        if times[1] is not None:
+            timed["virtual"] = round(times[1], 6)
     return {
         "faults": faults,
         "faults_injected": sum(sum(k.values()) for k in faults.values()),
@@ -141,7 +179,57 @@ def _figures(state: TestState) -> dict[str, Any]:
         # run-wide or marker faults, or faults the test injected itself (the fixture)
         "under_faults": int(state.spec is not None or bool(faults)),
         "reach": state.reach,
+        "retries_by": retries_by,
+        "delays": round(delays, 6),
+        **timed,
+        "verdicts": verdicts,
+        "judged": int(state.judged),
     }
+
+
+def _reactions(figures: dict[str, Any]) -> list[str]:
+    """The faults next to the app's reactions, then the time waited against the time taken:
+    "3 faults (...) -> 2 retries (tenacity x2), 1 fallback (canned x1)" and "45 s of retry
+    delays, 45 s of virtual time, in 4 ms of wall time"."""
+    faults = {f"{site} {kind}": n for site, kinds in figures["faults"].items()
+              for kind, n in kinds.items()}  # fmt: skip
+    reactions = [
+        _count(figures["retries"], "retry", figures["retries_by"], plural="retries"),
+        _count(sum(figures["fallbacks"].values()), "fallback", figures["fallbacks"]),
+        _count(sum(figures["transitions"].values()), "breaker transition", figures["transitions"]),
+    ]
+    done = ", ".join(r for r in reactions if r) or "no retry, fallback or breaker transition"
+    lines = [f"{_count(figures['faults_injected'], 'fault', faults) or '0 faults'} -> {done}"]
+    if "wall" in figures:
+        lines.append(_waited(figures["delays"], figures.get("virtual"), figures["wall"]))
+    return lines
+
+
+def _count(n: int, noun: str, parts: dict[str, int], *, plural: str = "") -> str:
+    """``2 retries (tenacity x2)``; ``""`` for none."""
+    if not n:
+        return ""
+    text = f"{n} {noun if n == 1 else plural or noun + 's'}"
+    return text + (f" ({_counted(parts)})" if parts else "")
+
+
+def _waited(delays: float, virtual: float | None, wall: float) -> str:
+    text = f"{_duration(delays)} of retry delays"
+    if virtual is not None:
+        text += f", {_duration(virtual)} of virtual time,"
+    return f"{text} in {_duration(wall)} of wall time"
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``1.5 s``, ``4.2 ms``, ``310 us``: three figures at most, in a unit that
+    suits."""
+    if seconds >= 100:
+        return f"{seconds:.0f} s"
+    if seconds >= 1 or seconds == 0:
+        return f"{seconds:.3g} s"
+    if seconds >= 0.001:
+        return f"{seconds * 1000:.3g} ms"
+    return f"{seconds * 1e6:.3g} us"
 
 
 def journal_file_name(nodeid: str) -> str:
@@ -227,8 +315,14 @@ def _rows(settings: Settings) -> list[tuple[str, str]]:
     rows.append(("faults injected", str(sum(n for _, n in faults))))
     rows += [(f"  {site} {kind}", str(n)) for (site, kind), n in faults]
     rows.append(("retries scheduled", str(totals.counts.get("retries", 0))))
+    rows += [(f"  by {library}", str(n)) for library, n in sorted(totals.retries_by.items()) if n]
     rows.append(("breaker transitions", _counted(totals.transitions)))
     rows.append(("fallbacks used", _counted(totals.fallbacks)))
+    seconds = totals.seconds
+    if "wall" in seconds:
+        virtual = seconds.get("virtual") if totals.virtual_tests else None
+        rows.append(("time", _waited(seconds.get("delays", 0.0), virtual, seconds["wall"])))
+    rows.append(("verdicts broken", _verdicts(settings)))
     if settings.leak_check or totals.counts.get("leaks"):
         rows.append(("leaks found", str(totals.counts.get("leaks", 0))))
     if totals.reach:
@@ -237,6 +331,20 @@ def _rows(settings: Settings) -> list[tuple[str, str]]:
         text = f"{reached} of {totals.tests} tests, {fired} faults"
         rows.append((f"  {site}", text + (f" (never reached: {why})" if not reached else "")))
     return rows
+
+
+def _verdicts(settings: Settings) -> str:
+    """The verdicts broken, by verdict, and in how many tests they were judged; or why
+    none was: a verdict judges what the app did after a fault."""
+    totals = settings.totals
+    if not totals.judged:
+        if settings.verdicts == "off":
+            return "not judged (resilience_verdicts = off)"
+        return "none judged: no fault fired"
+    broken = sum(totals.verdicts.values())
+    listed = f" ({_counted(totals.verdicts)})" if broken else ""
+    tests = "test" if totals.judged == 1 else "tests"
+    return f"{broken}{listed} in {totals.judged} {tests} judged"
 
 
 def _counted(counts: dict[str, int]) -> str:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from faults.journal import Recording
     from faults.proxy import FaultProxy
     from faults.spec import Spec
+    from faults.verdicts import Broken
     from pytest_resilience.backends.daemon import DaemonProcess
     from pytest_resilience.core.clock import Clock
     from pytest_resilience.core.journal import Journal
@@ -29,11 +30,13 @@ __all__ = [
     "ROUTES",
     "SETTINGS",
     "SHARED_DAEMON",
+    "VERDICT_MODES",
     "DaemonScope",
     "Route",
     "Settings",
     "TestState",
     "Totals",
+    "VerdictMode",
     "daemon_target",
     "figure_number",
     "settings_of",
@@ -56,8 +59,17 @@ _KNOWN_FIGURES: Final = frozenset(
         "leaks",
         "under_faults",
         "reach",
+        "retries_by",
+        "delays",
+        "virtual",
+        "wall",
+        "verdicts",
+        "judged",
     }
 )
+#: How broken verdicts are reported (``resilience_verdicts``, the ``verdicts`` marker).
+VerdictMode = Literal["warn", "fail", "off"]
+VERDICT_MODES: Final = ("warn", "fail", "off")
 
 
 @dataclass(slots=True)
@@ -77,6 +89,13 @@ class Totals:
     # the figures a conftest added (pytest_resilience_test_figures): a number, or the sum of
     # a mapping's numbers, summed over the tests
     extra: dict[str, int] = field(default_factory=dict)
+    retries_by: dict[str, int] = field(default_factory=dict)  # by library
+    verdicts: dict[str, int] = field(default_factory=dict)  # broken, by verdict
+    judged: int = 0  # tests whose verdicts were judged (a fault fired, verdicts not off)
+    # seconds: of retry delays recorded (delays), virtual clocks' advance (virtual, over
+    # ``virtual_tests`` tests), call phases (wall)
+    seconds: dict[str, float] = field(default_factory=dict)
+    virtual_tests: int = 0
 
     def add(self, figures: dict[str, Any]) -> None:
         self.tests += 1
@@ -91,9 +110,19 @@ class Totals:
                 self.faults[site, kind] = self.faults.get((site, kind), 0) + int(n)
         for key in ("retries", "leaks"):
             self.counts[key] = self.counts.get(key, 0) + int(figures.get(key, 0))
-        for name, into in (("transitions", self.transitions), ("fallbacks", self.fallbacks)):
+        for name, into in (
+            ("transitions", self.transitions),
+            ("fallbacks", self.fallbacks),
+            ("retries_by", self.retries_by),
+            ("verdicts", self.verdicts),
+        ):
             for key, n in figures.get(name, {}).items():
                 into[key] = into.get(key, 0) + int(n)
+        self.judged += int(figures.get("judged", 0))
+        for key in ("delays", "virtual", "wall"):
+            if figures.get(key) is not None:
+                self.seconds[key] = self.seconds.get(key, 0.0) + float(figures[key])
+        self.virtual_tests += int(figures.get("virtual") is not None)
         for key, value in figures.items():
             number = figure_number(value)
             if key not in _KNOWN_FIGURES and number is not None:
@@ -126,6 +155,7 @@ class Settings:
     daemon_url: str | None = None  # the app's own server, for the daemon.* sites
     route: Route = "hooks"  # how the daemon.* faults reach the `daemon` fixture's traffic
     journal_maxlen: int = 100_000  # events each test's journal keeps
+    verdicts: VerdictMode = "warn"  # how broken verdicts are reported
     totals: Totals = field(default_factory=Totals)
 
 
@@ -146,6 +176,8 @@ class TestState:
     missed: list[str] = field(default_factory=list)  # faults asked for that never fired
     started: float = 0.0  # the system clock's time as the test began (set at setup)
     clock_start: float | None = None  # the virtual clock's time then, when it has one
+    judged: bool = False  # its verdicts were judged: a fault fired, and they are not off
+    verdicts: list[Broken] = field(default_factory=list)  # those it broke
     _journal: Journal | None = None
 
     @property

@@ -160,6 +160,13 @@ HOOKS = (
     "pytest_sessionfinish",
     "pytest_terminal_summary",
 )
+#: The hooks of the verdicts' own plugin (registered at configure time, as the reporter is).
+VERDICT_HOOKS = (
+    "pytest_collection_modifyitems",
+    "pytest_runtest_call",
+    "pytest_runtest_setup",
+    "pytest_runtest_teardown",
+)
 FIXTURES = (
     "clock",
     "daemon",
@@ -179,11 +186,13 @@ def test_pytest_sees_each_hook_and_fixture_of_the_plugin_once(ptr: pytest.Pytest
             hook = pytestconfig.pluginmanager.hook
             ours = [
                 (name, impl.plugin_name)
-                for name in {HOOKS!r}
+                for name in sorted(set({HOOKS!r} + {VERDICT_HOOKS!r}))
                 for impl in getattr(hook, name).get_hookimpls()
                 if impl.function.__module__.startswith("pytest_resilience.")
             ]
-            assert sorted(ours) == [(name, "resilience") for name in sorted({HOOKS!r})]
+            expected = [(name, "resilience") for name in {HOOKS!r}]
+            expected += [(name, "resilience-verdicts") for name in {VERDICT_HOOKS!r}]
+            assert sorted(ours) == sorted(expected)
         """
     )
     run(ptr, "test_once.py").assert_outcomes(passed=1)
