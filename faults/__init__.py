@@ -30,6 +30,7 @@ from faults.parser import parse
 from faults.schedule import Schedule
 from faults.spec import Spec, SpecError
 from faults.target import Target
+from faults.verdicts import VerdictBroken
 
 __all__ = [
     "FaultNotReached",
@@ -39,6 +40,7 @@ __all__ = [
     "Spec",
     "SpecError",
     "Target",
+    "VerdictBroken",
     "inject",
     "parse",
 ]

@@ -53,10 +53,16 @@ if TYPE_CHECKING:
     from faults.target import Server
     from pytest_resilience.core.clock import Clock
 
-__all__ = ["FaultNotReached", "Injector", "Unreached", "inject"]
+__all__ = ["FaultNotReached", "Injector", "Unreached", "inject", "installed"]
 
 _stack: list[Injector] = []  # installed injectors, innermost last
 _stack_lock = threading.Lock()
+
+
+def installed() -> list[Injector]:
+    """The injectors installed now in this process, innermost last."""
+    with _stack_lock:
+        return list(_stack)
 
 
 class Injector:

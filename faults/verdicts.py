@@ -188,11 +188,9 @@ def check_ids(ids: Iterable[str]) -> tuple[str, ...]:
 def installed_specs(journal: Journal) -> list[Spec]:
     """The specs of the injections installed now that write their faults to ``journal``,
     innermost last."""
-    from faults import injector  # noqa: PLC0415 - the injector imports much; only asked here
+    from faults.injector import installed  # noqa: PLC0415 - it imports much; only asked here
 
-    # the stack of installed injectors is the one process-wide record of installations
-    with injector._stack_lock:
-        return [i.spec for i in injector._stack if i.journal is journal]
+    return [i.spec for i in installed() if i.journal is journal]
 
 
 # --------------------------------------------------------------------------- reading

@@ -16,7 +16,7 @@ registers this module as a plugin of its own. It acts in three places:
 Only a test in whose journal a fault fired is judged (``TestState.judged``); its broken
 verdicts are kept in ``TestState.verdicts`` for the report. What a broken verdict does is
 ``resilience_verdicts`` (ini) or the test's ``verdicts`` marker says: ``warn`` (default), a
-:class:`faults.verdicts.VerdictBroken` warning per verdict, which ``-W error`` (or
+:class:`faults.VerdictBroken` warning per verdict, which ``-W error`` (or
 ``filterwarnings = error``) makes a failure of the test, as for ``FaultNotReached``;
 ``fail``, a failure listing them; ``off``, no judging at all. A test that failed anyway is
 not failed again: its report lists them.

@@ -29,8 +29,8 @@ for _name in ("tenacity", "httpcore", "httpx"):
         importlib.import_module(_name)
 
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\nasyncio_mode = strict\n"
-WARN = ("-W", "default::faults.verdicts.VerdictBroken")  # shown, whatever the outer filters
-ERROR = ("-W", "error::faults.verdicts.VerdictBroken")
+WARN = ("-W", "default::faults.VerdictBroken")  # shown, whatever the outer filters
+ERROR = ("-W", "error::faults.VerdictBroken")
 
 LOOPS = """
 import tenacity
