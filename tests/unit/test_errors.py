@@ -6,8 +6,12 @@ import socket
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import httpx
+import httpx2
+import openai
 import pytest
+import requests
 
 from pytest_resilience.core.classify import (
     DEFAULT_CLASSIFIER,
@@ -92,14 +96,14 @@ ROWS: list[tuple[BaseException, Classification]] = [
     row(with_response(400), "http-4xx", C.PERMANENT, S.MEDIUM, False, A.FAIL),
     row(TimeoutError(), "timeout", C.TIMEOUT, S.MEDIUM, True, A.RETRY),
     row(socket.timeout(), "timeout", C.TIMEOUT, S.MEDIUM, True, A.RETRY),  # noqa: UP041 - on purpose
-    row(httpx.ReadTimeout("slow"), "httpx-timeout", C.TIMEOUT, S.MEDIUM, True, A.RETRY),
+    row(httpx.ReadTimeout("slow"), "client-timeout", C.TIMEOUT, S.MEDIUM, True, A.RETRY),
     row(
-        foreign("httpx", "TimeoutException")(), "httpx-timeout", C.TIMEOUT, S.MEDIUM, True, A.RETRY
+        foreign("httpx", "TimeoutException")(), "client-timeout", C.TIMEOUT, S.MEDIUM, True, A.RETRY
     ),
     row(ConnectionRefusedError(), "connection", C.CONNECTION, S.HIGH, True, A.RETRY),
     row(ConnectionResetError(), "connection", C.CONNECTION, S.HIGH, True, A.RETRY),
-    row(httpx.ConnectError("refused"), "httpx-transport", C.CONNECTION, S.HIGH, True, A.RETRY),
-    row(httpx.RemoteProtocolError("x"), "httpx-transport", C.CONNECTION, S.HIGH, True, A.RETRY),
+    row(httpx.ConnectError("refused"), "client-connection", C.CONNECTION, S.HIGH, True, A.RETRY),
+    row(httpx.RemoteProtocolError("x"), "client-connection", C.CONNECTION, S.HIGH, True, A.RETRY),
     row(
         RuntimeError("Rate limit hit"),
         "rate-limit-text",
@@ -310,3 +314,27 @@ def test_classification_is_cached_per_type_but_not_per_message() -> None:
     # The per-type cache must not freeze a message-dependent answer.
     assert classify(RuntimeError("CUDA out of memory")).category is Category.RESOURCE
     assert classify(RuntimeError("something else")).category is Category.UNKNOWN
+
+
+_REQUEST = httpx2.Request("POST", "http://127.0.0.1:9/v1/completions")
+
+
+@pytest.mark.parametrize(
+    ("error", "rule", "category"),
+    [
+        (openai.APITimeoutError(request=_REQUEST), "client-timeout", "timeout"),
+        (openai.APIConnectionError(request=_REQUEST), "client-connection", "connection"),
+        (requests.exceptions.ReadTimeout("slow"), "client-timeout", "timeout"),
+        (requests.exceptions.ConnectionError("refused"), "client-connection", "connection"),
+        (aiohttp.ClientConnectionError("reset"), "client-connection", "connection"),
+        (httpx2.ConnectError("refused"), "client-connection", "connection"),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else None,
+)
+def test_the_clients_apps_use_are_classified_by_what_went_wrong(
+    error: BaseException, rule: str, category: str
+) -> None:
+    # an app's own retries see these, not our errors: "unknown" would hide a connection loss
+    found = classify(error)
+    assert (found.rule, found.category.value) == (rule, category)
+    assert found.retryable
