@@ -13,6 +13,12 @@ How a :class:`VirtualClock` moves (trio's ``MockClock`` with autojump is the mod
   a thread it just woke, until that thread waits on the clock again, ends, or has been
   silent for ``hang_grace``; a thread inside :meth:`VirtualClock.hold`; a thread running a
   job for the virtual event loop (``run_in_executor``, ``asyncio.to_thread``).
+- A virtual event loop waiting on real I/O (a socket or pipe of its own is registered) holds
+  time still for up to ``io_grace`` real seconds per wait, so that an answer coming in real
+  time arrives before a timer it would have beaten for real; any I/O starts a new wait.
+  Only when the loop's next timer is an ``asyncio.sleep`` does time jump at once: a sleep
+  asks for time to pass, whatever the sockets do. The hold never exceeds the virtual time
+  to the loop's next timer, so a loop never runs slower than real time.
 - Waiters wake in deadline order, FIFO on ties. ``advance()`` moves time by hand.
 - A wait that nothing can end (no deadline anywhere, nothing running, no real I/O pending)
   raises :class:`~pytest_resilience.core.errors.HangDetected` once every Python thread is stuck
@@ -61,6 +67,7 @@ class _Waiter:
     what: str
     event: threading.Event | None = None
     io: bool = False  # an event loop waiting on real I/O: other processes may end the wait
+    hold_until: float = 0.0  # real time until which time stands still for this waiter's I/O
     outcome: str | None = None  # set once, under the lock, when the waiter is woken
     message: str = ""
     wakeup: threading.Event = field(default_factory=threading.Event)
@@ -74,18 +81,26 @@ class VirtualClock:
     threads the clock cannot see). ``hang_grace``: real seconds of silence after which a
     thread the clock woke and has not heard from since is presumed blocked elsewhere, and a
     wait that no deadline can end is reported as a hang (when not every thread is on the
-    clock, which is reported at once).
+    clock, which is reported at once). ``io_grace``: real seconds a virtual event loop with
+    real I/O pending waits for it before time jumps to its next timer (see the module
+    docstring); raise it for tests whose real servers take longer to answer.
 
     ``wait(event, None)`` that nothing can end raises :class:`HangDetected` naming ``what``.
     """
 
     def __init__(
-        self, start: float = 0.0, *, autojump_threshold: float = 0.0, hang_grace: float = 0.25
+        self,
+        start: float = 0.0,
+        *,
+        autojump_threshold: float = 0.0,
+        hang_grace: float = 0.25,
+        io_grace: float = 0.5,
     ) -> None:
-        if autojump_threshold < 0 or hang_grace < 0:
-            raise ValueError("autojump_threshold and hang_grace are real seconds >= 0")
+        if autojump_threshold < 0 or hang_grace < 0 or io_grace < 0:
+            raise ValueError("autojump_threshold, hang_grace and io_grace are real seconds >= 0")
         self.autojump_threshold = autojump_threshold
         self.hang_grace = hang_grace
+        self.io_grace = io_grace
         self._now = start
         # One lock guards everything below. It is never held while a waiter blocks.
         self._lock = threading.Lock()
@@ -210,16 +225,20 @@ class VirtualClock:
         what: str,
         *,
         io: bool = False,
+        hold: float = 0.0,
         pause: Callable[[_Waiter, float], bool] | None = None,
     ) -> _Waiter:
         """Register the calling thread as a waiter and block until the clock wakes it.
 
-        ``pause(waiter, seconds)`` blocks for up to ``seconds`` real seconds without the lock
-        and returns True if the waiter became ready by itself (real I/O for an event loop).
-        Raises :class:`HangDetected` if the clock reports the wait as a hang.
+        ``hold``: real seconds during which time may not move past now (real I/O the waiter
+        expects). ``pause(waiter, seconds)`` blocks for up to ``seconds`` real seconds
+        without the lock and returns True if the waiter became ready by itself (real I/O for
+        an event loop). Raises :class:`HangDetected` if the clock reports the wait as a hang.
         """
         with self._lock:
             waiter = self._register(timeout, event, what, io)
+            if hold > 0:
+                waiter.hold_until = _real() + hold
             self._step()
         try:
             while waiter.outcome is None:
@@ -281,7 +300,7 @@ class VirtualClock:
         deadline = self._earliest()
         if deadline is not None:
             if deadline > self._now:
-                if quiet < self.autojump_threshold:
+                if quiet < self.autojump_threshold or self._held_for_io():
                     return
                 self._now = deadline
             self._wake(heapq.heappop(self._heap)[2], _TIMEOUT)
@@ -304,6 +323,11 @@ class VirtualClock:
             or any(t not in waiting for t in self._held)
             or any(job.thread is None or job.thread not in waiting for job in self._jobs)
         )
+
+    def _held_for_io(self) -> bool:
+        """Whether a waiter still expects real I/O within its hold (time stands still)."""
+        holds = [w.hold_until for w in self._blocked if w.hold_until]
+        return bool(holds) and max(holds) > _real()
 
     def _hung(self, quiet: float) -> bool:
         if any(w.io for w in self._blocked):

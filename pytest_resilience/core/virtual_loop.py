@@ -6,11 +6,20 @@ clock as a waiter (real I/O is still polled), so that time jumps there. Work it 
 threads (``run_in_executor``, ``asyncio.to_thread``) counts as running for the clock until
 its result is back on the loop. A loop on which every task waits for what nothing can
 bring raises :class:`~pytest_resilience.core.errors.HangDetected` naming the tasks.
+
+Real I/O: while a file descriptor other than the loop's own wakeup pipe is registered (a
+socket, a pipe to a child process), the loop waits for it in real time, up to the clock's
+``io_grace`` real seconds (never more than the virtual time to its next timer), before it
+lets time jump; I/O that arrives starts the next wait afresh. When the next timer is an
+``asyncio.sleep``, time jumps at once: the sleep asks for time to pass, and whatever a
+socket brings is handled when the loop next polls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import selectors
 import threading
 from dataclasses import dataclass
@@ -29,6 +38,10 @@ __all__: list[str] = []
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
+
+# The callback ``asyncio.sleep`` schedules: a timer that runs it is a sleep, not a timeout.
+_SLEEP_DONE: Any = getattr(asyncio.futures, "_set_result_unless_cancelled", None)
+_MANY_SLEEPS = 256
 
 
 @dataclass(eq=False)
@@ -63,8 +76,14 @@ class _VirtualSelector(selectors.BaseSelector):
 
         self.thread = threading.current_thread()
         outside_io = bool(set(self._inner.get_map()) - self._own)
+        hold = 0.0
+        if outside_io and not (self.loop is not None and self.loop._sleep_is_next(timeout)):
+            grace = self._clock.io_grace
+            hold = grace if timeout is None else min(grace, timeout)
         try:
-            self._clock._block(timeout, None, "the virtual event loop", io=outside_io, pause=pause)
+            self._clock._block(
+                timeout, None, "the virtual event loop", io=outside_io, hold=hold, pause=pause
+            )
         except HangDetected:
             raise HangDetected(_describe_hang(self.loop)) from None
         return found or self._inner.select(0)
@@ -91,12 +110,45 @@ class _VirtualEventLoop(asyncio.SelectorEventLoop):
     def __init__(self, clock: VirtualClock) -> None:
         self.clock = clock
         self._vselector = _VirtualSelector(clock)
+        self._sleeps: list[tuple[float, int, asyncio.TimerHandle]] = []  # asyncio.sleep timers
+        self._sleep_seq = itertools.count()
         super().__init__(self._vselector)
         self._vselector._own = set(self._vselector.get_map())
         self._vselector.loop = self
 
     def time(self) -> float:
         return self.clock.now()
+
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: *_Ts,
+        context: Context | None = None,
+    ) -> asyncio.TimerHandle:
+        handle = super().call_at(when, callback, *args, context=context)
+        if _SLEEP_DONE is not None and callback is _SLEEP_DONE:
+            self._prune_sleeps()
+            heapq.heappush(self._sleeps, (handle.when(), next(self._sleep_seq), handle))
+        return handle
+
+    def _sleep_is_next(self, timeout: float | None) -> bool:
+        """Whether the loop's next timer, ``timeout`` virtual seconds away, is a sleep's."""
+        if timeout is None:
+            return False
+        now = self._prune_sleeps()
+        sleeps = self._sleeps
+        return bool(sleeps) and sleeps[0][0] <= now + timeout + 1e-9 * max(1.0, abs(now))
+
+    def _prune_sleeps(self) -> float:
+        """Forget the sleeps' timers that have run or were cancelled; returns the time now."""
+        now, sleeps = self.clock._now, self._sleeps
+        while sleeps and (sleeps[0][0] <= now or sleeps[0][2].cancelled()):
+            heapq.heappop(sleeps)  # run already (due timers are taken before each select)
+        if len(sleeps) > _MANY_SLEEPS:  # many cancelled behind a live one: sweep them all
+            self._sleeps = [s for s in sleeps if not s[2].cancelled()]
+            heapq.heapify(self._sleeps)
+        return now
 
     def call_soon_threadsafe(
         self,
@@ -155,12 +207,13 @@ def _describe_hang(loop: asyncio.AbstractEventLoop | None) -> str:
 
 
 def _suspended_at(task: asyncio.Task[Any]) -> str:
-    """Where a suspended task waits: the innermost coroutine frame of its await chain."""
+    """Where a suspended task waits: the coroutine frames of its await chain, outermost
+    first (``test_it() (...) > wait() (...)``)."""
     coro: Any = task.get_coro()
-    frame = None
+    frames = []
     while coro is not None:
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or frame
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            frames.append(f"{frame.f_code.co_name}() ({frame.f_code.co_filename}:{frame.f_lineno})")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    if frame is None:
-        return "an unknown place"
-    return f"{frame.f_code.co_name}() ({frame.f_code.co_filename}:{frame.f_lineno})"
+    return " > ".join(frames) or "an unknown place"

@@ -2,7 +2,10 @@
 as the tests are collected, so that a bad one is a usage error before any test runs, and
 merged into the spec the test runs under (:func:`effective_spec`: the run-wide spec, with
 the markers' sites replacing its own, or nothing under ``no_faults``); a test that runs in
-virtual time is given the ``clock`` fixture as if it had named it.
+virtual time is given the ``clock`` fixture as if it had named it, set up before its other
+function-scoped fixtures (an async fixture makes the test's event loop, which must be the
+clock's), and a run with a virtual-time pytest-asyncio test routes the event loops through
+the test clocks for the session (:mod:`.async_time`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     settings = config.stash[SETTINGS]
     for spec, where in settings.sources:
         _check_installable(spec, where)
+    async_virtual = False
     for item in items:
         markers = [m for m in item.iter_markers("faults") if m.args or "spec" in m.kwargs]
         route_of(item)  # a bad route= is a usage error now
@@ -43,9 +47,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
             item.stash[MARKER_SPEC] = merge(*specs)
         if in_virtual_time(item, settings):
-            names = getattr(item, "fixturenames", None)
-            if isinstance(names, list) and "clock" not in names:
-                names.append("clock")  # requested as if named in the signature
+            _clock_first(item)
+            async_virtual = async_virtual or item.get_closest_marker("asyncio") is not None
+    if async_virtual:
+        from pytest_resilience.plugin.async_time import install_for_session  # noqa: PLC0415
+
+        install_for_session(config)
+
+
+def _clock_first(item: pytest.Item) -> None:
+    """Request ``clock`` for ``item`` as if named in its signature, first of its
+    function-scoped fixtures: those set up after it make their event loops on it."""
+    names = getattr(item, "fixturenames", None)
+    if not isinstance(names, list):
+        return
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+
+    def function_scoped(name: str) -> bool:
+        fixturedefs = defs.get(name)
+        return not fixturedefs or fixturedefs[-1].scope == "function"
+
+    if "clock" in names:
+        names.remove("clock")
+    names.insert(next((i for i, n in enumerate(names) if function_scoped(n)), len(names)), "clock")
 
 
 def _check_installable(spec: Spec, where: str) -> None:

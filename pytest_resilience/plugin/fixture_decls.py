@@ -44,7 +44,10 @@ def journal(request: pytest.FixtureRequest) -> Journal:
 
 @pytest.fixture
 def clock(request: pytest.FixtureRequest) -> Iterator[TestClock]:
-    """A :class:`~pytest_resilience.plugin.fixtures.TestClock` (a VirtualClock) for this test."""
+    """A :class:`~pytest_resilience.plugin.fixtures.TestClock` (a VirtualClock) for this test;
+    the sleeps of tenacity, stamina and backoff wait on it (not under
+    ``virtual_time(sleeps=False)`` or ``real_time``); under virtual time, so do the test's
+    event loops."""
     from pytest_resilience.plugin.fixtures import clock_fixture  # noqa: PLC0415
 
     yield from clock_fixture(request)

@@ -5,11 +5,14 @@ asks for one, so that loading the plugin stays cheap; this module may import the
 reaches the plugin's state through :mod:`.state` and :mod:`.options` only, never through
 the hooks, so that the imports inside the plugin point one way.
 
-- ``clock``: a :class:`TestClock`, a :class:`~pytest_resilience.core.clock.VirtualClock` that can
-  also make wall-clock reads follow it (:meth:`TestClock.freeze_wall_time`, freezegun with
-  ``real_asyncio=True``) and run the sleeps of tenacity, stamina, backoff and the openai
-  client's retries on it (:meth:`TestClock.patch_sleeps`); both are undone at teardown.
-  The ``virtual_time`` marker asks for it: ``@pytest.mark.virtual_time(wall=True, sleeps=True)``.
+- ``clock``: a :class:`TestClock`, a :class:`~pytest_resilience.core.clock.VirtualClock` that
+  runs the sync sleeps of tenacity, stamina, backoff and the openai client's retries on
+  itself (:meth:`TestClock.patch_sleeps`; not under ``virtual_time(sleeps=False)`` or
+  ``real_time``), and can also make the event loops the test creates run on it
+  (:meth:`TestClock.patch_event_loops`) and wall-clock reads follow it
+  (:meth:`TestClock.freeze_wall_time`, freezegun with ``real_asyncio=True``); all are
+  undone at teardown. The ``virtual_time`` marker (or ``--virtual-time``) gives a test the
+  fixture with its event loops on it: ``@pytest.mark.virtual_time(wall=True, sleeps=True)``.
 - ``faults``: a :class:`FaultsFactory`; ``faults("llama.generate=2*none")`` installs an
   injector on the test's clock and journal and returns it; uninstalled at the end of the
   call phase, or at teardown, even when the test fails.
@@ -36,6 +39,7 @@ from pytest_resilience.plugin.options import in_virtual_time, route_of
 from pytest_resilience.plugin.state import SHARED_DAEMON, daemon_target, settings_of, state_of
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Iterator
     from pathlib import Path
 
@@ -60,9 +64,16 @@ SLEEP_SITES: dict[str, tuple[str, str]] = {
     "backoff": ("backoff._sync", "time"),
     "openai": ("openai._base_client", "time"),  # the sync client's own retry backoff
 }
-# Our own modules keep real time under freezegun: the virtual clock's bookkeeping and the
-# leak check's grace period are real seconds by design.
-_FREEZE_IGNORE = ("pytest_resilience", "faults")
+# Under freezegun, these keep real time: our own modules (the virtual clock's bookkeeping
+# and the leak check's grace period are real seconds by design), and the timing of pytest
+# (--durations, the JUnit XML's times), pytest-xdist and pytest-timeout, which measure tests.
+_FREEZE_IGNORE = (
+    "pytest_resilience",
+    "faults",
+    "_pytest.timing",
+    "xdist",
+    "pytest_timeout",
+)
 
 
 class _TimeOnClock:
@@ -90,9 +101,11 @@ class _WallFollowsClock:
 
 
 class TestClock(VirtualClock):
-    """A :class:`VirtualClock` for one test, with two opt-in bridges for downstream code.
+    """A :class:`VirtualClock` for one test, with three opt-in bridges for downstream code:
+    libraries' sleeps (:meth:`patch_sleeps`), new event loops (:meth:`patch_event_loops`)
+    and wall-clock reads (:meth:`freeze_wall_time`).
 
-    Both are undone by :meth:`close` (the fixture calls it at teardown).
+    All are undone by :meth:`close` (the fixture calls it at teardown).
     """
 
     __test__ = False  # not a test class, whatever pytest's naming rules say
@@ -101,10 +114,35 @@ class TestClock(VirtualClock):
         super().__init__(start, **options)
         self._undo = ExitStack()
         self._frozen = False
+        self._loops_patched = False
+        #: how many event loops of this clock were made (by :meth:`new_event_loop`)
+        self.loops_made = 0
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        self.loops_made += 1
+        return super().new_event_loop()
+
+    def patch_event_loops(self) -> None:
+        """Make the event loops created from now on run on this clock: ``asyncio.run``,
+        ``asyncio.Runner``, pytest-asyncio's function-scoped loop and anyio's asyncio
+        backend (through the event loop policy). Raises ``RuntimeError`` if already done."""
+        if self._loops_patched:
+            raise RuntimeError("the event loops already run on this clock")
+        from pytest_resilience.plugin.async_time import use_clock  # noqa: PLC0415
+
+        self._undo.callback(use_clock(self))
+        self._loops_patched = True
+
+    @property
+    def loops_patched(self) -> bool:
+        """Whether new event loops run on this clock (:meth:`patch_event_loops`)."""
+        return self._loops_patched
 
     def freeze_wall_time(self, start: dt.datetime | str = "2025-01-01T00:00:00") -> None:
-        """Make ``time.time``, ``datetime.now`` and friends follow this clock from ``start``
-        (freezegun, with ``real_asyncio=True`` so that asyncio keeps working). Costs a few
+        """Make ``time.time``, ``time.monotonic``, ``time.perf_counter``, ``datetime.now``
+        and friends follow this clock from ``start`` (freezegun, with ``real_asyncio=True``
+        so that asyncio keeps working). pytest's own timing (``--durations``, the JUnit
+        XML's times), pytest-xdist's and pytest-timeout's keep real time. Costs a few
         milliseconds. Raises ``RuntimeError`` if already frozen, ``ImportError`` naming the
         ``wall`` extra if freezegun is not installed."""
         if self._frozen:
@@ -147,20 +185,31 @@ class TestClock(VirtualClock):
         return names
 
     def close(self) -> None:
-        """Undo :meth:`freeze_wall_time` and :meth:`patch_sleeps`, last first. Idempotent."""
-        self._frozen = False
+        """Undo :meth:`freeze_wall_time`, :meth:`patch_sleeps` and :meth:`patch_event_loops`,
+        last first. Idempotent."""
+        self._frozen = self._loops_patched = False
         self._undo.close()
 
 
 def clock_fixture(request: pytest.FixtureRequest) -> Iterator[TestClock]:
     clock = TestClock()
-    marker = request.node.get_closest_marker("virtual_time")
-    # under --virtual-time, a test runs as if marked virtual_time with its defaults
-    options = marker.kwargs if marker is not None else {}
+    # the closer of virtual_time and real_time decides; under --virtual-time, a test runs as
+    # if marked virtual_time with its defaults
+    marker = next(
+        (m for m in request.node.iter_markers() if m.name in ("virtual_time", "real_time")), None
+    )
+    options = marker.kwargs if marker is not None and marker.name == "virtual_time" else {}
     try:
-        if in_virtual_time(request.node, settings_of(request.config)):
-            if options.get("sleeps", True):
-                clock.patch_sleeps()
+        virtual = in_virtual_time(request.node, settings_of(request.config))
+        if virtual:
+            from pytest_resilience.plugin.async_time import refuse_uncovered  # noqa: PLC0415
+
+            refuse_uncovered(request)
+        real_time = marker is not None and marker.name == "real_time"
+        if options.get("sleeps", True) and not real_time:
+            clock.patch_sleeps()
+        if virtual:
+            clock.patch_event_loops()
             if options.get("wall", False):
                 start = options.get("start")
                 clock.freeze_wall_time(*(() if start is None else (start,)))

@@ -2,9 +2,11 @@
 seed, node id, site), on the test's ``clock`` fixture when it uses one (else real time) and
 writing to the test's ``journal``, with the core's own randomness seeded the same way; the
 daemon.* sites act on the test's daemon (:func:`~pytest_resilience.plugin.state.daemon_target`),
-and a test with none runs as if they were not named. A fault the test asked for without
-chance that never fired gives it a :class:`faults.FaultNotReached` warning naming the site
-and the likely reason; for the run-wide spec, each site's reach is kept for the summary.
+and a test with none runs as if they were not named. A virtual-time test whose event loop
+does not run on its clock fails instead of waiting in real time. A fault the test asked for
+without chance that never fired gives it a :class:`faults.FaultNotReached` warning naming
+the site and the likely reason; for the run-wide spec, each site's reach is kept for the
+summary.
 :func:`reproduce_command` writes the command line that reruns a test as it ran.
 """
 
@@ -95,9 +97,18 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         state.spec = run_wide.spec
     undo = _per_example(item, run_wide)
     watching = _watch_the_app(item, state, run_wide is not None)
+    loops_on = _loops_on_clock(item)
     passed = False
     try:
+        if loops_on is not None:
+            from pytest_resilience.plugin.async_time import check_before_call  # noqa: PLC0415
+
+            check_before_call(item, loops_on)
         result = yield
+        if loops_on is not None:
+            from pytest_resilience.plugin.async_time import check_after_call  # noqa: PLC0415
+
+            check_after_call(item, loops_on)
         passed = True
         return result
     finally:
@@ -115,6 +126,13 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 
 _OBSERVING: Final = frozenset({"journal", "faults", "clock"})
+
+
+def _loops_on_clock(item: pytest.Item) -> Any:
+    """The test's clock when the event loops it makes run on it (virtual time), else None."""
+    state = item.stash.get(STATE, None)
+    clock = None if state is None else state.clock
+    return clock if getattr(clock, "loops_patched", False) else None
 
 
 def _watch_the_app(item: pytest.Item, state: TestState | None, under_faults: bool) -> Any:
