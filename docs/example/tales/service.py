@@ -7,8 +7,9 @@ Each call to the model is protected three ways, and the tests in ``tests/`` prov
   at once instead of waiting on it;
 - a stream that stops mid-story ends after five idle seconds with the text it had.
 
-The clock and journal are arguments, so that tests can run the waits in virtual time and
-read what happened.
+When the retries are spent or the breaker is open, the answer is a resting message, marked
+as a fallback (``fell_back``, which does nothing outside a test). The clock and journal are
+arguments, so that tests can run the waits in virtual time and read what happened.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pytest_resilience import (
     SystemClock,
     result_is_empty,
 )
+from pytest_resilience.core.app import fell_back
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -74,7 +76,8 @@ class Storyteller:
         """A story for ``prompt``, or :data:`RESTING` when the model keeps failing."""
         try:
             story = self.retry.call(self.breaker.call, self._complete, prompt)
-        except (RetryError, CircuitOpenError):
+        except (RetryError, CircuitOpenError) as exc:
+            fell_back("resting", after=exc)
             return RESTING
         return story or RESTING  # the retry only returns a story that is not empty
 
