@@ -56,13 +56,22 @@ if TYPE_CHECKING:
 
 __all__ = ["SLEEP_SITES", "FaultsFactory", "LeakCheck", "TestClock"]
 
-#: Where each library looks up ``time.sleep``: (module, attribute holding the ``time`` module).
-#: stamina's sync retries sleep through tenacity's default ``sleep``, hence tenacity's module.
-SLEEP_SITES: dict[str, tuple[str, str]] = {
-    "tenacity": ("tenacity.nap", "time"),
-    "stamina": ("tenacity.nap", "time"),
-    "backoff": ("backoff._sync", "time"),
-    "openai": ("openai._base_client", "time"),  # the sync client's own retry backoff
+#: Where each library reads the time it sleeps and measures its limits with: (module,
+#: attribute holding the ``time`` or ``datetime`` module), replaced while a test's clock
+#: runs them. tenacity's ``time`` measures ``stop_after_delay`` (and stamina's ``timeout``,
+#: built on it); its ``nap`` sleeps, for stamina's sync retries too; backoff measures
+#: ``max_time`` with ``datetime.now()``. Without the limits on the clock, a 45 s limit would
+#: never stop a virtual half hour of retries, and the test would see more attempts than
+#: production makes.
+SLEEP_SITES: dict[str, tuple[tuple[str, str], ...]] = {
+    "tenacity": (("tenacity.nap", "time"), ("tenacity", "time")),
+    "stamina": (("tenacity.nap", "time"), ("tenacity", "time")),
+    "backoff": (
+        ("backoff._sync", "time"),
+        ("backoff._sync", "datetime"),
+        ("backoff._async", "datetime"),
+    ),
+    "openai": (("openai._base_client", "time"),),  # the sync client's own retry backoff
 }
 # Under freezegun, these keep real time: our own modules (the virtual clock's bookkeeping
 # and the leak check's grace period are real seconds by design), and the timing of pytest
@@ -77,17 +86,39 @@ _FREEZE_IGNORE = (
 
 
 class _TimeOnClock:
-    """Stands in for the ``time`` module inside one library: ``sleep`` waits on the clock,
-    every other attribute is the real module's."""
+    """Stands in for the ``time`` module inside one library: ``sleep`` waits on the clock and
+    ``monotonic`` reads it; every other attribute is the real module's."""
 
     def __init__(self, clock: VirtualClock) -> None:
         self._clock = clock
+        self.monotonic = clock.now
 
     def sleep(self, seconds: float) -> None:
         self._clock.sleep(seconds)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
+
+
+class _DatetimeOnClock:
+    """Stands in for the ``datetime`` module inside one library: ``datetime.now()`` moves with
+    the clock (from the real now, when the patch began); every other attribute is the real
+    module's."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        start, base = dt.datetime.now(), clock.now()
+
+        class _Datetime(dt.datetime):
+            @classmethod
+            def now(cls, tz: dt.tzinfo | None = None) -> _Datetime:
+                moved = start + dt.timedelta(seconds=clock.now() - base)
+                real = moved if tz is None else moved.astimezone(tz)
+                return cls.fromtimestamp(real.timestamp(), tz)
+
+        self.datetime = _Datetime
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(dt, name)
 
 
 class _WallFollowsClock:
@@ -162,8 +193,9 @@ class TestClock(VirtualClock):
         self._frozen = True
 
     def patch_sleeps(self, *libraries: str) -> list[str]:
-        """Run the sync sleeps of ``libraries`` (default: those of tenacity, stamina and
-        backoff that are installed) on this clock; returns the libraries patched. Raises
+        """Run the sync sleeps of ``libraries`` (default: those of tenacity, stamina, backoff
+        and openai that are installed), and the clocks their time limits are measured with,
+        on this clock; returns the libraries patched. Raises
         ``ValueError`` for a library it does not know, ``ModuleNotFoundError`` for a named
         one that is not installed."""
         unknown = sorted(set(libraries) - set(SLEEP_SITES))
@@ -173,13 +205,13 @@ class TestClock(VirtualClock):
             n for n in SLEEP_SITES if importlib.util.find_spec(n.partition(".")[0]) is not None
         ]
         done: set[tuple[str, str]] = set()
-        for name in names:
-            where = SLEEP_SITES[name]
+        for where in (site for name in names for site in SLEEP_SITES[name]):
             if where in done:
                 continue
             module = importlib.import_module(where[0])
             original = getattr(module, where[1])
-            setattr(module, where[1], _TimeOnClock(self))
+            stand_in = _DatetimeOnClock(self) if where[1] == "datetime" else _TimeOnClock(self)
+            setattr(module, where[1], stand_in)
             self._undo.callback(setattr, module, where[1], original)
             done.add(where)
         return names
