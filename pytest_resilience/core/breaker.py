@@ -83,6 +83,7 @@ import enum
 import functools
 import inspect
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 
@@ -147,6 +148,7 @@ _INF = float("inf")
 _SUCCESS, _FAILURE, _SLOW, _IGNORED = 0, 1, 2, 3
 
 _rejected = event_maker(CallRejected)
+_transitioned = event_maker(BreakerTransition)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +195,7 @@ class CircuitBreaker:
         self.trip: TripPolicy = trip if trip is not None else ConsecutiveFailures(5)
         self.recovery = recovery if isinstance(recovery, HalfOpen) else HalfOpen(after=recovery)
         self.slow_after = slow_after
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.clock = clock if clock is not None else SystemClock()
         self.journal = journal
         self._is_failure = exception_filter(on, "on")[1]
         self._is_excluded = exception_filter(exclude, "exclude")[1] if exclude != () else None
@@ -212,10 +214,26 @@ class CircuitBreaker:
         self._quiet_gen = -1  # the generation, while a success would change nothing; else -1
         # (reject until, the state's value) while open or forced open; else None
         self._reject: tuple[float, str] | None = None
+        # reject until, while open (not forced open): what the call forms read; else None
+        self._open_until: float | None = None
         self._publish()
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self._state.value}>"
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the breaker keeps time with (it may be replaced)."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:
+        # A SystemClock's now() is ``time.monotonic()``: the call forms that reject call it
+        # themselves, looked up as now() does, without the Python call to now() (pinned by
+        # a test). Cleared first, so that a racing rejection reads one clock or the other.
+        self._system_clock = False
+        self._clock = clock
+        self._system_clock = type(clock) is SystemClock
 
     # ------------------------------------------------------------------ reading the state
 
@@ -224,13 +242,13 @@ class CircuitBreaker:
         """The current state; an open breaker whose recovery time is up half-opens here."""
         with self._lock:
             if self._state is _OPEN:
-                self._maybe_half_open(self.clock.now())
+                self._maybe_half_open(self._clock.now())
             return self._state
 
     def stats(self) -> BreakerStats:
         """A consistent snapshot (state, generation, window counts, probes)."""
         with self._lock:
-            now = self.clock.now()
+            now = self._clock.now()
             if self._state is _OPEN:
                 self._maybe_half_open(now)
             calls, failures = self._tracker.counts(now)
@@ -267,7 +285,7 @@ class CircuitBreaker:
 
     def _manual(self, to: State, reason: str) -> None:
         with self._lock:
-            self._transition(to, reason, self.clock.now())
+            self._transition(to, reason, self._clock.now())
 
     # ----------------------------------------------------------------------- the core
 
@@ -277,7 +295,9 @@ class CircuitBreaker:
         if state is _DISABLED or (state in _COUNTING and self._tracker.quiet()):
             self._quiet_gen = gen
         if state is _OPEN:
-            self._reject = (self._opened_at + self.recovery.after, state._value_)
+            until = self._opened_at + self.recovery.after
+            self._reject = (until, state._value_)
+            self._open_until = until
         elif state is _FORCED_OPEN:
             self._reject = (_INF, state._value_)
         self._fast_gen = gen if state in _ADMIT_ALL else -1
@@ -285,7 +305,7 @@ class CircuitBreaker:
     def _transition(self, to: State, reason: str, now: float) -> None:
         """Move to ``to`` with a new generation and empty counts. Caller holds the lock."""
         self._fast_gen = self._quiet_gen = -1
-        self._reject = None
+        self._reject = self._open_until = None
         before = self._state
         self._state = to
         self._gen += 1
@@ -296,7 +316,7 @@ class CircuitBreaker:
         self._publish()
         if before is not to and self.journal is not None:
             self.journal.append(
-                BreakerTransition(
+                _transitioned(
                     time=now,
                     source=self.name,
                     from_state=before.value,
@@ -313,11 +333,14 @@ class CircuitBreaker:
         """Admission outside the fast path: returns the generation or raises CircuitOpenError.
 
         While the published ``_reject`` view says open, a rejection takes no lock and makes
-        nothing but the error (and, with a journal, its event). It is raised here: returned
-        for the caller to raise, it would sit in the caller's frame, which its traceback
-        holds, and the cycles left behind cost more than the frame it saves."""
+        nothing but the error (and, with a journal, its event). The call forms do that
+        themselves while open (``_open_until``, the same rule; see :meth:`call`), and come
+        here in the other states: forced open, half-open, or open with the recovery time up.
+        The error is raised where it is made: returned for the caller to raise, it would sit
+        in the caller's frame, which its traceback holds, and the cycles left behind cost
+        more than the frame it saves."""
         reject = self._reject
-        now = self.clock.now()
+        now = self._clock.now()
         if reject is None or now >= reject[0]:
             decided = self._admit_locked()
             if isinstance(decided, int):
@@ -337,7 +360,7 @@ class CircuitBreaker:
             state = self._state
             if state in _ADMIT_ALL:  # the fast path raced with a transition back
                 return self._gen
-            now = self.clock.now()
+            now = self._clock.now()
             if state is _OPEN:
                 self._maybe_half_open(now)
                 state = self._state
@@ -365,7 +388,7 @@ class CircuitBreaker:
             start is not None
             and slow_after is not None
             and outcome != _IGNORED
-            and self.clock.now() - start > slow_after
+            and self._clock.now() - start > slow_after
         ):
             outcome = _SLOW
         if outcome == _SUCCESS and self._quiet_gen == gen:
@@ -381,10 +404,10 @@ class CircuitBreaker:
                     return
                 self._quiet_gen = -1
                 timed = self._timed
-                now = self.clock.now() if timed else 0.0
+                now = self._clock.now() if timed else 0.0
                 why = self._tracker.record(outcome != _SUCCESS, now)
                 if why is not None and state is _CLOSED:
-                    now = now if timed else self.clock.now()
+                    now = now if timed else self._clock.now()
                     self._transition(_OPEN, why + _last(outcome, exc, start, now), now)
                 elif not timed and self._tracker.quiet():
                     self._quiet_gen = gen
@@ -395,9 +418,9 @@ class CircuitBreaker:
                     n = self._probe_successes
                     if n >= self.recovery.successes:
                         why = f"{n} probe{'s' if n > 1 else ''} succeeded"
-                        self._transition(_CLOSED, why, self.clock.now())
+                        self._transition(_CLOSED, why, self._clock.now())
                 elif outcome != _IGNORED:
-                    now = self.clock.now()
+                    now = self._clock.now()
                     self._transition(_OPEN, "probe failed" + _last(outcome, exc, start, now), now)
         finally:
             lock.release()
@@ -411,15 +434,35 @@ class CircuitBreaker:
         """
         gen = self._fast_gen
         if gen < 0:
+            until = self._open_until
+            if until is not None:  # open: _admit()'s lock-free rejection, inlined
+                now = time.monotonic() if self._system_clock else self._clock.now()
+                if now < until:
+                    if (journal := self.journal) is not None:  # outside the lock
+                        journal.append(_rejected(time=now, source=self.name, state="open"))
+                    raise CircuitOpenError(self.name, "open", until - now)
             gen = self._admit()
-        return Permit(self, gen, self.clock.now() if self.slow_after is not None else None)
+        return Permit(self, gen, self._clock.now() if self.slow_after is not None else None)
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn(*args, **kwargs)`` through the breaker. Raises ``CircuitOpenError``."""
+        """Run ``fn(*args, **kwargs)`` through the breaker. Raises ``CircuitOpenError``.
+
+        While open, each call form rejects by itself, lock-free, as :meth:`_admit` would:
+        raised from ``_admit()``, the error would unwind one frame more, which costs a
+        rejection more than all the rest it does (a traceback entry and the frame object
+        it needs). The state's value is written out: ``"open"`` is ``State.OPEN``'s.
+        """
         gen = self._fast_gen
         if gen < 0:
+            until = self._open_until
+            if until is not None:  # open: _admit()'s lock-free rejection, inlined
+                now = time.monotonic() if self._system_clock else self._clock.now()
+                if now < until:
+                    if (journal := self.journal) is not None:  # outside the lock
+                        journal.append(_rejected(time=now, source=self.name, state="open"))
+                    raise CircuitOpenError(self.name, "open", until - now)
             gen = self._admit()
-        start = self.clock.now() if self.slow_after is not None else None
+        start = self._clock.now() if self.slow_after is not None else None
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # Cancelled, HangDetected, ^C: _verdict ignores them
@@ -437,8 +480,15 @@ class CircuitBreaker:
         """
         gen = self._fast_gen
         if gen < 0:
+            until = self._open_until
+            if until is not None:  # open: _admit()'s lock-free rejection, inlined
+                now = time.monotonic() if self._system_clock else self._clock.now()
+                if now < until:
+                    if (journal := self.journal) is not None:  # outside the lock
+                        journal.append(_rejected(time=now, source=self.name, state="open"))
+                    raise CircuitOpenError(self.name, "open", until - now)
             gen = self._admit()
-        start = self.clock.now() if self.slow_after is not None else None
+        start = self._clock.now() if self.slow_after is not None else None
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:  # CancelledError included: _verdict ignores it
@@ -470,8 +520,15 @@ class CircuitBreaker:
             # closed breaker costs (90 -> 173 ns)
             gen = self._fast_gen
             if gen < 0:
+                until = self._open_until
+                if until is not None:  # open: _admit()'s lock-free rejection, inlined
+                    now = time.monotonic() if self._system_clock else self._clock.now()
+                    if now < until:
+                        if (journal := self.journal) is not None:  # outside the lock
+                            journal.append(_rejected(time=now, source=self.name, state="open"))
+                        raise CircuitOpenError(self.name, "open", until - now)
                 gen = self._admit()
-            start = self.clock.now() if self.slow_after is not None else None
+            start = self._clock.now() if self.slow_after is not None else None
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .cancel import check_cancelled
 from .clock import Clock, SystemClock
 from .errors import FallbackError, exception_filter
-from .events import Event, FallbackUsed
+from .events import Event, FallbackUsed, event_maker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -58,6 +58,9 @@ __all__ = [
     "FallbackExhausted",
     "FallbackStep",
 ]
+
+
+_fallback_used = event_maker(FallbackUsed)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,7 +197,7 @@ class Fallback:
     def _answered(self, index: int, tried: _Tried, result: object) -> Any:
         if index and self.journal is not None:
             self.journal.append(
-                FallbackUsed(
+                _fallback_used(
                     time=self.clock.now(),
                     source=self.name,
                     step=self._steps[index].name,

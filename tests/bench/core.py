@@ -61,7 +61,14 @@ import tenacity
 
 from pytest_resilience.core.breaker import CircuitBreaker
 from pytest_resilience.core.errors import CircuitOpenError
-from pytest_resilience.core.events import AttemptFailed, CallRejected, event_maker
+from pytest_resilience.core.events import (
+    AttemptFailed,
+    BreakerTransition,
+    CallRejected,
+    FallbackUsed,
+    RetryScheduled,
+    event_maker,
+)
 from pytest_resilience.core.journal import Journal
 
 try:  # the retry module may still be missing while it is being written
@@ -311,9 +318,15 @@ def _circuit_open(fn: Fn) -> Fn:
     return wrapped
 
 
-def _journal_event(event: Literal["rejected", "failed"]) -> Subject:
-    """Make one frozen event and append it to a journal, as the open breaker (a rejection)
-    or a journaled retry (a failed attempt) does: the cost a component pays per event."""
+EventRow = Literal["rejected", "failed", "scheduled", "transition", "fallback"]
+
+
+def _journal_event(event: EventRow) -> Subject:
+    """Make one frozen event and append it to a journal, as the component that records it
+    does: a rejection (the open breaker), a failed attempt and a scheduled retry (a
+    journaled retry), a transition (the breaker), all with their :func:`event_maker`, and
+    a fallback step used, which the fallback chain makes by calling the class. The cost a
+    component pays per event."""
     journal = Journal()
     append = journal.append
     if event == "rejected":
@@ -322,11 +335,44 @@ def _journal_event(event: Literal["rejected", "failed"]) -> Subject:
         def record() -> None:
             append(rejected(time=1.0, source="bench", state="open"))
 
-    else:
+    elif event == "failed":
         failed = event_maker(AttemptFailed)
 
         def record() -> None:
             append(failed(time=1.0, source="bench", attempt=1, error="E: x", category="transient"))
+
+    elif event == "scheduled":
+        scheduled = event_maker(RetryScheduled)
+
+        def record() -> None:
+            append(scheduled(time=1.0, source="bench", attempt=2, delay=0.5))
+
+    elif event == "transition":
+        transitioned = event_maker(BreakerTransition)
+
+        def record() -> None:
+            append(
+                transitioned(
+                    time=1.0,
+                    source="bench",
+                    from_state="closed",
+                    to_state="open",
+                    reason="5 consecutive failures (last: ValueError)",
+                )
+            )
+
+    else:
+
+        def record() -> None:
+            append(
+                FallbackUsed(
+                    time=1.0,
+                    source="bench",
+                    step="direct",
+                    index=1,
+                    after=("daemon: CircuitOpenError",),
+                )
+            )
 
     return Subject("ours", lambda fn: record, journal=journal)
 
@@ -429,6 +475,7 @@ def build_rows() -> list[Row]:
             _only(_retry_subjects(Journal()), "ours"),
             missing,
         ),
+        # Every event a component records on a hot path, as it makes it.
         Row(
             "event_failed",
             "journal event, 5 fields (ns)",
@@ -436,6 +483,34 @@ def build_rows() -> list[Row]:
             False,
             None,
             (_journal_event("failed"),),
+            goal_ns=300.0,
+        ),
+        Row(
+            "event_scheduled",
+            "event RetryScheduled (ns)",
+            "record",
+            False,
+            None,
+            (_journal_event("scheduled"),),
+            goal_ns=300.0,
+        ),
+        Row(
+            "event_transition",
+            "event BreakerTransition (ns)",
+            "record",
+            False,
+            None,
+            (_journal_event("transition"),),
+            goal_ns=300.0,
+        ),
+        Row(
+            "event_fallback",
+            "event FallbackUsed, class call (ns)",
+            "record",
+            False,
+            None,
+            (_journal_event("fallback"),),
+            goal_ns=300.0,
         ),
     ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -16,7 +17,7 @@ from pytest_resilience.core.breaker import (
     State,
     TimeWindow,
 )
-from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.clock import SystemClock, VirtualClock
 from pytest_resilience.core.errors import CircuitOpenError
 from pytest_resilience.core.events import BreakerTransition, CallRejected, Event
 from pytest_resilience.core.journal import Journal
@@ -195,6 +196,51 @@ def test_every_call_form_rejects_alike_and_records_it(
         breaker.call(ok)
     assert (forced.value.state, forced.value.retry_after) == ("forced_open", None)
     assert str(forced.value) == "circuit 'svc' is forced_open"
+
+
+def test_on_the_system_clock_a_rejection_reads_what_the_clock_reads(
+    monkeypatch: pytest.MonkeyPatch, journal: Journal
+) -> None:
+    # The call forms read a SystemClock's time with ``time.monotonic()`` themselves: it
+    # must be what ``SystemClock.now()`` returns, looked up at each call as now() does.
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    assert SystemClock().now() == 1000.0
+    breaker = CircuitBreaker("svc", on=Boom, trip=ConsecutiveFailures(3), recovery=10.0)
+    breaker.journal = journal
+    fail(breaker, 3)
+    now[0] = 1004.0
+
+    async def acall() -> None:
+        await breaker.acall(asyncio.sleep, 0)
+
+    forms: dict[str, Callable[[], object]] = {
+        "call": lambda: breaker.call(ok),
+        "decorator": breaker(ok),
+        "acquire": breaker.acquire,
+        "acall": lambda: asyncio.run(acall()),
+    }
+    for form, attempt in forms.items():
+        with pytest.raises(CircuitOpenError) as info:
+            attempt()
+        assert info.value.args == ("svc", "open", 6.0), form
+    assert [e.time for e in journal.events(CallRejected)] == [1004.0] * len(forms)
+    now[0] = 1010.0
+    assert breaker.call(ok) == "ok"  # the probe
+    assert state_of(breaker) is State.CLOSED
+
+
+def test_a_replaced_clock_is_the_one_a_rejection_reads(clock: VirtualClock) -> None:
+    breaker = make(clock)
+    fail(breaker, 3)  # opened at 0, until 10
+    other = VirtualClock(start=7.0)
+    breaker.clock = other
+    assert breaker.clock is other
+    with pytest.raises(CircuitOpenError) as info:
+        breaker(ok)()
+    assert info.value.retry_after == pytest.approx(3.0)
+    breaker.clock = SystemClock()  # its time is far past 10: the next call is a probe
+    assert breaker(ok)() == "ok"
 
 
 # ---------------------------------------------------------------------- recovery

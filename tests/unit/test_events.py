@@ -281,6 +281,28 @@ def test_the_fast_init_keeps_the_dataclass_signature_and_defaults() -> None:
         event_maker(Event)
 
 
+def test_the_fast_init_of_a_subclass_keeps_the_subclass() -> None:
+    # The fast __init__ stores the fields on an unfrozen twin of its own class, and only
+    # for that class: a subclass's instance, whatever its layout, stays what it is.
+    class Plain(FallbackUsed):
+        pass
+
+    class Slotted(FallbackUsed):
+        __slots__ = ("extra",)
+
+    for cls in (Plain, Slotted):
+        event = cls(time=1.0, step="s", index=2)
+        assert type(event) is cls
+        assert (event.time, event.step, event.index, event.after) == (1.0, "s", 2, ())
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            event.time = 2.0  # type: ignore[misc]
+    made = event_maker(FallbackUsed)(time=1.0, step="s", index=2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del made.step
+    made.__init__(time=3.0, step="t", index=1)  # type: ignore[misc]  # as the dataclass's
+    assert (type(made), made.time, made.step) == (FallbackUsed, 3.0, "t")
+
+
 @pytest.mark.filterwarnings("ignore::pytest_resilience.core.journal.JournalFull")
 @pytest.mark.parametrize("maxlen", [1, 3, 50, 2000])
 def test_a_full_journal_counts_every_drop_exactly_after_each_append(maxlen: int) -> None:
