@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import faults  # loaded once here, so that pytester's runs do not reload it
+import faults.observe
 from pytest_resilience.core.events import BreakerTransition, FallbackUsed, RetryScheduled
 from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.leaks import Leak, snapshot
@@ -185,10 +186,14 @@ def test_xdist_workers_share_the_seed_and_the_controller_sums_real_time(
 def test_a_timeout_names_the_hanging_site_real_time(ptr: pytest.Pytester) -> None:
     pytest.importorskip("pytest_timeout")
     ptr.makepyfile(test_hang="import target\n\ndef test_hangs():\n    target.answer()\n")
-    # The fault hangs until pytest-timeout fires; 2 s leaves a busy machine time to set the
-    # test up first, so that the timeout lands in the hang and not in the setup.
+    # The fault hangs until pytest-timeout fires, which must land in the hang, not in the
+    # setup: open a watch once first, so that the libraries it hooks (openai's client among
+    # them, a second or more to import on a busy machine) are imported already, and give
+    # the setup 5 s.
+    with faults.observe.watch(Journal()):
+        pass
     result = run(
-        ptr, "test_hang.py", "--inject-faults", "py:target:answer=timeout", "--timeout", "2"
+        ptr, "test_hang.py", "--inject-faults", "py:target:answer=timeout", "--timeout", "5"
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
