@@ -83,7 +83,6 @@ import enum
 import functools
 import inspect
 import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 
@@ -228,12 +227,7 @@ class CircuitBreaker:
 
     @clock.setter
     def clock(self, clock: Clock) -> None:
-        # A SystemClock's now() is ``time.monotonic()``: the call forms that reject call it
-        # themselves, looked up as now() does, without the Python call to now() (pinned by
-        # a test). Cleared first, so that a racing rejection reads one clock or the other.
-        self._system_clock = False
         self._clock = clock
-        self._system_clock = type(clock) is SystemClock
 
     # ------------------------------------------------------------------ reading the state
 
@@ -436,7 +430,7 @@ class CircuitBreaker:
         if gen < 0:
             until = self._open_until
             if until is not None:  # open: _admit()'s lock-free rejection, inlined
-                now = time.monotonic() if self._system_clock else self._clock.now()
+                now = self._clock.now()
                 if now < until:
                     if (journal := self.journal) is not None:  # outside the lock
                         journal.append(_rejected(time=now, source=self.name, state="open"))
@@ -456,7 +450,7 @@ class CircuitBreaker:
         if gen < 0:
             until = self._open_until
             if until is not None:  # open: _admit()'s lock-free rejection, inlined
-                now = time.monotonic() if self._system_clock else self._clock.now()
+                now = self._clock.now()
                 if now < until:
                     if (journal := self.journal) is not None:  # outside the lock
                         journal.append(_rejected(time=now, source=self.name, state="open"))
@@ -482,7 +476,7 @@ class CircuitBreaker:
         if gen < 0:
             until = self._open_until
             if until is not None:  # open: _admit()'s lock-free rejection, inlined
-                now = time.monotonic() if self._system_clock else self._clock.now()
+                now = self._clock.now()
                 if now < until:
                     if (journal := self.journal) is not None:  # outside the lock
                         journal.append(_rejected(time=now, source=self.name, state="open"))
@@ -522,7 +516,7 @@ class CircuitBreaker:
             if gen < 0:
                 until = self._open_until
                 if until is not None:  # open: _admit()'s lock-free rejection, inlined
-                    now = time.monotonic() if self._system_clock else self._clock.now()
+                    now = self._clock.now()
                     if now < until:
                         if (journal := self.journal) is not None:  # outside the lock
                             journal.append(_rejected(time=now, source=self.name, state="open"))

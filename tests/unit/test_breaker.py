@@ -201,8 +201,8 @@ def test_every_call_form_rejects_alike_and_records_it(
 def test_on_the_system_clock_a_rejection_reads_what_the_clock_reads(
     monkeypatch: pytest.MonkeyPatch, journal: Journal
 ) -> None:
-    # The call forms read a SystemClock's time with ``time.monotonic()`` themselves: it
-    # must be what ``SystemClock.now()`` returns, looked up at each call as now() does.
+    # Every call form that rejects reads the breaker's clock: on a SystemClock, what
+    # ``time.monotonic()`` says at that call.
     now = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
     assert SystemClock().now() == 1000.0
