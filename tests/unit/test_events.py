@@ -8,7 +8,9 @@ import io
 import json
 import logging
 import threading
-from typing import Any
+from collections import deque
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -26,6 +28,20 @@ from pytest_resilience.core.events import (
     event_types,
 )
 from pytest_resilience.core.journal import Journal, JournalFull, JsonLinesLogger
+from tests.unit.interleave import (
+    WAIT,
+    Gate,
+    Worker,
+    arrived,
+    parked,
+    run_together,
+    switching_often,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T")
 
 
 def scheduled(i: int) -> RetryScheduled:
@@ -71,40 +87,154 @@ def test_the_bound_drops_the_oldest_and_counts_them() -> None:
         Journal(maxlen=0)
 
 
+# An append takes no lock (deque.append is atomic); the appender that takes the journal past
+# its bound trims it under the lock, and `dropped` is read under the same lock. The forced
+# tests park an appender inside its trim, by handing the journal a deque whose popleft() (the
+# trim's step) has a gate, while another thread appends or reads; a stand-in for the lock
+# tells the test when that thread has come for the lock. The stress tests run the real thing.
+
+
+class GatedDeque(deque[Event]):
+    """A journal's deque whose popleft() parks the gate's holder once: just ``before`` its
+    pop, or just after it (popped, not yet counted)."""
+
+    def __init__(self, gate: Gate, *, before: bool) -> None:
+        super().__init__()
+        self.gate, self.before = gate, before
+
+    def popleft(self) -> Event:
+        if self.before:
+            self.gate()
+        event = super().popleft()
+        if not self.before:
+            self.gate()
+        return event
+
+
+class WatchedLock:
+    """A journal's lock that sets ``came`` when ``who`` comes for it (before it waits)."""
+
+    def __init__(self, inner: Any, who: threading.Thread, came: threading.Event) -> None:
+        self.inner, self.who, self.came = inner, who, came
+
+    def __enter__(self) -> bool:
+        if threading.current_thread() is self.who:
+            self.came.set()
+        return bool(self.inner.__enter__())
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.__exit__(*exc)
+
+
+def in_another_thread(fn: Callable[[], T], name: str, came: threading.Event) -> Worker[T]:
+    """A thread for ``fn`` that also sets ``came`` when it ends, so that a journal that
+    (wrongly) lets it through without the lock does not leave the test waiting for it."""
+
+    def run() -> T:
+        try:
+            return fn()
+        finally:
+            came.set()
+
+    return Worker(run, name)
+
+
+@pytest.mark.filterwarnings("ignore::pytest_resilience.core.journal.JournalFull")
+def test_an_append_during_another_appenders_trim_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = Journal(maxlen=4)
+    gate = Gate("in the trim, before its first pop")
+    monkeypatch.setattr(journal, "_events", GatedDeque(gate, before=True))
+    for i in range(4):
+        journal.append(scheduled(i))
+    came = threading.Event()
+    second = in_another_thread(lambda: journal.append(scheduled(5)), "the second appender", came)
+    monkeypatch.setattr(journal, "_lock", WatchedLock(journal._lock, second, came))
+    # The first appender takes the journal past its bound, finds one event to drop, and
+    # parks in its trim before dropping it; the second appends meanwhile and comes to trim
+    # too. Each must drop one event: the oldest two go, and both appends are kept.
+    try:
+        with parked(gate, lambda: journal.append(scheduled(4)), "the first appender") as first:
+            second.start()
+            arrived(came, "the second appender", "at the journal's lock")
+        first.result()
+        second.result()
+    finally:
+        second.join(WAIT)
+    assert [e.attempt for e in journal.events(RetryScheduled)] == [2, 3, 4, 5]
+    assert (len(journal), journal.dropped) == (4, 2)
+
+
+@pytest.mark.filterwarnings("ignore::pytest_resilience.core.journal.JournalFull")
+@pytest.mark.parametrize("dropping", [False, True], ids=["first-drop", "already-dropping"])
+def test_the_count_read_during_a_trim_includes_what_it_popped(
+    monkeypatch: pytest.MonkeyPatch, dropping: bool
+) -> None:
+    journal = Journal(maxlen=4)
+    gate = Gate("in the trim, between a pop and its count")
+    monkeypatch.setattr(journal, "_events", GatedDeque(gate, before=False))
+    # Already dropping: one drop (the trim then waits for the slack), and the slack filled.
+    # The appender then parks in its trim after its first pop, before counting; the reader
+    # comes for the count meanwhile.
+    appended = 4 + (5 if dropping else 0)
+    for i in range(appended):
+        journal.append(scheduled(i))
+    came = threading.Event()
+    reader = in_another_thread(lambda: journal.dropped, "the reader", came)
+    monkeypatch.setattr(journal, "_lock", WatchedLock(journal._lock, reader, came))
+    try:
+        with parked(gate, lambda: journal.append(scheduled(appended)), "the appender") as trim:
+            reader.start()
+            arrived(came, "the reader", "at the journal's lock")
+        trim.result()
+        assert reader.result() == appended + 1 - 4
+    finally:
+        reader.join(WAIT)
+    assert (len(journal), journal.dropped) == (4, appended + 1 - 4)
+
+
 def test_appends_from_four_threads_are_all_kept() -> None:
     journal = Journal()
-    start = threading.Barrier(4)
+    appends = 20_000  # per thread
 
-    def work(worker: int) -> None:
+    def work(worker: int, start: threading.Barrier) -> None:
         start.wait()
-        for i in range(500):
+        for i in range(appends):
             journal.append(FaultInjected(time=0.0, source=str(worker), site="s", fault="x", call=i))
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with switching_often():
+        run_together(work)
     events = journal.events(FaultInjected)
-    assert len(events) == 2000
+    assert len(events) == 4 * appends
     for worker in range(4):  # each thread's events stay in its own order
-        assert [e.call for e in events if e.source == str(worker)] == list(range(500))
+        assert [e.call for e in events if e.source == str(worker)] == list(range(appends))
+    # The threads really ran at the same time: their events are interleaved.
+    assert sum(a.source != b.source for a, b in pairwise(events)) > 3
 
 
 @pytest.mark.filterwarnings("ignore::pytest_resilience.core.journal.JournalFull")
 def test_a_bounded_journal_under_four_threads_counts_every_drop() -> None:
     journal = Journal(maxlen=100)
+    appends = 5_000  # per appender
+    ended: list[int] = []
+    counts: list[int] = []  # what a reader saw, meanwhile
 
-    def work() -> None:
-        for i in range(250):
-            journal.append(scheduled(i))
+    def work(worker: int, start: threading.Barrier) -> None:
+        start.wait()
+        if worker == 4:  # the reader: a count never goes back
+            while len(ended) < 4:
+                counts.append(journal.dropped)
+            return
+        try:
+            for i in range(appends):
+                journal.append(scheduled(i))
+        finally:
+            ended.append(worker)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert (len(journal), journal.dropped) == (100, 900)
+    with switching_often():
+        run_together(work, threads=5)
+    assert (len(journal), journal.dropped) == (100, 4 * appends - 100)
+    assert counts == sorted(counts)
+    assert len(set(counts)) > 1  # the reader did read while the appenders ran
 
 
 def test_listeners_run_outside_the_lock_in_the_appending_thread() -> None:

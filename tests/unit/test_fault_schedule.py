@@ -7,7 +7,7 @@ import os
 import random
 import subprocess
 import sys
-import threading
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +16,10 @@ from hypothesis import strategies as st
 from faults.parser import parse
 from faults.schedule import Decision, Schedule, derive_rng, schedules
 from faults.spec import Site, Term
+from tests.unit.interleave import Gate, GatedCounter, parked, run_together, switching_often
+
+if TYPE_CHECKING:
+    import threading
 
 
 def schedule(text: str, *, seed: int | str = 1234, scope: str = "test") -> Schedule:
@@ -222,46 +226,100 @@ def test_derived_generators_differ_by_seed_scope_and_site() -> None:
 
 
 # ------------------------------------------------------------------------------ threads
+#
+# decide() takes no lock (see faults.schedule): a call takes its number, and a counted term
+# each of its firings, with one atomic next() of a counter, and whatever it read before may
+# be stale by then. The forced tests park one call inside decide(), at the counter the race
+# is about, while the main thread decides on; the stress tests run four threads together.
+
+THREADS = 4
+
+
+def test_a_parked_call_keeps_its_number_and_its_chain(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Call 1 parks just after taking its number. Calls 2-6 go on; call 2 finds @1 past and
+    # prunes it from the chain. Call 1 read the chain before taking its number, so it still
+    # has @1, and it fires it as call 1.
+    s = schedule("llama.generate=@1none->oom")
+    gate = Gate("in decide(), holding call number 1")
+    monkeypatch.setattr(s, "_calls", GatedCounter(s._calls, gate, before=False))
+    with parked(gate, s.decide, "call 1") as first:
+        others = [s.decide() for _ in range(5)]
+    assert [d and (d.term.kind, d.call) for d in others] == [("oom", n) for n in range(2, 7)]
+    assert first.result() == Decision(Term("none", at=1), 1, 0)
+    assert (s.calls, s.fired, s.spent) == (6, 6, False)
+
+
+def test_a_call_parked_before_its_claim_does_not_fire_a_used_up_term(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Call 1 finds 3*none not used up and parks just before claiming a firing of it; calls
+    # 2-4 take all three meanwhile. Call 1's claim is then the fourth: 3*none must not fire
+    # again, and call 1 goes on to the next term.
+    s = schedule("llama.generate=3*none->oom")
+    counted = s._live[0]
+    assert counted.claims is not None
+    gate = Gate("in decide(), before claiming a firing of 3*none")
+    monkeypatch.setattr(counted, "claims", GatedCounter(counted.claims, gate, before=True))
+    with parked(gate, s.decide, "call 1") as first:
+        others = [s.decide() for _ in range(4)]
+    assert [d and (d.term.kind, d.call) for d in others] == [
+        ("none", 2),
+        ("none", 3),
+        ("none", 4),
+        ("oom", 5),
+    ]
+    assert first.result() == Decision(Term("oom"), 1, 1)
+    assert (s.calls, s.fired) == (5, 5)
 
 
 def test_call_numbers_are_unique_across_threads_real_time() -> None:
     s = schedule("llama.generate=@1+none")
-    seen: list[int] = []
-    lock = threading.Lock()
+    calls = 20_000  # per thread
+    got: list[list[int]] = [[] for _ in range(THREADS)]
 
-    def worker() -> None:
-        mine = [d.call for d in (s.decide() for _ in range(500)) if d is not None]
-        with lock:
-            seen.extend(mine)
+    def worker(index: int, start: threading.Barrier) -> None:
+        mine = got[index]
+        start.wait()
+        for _ in range(calls):
+            d = s.decide()
+            assert d is not None
+            mine.append(d.call)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(seen) == list(range(1, 2001))
-    assert (s.calls, s.fired) == (2000, 2000)
+    with switching_often():
+        run_together(worker, THREADS)
+    assert sorted(n for mine in got for n in mine) == list(range(1, THREADS * calls + 1))
+    assert all(mine == sorted(mine) for mine in got)  # each thread's calls, in its order
+    assert (s.calls, s.fired) == (THREADS * calls, THREADS * calls)
+    # The threads really ran at the same time: some thread's numbers have gaps that the
+    # others' calls filled meanwhile.
+    assert any(mine != list(range(mine[0], mine[0] + calls)) for mine in got)
 
 
 def test_a_count_is_exact_across_threads_real_time() -> None:
-    s = schedule("llama.generate=7*none->@1000+oom")
-    found: list[Decision | None] = []
-    lock = threading.Lock()
+    rounds, per_thread = 300, 100
+    (entry,) = parse("llama.generate=100*none->@351+oom").entries
+    fresh = [Schedule(entry.chain) for _ in range(rounds)]
+    seen: list[list[tuple[int, Decision | None]]] = [[] for _ in range(rounds)]
 
-    def worker() -> None:
-        mine = [s.decide() for _ in range(300)]
-        with lock:
+    def worker(index: int, start: threading.Barrier) -> None:
+        for s, found in zip(fresh, seen, strict=True):
+            start.wait()  # each round, a fresh schedule and the four threads together
+            mine = [(index, s.decide()) for _ in range(per_thread)]
             found.extend(mine)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    fired = [d for d in found if d is not None]
-    assert sum(d.term.kind == "none" for d in fired) == 7
-    assert sorted(d.call for d in fired if d.term.kind == "oom") == list(range(1000, 1201))
-    assert s.calls == 1200
+    with switching_often():
+        run_together(worker, THREADS)
+    for r, (s, found) in enumerate(zip(fresh, seen, strict=True)):
+        fired = [d for _, d in found if d is not None]
+        assert sum(d.term.kind == "none" for d in fired) == 100, f"round {r}"
+        assert sorted(d.call for d in fired if d.term.kind == "oom") == list(range(351, 401))
+        assert (s.calls, s.fired) == (400, 150)
+    # The threads really ran at the same time: in some rounds, 100*none fired in more than
+    # one thread.
+    shared = [
+        len({i for i, d in found if d is not None and d.term.kind == "none"}) > 1 for found in seen
+    ]
+    assert any(shared)
 
 
 # -------------------------------------------------------------- against a reference model

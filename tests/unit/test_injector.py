@@ -4,9 +4,8 @@ restoration, nesting, hangs in virtual time, and the events it writes."""
 from __future__ import annotations
 
 import inspect
-import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,8 +17,10 @@ from pytest_resilience.core.errors import DaemonLost, DeadlineExceeded, HangDete
 from pytest_resilience.core.events import FaultInjected
 from pytest_resilience.core.journal import Journal
 from tests.unit import fault_targets as t
+from tests.unit.interleave import Gate, GatedCounter, parked, run_together, switching_often
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Iterator
 
 M = "py:tests.unit.fault_targets"
@@ -393,20 +394,56 @@ def test_the_pass_through_path_records_nothing() -> None:
     assert run.calls(f"{M}:answer") == 50
 
 
+def test_a_call_parked_before_its_claim_runs_the_real_function(
+    vclock: VirtualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A site counts its calls and claims its faults with its schedule, without a lock. The
+    # first call finds 3*none not used up and parks just before claiming a firing of it;
+    # three more calls take all three meanwhile. The parked call must then run the real
+    # function: the site faults exactly three calls, and counts each call once.
+    site, journal = f"{M}:answer", Journal()
+    with faults.inject(f"{site}=3*none", clock=vclock, journal=journal) as run:
+        counted = run.schedule(site)._live[0]
+        assert counted.claims is not None
+        gate = Gate("in the site's decide(), before claiming a firing of 3*none")
+        monkeypatch.setattr(counted, "claims", GatedCounter(counted.claims, gate, before=True))
+        with parked(gate, lambda: t.answer("first"), "the first call") as first:
+            others = [t.answer(str(i)) for i in range(4)]
+        assert first.result() == "yes, first"
+    assert others == [None, None, None, "yes, 3"]
+    assert (run.calls(site), run.injected(site)) == (5, 3)
+    assert [d.call for _, d in run.decisions] == [2, 3, 4]
+    assert [e.call for e in journal.events(FaultInjected)] == [2, 3, 4]
+    assert t.CALLS["answer"] == 2
+
+
 def test_each_call_of_a_thread_safe_site_is_counted_once(vclock: VirtualClock) -> None:
-    with faults.inject(f"{M}:answer=3*none") as run:
-        results: list[Any] = []
+    site, rounds, per_thread = f"{M}:answer", 100, 100
+    results: list[list[tuple[int, str | None]]] = [[] for _ in range(rounds)]
+    with faults.inject(f"{site}=100*none", clock=vclock) as run:
 
-        def work() -> None:
-            results.extend(t.answer("x") for _ in range(100))
+        def work(worker: int, start: threading.Barrier) -> None:
+            for found in results:
+                start.wait()
+                if worker == 0:
+                    run.restart()  # a fresh 100*none each round, while nobody calls
+                start.wait()  # the four threads call together
+                mine: list[tuple[int, str | None]] = [
+                    (worker, t.answer("x")) for _ in range(per_thread)
+                ]
+                found.extend(mine)
 
-        threads = [threading.Thread(target=work) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    assert results.count(None) == 3
-    assert run.calls(f"{M}:answer") == 400
+        with switching_often():
+            run_together(work)
+    for r, found in enumerate(results):
+        assert [answer for _, answer in found].count(None) == 100, f"round {r}"
+        calls = [d.call for _, d in run.decisions[100 * r : 100 * (r + 1)]]
+        assert len(set(calls)) == 100, f"round {r}: a call number was decided twice"
+        assert set(calls) <= set(range(1, 4 * per_thread + 1))
+    assert (run.calls(site), run.injected(site)) == (400 * rounds, 100 * rounds)
+    assert len(run.journal.events(FaultInjected)) == 100 * rounds
+    # The threads really ran at the same time: in some rounds, more than one was faulted.
+    assert any(len({w for w, answer in found if answer is None}) > 1 for found in results)
 
 
 def test_the_async_event_loop_hang_names_the_site(vclock: VirtualClock) -> None:
