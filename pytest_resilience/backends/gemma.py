@@ -45,7 +45,7 @@ def gemma_model_path(cache_dir: Path | None = None) -> Path:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        package.assemble(str(tmp))
+        package.assemble(str(tmp), overwrite=True)  # over the empty file mkstemp made
         with tmp.open("rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -72,13 +72,52 @@ def _raw_text(llm: Any, prompt: str, params: GenerationParams) -> str:
 # --------------------------------------------------------------------------- generation
 
 
-def test_speaks_the_backend_protocol(llama_backend: LlamaBackend) -> None:
+def test_speaks_the_backend_protocol(
+    llama_backend: LlamaBackend, raw_llama: Any, tiny_model_path: Path
+) -> None:
+    # isinstance() on a runtime Protocol only sees the names: what follows is what they do
     assert isinstance(llama_backend, Backend)
+    assert llama_backend.name == "tiny"  # the name it was given, a str
+
+    # generate(): the model's whole completion as a str, default parameters when None
+    text = llama_backend.generate("Hi", PARAMS)
+    assert type(text) is str
+    assert text
+    assert text == _raw_text(raw_llama, "Hi", PARAMS)
+    default = GenerationParams()
+    assert llama_backend.generate("Hi") == _raw_text(raw_llama, "Hi", default)
+
+    # stream(): an iterator of str chunks (itself) that add up to the same completion
     stream = llama_backend.stream("Hi", PARAMS)
     try:
         assert isinstance(stream, TextStream)
+        assert iter(stream) is stream
+        chunks = [next(stream)]
+        chunks += list(stream)
     finally:
         stream.close()
+    assert all(type(c) is str and c for c in chunks)
+    assert "".join(chunks) == text
+    # ... and close() ends it early: nothing more comes
+    stream = llama_backend.stream("Hi", PARAMS)
+    first = next(stream)
+    stream.close()
+    assert type(first) is str
+    assert first == chunks[0]
+    assert next(stream, None) is None
+
+    # embed(): a sequence of finite floats, as wide as the model
+    vector = llama_backend.embed("Hi")
+    assert len(vector) == raw_llama.n_embd() == 64
+    assert all(type(v) is float and math.isfinite(v) for v in vector)
+
+    # close(): the model is released, and the backend refuses work after it
+    backend = LlamaBackend(tiny_model_path, n_ctx=256, n_threads=1)
+    assert isinstance(backend, Backend)
+    backend.close()
+    assert backend.closed
+    with pytest.raises(BackendError, match="closed"):
+        backend.generate("Hi", PARAMS)
 
 
 def test_generate_matches_llama_cpp_with_the_same_parameters(

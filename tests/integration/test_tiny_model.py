@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import re
 import subprocess
 import sys
@@ -247,10 +248,34 @@ def test_gemma_without_its_extra_names_the_extra(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def _cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(
+        sum(x * x for x in a) * sum(y * y for y in b)
+    )
+
+
 @pytest.mark.slow
+@pytest.mark.gemma
 def test_gemma_completes_and_embeds(gemma_model_path: Path) -> None:
-    pytest.importorskip("llama_cpp")
-    with LlamaBackend(gemma_model_path, n_ctx=256) as backend:
-        text = backend.generate("The capital of France is", GenerationParams(max_tokens=8))
-        assert text.strip()
-        assert len(backend.embed("hello")) == 640
+    greedy = GenerationParams(max_tokens=8)
+    with LlamaBackend(gemma_model_path, n_ctx=256, n_threads=1) as backend:
+        # a real model: it knows what the tiny one cannot, greedily and the same every time
+        text = backend.generate("The capital of Japan is", greedy)
+        assert type(text) is str
+        assert "Tokyo" in text, text
+        assert backend.generate("The capital of Japan is", greedy) == text
+        assert backend.generate("2 + 2 =", greedy).split()[0] == "4"
+        # sampling: the same seed gives the same text, another seed another one
+        hot = greedy.with_(temperature=0.9, seed=11)
+        sampled = backend.generate("The capital of France is", hot)
+        assert sampled.strip()
+        assert backend.generate("The capital of France is", hot) == sampled
+        assert backend.generate("The capital of France is", hot.with_(seed=12)) != sampled
+
+        # embeddings as wide as the model, finite, and closer for closer meanings
+        cat = backend.embed("cat")
+        assert len(cat) == backend.llama.n_embd() == 640
+        assert all(type(v) is float and math.isfinite(v) for v in cat)
+        assert backend.embed("cat") == cat
+        kitten, spreadsheet = backend.embed("kitten"), backend.embed("quarterly tax spreadsheet")
+        assert _cosine(cat, kitten) > _cosine(cat, spreadsheet) + 0.1

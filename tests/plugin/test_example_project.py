@@ -49,10 +49,34 @@ def test_the_example_project_passes_its_own_tests(project: pytest.Pytester) -> N
     result.stdout.fnmatch_lines(["resilience: leak check on"])
 
 
-def test_the_example_holds_under_run_wide_faults(project: pytest.Pytester) -> None:
-    result = run(project, "--inject-faults", "llama.generate=30%none", "--fault-seed", "7")
+def test_the_example_holds_under_run_wide_faults_its_retry_absorbs(
+    project: pytest.Pytester,
+) -> None:
+    # Only test_tells_a_story meets the run-wide faults: the others replace them with their
+    # own (a faults marker at llama.generate, no_faults), or never call llama.generate. Its
+    # Retry makes 3 attempts, so at most 2 missing answers are absorbed whatever the draws:
+    # half the calls, at most twice; with this seed, both draws fire.
+    result = run(project, "--inject-faults", "llama.generate=50%2*none", "--fault-seed", "1")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["tests under faults *", "  llama.generate none  *"])
+    result.stdout.fnmatch_lines(
+        ["run-wide sites * reached in / faults fired", "  llama.generate * 1 of 4 tests, 2 faults"]
+    )
+
+    # the same run with every answer missing: the retry gives up, the story is the resting
+    # message, and the one test that meets the faults says so
+    result = run(project, "--inject-faults", "llama.generate=100%none", "--fault-seed", "1")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_tells_a_story _*",
+            "E   *AssertionError: assert 'The storyteller is resting;*'"
+            " != 'The storyteller is resting;*'",
+            "3 faults (llama.generate none x3) -> 2 retries (pytest_resilience x2),"
+            " 1 fallback (resting x1)",
+            "  llama.generate * 1 of 4 tests, 3 faults",
+            "FAILED tests/test_tales.py::test_tells_a_story - *",
+        ]
+    )
 
 
 @pytest.mark.parametrize(

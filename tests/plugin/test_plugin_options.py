@@ -581,6 +581,7 @@ def test_virtual_time_switch_sources(  # noqa: PLR0917 - parametrized: one argum
 def test_virtual_time_makes_an_unchanged_suites_waits_instant(suite: pytest.Pytester) -> None:
     suite.makepyfile(
         test_suite="""
+        import threading
         import time
         import pytest
         import tenacity.nap
@@ -592,8 +593,23 @@ def test_virtual_time_makes_an_unchanged_suites_waits_instant(suite: pytest.Pyte
             assert time.perf_counter() - started < 30  # 10 real minutes would not pass
             assert request.getfixturevalue("clock").now() == 600.0
 
-        def test_a_library_sleep():
-            tenacity.nap.sleep(30)  # tenacity's own sleep, on the test's clock
+        def test_a_library_sleep(request, monkeypatch):
+            # tenacity's own sleep goes through the test's clock: the clock moves by what it
+            # slept, and time.sleep, which any real sleep of it goes through, is never called
+            clock = request.getfixturevalue("clock")
+            real_sleep, here, slept = time.sleep, threading.get_ident(), []
+
+            def sleep(seconds):
+                if threading.get_ident() == here:
+                    slept.append(seconds)  # a real sleep: noted, not waited for
+                else:
+                    real_sleep(seconds)
+
+            monkeypatch.setattr(time, "sleep", sleep)
+            before = clock.now()
+            tenacity.nap.sleep(30)
+            assert slept == []
+            assert clock.now() == before + 30
 
         @pytest.mark.real_time
         def test_kept_in_real_time(request):

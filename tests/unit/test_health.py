@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 from typing import TYPE_CHECKING
@@ -204,11 +205,42 @@ def test_disk_check_threshold_is_90_percent(tmp_path: Path, used: int, healthy: 
     assert result.details["free"] == 100 - used
 
 
+def _statvfs_usage(path: Path) -> tuple[int, int, int]:
+    """(total, used, free) of the filesystem holding ``path``, in bytes, from ``statvfs``:
+    free is what an unprivileged user may still write, used excludes the reserved blocks."""
+    st = os.statvfs(path)
+    return (
+        st.f_blocks * st.f_frsize,
+        (st.f_blocks - st.f_bfree) * st.f_frsize,
+        st.f_bavail * st.f_frsize,
+    )
+
+
+def _between(value: object, a: float, b: float) -> bool:
+    return isinstance(value, (int, float)) and min(a, b) <= value <= max(a, b)
+
+
 def test_disk_check_on_a_real_directory(tmp_path: Path) -> None:
-    result = DiskCheck(tmp_path)()
-    total = result.details["total"]
-    assert isinstance(total, int)
-    assert total > 0
+    # Other processes write to the same filesystem while the check reads it: the figures
+    # the check saw lie between a read just before and one just after (the same read when
+    # nothing changed in between, which a few tries almost always find)
+    for _ in range(20):
+        before = _statvfs_usage(tmp_path)
+        result = DiskCheck(tmp_path)()
+        after = _statvfs_usage(tmp_path)
+        if before == after:
+            break
+    total, used, free = before
+    assert result.details["path"] == str(tmp_path)
+    assert result.details["total"] == total == after[0]  # a filesystem keeps its size
+    assert _between(result.details["free"], free, after[2])
+    fraction = result.details["used_fraction"]
+    assert _between(fraction, used / total, after[1] / total)  # used of the total, not 1 - free
+    assert result.details["threshold"] == 0.9
+    assert isinstance(fraction, float)
+    assert result.healthy is (fraction <= 0.9)
+    state = "ok" if result.healthy else "low headroom"
+    assert result.message == f"{state}: {fraction:.0%} used (limit 90%)"
 
 
 def test_disk_check_on_a_missing_path_is_unhealthy(tmp_path: Path) -> None:
