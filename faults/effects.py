@@ -4,14 +4,17 @@
 small pure pieces the sites apply when a kind fires, so they can be tested without
 installing anything: resolving an exception name to its class (importing a dotted path),
 building the exception ``raise(type[, message])`` raises, and corrupting text, JSON and
-vectors for ``corrupt`` and ``nan``.
+vectors for ``corrupt`` and ``nan``; and :func:`crash`, the abort of ``crash``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
-from typing import TYPE_CHECKING, Final
+import os
+import sys
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from faults.kinds import check_exception_name, exception_class, raisable, refusal
 from faults.spec import SpecError
@@ -21,11 +24,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
 __all__ = [
+    "context_overflow",
     "corrupt_json",
     "corrupt_text",
     "corrupt_vector",
+    "crash",
+    "crash_message",
     "make_exception",
     "nan_vector",
+    "on_crash",
+    "overflowing",
     "resolve_exception_type",
     "resolve_raise_type",
 ]
@@ -106,6 +114,23 @@ def make_exception(name: str, message: str | None = None, *, site: str = "") -> 
         return exc
 
 
+# ------------------------------------------------------------------------------ overflow
+
+
+def context_overflow(prompt_tokens: int, n_ctx: int) -> ValueError:
+    """The error llama-cpp-python raises for a prompt of ``prompt_tokens`` tokens that does
+    not fit a context of ``n_ctx``: the same type and words (the daemon's server matches
+    them to answer 400 ``context_length_exceeded``)."""
+    return ValueError(f"Requested tokens ({prompt_tokens}) exceed context window of {n_ctx}")
+
+
+def overflowing(prompt_tokens: int | None, n_ctx: int) -> int:
+    """A token count that overflows ``n_ctx``: the prompt's own when it does, else the
+    context's size plus the prompt's count (at least one more than the context holds)."""
+    count = max(prompt_tokens or 0, 0)
+    return count if count >= n_ctx else n_ctx + max(count, 1)
+
+
 # --------------------------------------------------------------------------- bad outputs
 
 
@@ -159,3 +184,51 @@ def _nan(row: Sequence[float]) -> Vector:
     if len(out) > 1:
         out[-1] = math.inf
     return out
+
+
+# ---------------------------------------------------------------------------------- crash
+
+#: Called with the site just before an injected crash aborts the process (:func:`on_crash`).
+_crash_hooks: list[Callable[[str], None]] = []
+
+
+def on_crash(hook: Callable[[str], None]) -> Callable[[], None]:
+    """Call ``hook(site)`` before every crash this process injects; returns the function
+    that removes it. A hook that raises stops the crash: its exception propagates from the
+    call that would have aborted (a test runner that must not die refuses so), and the
+    hooks after it are not called. A hook runs in whatever process crashes: one that means
+    a single process compares ``os.getpid()``."""
+    _crash_hooks.append(hook)
+
+    def remove() -> None:
+        if hook in _crash_hooks:
+            _crash_hooks.remove(hook)
+
+    return remove
+
+
+def crash_message(site: str) -> str:
+    """The last words of a crash at ``site``, in llama.cpp's style for a failed assert."""
+    return f"ggml/src/ggml.c:0: GGML_ASSERT(fault injected at {site}) failed\n"
+
+
+def crash(site: str) -> NoReturn:
+    """Abort the process as llama.cpp does on a failed ``GGML_ASSERT``: its last words on
+    stderr, then ``os.abort()`` (SIGABRT; no exception, no ``finally``, no atexit).
+
+    The :func:`on_crash` hooks run first. What Python buffered for stdout and stderr is
+    flushed, so the app's own output is not lost with it; the message goes straight to file
+    descriptor 2, as C writes it; no core file is written.
+    """
+    for hook in _crash_hooks.copy():  # a hook may remove itself
+        hook(site)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(OSError):
+        os.write(2, crash_message(site).encode())
+    with contextlib.suppress(ImportError, OSError, ValueError):
+        import resource  # noqa: PLC0415 - POSIX only, and only now
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    os.abort()

@@ -283,6 +283,13 @@ _KIND_LIST: Final = (
         _GEN | {"llama.load", PY},
     ),
     KindInfo(
+        "crash",
+        "the process aborts (SIGABRT) as llama.cpp does on a failed GGML_ASSERT; at "
+        "llama.stream after n chunks",
+        frozenset(site for site in SITES if site.startswith("llama.")),
+        (_after(),),
+    ),
+    KindInfo(
         "stall",
         "the stream stops after n chunks, for the duration (default forever)",
         _STREAMS | {PY},
@@ -332,6 +339,18 @@ _KIND_LIST: Final = (
         "restart",
         "the daemon is killed and started again",
         frozenset({"daemon.process"}),
+    ),
+    KindInfo(
+        "overflow",
+        "the prompt exceeds the context window: llama-cpp-python's ValueError, the daemon's "
+        "400 context_length_exceeded (an empty 200 stream for a streamed request)",
+        _GEN | _STREAMS | {"daemon.request"},
+    ),
+    KindInfo(
+        "error",
+        "the stream sends n chunks, then an in-band error event, and ends",
+        frozenset({"daemon.stream"}),
+        (_after(),),
     ),
 )
 

@@ -220,7 +220,8 @@ def fault_specs(
     ``@n``/``@n+``; counts and call numbers up to 5, ``after=`` up to 10).
 
     ``sites``: built-in site names or ``py:MODULE:QUALNAME`` (default: every built-in
-    site, never a ``py:`` one). ``kinds``: fault kinds (default: every kind but ``off``).
+    site, never a ``py:`` one). ``kinds``: fault kinds (default: every kind but ``off``
+    and ``crash``, which aborts the process that meets it: drawn only when named).
     A site is drawn with the kinds it admits. ``exceptions``: what ``raise(...)`` raises
     (default: common connection, timeout and model errors). Examples shrink towards one
     site with one term, no modifiers and default arguments, preferring the sites and kinds
@@ -238,7 +239,7 @@ def fault_specs(
     kind_names = (
         [_kind(k) for k in _names(kinds, "kinds")]
         if kinds is not None
-        else _ranked((k for k in KINDS if k != "off"), _KIND_ORDER)
+        else _ranked((k for k in KINDS if k not in ("off", "crash")), _KIND_ORDER)
     )
     given = _EXCEPTIONS if exceptions is None else exceptions
     raised = tuple(_exception(e) for e in _names(given, "exceptions"))

@@ -30,6 +30,11 @@ verdict                 the app ...
 ``cut-stream``          did not accept a cut stream as complete: see below
 ``closed``              closed the stream or response it abandoned: none was left open
                         when the test ended
+``no-repeat``           did not deliver again what a broken stream had delivered: no
+                        answer given as ``answers`` holds that text twice in a row
+``stream-closed``       closed the llama stream it stopped reading: none of
+                        ``open_streams`` (:func:`faults.model_use.open_streams`) was
+                        left neither exhausted nor closed
 ======================  ==============================================================
 
 Only what follows a fault is judged: a journal without a ``FaultInjected`` event breaks
@@ -60,6 +65,22 @@ asked for itself (``asked``), whose assertions may expect that error, are not ju
 :class:`~pytest_resilience.core.leaks.Leak` records, or the open-resource registry's)
 whose kind names a stream or a response (``"stream"``, ``"response"``, in any case).
 
+``no-repeat`` reads what each stream that broke after a fault had delivered: the
+``delivered`` text of a ``llama.stream_ended_early`` event (the detector of
+:mod:`faults.model_use` records it for every llama stream that ends before its last chunk),
+the ``partial`` of a ``stream.cancelled`` (not ``"closed"``) or ``stream.stalled`` (the
+stream guard's). The journal does not hold what the app answered: the caller gives it
+(``answers``, the ``answer=`` of ``assert_resilient``), and without it nothing is judged. An
+answer that holds a delivered text twice in a row breaks it: what an app shows when it
+retries a broken stream from the start and passes on every chunk again (a correct one skips
+what it had delivered, or takes it back). A model whose own answer repeats its first words
+right away would break it too: the verdict cannot tell.
+
+``stream-closed`` is judged on the open streams given as ``open_streams``. A stream that
+was merely dropped is closed (by its finaliser); one that the app still holds, after it
+stopped reading, is not, and holds its ``Llama``: the next call on it raises
+``ConcurrentModelUse``.
+
 ``bounded`` needs to know which faults fire on every call, which the journal does not
 say: it reads the terms of ``specs`` (a ``FaultInjected`` records only the kind and its
 arguments). Without specs, it judges nothing. :func:`installed_specs` finds the specs of
@@ -68,7 +89,7 @@ the injections installed now that write to a journal.
 :class:`VerdictBroken` is the warning the pytest plugin gives a test that broke a
 verdict (``resilience_verdicts = warn``, its default). This module never imports pytest.
 
-It stays one module (a little over 500 lines): the six verdicts share one reading of the
+It stays one module (about 600 lines): the eight verdicts share one reading of the
 journal (which retry follows which fault, in which call), and split apart each would
 repeat it.
 """
@@ -86,6 +107,7 @@ from pytest_resilience.core.events import (
     Event,
     FaultInjected,
     RetryScheduled,
+    StallDetected,
     StreamCancelled,
 )
 from pytest_resilience.core.journal import Journal
@@ -118,6 +140,8 @@ VERDICTS: Final[Mapping[str, str]] = {
     "permanent": "did not retry an error that cannot succeed",
     "cut-stream": "did not accept a cut or empty stream as complete",
     "closed": "closed the stream or response it abandoned",
+    "no-repeat": "did not deliver again what a broken stream had delivered",
+    "stream-closed": "closed the llama stream it stopped reading",
 }
 
 #: Retries in a row without waiting that make a hot loop (one immediate retry, a
@@ -490,6 +514,82 @@ def _closed(faults: Sequence[FaultInjected], open_resources: Iterable[Leak]) -> 
     ]
 
 
+#: The kind of the detector's event for a llama stream that ended early (its module,
+#: faults.model_use, is imported only by those who use the detector).
+_ENDED_EARLY: Final = "llama.stream_ended_early"
+_EXCERPT: Final = 60  # characters of an answer shown in an account
+
+
+def _delivered(event: Event) -> str:
+    """What a stream had delivered when it broke, by ``event``; "" for other events."""
+    if event.kind == _ENDED_EARLY:
+        return str(getattr(event, "delivered", ""))
+    if isinstance(event, StreamCancelled) and event.reason != "closed":
+        return event.partial
+    if isinstance(event, StallDetected):
+        return event.partial
+    return ""
+
+
+def _excerpt(text: str, at: int) -> str:
+    start = max(0, at - 10)
+    shown = text[start : start + _EXCERPT]
+    return (
+        ("..." if start else "")
+        + repr(shown)[1:-1]
+        + ("..." if len(text) > start + _EXCERPT else "")
+    )
+
+
+def _no_repeat(events: Sequence[Event], answers: Sequence[str]) -> list[Broken]:
+    if not answers:
+        return []
+    found: list[Broken] = []
+    seen: set[tuple[str, str]] = set()
+    cause: FaultInjected | None = None
+    for e in events:
+        if isinstance(e, FaultInjected):
+            cause = e
+            continue
+        text = _delivered(e) if cause is not None else ""
+        if not text:
+            continue
+        for answer in answers:
+            at = answer.find(text + text)
+            if at < 0 or (text, answer) in seen:
+                continue
+            seen.add((text, answer))
+            assert cause is not None
+            found.append(
+                Broken(
+                    "no-repeat",
+                    f"a stream broke after {_fault(cause)} having delivered {text!r}, and "
+                    f"the answer delivers it again: '{_excerpt(answer, at)}' (retried from "
+                    "the start without skipping what was delivered)",
+                    (cause, e),
+                )
+            )
+    return found
+
+
+def _stream_closed(faults: Sequence[FaultInjected], open_streams: Iterable[Leak]) -> list[Broken]:
+    left = list(open_streams)
+    if not left:
+        return []
+    near = [f for f in faults if f.site.startswith("llama.")]
+    fault = (near or faults)[0]
+    return [
+        Broken(
+            "stream-closed",
+            f"{leak.detail}, opened at {leak.where or 'an unknown site'}, was neither "
+            f"exhausted nor closed, after {_fault(fault)}: the app stopped reading it and "
+            "kept it open (close it, or read it to the end)",
+            (fault,),
+        )
+        for leak in left
+    ]
+
+
 def judge(
     journal: Journal | Iterable[Event],
     *,
@@ -498,6 +598,8 @@ def judge(
     passed: bool = True,
     asked: Iterable[str] = (),
     ignore: Iterable[str] = (),
+    answers: Iterable[str] = (),
+    open_streams: Iterable[Leak] = (),
 ) -> list[Broken]:
     """The verdicts the app broke under the faults recorded in ``journal``, in the order
     of :data:`VERDICTS`; an empty list when it broke none, or when no fault fired.
@@ -508,8 +610,10 @@ def judge(
     complete); ``asked``: sites whose cuts ``cut-stream`` leaves alone, because the test
     asked for them itself and its own assertions say what the app should do about them
     (an app that noticed by raising an error the test expected leaves no event to see);
-    ``ignore``: ids of verdicts not to judge (``ValueError`` for an unknown one). A pure
-    function of its arguments.
+    ``ignore``: ids of verdicts not to judge (``ValueError`` for an unknown one);
+    ``answers``: what the app answered, for ``no-repeat`` (a string, or several);
+    ``open_streams``: the llama streams left open, for ``stream-closed``. A pure function of
+    its arguments.
     """
     skipped = set(check_ids(ignore))
     events = journal.events() if isinstance(journal, Journal) else list(journal)
@@ -526,5 +630,7 @@ def judge(
         "permanent": _permanent(retries),
         "cut-stream": _cut_stream(events, frozenset(asked)) if passed else [],
         "closed": _closed(faults, open_resources),
+        "no-repeat": _no_repeat(events, [answers] if isinstance(answers, str) else [*answers]),
+        "stream-closed": _stream_closed(faults, open_streams),
     }
     return [b for verdict, group in found.items() if verdict not in skipped for b in group]

@@ -75,9 +75,9 @@ class Cut:
 
     - ``"stall"``: pass nothing more for ``seconds`` (inf: until the client gives up, or
       the interceptor is removed), then go on;
-    - ``"done"``: write ``data: [DONE]``, end the body properly (the last chunk of a
-      chunked body) and close the connection cleanly (the answer's head says
-      ``connection: close``);
+    - ``"done"``: write ``data: [DONE]`` (or ``event``, when given: an error event, or
+      ``b""`` for none), end the body properly (the last chunk of a chunked body) and
+      close the connection cleanly (the answer's head says ``connection: close``);
     - ``"reset"``: reset the connection (RST);
     - ``"drop"``: pass nothing more of this answer; the connection ends when the upstream
       ends it (e.g. a daemon killed by ``call``).
@@ -89,6 +89,7 @@ class Cut:
     then: CutKind
     seconds: float = math.inf
     call: Callable[[], object] | None = None
+    event: bytes | None = None  # "done": the last event written, instead of data: [DONE]
 
     def __post_init__(self) -> None:
         _check_count("after", self.after, minimum=0)

@@ -222,7 +222,8 @@ class _AnswerSide(_RequestSide):
                 self._gate(conn.down, now + cut.seconds)
                 continue
             if cut.then == "done":
-                out += a.frame(_DONE_EVENT) + (_LAST_CHUNK if a.chunked else b"")
+                last = _DONE_EVENT if cut.event is None else cut.event
+                out += a.frame(last) + (_LAST_CHUNK if a.chunked else b"")
             self._emit(conn, conn.down, bytes(out), now)
             out.clear()
             if cut.then in ("done", "reset"):

@@ -25,8 +25,11 @@ Each fault is what aiohttp itself raises or returns for the real failure:
                ends first ends there, with the error of ``timeout``.
 ``ratelimit``  a real ``ClientResponse``, answered by a one-shot server on 127.0.0.1: 429
 ``status``     with ``Retry-After`` and an OpenAI-style JSON body, or the status given (500,
-               503, ...), so ``raise_for_status()`` raises ``ClientResponseError`` as it would
-               for the daemon (``resp.url`` and ``request_info`` name the daemon).
+``overflow``   503, ...), so ``raise_for_status()`` raises ``ClientResponseError`` as it would
+               for the daemon (``resp.url`` and ``request_info`` name the daemon);
+               ``overflow``: the daemon's own answer to a prompt longer than its context
+               (400 ``context_length_exceeded``, or an empty 200 event stream for a
+               streamed request).
 ``raise``      the exception, raised where aiohttp's connection errors are, so aiohttp
                handles it as its own: an ``OSError`` becomes ``ClientOSError`` (the original
                its ``__cause__``).
@@ -278,7 +281,7 @@ class _Family:
             raise budget.read_timeout() if limit is None else limit.error()
         if kind == "latency":
             await self.late(call, budget)
-        if kind in ("ratelimit", "status"):
+        if kind in ("ratelimit", "status", "overflow"):
             return await self.answered(req, handler, call)
         if kind == "refuse":
             return await self.refused(req, handler)
@@ -334,7 +337,9 @@ class _Family:
         """``ratelimit``/``status``: the attempt is answered by a one-shot local server."""
         __tracebackhide__ = True
         loop = asyncio.get_running_loop()
-        answer = _http_answer(call.status, call.headers, call.body)
+        value = getattr(req.body, "_value", None)  # a bytes payload (json=, data=bytes)
+        sent = bytes(value) if isinstance(value, bytes | bytearray) else None
+        answer = _http_answer(*call.reply(sent, req.url.path))
         served: list[_OneAnswer] = []
 
         def serve() -> _OneAnswer:

@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from faults.effects import make_exception, resolve_raise_type
+from faults.effects import context_overflow, make_exception, overflowing, resolve_raise_type
 from faults.schedule import derive_rng
 from faults.spec import SpecError, format_duration
 from pytest_resilience.core.cancel import current_scope
@@ -162,6 +162,10 @@ class Outputs:
     lost: Callable[[str, int], BaseException] = lambda site, n: ConnectionResetError(
         f"fault injected at {site}: connection lost after {n} chunks"
     )
+    #: ``overflow``: the context-window error, from the call's (args, kwargs).
+    overflow: Callable[[Any, Any], BaseException] = lambda args, kwargs: context_overflow(
+        overflowing(None, 512), 512
+    )
 
 
 class SiteFaults:
@@ -242,6 +246,8 @@ class SiteFaults:
             raise self.exception(term)
         if kind == "oom":
             raise self.out.oom()
+        if kind == "overflow":
+            raise self.out.overflow(args, kwargs)
         if kind == "timeout":
             seconds = seconds_of(term, "duration")
             self.hang(seconds, "timeout")
@@ -266,6 +272,8 @@ class SiteFaults:
             raise self.exception(term)
         if kind == "oom":
             raise self.out.oom()
+        if kind == "overflow":
+            raise self.out.overflow(args, kwargs)
         if kind == "timeout":
             seconds = seconds_of(term, "duration")
             await self.ahang(seconds, "timeout")
@@ -285,7 +293,7 @@ class SiteFaults:
         try:
             if kind == "none":
                 return
-            if kind in ("raise", "oom", "timeout"):
+            if kind in ("raise", "oom", "overflow", "timeout"):
                 raise self._failure(d)
             n = 0
             while True:
@@ -319,7 +327,7 @@ class SiteFaults:
                 seconds = seconds_of(term, "duration")
                 await self.ahang(seconds, "timeout")
                 raise self.out.timed_out(self.name, seconds)
-            if kind in ("raise", "oom"):
+            if kind in ("raise", "oom", "overflow"):
                 raise self._failure(d)
             n = 0
             while True:
@@ -351,6 +359,8 @@ class SiteFaults:
             return self.exception(term)
         if term.kind == "oom":
             return self.out.oom()
+        if term.kind == "overflow":
+            return self.out.overflow((), {})
         seconds = seconds_of(term, "duration")  # timeout
         self.hang(seconds, "timeout")
         return self.out.timed_out(self.name, seconds)

@@ -13,7 +13,8 @@ everything the families share:
   SIGCONT after d on the injector's clock; ``restart``);
 - ``daemon.request``: the decision and its parts that do not depend on the client (the
   hang on the clock, the status and OpenAI-style JSON body of ``ratelimit`` and
-  ``status``, a closed port to be refused by);
+  ``status``, the daemon's own answer to a prompt that overflows its context for
+  ``overflow`` (:func:`overflow_answer`), a closed port to be refused by);
 - ``daemon.stream``: counted on answers of type ``text/event-stream``, and decided into the
   answer's :class:`~faults.sites.sse.Plan`, which :mod:`faults.sites.sse` applies to the
   body as the client reads it.
@@ -34,8 +35,9 @@ import threading
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from faults.effects import overflowing
 from faults.sites.base import Cleanup, after_of, seconds_of
-from faults.sites.sse import Action, Plan
+from faults.sites.sse import DONE, Action, Plan
 from faults.target import Target, same_host
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import DaemonUnavailable
@@ -58,6 +60,9 @@ __all__ = [
     "error_headers",
     "error_status",
     "install",
+    "n_ctx_of",
+    "overflow_answer",
+    "stream_error_event",
 ]
 
 #: The client families whose hooks carry the daemon.* sites: (the package they hook, our
@@ -102,6 +107,95 @@ def error_headers(term: Term) -> dict[str, str]:
     if isinstance(seconds, int | float):
         headers["retry-after"] = _retry_after(float(seconds))
     return headers
+
+
+#: The context size llama-cpp-python's server loads a model with unless told otherwise.
+_SERVER_N_CTX = 2048
+
+_COMPLETION_OVERFLOW = (
+    "This model's maximum context length is {} tokens, however you requested {} tokens "
+    "({} in your prompt; {} for the completion). Please reduce your prompt; or completion "
+    "length."
+)
+_CHAT_OVERFLOW = (
+    "This model's maximum context length is {} tokens. However, you requested {} tokens "
+    "({} in the messages, {} in the completion). Please reduce the length of the messages "
+    "or completion."
+)
+#: The headers of the daemon's streamed answer (sse-starlette's), whose body ends at once.
+_EMPTY_STREAM = {
+    "cache-control": "no-store",
+    "connection": "close",
+    "x-accel-buffering": "no",
+    "content-type": "text/event-stream; charset=utf-8",
+}
+
+
+def n_ctx_of(server: object) -> int:
+    """The daemon's context size: its ``ServerOptions.n_ctx`` when known, else the server's
+    default."""
+    n_ctx = getattr(getattr(server, "options", None), "n_ctx", None)
+    return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else _SERVER_N_CTX
+
+
+def _request_json(sent: bytes | None) -> dict[str, object]:
+    try:
+        found = json.loads(sent) if sent else None
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def overflow_answer(
+    sent: bytes | None, n_ctx: int, *, path: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    """What the daemon (llama-cpp-python's server) answers a request whose prompt overflows
+    its context of ``n_ctx`` tokens: (status, headers, body).
+
+    ``sent`` is the request's JSON body, when the client's hook can read it. A streamed
+    request (``"stream": true``) gets ``200`` with an event stream that ends at once,
+    without a single event (the server has started its answer when llama-cpp-python fails);
+    any other gets ``400`` with the server's ``context_length_exceeded`` body, in its words
+    for a chat (``messages``, or a ``chat`` path when the body is unknown) or a completion.
+    The token counts are plausible: the prompt's estimated from its length, the completion's
+    the request's ``max_tokens`` (the server's default when it sends none; 16 when the body
+    is unknown).
+    """
+    body = _request_json(sent)
+    if body.get("stream") is True:
+        return 200, dict(_EMPTY_STREAM), b""
+    chat = "messages" in body or (not body and "chat" in path)
+    if chat:
+        messages = body.get("messages")
+        items = messages if isinstance(messages, list) else []
+        text = "".join(str(m.get("content") or "") for m in items if isinstance(m, dict))
+    else:
+        text = str(body.get("prompt") or "")
+    prompt = overflowing(len(text.encode("utf-8")) // 4, n_ctx)
+    completion = body.get("max_tokens", None if chat and body else 16)
+    completion = completion if isinstance(completion, int) else None
+    words = (_CHAT_OVERFLOW if chat else _COMPLETION_OVERFLOW).format(
+        n_ctx, (completion or 0) + prompt, prompt, completion
+    )
+    error = {
+        "message": words,
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+    data = json.dumps({"error": error}, ensure_ascii=False, separators=(",", ":"))
+    return 400, {"content-type": "application/json"}, data.encode("utf-8")
+
+
+def stream_error_event() -> bytes:
+    """The in-band error event an OpenAI-compatible server (llama.cpp's) sends in a streamed
+    answer that fails after it began: a ``data:`` event whose JSON holds ``error``."""
+    error = {
+        "code": 400,
+        "message": "the request exceeds the available context size, try increasing it",
+        "type": "exceed_context_size_error",
+    }
+    return b"data: " + json.dumps({"error": error}, separators=(",", ":")).encode() + b"\n\n"
 
 
 def _retry_after(seconds: float) -> str:
@@ -194,6 +288,14 @@ class Call:
     @property
     def body(self) -> bytes:
         return error_body(self.status, self.site)
+
+    def reply(self, sent: bytes | None = None, path: str = "") -> tuple[int, dict[str, str], bytes]:
+        """The answer of ``ratelimit``, ``status`` or ``overflow``: (status, headers, body).
+        ``sent`` is the request's body and ``path`` its path, where the client knows them
+        (``overflow`` answers as the daemon does, a streamed request differently)."""
+        if self.kind == "overflow":
+            return overflow_answer(sent, n_ctx_of(self.sites.env.daemon), path=path)
+        return self.status, self.headers, self.body
 
     @property
     def lost_at_once(self) -> bool:
@@ -377,9 +479,14 @@ class DaemonSites:
             kind, term = d.term.kind, d.term
             if kind == "corrupt":
                 plan.corrupt = True
+            elif kind in ("truncate", "error", "overflow"):
+                # the body ends after n events, with [DONE], an error event, or nothing
+                last = {"truncate": DONE, "error": stream_error_event()}.get(kind, b"")
+                after = 0 if kind == "overflow" else after_of(term)
+                plan.actions.append(Action(after, "end", f, event=last))
             else:
                 after = after_of(term)
-                action = {"stall": "stall", "truncate": "truncate", "lost": "kill"}[kind]
+                action = {"stall": "stall", "lost": "kill"}[kind]
                 seconds = seconds_of(term, "for") if kind == "stall" else 0.0
                 plan.actions.append(Action(after, action, f, seconds))
         if not sse:

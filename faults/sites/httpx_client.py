@@ -16,6 +16,10 @@ Each fault is what the package itself raises or returns for the real failure:
 ``ratelimit``  a 429 answer with ``Retry-After`` and an OpenAI-style JSON error body;
 ``status``     the same with the status given (500, 503, ...), so ``openai`` raises its
                own ``RateLimitError`` / ``InternalServerError`` and retries as it would.
+``overflow``   the daemon's own answer to a prompt longer than its context
+               (:func:`~faults.sites.daemon.overflow_answer`): 400 with its
+               ``context_length_exceeded`` body (``openai``: ``BadRequestError``), or,
+               for a streamed request, a 200 event stream without a single event.
 ``latency``    a wait on the clock, then the real request. ``raise``: the exception.
 =============  =========================================================================
 
@@ -101,9 +105,12 @@ class _Family:
         self.sync_events, self.async_events = SyncEvents, AsyncEvents
 
     def ratelimited(self, request: Any, call: Call) -> Any:
-        return self.hx.Response(
-            call.status, headers=call.headers, content=call.body, request=request
-        )
+        try:
+            sent: bytes | None = request.content
+        except self.hx.RequestNotRead:
+            sent = None
+        status, headers, body = call.reply(sent, request.url.path)
+        return self.hx.Response(status, headers=headers, content=body, request=request)
 
     def refused_url(self, request: Any) -> Any:
         return request.url.copy_with(port=closed_port(request.url.host or "127.0.0.1"))
@@ -126,7 +133,7 @@ class _Family:
                 raise call.exception()
             if kind in ("timeout", "latency") and call.wait(_read_timeout(request)):
                 raise hx.ReadTimeout(f"fault injected at {call.site}", request=request)
-            if kind in ("ratelimit", "status"):
+            if kind in ("ratelimit", "status", "overflow"):
                 return self.ratelimited(request, call)
             if kind == "refuse":
                 url, request.url = request.url, self.refused_url(request)
@@ -172,7 +179,7 @@ class _Family:
                 raise call.exception()
             if kind in ("timeout", "latency") and await call.await_(_read_timeout(request)):
                 raise hx.ReadTimeout(f"fault injected at {call.site}", request=request)
-            if kind in ("ratelimit", "status"):
+            if kind in ("ratelimit", "status", "overflow"):
                 return self.ratelimited(request, call)
             if kind == "refuse":
                 url, request.url = request.url, self.refused_url(request)

@@ -12,8 +12,17 @@ that uses llama-cpp-python (ours or a user's) meets the faults unchanged.
                      streams chat internally). ``corrupt``: the reply is invalid JSON.
 ``llama.stream``     the chunk iterator of a streaming completion or chat. ``corrupt``: each
                      chunk loses its choices; ``lost(after=n)``: ``ConnectionResetError``.
+``overflow``         at ``llama.generate``, ``llama.chat`` and ``llama.stream``:
+                     ``ValueError("Requested tokens (N) exceed context window of C")``, what
+                     llama-cpp-python raises for a prompt longer than the context: C is the
+                     model's ``n_ctx()``, N the prompt's token count when it does not fit,
+                     else C plus that count. Where the real error comes (at the call, or at
+                     the first chunk of a stream, a streamed chat's too).
 ``llama.embed``      ``embed`` / ``create_embedding``: ``nan`` (NaN and Inf), ``corrupt``
                      (one dimension short), in every vector of a batch.
+``crash``            at every llama.* site: the process aborts (:func:`faults.effects.crash`)
+                     at the call; at ``llama.stream`` when the chunk after the first n is
+                     asked for (``crash(after=n)``); a streamed chat crashes at the call.
 ===================  ======================================================================
 
 A call that llama-cpp-python makes to itself (``__call__`` to ``create_completion``, a chat
@@ -26,14 +35,23 @@ import contextlib
 import functools
 import inspect
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from faults.effects import corrupt_json, corrupt_text, corrupt_vector, nan_vector
-from faults.sites.base import Outputs, Patch, close_source
+from faults.effects import (
+    context_overflow,
+    corrupt_json,
+    corrupt_text,
+    corrupt_vector,
+    crash,
+    nan_vector,
+    overflowing,
+)
+from faults.sites.base import Outputs, Patch, after_of, close_source
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
 
+    from faults.schedule import Decision
     from faults.sites.base import Restorer, SiteFaults
 
 __all__ = ["LLAMA_OUTPUTS", "LlamaSites"]
@@ -45,6 +63,68 @@ def _decode_oom() -> BaseException:
 
 def _load_oom() -> BaseException:
     return ValueError("Failed to create llama_context")
+
+
+def _n_ctx(llm: Any) -> int:
+    try:
+        return int(llm.n_ctx())
+    except Exception:  # noqa: BLE001 - a model without a context: a plausible size
+        return 512
+
+
+def _prompt_tokens(llm: Any, prompt: Any) -> int | None:
+    """The prompt's token count as llama-cpp-python counts it (a chat's messages as the
+    tiny template lays them out); None when it cannot be counted."""
+    try:
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            return len(prompt)
+        if isinstance(prompt, list):
+            prompt = "".join(f"{m.get('role')}: {m.get('content') or ''}\n" for m in prompt)
+        if isinstance(prompt, str):
+            return len(llm.tokenize(prompt.encode("utf-8"), special=True)) if prompt else 1
+    except Exception:  # noqa: BLE001 - a plausible count instead
+        return None
+    return None
+
+
+def _overflow(args: Any, kwargs: Any) -> BaseException:
+    """The context-window error of the call ``(llm, prompt or messages, ...)``."""
+    llm = args[0] if args else None
+    prompt = kwargs.get("prompt", kwargs.get("messages", args[1] if len(args) > 1 else None))
+    n_ctx = _n_ctx(llm)
+    return context_overflow(overflowing(_prompt_tokens(llm, prompt), n_ctx), n_ctx)
+
+
+def _raising(error: BaseException, chunks: Iterable[Any]) -> Iterator[Any]:
+    """A stream that fails at its first chunk, as a streamed call whose prompt overflows."""
+    __tracebackhide__ = True
+    try:
+        raise error
+    finally:
+        close_source(chunks)
+    yield  # type: ignore[unreachable]  # a generator: the error comes at the first next()
+
+
+def _crash(f: SiteFaults, d: Decision) -> NoReturn:
+    f.fire(d)
+    crash(f.name)
+
+
+def _crashing(site: str, after: int, chunks: Iterator[Any]) -> Iterator[Any]:
+    """The chunks of a stream until ``after`` of them were read; the next one aborts."""
+    n = 0
+    try:
+        while True:
+            if n == after:
+                crash(site)
+            try:
+                item = next(chunks)
+            except StopIteration:
+                return
+            n += 1
+            yield item
+    finally:
+        close_source(chunks)
 
 
 def _corrupt_completion(response: Any) -> Any:
@@ -106,9 +186,9 @@ def _vectors(transform: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 LLAMA_OUTPUTS = {
     "load": Outputs(oom=_load_oom),
-    "generate": Outputs(oom=_decode_oom, corrupt=_corrupt_completion),
-    "chat": Outputs(oom=_decode_oom, corrupt=_corrupt_chat),
-    "stream": Outputs(oom=_decode_oom, corrupt=_corrupt_chunk),
+    "generate": Outputs(oom=_decode_oom, corrupt=_corrupt_completion, overflow=_overflow),
+    "chat": Outputs(oom=_decode_oom, corrupt=_corrupt_chat, overflow=_overflow),
+    "stream": Outputs(oom=_decode_oom, corrupt=_corrupt_chunk, overflow=_overflow),
     "embed": Outputs(corrupt=_vectors(corrupt_vector), nan=_vectors(nan_vector)),
 }
 
@@ -186,6 +266,8 @@ class LlamaSites:
             d = f.decide()
             if d is None:
                 return original(llm, *args, **kwargs)
+            if d.term.kind == "crash":
+                _crash(f, d)
             # Llama.__del__ closes self._stack: give a failed load what a real one leaves.
             llm.__dict__.setdefault("_stack", contextlib.ExitStack())
             return f.call(d, original, (llm, *args), kwargs)
@@ -198,6 +280,8 @@ class LlamaSites:
         with self.inside():
             if d is None or f is None:
                 return original(*args, **kw)
+            if d.term.kind == "crash":
+                _crash(f, d)
             return f.call(d, original, args, kw)
 
     def _streamed(self, original: Callable[..., Any], args: Any, kw: Any) -> Any:
@@ -211,6 +295,10 @@ class LlamaSites:
         if d is None or f is None:
             return self.guarded(chunks)
         f.fire(d)
+        if d.term.kind == "crash":
+            return _crashing(f.name, after_of(d.term), self.guarded(chunks))
+        if d.term.kind == "overflow":
+            return _raising(f.out.overflow(args, kw), chunks)
         return f.stream(d, self.guarded(chunks))
 
     def completion(self, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -242,6 +330,11 @@ class LlamaSites:
             d = chat.decide() if chat is not None else None
             if d is None or chat is None:
                 return self._streamed(original, (llm, *args), kwargs)
+            if d.term.kind == "crash":
+                _crash(chat, d)
+            if d.term.kind == "overflow":  # a streamed chat fails at its first chunk
+                chat.fire(d)
+                return _raising(chat.out.overflow((llm, *args), kwargs), ())
             return chat.call(d, lambda: self._streamed(original, (llm, *args), kwargs), (), {})
 
         return create_chat_completion

@@ -5,7 +5,10 @@ events, with the daemon.stream and daemon.process faults decided for it applied.
 one answer's body (a :class:`Plan`); every client family hands the body it reads to
 :func:`events` or :func:`aevents`, with its own exception types (:class:`Errors`), and
 reads what they yield instead: ``stall`` holds the next event back on the clock,
-``truncate`` ends the body with ``data: [DONE]`` after n chunks (a clean end), ``corrupt``
+``truncate`` ends the body with ``data: [DONE]`` after n chunks (a clean end), ``error``
+ends it after n chunks with an in-band error event (``data: {"error": {...}}``), as an
+OpenAI-compatible server reports a failure after its answer began, ``overflow`` ends it
+before the first event, as the daemon's answer to a streamed prompt that overflows, ``corrupt``
 makes each chunk's data invalid JSON, and ``lost(after=n)`` kills the daemon after n
 chunks (the client reads the real loss) or resets the connection.
 """
@@ -66,9 +69,10 @@ class _Splitter:
 @dataclass(slots=True)
 class Action:
     after: int  # before the chunk numbered after+1 is delivered
-    kind: str  # stall, truncate, kill, reset
+    kind: str  # stall, end, kill, reset
     faults: SiteFaults
     seconds: float = 0.0
+    event: bytes = b""  # end: the last event of the body ([DONE], an error), if any
 
 
 class Plan:
@@ -158,8 +162,9 @@ def events(plan: Plan, chunks: Iterator[bytes], errors: Errors) -> Iterator[byte
                             action.faults.hang(seconds, "stall")
                             if error is not None:
                                 raise error
-                        elif action.kind == "truncate":
-                            yield DONE
+                        elif action.kind == "end":
+                            if action.event:
+                                yield action.event
                             return
                         else:
                             raise _lose(plan, action, it, errors)
@@ -190,8 +195,9 @@ async def aevents(plan: Plan, chunks: AsyncIterator[bytes], errors: Errors) -> A
                             await action.faults.ahang(seconds, "stall")
                             if error is not None:
                                 raise error
-                        elif action.kind == "truncate":
-                            yield DONE
+                        elif action.kind == "end":
+                            if action.event:
+                                yield action.event
                             return
                         else:
                             raise await _alose(plan, action, it, errors)

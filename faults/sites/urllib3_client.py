@@ -31,6 +31,10 @@ kind           urllib3                              → requests
 ``status``     body (the status given: 500, 503, ...), through urllib3's status retries
                (``status_forcelist``, ``Retry-After``; ``MaxRetryError(ResponseError)``
                once spent)  → a ``Response`` with that status and body, or ``RetryError``
+``overflow``   the daemon's own answer to a prompt longer than its context, as an
+               ``HTTPResponse``: 400 with its ``context_length_exceeded`` body, or 200 with
+               an event stream without a single event for a streamed request
+               → a ``Response`` with that status and body
 ``latency``    a wait on the clock, then the real request. ``raise``: the exception.
 lost(after=n)  reading the body fails after n SSE events (at once for an answer that is
                not SSE): ``ProtocolError("Connection broken: ConnectionResetError(104,
@@ -190,7 +194,7 @@ class _Family:
                 message = f"Read timed out. (read timeout={shown})"
                 error = self.x.ReadTimeoutError(pool, req.url, message)
                 return self.retry(pool, req, retries, error)
-        if kind in ("ratelimit", "status"):
+        if kind in ("ratelimit", "status", "overflow"):
             return self.statused(pool, req, retries, self.error_answer(pool, req, retries, call))
         if kind == "refuse":
             return self.retry(pool, req, retries, self.refusal(pool, req))
@@ -328,16 +332,19 @@ class _Family:
 
     def error_answer(self, pool: Any, req: _Request, retries: Any, call: Call) -> Any:
         """The 429 or error status, as urllib3 builds an answer (body read as asked)."""
-        body = call.body
+        sent = req.get("body")
+        sent = sent.encode() if isinstance(sent, str) else sent
+        path = req.url.split("?", 1)[0]
+        status, headers, body = call.reply(sent if isinstance(sent, bytes) else None, path)
         try:
-            reason: str | None = http.HTTPStatus(call.status).phrase
+            reason: str | None = http.HTTPStatus(status).phrase
         except ValueError:
             reason = None
         extra = {"version_string": "HTTP/1.1"} if self.version_string else {}
         return self.u3.HTTPResponse(
             body=io.BytesIO(body),
-            headers={**call.headers, "content-length": str(len(body))},
-            status=call.status,
+            headers={**headers, "content-length": str(len(body))},
+            status=status,
             version=11,
             reason=reason,
             preload_content=req.preload,

@@ -35,6 +35,15 @@ looks like on a socket):
                        closed cleanly.
 ``corrupt``            every data event's data is invalid JSON
                        (:func:`faults.effects.corrupt_json`).
+``overflow``           daemon.request: the daemon's answer to a prompt longer than its
+                       context, written by the proxy: 400 with its
+                       ``context_length_exceeded`` body (a chat's words for a ``chat``
+                       path). The proxy reads no request body, so a streamed request gets
+                       the same 400 (the daemon itself answers it with an empty 200 event
+                       stream, as daemon.stream ``overflow`` does on the wire).
+                       daemon.stream: the answer ends before its first event, cleanly.
+``error(after=n)``     n events, then an in-band error event (``data: {"error": ...}``)
+                       and a clean end of the body.
 daemon.stream ``lost`` the daemon is SIGKILLed after n events; the client reads the real
                        loss (the body ends before its end).
 daemon.process         ``lost``: SIGKILL before the request is forwarded (``after=n``:
@@ -66,7 +75,14 @@ from typing import TYPE_CHECKING
 from faults.effects import corrupt_json
 from faults.proxy import AnswerPlan, Cut, Reply, Verdict
 from faults.sites.base import Cleanup, after_of, seconds_of
-from faults.sites.daemon import error_body, error_headers, error_status
+from faults.sites.daemon import (
+    error_body,
+    error_headers,
+    error_status,
+    n_ctx_of,
+    overflow_answer,
+    stream_error_event,
+)
 from faults.spec import SpecError
 from faults.target import same_host
 from pytest_resilience.core.errors import DaemonUnavailable
@@ -152,7 +168,7 @@ class _Wire:
 
     def request(self, request: HttpRequest) -> Verdict:
         """Decide daemon.process, then daemon.request, for one request (proxy thread)."""
-        del request  # every request to the daemon counts, whatever it asks for
+        # every request to the daemon counts, whatever it asks for
         before, reconnect, cuts = None, False, []
         p = self.process
         d = p.decide() if p is not None else None
@@ -175,7 +191,12 @@ class _Wire:
         r = f.decide() if f is not None else None
         if f is not None and r is not None:
             f.fire(r)
-            delay, then, reply = self._request_fault(f, r.term, cuts)
+            if r.term.kind == "overflow":
+                path = request.target.split("?", 1)[0]
+                code, headers, body = overflow_answer(None, n_ctx_of(self.env.daemon), path=path)
+                then, reply = "reply", Reply(code, tuple(headers.items()), body)
+            else:
+                delay, then, reply = self._request_fault(f, r.term, cuts)
         return Verdict(
             before=before,
             reconnect=reconnect,
@@ -215,13 +236,17 @@ class _Wire:
         if s is not None and d is not None:
             s.fire(d)
             term = d.term
-            after = after_of(term) if term.kind != "corrupt" else 0
+            after = after_of(term) if term.kind not in ("corrupt", "overflow") else 0
             if term.kind == "corrupt":
                 rewrite = _corrupt
             elif term.kind == "stall":
                 cuts = (*cuts, Cut(after, "stall", seconds_of(term, "for")))
             elif term.kind == "truncate":
                 cuts = (*cuts, Cut(after, "done"))
+            elif term.kind == "error":
+                cuts = (*cuts, Cut(after, "done", event=stream_error_event()))
+            elif term.kind == "overflow":
+                cuts = (*cuts, Cut(0, "done", event=b""))
             elif term.kind == "lost":  # the daemon dies; without one, the connection does
                 dies = self.env.daemon is not None
                 cuts = (*cuts, Cut(after, "drop", call=self.kill) if dies else Cut(after, "reset"))

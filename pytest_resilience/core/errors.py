@@ -25,7 +25,9 @@ instead, a ``BaseException``::
 
     ResilienceInterrupt (BaseException, not Exception)
     ├── Cancelled                  the enclosing cancel scope was cancelled; .reason
-    └── HangDetected               a wait that no deadline can ever end (virtual clock)
+    ├── HangDetected               a wait that no deadline can ever end (virtual clock)
+    └── ConcurrentModelUse         one llama_cpp.Llama used by two generations at once;
+                                   .first, .second (the two call sites)
 
 ``Cancelled`` and ``HangDetected`` are not failures: they stop the work. Like
 ``asyncio.CancelledError`` and ``trio.Cancelled`` they derive from ``BaseException``, so an
@@ -37,6 +39,12 @@ fail it naming the wait; a cancellation must reach the code that cancelled. (The
 guard reports a cancelled stream as ``StreamInterrupted`` from the ``Cancelled``, with the
 partial text, and lets a hang through.) ``classify()`` is not asked about them; given one,
 it says ``Cancelled`` is a permanent "fail" and ``HangDetected`` unknown.
+
+``ConcurrentModelUse`` is the third: a bug in the application, found by the test's
+detector (:mod:`faults.model_use`), not a failure of the model. Retrying the call, counting
+it against a breaker or answering from a fallback would hide the bug, and an application's
+``except Exception`` would swallow it, so it stops the work like a hang does. ``classify()``
+says it is unknown, never retryable.
 
 ``classify(exc)`` turns any exception into a :class:`Classification`: see
 :mod:`pytest_resilience.core.classify`, which imports this module (not the other way), so
@@ -58,6 +66,7 @@ __all__ = [
     "Cancelled",
     "CheckpointError",
     "CircuitOpenError",
+    "ConcurrentModelUse",
     "DaemonLost",
     "DaemonUnavailable",
     "DeadlineExceeded",
@@ -203,6 +212,32 @@ class HangDetected(ResilienceInterrupt):
     ``Exception`` (see :class:`ResilienceInterrupt`): it must reach the test and fail it, so
     no retry, breaker, fallback or client handles it.
     """
+
+
+class ConcurrentModelUse(ResilienceInterrupt):
+    """A ``llama_cpp.Llama`` was called while another generation on it is still running (in
+    another thread) or still open (a stream neither exhausted nor closed).
+
+    One ``Llama`` holds one context: two generations at once corrupt its state or crash.
+    ``first`` is where the generation still in progress was started, ``second`` where the
+    refused call was made (each ``file:line in function``); ``how`` says whether the first
+    is ``"running"`` in another thread or an ``"open"`` stream. Not an ``Exception`` (see
+    :class:`ResilienceInterrupt`): it is the application's bug, so no retry, breaker,
+    fallback or ``except Exception`` of the application may absorb it.
+    """
+
+    def __init__(self, message: str, *, first: str = "", second: str = "", how: str = "") -> None:
+        self.first = first
+        self.second = second
+        self.how = how
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_concurrent, (str(self), self.first, self.second, self.how))
+
+
+def _rebuild_concurrent(message: str, first: str, second: str, how: str) -> ConcurrentModelUse:
+    return ConcurrentModelUse(message, first=first, second=second, how=how)
 
 
 class StreamInterrupted(ResilienceError):

@@ -309,6 +309,7 @@ _HERE: Final[tuple[type[Event], ...]] = (
 #: application's own event classes use :func:`register_event`.
 _ELSEWHERE: Final[Mapping[str, str]] = {
     "fallback.exhausted": "pytest_resilience.core.fallback:FallbackExhausted",
+    "llama.stream_ended_early": "faults.model_use:StreamEndedEarly",
     "scenario.op": "faults.scenario.events:ScenarioOp",
     "scenario.step": "faults.scenario.events:ScenarioStep",
 }

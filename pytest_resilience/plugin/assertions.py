@@ -21,6 +21,7 @@ This module does not import pytest: the assertions work under any runner.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -256,12 +257,16 @@ def assert_resilient(
     ignore: Iterable[str] = (),
     spec: Spec | Iterable[Spec] | None = None,
     leaks: _HasLeaks | Iterable[Leak] | None = None,
+    answer: str | Iterable[str] = (),
+    streams: Iterable[Leak] | None = None,
 ) -> None:
     """Assert that the app behaved well under the faults ``journal`` records: that it broke
     none of the verdicts of :mod:`faults.verdicts` (honoured Retry-After, backed off, stopped
     after a bounded number of attempts, did not retry an error that cannot succeed, did
-    not take a cut stream for a whole one, closed what it abandoned). Fails listing each
-    broken verdict with its evidence, then the timeline; passes when no fault fired.
+    not take a cut stream for a whole one, closed what it abandoned, did not deliver again
+    what a broken stream had delivered, closed the llama streams it stopped reading).
+    Fails listing each broken verdict with its evidence, then the timeline; passes when no
+    fault fired.
 
     - ``ignore``: ids of verdicts not to judge (``"backoff"``, ...); ``ValueError`` for an
       id that is none;
@@ -270,7 +275,13 @@ def assert_resilient(
       that write to ``journal`` (the plugin's and the ``faults`` fixture's, during the test);
     - ``leaks``: what was left open, for ``closed``: the ``leak_check`` fixture or a list of
       leaks; without it, ``closed`` is not judged here (the plugin judges it after the
-      test's teardown).
+      test's teardown);
+    - ``answer``: what the app answered (a string, or several), for ``no-repeat``: after a
+      stream broke mid-way, the answer must not deliver again what it had delivered;
+      without it, ``no-repeat`` is not judged (the journal does not hold the answer);
+    - ``streams``: the llama streams left open, for ``stream-closed``; by default those
+      the detector of :mod:`faults.model_use` sees open now (not those of this package's
+      backends, which ``closed`` judges): call it once the app has answered.
     """
     from faults.verdicts import format_broken, installed_specs, judge  # noqa: PLC0415
 
@@ -283,7 +294,17 @@ def assert_resilient(
         left = leaks.leaks()
     else:
         left = list(leaks)
-    broken = judge(events, specs=spec, open_resources=left, ignore=ignore)
+    if streams is None:
+        detector = sys.modules.get("faults.model_use")
+        streams = [] if detector is None else detector.open_streams()
+    broken = judge(
+        events,
+        specs=spec,
+        open_resources=left,
+        ignore=ignore,
+        answers=[answer] if isinstance(answer, str) else list(answer),
+        open_streams=streams,
+    )
     if broken:
         noun = "verdict" if len(broken) == 1 else "verdicts"
         raise AssertionError(

@@ -4,8 +4,10 @@ the plugin's modules (:mod:`.options`, :mod:`.collection`, :mod:`.running`, :mod
 :mod:`.fixture_decls`, :mod:`.scenario_files`) so that pytest sees each exactly once, as
 part of this one plugin; adds the hooks a suite may implement (:mod:`.hookspecs`); and at
 configure time resolves the run's settings and registers the summary's reporter, the
-judging of each test's verdicts (:mod:`.verdicts`), and what only some runs need: the
-autouse leak check, and the pytest-xdist and pytest-timeout support. Inside the package
+judging of each test's verdicts (:mod:`.verdicts`), the detector of one ``llama_cpp.Llama``
+used by two generations at once (:mod:`.model_use`), and what only some runs need: the
+autouse leak check, and the pytest-xdist and pytest-timeout support; and crash isolation
+(:mod:`.isolate`). Inside the package
 the imports point one way, from this module down to :mod:`.state`, which imports none of
 the others; none of them imports anything heavy at module level (each hook imports what it
 needs when it runs, and a run without faults never imports :mod:`faults`), as pytest
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_resilience.plugin import hookspecs, timeout_hooks, verdicts, xdist_hooks
+from pytest_resilience.plugin import hookspecs, model_use, timeout_hooks, verdicts, xdist_hooks
 from pytest_resilience.plugin.collection import pytest_collection_modifyitems
 from pytest_resilience.plugin.fixture_decls import (
     LeakCheckPlugin,
@@ -30,10 +32,13 @@ from pytest_resilience.plugin.fixture_decls import (
     resilient_client,
     tiny_model,
 )
+from pytest_resilience.plugin.isolate import Isolation
 from pytest_resilience.plugin.options import (
     ENVIRONMENT,
     MARKERS,
+    concurrent_model_check,
     in_virtual_time,
+    isolating,
     pytest_addoption,
     resolve,
 )
@@ -107,6 +112,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS] = settings
     config.pluginmanager.register(Reporter(settings.totals), "resilience-reporter")
     config.pluginmanager.register(verdicts, "resilience-verdicts")
+    config.pluginmanager.register(Isolation(isolating(config)), "resilience-isolate")
+    model_use.turn(concurrent_model_check(config))  # undone by its pytest_unconfigure
+    config.pluginmanager.register(model_use, "resilience-model-use")
     if settings.leak_check:
         config.pluginmanager.register(LeakCheckPlugin(), "resilience-leak-check")
     if config.pluginmanager.hasplugin("xdist"):

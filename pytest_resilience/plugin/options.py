@@ -21,10 +21,13 @@ option                      ini                           environment
 ``--[no-]virtual-time``     ``resilience_virtual_time``   ``PYTEST_VIRTUAL_TIME``
 ``--daemon-url URL``        ``resilience_daemon_url``     ``PYTEST_DAEMON_URL``
 ``--daemon-route ROUTE``    ``resilience_daemon_route``   ``PYTEST_DAEMON_ROUTE``
+``--isolate``               ``resilience_isolate``        ``PYTEST_ISOLATE``
 ``resilience_scenarios``    (ini only: folders whose ``*.toml`` scenarios are collected)
 ``resilience_daemon_scope`` (ini only: ``function`` or ``session``, the ``daemon`` process)
 ``resilience_journal_maxlen`` (ini only: events each test's journal keeps, 100000)
 ``resilience_verdicts``     (ini only: ``warn``, ``fail`` or ``off``, broken verdicts)
+``resilience_concurrent_model_check`` (ini only: ``false`` turns off the detector of one
+                            ``llama_cpp.Llama`` used by two generations at once)
 ==========================  ============================  ==========================
 """
 
@@ -57,7 +60,9 @@ __all__ = [
     "ENVIRONMENT",
     "MARKERS",
     "WORKER_KEY",
+    "concurrent_model_check",
     "in_virtual_time",
+    "isolating",
     "parse_spec",
     "pytest_addoption",
     "resolve",
@@ -72,6 +77,7 @@ ENV_LEAKS: Final = "PYTEST_LEAK_CHECK"
 ENV_VIRTUAL: Final = "PYTEST_VIRTUAL_TIME"
 ENV_DAEMON_URL: Final = "PYTEST_DAEMON_URL"
 ENV_DAEMON_ROUTE: Final = "PYTEST_DAEMON_ROUTE"
+ENV_ISOLATE: Final = "PYTEST_ISOLATE"
 #: Every environment variable the plugin reads.
 ENVIRONMENT: Final = (
     ENV_FAULTS,
@@ -82,6 +88,7 @@ ENVIRONMENT: Final = (
     ENV_VIRTUAL,
     ENV_DAEMON_URL,
     ENV_DAEMON_ROUTE,
+    ENV_ISOLATE,
 )
 CACHE_KEY: Final = "resilience/fault_seed"  # the seed that --fault-seed last reuses
 WORKER_KEY: Final = "resilience_fault_seed"  # the controller's seed, in an xdist worker's input
@@ -186,12 +193,42 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"clients (default), or a fault proxy on the wire (env {ENV_DAEMON_ROUTE})",
     )
     parser.addini("resilience_daemon_route", "daemon.* faults through hooks or on the wire")
+    group.addoption(
+        "--isolate",
+        action="store_true",
+        default=None,
+        dest="resilience_isolate",
+        help="run every test in a child process of its own, so that a crash (SIGABRT, as "
+        "llama.cpp aborts) fails that test only; tests whose faults name crash always do "
+        f"(env {ENV_ISOLATE}=1)",
+    )
+    parser.addini("resilience_isolate", "run every test in a child process (true/false)")
     parser.addini("resilience_leak_check", "fail tests that leak (true/false)")
     parser.addini("resilience_virtual_time", "run every test on a virtual clock (true/false)")
     parser.addini("resilience_scenarios", "folders whose *.toml scenario files are collected",
                   type="paths")  # fmt: skip
     parser.addini("resilience_daemon_scope",
                   "the `daemon` fixture's process: function (default) or session")  # fmt: skip
+    parser.addini("resilience_concurrent_model_check",
+                  "refuse a call on a llama_cpp.Llama while another generation on it is "
+                  "running or its stream open (true, the default, or false)")  # fmt: skip
+
+
+def concurrent_model_check(config: pytest.Config) -> bool:
+    """Whether the detector of concurrent ``llama_cpp.Llama`` use is on: the ini key
+    ``resilience_concurrent_model_check`` (true unless it says false)."""
+    text = str(config.getini("resilience_concurrent_model_check")).strip().lower()
+    if not text or text in _TRUE or text in _FALSE:
+        return text not in _FALSE
+    raise pytest.UsageError(
+        f"ini option resilience_concurrent_model_check ({config.inipath}): expected true or "
+        f"false, not {text!r}"
+    )
+
+
+def isolating(config: pytest.Config) -> bool:
+    """Whether every test runs in a child process of its own (``--isolate``)."""
+    return _bool(config, "resilience_isolate", ENV_ISOLATE)
 
 
 def _values(config: pytest.Config, option: str, ini: str, env: str) -> list[_Value]:

@@ -43,6 +43,7 @@ __all__ = [
 
 _PROP: Final = "resilience.figures"  # the user property that carries a test's figures as JSON
 _REPRO: Final = "resilience.reproduce"
+_CRASHED: Final = "resilience.crashed"  # on the report of a test whose process crashed
 #: Figures that are no JUnit property of their own: a table, or another figure by parts.
 _NO_PROPERTY: Final = frozenset({"faults", "reach", "retries_by"})
 #: The library of the core's own retries, as ``assert_retried`` names it.
@@ -257,11 +258,14 @@ class Reporter:
 
     def __init__(self, totals: Totals) -> None:
         self.totals = totals
+        self.crashed: list[tuple[str, str]] = []  # (node id, how), tests whose process died
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if not report.user_properties:
             return
         props = dict(report.user_properties)
+        if report.failed and _CRASHED in props:
+            self.crashed.append((report.nodeid, str(props[_CRASHED])))
         if report.when == "teardown" and _PROP in props:
             self.totals.add(json.loads(str(props[_PROP])))
         if report.when == "call" and report.failed and _REPRO in props:
@@ -290,6 +294,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     totals = settings.totals
     worth = totals.under_faults or totals.faults or totals.counts.get("leaks") or totals.reach
     rows = _rows(settings) if worth else []
+    crashed = getattr(config.pluginmanager.get_plugin("resilience-reporter"), "crashed", [])
+    if crashed:
+        rows.append(("tests crashed", str(len(crashed))))
+        rows += [(f"  {nodeid}", how) for nodeid, how in crashed]
     config.hook.pytest_resilience_summary(config=config, totals=totals, rows=rows)
     if not rows and not totals.reproduce:
         return

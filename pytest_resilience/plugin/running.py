@@ -34,6 +34,7 @@ from pytest_resilience.plugin.state import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
 
+    from faults.children import Family
     from faults.injector import Injector
     from faults.spec import Spec
 
@@ -87,12 +88,10 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         state = state_of(item)
         _adopt_fixtures(item, state)
     keep = 0 if state is None else len(state.installed)
+    family: Family | None = None
     if state is not None and (spec is not None or replaying):
         run_wide = _injector(item, settings, state, spec)
-        try:
-            run_wide.install()
-        except ValueError as exc:  # SpecError: a py: site that cannot be patched
-            pytest.fail(f"cannot install the faults '{run_wide.spec}': {exc}", pytrace=False)
+        family = _install(run_wide)
         state.installed.append(run_wide)
         state.spec = run_wide.spec
     undo = _per_example(item, run_wide)
@@ -119,6 +118,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         if state is not None:
             missed = _unreached(item, settings, state, run_wide)
             state.uninstall(keep)  # what the test installed (the ``faults`` fixture) too
+            if family is not None:
+                family.close()  # after _unreached: it counts what the family's processes did
             if passed:
                 _warn_unreached(item, missed)
             else:
@@ -126,6 +127,21 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 
 _OBSERVING: Final = frozenset({"journal", "faults", "clock"})
+
+
+def _install(injector: Injector) -> Family | None:
+    """Install the run-wide injector, its faults shared with the processes the app starts
+    (:mod:`faults.children`); the family, to close once the injector is uninstalled."""
+    from faults.children import share  # noqa: PLC0415
+
+    family = share(injector)
+    try:
+        injector.install()
+    except ValueError as exc:  # SpecError: a py: site that cannot be patched
+        if family is not None:
+            family.close()
+        pytest.fail(f"cannot install the faults '{injector.spec}': {exc}", pytrace=False)
+    return family
 
 
 def _loops_on_clock(item: pytest.Item) -> Any:

@@ -77,6 +77,7 @@ ARGS: Final[dict[str, tuple[str | None, ...]]] = {
     "timeout": (None, "30s", "forever", "duration=2m", " 500ms "),
     "latency": ("500ms", "1s, 200ms", "duration=2s, jitter=1s", "0.5s"),
     "oom": (None,),
+    "crash": (None, "after=2"),
     "stall": (None, "after=3", "2, for=5s", "for=forever"),
     "truncate": ("after=2", "4"),
     "corrupt": (None,),
@@ -87,6 +88,8 @@ ARGS: Final[dict[str, tuple[str | None, ...]]] = {
     "ratelimit": (None, "retry_after=20s"),
     "status": ("503", "500, retry_after=1s"),
     "restart": (None,),
+    "overflow": (None,),
+    "error": (None, "after=2", "3"),
 }
 PREFIXES: Final = ("", "", "", "2*", "30%", "@2", "@3+", "50%1*", "1*@2", "12.5%", "3*@1+")
 

@@ -167,6 +167,8 @@ VERDICT_HOOKS = (
     "pytest_runtest_setup",
     "pytest_runtest_teardown",
 )
+ISOLATE_HOOKS = ("pytest_runtest_call", "pytest_runtest_protocol")  # a child adds makereport
+MODEL_USE_HOOKS = ("pytest_runtest_setup", "pytest_runtest_teardown", "pytest_unconfigure")
 FIXTURES = (
     "clock",
     "daemon",
@@ -186,12 +188,14 @@ def test_pytest_sees_each_hook_and_fixture_of_the_plugin_once(ptr: pytest.Pytest
             hook = pytestconfig.pluginmanager.hook
             ours = [
                 (name, impl.plugin_name)
-                for name in sorted(set({HOOKS!r} + {VERDICT_HOOKS!r}))
+                for name in sorted(set({HOOKS + VERDICT_HOOKS + ISOLATE_HOOKS + MODEL_USE_HOOKS!r}))
                 for impl in getattr(hook, name).get_hookimpls()
                 if impl.function.__module__.startswith("pytest_resilience.")
             ]
             expected = [(name, "resilience") for name in {HOOKS!r}]
             expected += [(name, "resilience-verdicts") for name in {VERDICT_HOOKS!r}]
+            expected += [(name, "resilience-isolate") for name in {ISOLATE_HOOKS!r}]
+            expected += [(name, "resilience-model-use") for name in {MODEL_USE_HOOKS!r}]
             assert sorted(ours) == sorted(expected)
         """
     )

@@ -187,7 +187,8 @@ def test_two_sites_shrink_to_two_plain_entries() -> None:
         ({"kinds": ["stal"]}, r"unknown fault kind 'stal' \(did you mean 'stall'\?\)"),
         (
             {"sites": ["llama.load"], "kinds": ["none"]},
-            r"site 'llama.load' admits none of the kinds none \(it admits: off, raise, oom\)",
+            r"site 'llama.load' admits none of the kinds none "
+            r"\(it admits: off, raise, oom, crash\)",
         ),
         ({"exceptions": ["ConectionError"]}, r"unknown exception type 'ConectionError'"),
         ({"exceptions": []}, r"exceptions= names nothing"),

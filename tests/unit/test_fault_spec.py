@@ -236,11 +236,24 @@ MISTAKES = [
         "raise() needs the argument 'type': raise(type[, message])",
         None,
     ),
+    ("llama.generate=crsh", 15, "unknown fault kind 'crsh'", "crash"),
+    (
+        "llama.stream=crash(after=x)",
+        25,
+        "the argument 'after' of crash() takes a whole number, not 'x'",
+        None,
+    ),
+    (
+        "llama.stream=crash(aftr=2)",
+        19,
+        "crash() has no argument 'aftr' (it takes: crash([after=n]))",
+        "after",
+    ),
     (
         "llama.generate=none->",
         21,
-        "expected a fault kind after '->', not end of text "
-        "(llama.generate admits: off, none, raise, timeout, latency, oom, corrupt)",
+        "expected a fault kind after '->', not end of text (llama.generate admits: "
+        "off, none, raise, timeout, latency, oom, crash, corrupt, overflow)",
         None,
     ),
     ("llama.generate=timeout(30s", 26, "unclosed '(' (opened at column 22)", None),
@@ -270,7 +283,7 @@ MISTAKES = [
     (
         "llama.load=timeout",
         11,
-        "llama.load does not admit 'timeout' (it admits: off, raise, oom)",
+        "llama.load does not admit 'timeout' (it admits: off, raise, oom, crash)",
         None,
     ),
     (
@@ -420,13 +433,26 @@ def test_spec_error_clamps_its_column_into_the_text() -> None:
 
 # The sites-and-kinds table of docs/faults.md, written out again on purpose; "off" fits all.
 DOCUMENTED_TABLE = {
-    "llama.load": {"oom", "raise"},
-    "llama.generate": {"none", "raise", "timeout", "latency", "oom", "corrupt"},
-    "llama.chat": {"none", "raise", "timeout", "latency", "oom", "corrupt"},
-    "llama.stream": {"stall", "truncate", "raise", "latency", "corrupt", "lost"},
-    "llama.embed": {"none", "raise", "nan", "corrupt"},
-    "daemon.request": {"lost", "refuse", "timeout", "latency", "ratelimit", "status", "raise"},
-    "daemon.stream": {"stall", "lost", "truncate", "corrupt"},
+    "llama.load": {"oom", "raise", "crash"},
+    "llama.generate": {
+        "none",
+        "raise",
+        "timeout",
+        "latency",
+        "oom",
+        "corrupt",
+        "overflow",
+        "crash",
+    },
+    "llama.chat": {"none", "raise", "timeout", "latency", "oom", "corrupt", "overflow", "crash"},
+    "llama.stream": {
+        *("stall", "truncate", "raise", "latency", "corrupt", "lost", "overflow", "crash"),
+    },
+    "llama.embed": {"none", "raise", "nan", "corrupt", "crash"},
+    "daemon.request": {
+        *("lost", "refuse", "timeout", "latency", "ratelimit", "status", "raise", "overflow"),
+    },
+    "daemon.stream": {"stall", "lost", "truncate", "corrupt", "overflow", "error"},
     "daemon.process": {"lost", "pause", "restart"},
     PY: {"none", "raise", "timeout", "latency", "oom", "corrupt", "stall", "truncate"},
 }

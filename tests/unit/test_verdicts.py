@@ -275,6 +275,8 @@ def test_ignore_leaves_verdicts_out_and_refuses_unknown_ones() -> None:
         "permanent",
         "cut-stream",
         "closed",
+        "no-repeat",
+        "stream-closed",
     ]
 
 

@@ -2,7 +2,10 @@
 server-sent events parsed into completion text (a stream must end with ``data: [DONE]``),
 JSON answers, and a non-2xx status mapped to the core's errors (429 to RateLimited with its
 Retry-After, 5xx to ServerError, anything else to :class:`RequestRejected`). Malformed
-bodies, chunks and error events raise InvalidOutput or ServerError. httpx itself is imported
+bodies and chunks raise InvalidOutput. An error event inside a stream or a 200 answer
+(``{"error": {"message", "type", "code"}}``, as OpenAI-compatible servers report a failure
+once their answer has begun) raises what its ``code`` says: RequestRejected for a 4xx
+(a context overflow will not fit on a retry either), else ServerError. httpx itself is imported
 by ``_httpx()`` on first use, never when this module is imported.
 """
 
@@ -100,7 +103,7 @@ def _loads(data: str | bytes) -> Any:
 def _choice_text(answer: object, *, streaming: bool = False) -> tuple[str, str | None]:
     """(text, finish_reason) of a completion or of one stream chunk."""
     if isinstance(answer, dict) and "error" in answer:
-        raise ServerError(500, _message_of(answer))  # an error event inside a stream
+        raise _in_band(answer)  # an error event inside a stream
     try:
         choice = answer["choices"][0]  # type: ignore[index]
         text = choice["text"]
@@ -111,6 +114,17 @@ def _choice_text(answer: object, *, streaming: bool = False) -> tuple[str, str |
     if not isinstance(text, str):
         raise InvalidOutput(f"completion text is {type(text).__name__}, not str")
     return text, reason if isinstance(reason, str) else None
+
+
+def _in_band(answer: dict[str, Any]) -> BackendError:
+    """The error of an error event: its ``code`` when that is an HTTP status (a 4xx is
+    the request's fault), else a server error."""
+    error = answer.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    message = f"the daemon sent an error instead of a completion: {_message_of(answer)}"
+    if isinstance(code, int) and 400 <= code < 500:
+        return RequestRejected(code, message)
+    return ServerError(code if isinstance(code, int) and 500 <= code < 600 else 500, message)
 
 
 def _message_of(body: object) -> str:
