@@ -221,6 +221,7 @@ class Family:
         schedules = injector._schedules  # wrapped before install, in the same package
         sites: dict[str, str] = {}
         self._shared: list[SharedSchedule] = []
+        self._journaled = 0  # the lines of the fired file already in the journal
         for entry in entries:
             inner = schedules[entry.site]
             shared = SharedSchedule(inner, str(entry.site), self._family)
@@ -257,6 +258,13 @@ class Family:
             self._family.shared.close()
             shutil.rmtree(self.folder, ignore_errors=True)
 
+    def collect(self) -> None:
+        """Write the faults fired in other processes so far to the injector's journal, as
+        :meth:`close` does at the end: whoever reads the journal before the family closes
+        (the verdicts, as the call phase ends) sees them too. Each is written once."""
+        if os.getpid() == self._family.owner and os.path.isdir(self.folder):
+            self._journal_elsewhere()
+
     def _journal_elsewhere(self) -> None:
         from faults.parser import parse  # noqa: PLC0415
 
@@ -265,6 +273,7 @@ class Family:
                 fired = [json.loads(line) for line in lines if line.strip()]
         except FileNotFoundError:
             return
+        fired, self._journaled = fired[self._journaled :], len(fired)
         injector = self.injector
         for item in fired:
             term = parse(f"{item['site']}={item['term']}").entries[0].chain[0]

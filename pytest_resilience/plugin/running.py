@@ -92,6 +92,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     if state is not None and (spec is not None or replaying):
         run_wide = _injector(item, settings, state, spec)
         family = _install(run_wide)
+        if family is not None:
+            state.gather.append(family.collect)
         state.installed.append(run_wide)
         state.spec = run_wide.spec
     undo = _per_example(item, run_wide)
@@ -120,6 +122,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
             state.uninstall(keep)  # what the test installed (the ``faults`` fixture) too
             if family is not None:
                 family.close()  # after _unreached: it counts what the family's processes did
+                state.gather.remove(family.collect)
             if passed:
                 _warn_unreached(item, missed)
             else:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import pytest
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from faults.injector import Injector
@@ -178,6 +179,8 @@ class TestState:
     clock_start: float | None = None  # the virtual clock's time then, when it has one
     judged: bool = False  # its verdicts were judged: a fault fired, and they are not off
     verdicts: list[Broken] = field(default_factory=list)  # those it broke
+    #: write to the journal what the processes the app started did so far (Family.collect)
+    gather: list[Callable[[], None]] = field(default_factory=list)
     _journal: Journal | None = None
 
     @property

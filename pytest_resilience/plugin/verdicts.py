@@ -142,6 +142,8 @@ def _judged_state(item: pytest.Item) -> TestState | None:
     state = item.stash.get(STATE, None)
     if state is None or not state.used or mode_of(item)[0] == "off":
         return None
+    for gather in state.gather:  # faults fired in the processes the app started
+        gather()
     events = sys.modules.get("pytest_resilience.core.events")
     if events is None or not state.journal.events(events.FaultInjected):
         return None

@@ -240,6 +240,8 @@ def test_an_app_survives_its_spawned_worker_crashing(ptr: pytest.Pytester) -> No
     result.assert_outcomes(passed=1)
     # fired in the worker, journaled in the test: no FaultNotReached (warnings are errors)
     result.stdout.fnmatch_lines(["faults injected * 1", "  llama.generate crash * 1"])
+    # and journaled before the verdicts judged the test: they saw the fault that fired
+    result.stdout.fnmatch_lines(["verdicts broken * 0 in 1 test judged"])
 
 
 def test_a_subprocess_running_python_gets_the_faults(ptr: pytest.Pytester) -> None:
