@@ -26,6 +26,7 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 	cd docs/example && ../../$(BIN)/mypy --strict --explicit-package-bases tales tests
+	cd tests/sweep_app && ../../$(BIN)/mypy --strict --explicit-package-bases chat tests
 
 unit: $(VENV)/.installed
 	$(BIN)/pytest -q

@@ -7,7 +7,7 @@ configure time resolves the run's settings and registers the summary's reporter,
 judging of each test's verdicts (:mod:`.verdicts`), the detector of one ``llama_cpp.Llama``
 used by two generations at once (:mod:`.model_use`), and what only some runs need: the
 autouse leak check, and the pytest-xdist and pytest-timeout support; and crash isolation
-(:mod:`.isolate`). Inside the package
+(:mod:`.isolate`); under ``--fault-sweep``, the sweep (:mod:`.sweep`). Inside the package
 the imports point one way, from this module down to :mod:`.state`, which imports none of
 the others; none of them imports anything heavy at module level (each hook imports what it
 needs when it runs, and a run without faults never imports :mod:`faults`), as pytest
@@ -121,3 +121,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(xdist_hooks, "resilience-xdist")
     if config.pluginmanager.hasplugin("timeout"):
         config.pluginmanager.register(timeout_hooks, "resilience-timeout")
+    if config.getoption("resilience_fault_sweep", False):
+        from pytest_resilience.plugin.sweep import SweepPlugin  # noqa: PLC0415 - sweeps only
+
+        config.pluginmanager.register(SweepPlugin(config), "resilience-sweep")

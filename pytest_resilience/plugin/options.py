@@ -28,6 +28,8 @@ option                      ini                           environment
 ``resilience_verdicts``     (ini only: ``warn``, ``fail`` or ``off``, broken verdicts)
 ``resilience_concurrent_model_check`` (ini only: ``false`` turns off the detector of one
                             ``llama_cpp.Llama`` used by two generations at once)
+``--fault-sweep`` and ``--fault-sweep-*``, ``resilience_sweep_sites``,
+``resilience_sweep_faults`` (the fault sweep: :mod:`.sweep`)
 ==========================  ============================  ==========================
 """
 
@@ -212,6 +214,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("resilience_concurrent_model_check",
                   "refuse a call on a llama_cpp.Llama while another generation on it is "
                   "running or its stream open (true, the default, or false)")  # fmt: skip
+    _add_sweep_options(group, parser)
+
+
+def _add_sweep_options(group: Any, parser: pytest.Parser) -> None:
+    """``--fault-sweep`` and its options (:mod:`.sweep`, docs/sweep.md)."""
+    group.addoption("--fault-sweep", action="store_true", default=False,
+                    dest="resilience_fault_sweep",
+                    help="after the run, run each test again under each plausible fault at "
+                    "each site it reached, one at a time, and show which it survives")  # fmt: skip
+    group.addoption("--fault-sweep-faults", action="append", metavar="SITE=F,F;SITE+=F",
+                    dest="resilience_fault_sweep_faults",
+                    help="the faults tried per site: = replaces the defaults, += adds")  # fmt: skip
+    for name, metavar, text in (
+        ("json", "PATH", "write every cell of the sweep, with its command, as JSON"),
+        ("html", "PATH", "write the sweep as one self-contained HTML heat map"),
+        ("baseline", "PATH", "fail only on cells that got worse than this earlier sweep's JSON"),
+        ("budget", "N|DURATION", "run at most N cells, or cells estimated to fit in 90s, 5m"),
+        ("cell-timeout", "DURATION", "end a cell as hung after this real time (default 60s)"),
+    ):
+        dest = f"resilience_fault_sweep_{name.replace('-', '_')}"
+        group.addoption(f"--fault-sweep-{name}", dest=dest, metavar=metavar, help=text)
+    parser.addini("resilience_sweep_sites", "py:MODULE:QUALNAME sites the fault sweep also tries",
+                  type="linelist")  # fmt: skip
+    parser.addini("resilience_sweep_faults", "the fault sweep's faults per site (one set a line)",
+                  type="linelist")  # fmt: skip
 
 
 def concurrent_model_check(config: pytest.Config) -> bool:
