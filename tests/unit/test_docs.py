@@ -58,7 +58,10 @@ EXAMPLED = [*PAGES, "../README.md"]
 # examples import is imported here, once.
 _PRELOAD = ("numpy", "gguf", "llama_cpp", "llama_cpp.server", "httpcore", "httpx", "tenacity",
             "stamina", "backoff", "freezegun", "httpcore2", "httpx2", "openai", "urllib3",
-            "requests", "aiohttp", "ollama", "langchain_openai")  # fmt: skip
+            "requests", "aiohttp", "ollama", "langchain_openai",
+            # a worker pool pickles its worker function by reference: re-imported, it is
+            # "not the same object" as the one the pool holds
+            "concurrent.futures.process", "multiprocessing.pool")  # fmt: skip
 for _name in _PRELOAD:
     if importlib.util.find_spec(_name.partition(".")[0]) is not None:
         importlib.import_module(_name)
