@@ -15,6 +15,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .backends.embed_cache import EmbeddingCache, EmbeddingMatch
+    from .core.alerts import Alert, AlertRule, Alerts, BreakerOpened, ErrorRate, FailureStreak
     from .core.analytics import Summary, summarize
     from .core.app import fallback_point, fell_back, retried
     from .core.backoff import Backoff, Jitter
@@ -25,6 +27,13 @@ if TYPE_CHECKING:
         HalfOpen,
         TimeWindow,
         TripPolicy,
+    )
+    from .core.cache import (
+        CacheFileWarning,
+        CacheMiss,
+        CacheStats,
+        ResponseCache,
+        request_key,
     )
     from .core.cancel import CancelScope, cancel_scope, check_cancelled, current_scope, deadline
     from .core.classify import (
@@ -62,7 +71,7 @@ if TYPE_CHECKING:
         StreamStalled,
     )
     from .core.events import Event
-    from .core.fallback import Fallback, FallbackStep
+    from .core.fallback import CachedStep, Fallback, FallbackStep
     from .core.health import (
         DaemonCheck,
         DiskCheck,
@@ -77,7 +86,7 @@ if TYPE_CHECKING:
     from .core.retry import Retry, is_retryable, result_is_empty, result_is_none
     from .core.retry_run import RetryDetails
     from .core.stream import StreamGuard
-    from .core.stream_base import StreamResult
+    from .core.stream_base import StreamResult, Validator
     from .core.stream_sync import GuardedStream
     from .core.virtual_clock import VirtualClock
 
@@ -148,9 +157,24 @@ _EXPORTS: dict[str, str] = {
     "Severity": "core.classify",
     "State": "core.breaker",
     "FallbackStep": "core.fallback",
+    "CachedStep": "core.fallback",
+    "CacheFileWarning": "core.cache",
+    "CacheMiss": "core.cache",
+    "CacheStats": "core.cache",
+    "ResponseCache": "core.cache",
+    "request_key": "core.cache",
+    "EmbeddingCache": "backends.embed_cache",
+    "EmbeddingMatch": "backends.embed_cache",
     "StreamGuard": "core.stream",
     "StreamInterrupted": "core.errors",
     "StreamResult": "core.stream_base",
+    "Validator": "core.stream_base",
+    "Alert": "core.alerts",
+    "AlertRule": "core.alerts",
+    "Alerts": "core.alerts",
+    "BreakerOpened": "core.alerts",
+    "ErrorRate": "core.alerts",
+    "FailureStreak": "core.alerts",
     "StreamStalled": "core.errors",
     "Summary": "core.analytics",
     "SystemClock": "core.clock",
@@ -171,9 +195,17 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "Action",
+    "Alert",
+    "AlertRule",
+    "Alerts",
     "BackendError",
     "Backoff",
+    "BreakerOpened",
     "BreakerStats",
+    "CacheFileWarning",
+    "CacheMiss",
+    "CacheStats",
+    "CachedStep",
     "CancelScope",
     "Cancelled",
     "Category",
@@ -195,8 +227,12 @@ __all__ = [
     "DegradePolicy",
     "Degrader",
     "DiskCheck",
+    "EmbeddingCache",
+    "EmbeddingMatch",
+    "ErrorRate",
     "Event",
     "ExceptionFilter",
+    "FailureStreak",
     "Fallback",
     "FallbackError",
     "FallbackStep",
@@ -223,6 +259,7 @@ __all__ = [
     "ResilienceError",
     "ResilienceInterrupt",
     "ResourceExhausted",
+    "ResponseCache",
     "Retry",
     "RetryDetails",
     "RetryError",
@@ -238,6 +275,7 @@ __all__ = [
     "SystemClock",
     "TimeWindow",
     "TripPolicy",
+    "Validator",
     "VirtualClock",
     "cancel_scope",
     "check_cancelled",
@@ -248,6 +286,7 @@ __all__ = [
     "fallback_point",
     "fell_back",
     "is_retryable",
+    "request_key",
     "result_is_empty",
     "result_is_none",
     "retried",

@@ -38,10 +38,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 __all__ = [
+    "AlertFired",
     "AppRetry",
     "AttemptFailed",
     "AttemptStarted",
     "BreakerTransition",
+    "CacheHit",
+    "CacheMissed",
     "CallRejected",
     "CheckpointSaved",
     "DaemonDown",
@@ -58,7 +61,10 @@ __all__ = [
     "RetryScheduled",
     "StallDetected",
     "StreamCancelled",
+    "StreamCapped",
+    "StreamEmpty",
     "StreamFirstToken",
+    "StreamInvalid",
     "event_from_dict",
     "event_maker",
     "event_type",
@@ -207,6 +213,33 @@ class StreamCancelled(Event):
     partial: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamEmpty(Event):
+    """The source ran out without a visible character: ``partial`` is "" or whitespace."""
+
+    kind: ClassVar[str] = "stream.empty"
+    partial: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamInvalid(Event):
+    """A validator rejected chunk number ``chunk`` (from 1), which was not delivered."""
+
+    kind: ClassVar[str] = "stream.invalid"
+    chunk: int
+    detail: str  # the validator's name, and its ValueError's message if it raised one
+    partial: str  # what was delivered before the rejected chunk
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamCapped(Event):
+    """The next chunk would have passed the guard's cap; it was not delivered."""
+
+    kind: ClassVar[str] = "stream.capped"
+    limit: str  # "max_chunks=N" or "max_chars=N"
+    partial: str
+
+
 # ------------------------------------------------------------------- daemon and health
 
 
@@ -243,6 +276,27 @@ class HealthChecked(Event):
     message: str
 
 
+# --------------------------------------------------------------------------------- cache
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheHit(Event):
+    """A response cache answered ``key``; ``age`` is the entry's age in clock seconds."""
+
+    kind: ClassVar[str] = "cache.hit"
+    key: str
+    age: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheMissed(Event):
+    """A response cache had no answer for ``key``: ``reason`` is "absent" or "expired"."""
+
+    kind: ClassVar[str] = "cache.missed"
+    key: str
+    reason: str
+
+
 # ------------------------------------------------------------------------------ recovery
 
 
@@ -258,6 +312,22 @@ class Recovered(Event):
     kind: ClassVar[str] = "recovery.recovered"
     key: str
     how: str  # "checkpoint", "fallback", "retry"
+
+
+# -------------------------------------------------------------------------------- alerts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertFired(Event):
+    """An alert's threshold was crossed (:mod:`pytest_resilience.core.alerts`)."""
+
+    kind: ClassVar[str] = "alert.fired"
+    name: str  # the alert's name
+    rule: str  # "consecutive_failures", "error_rate" or "breaker_open"
+    about: str  # the source of the event that crossed it (a policy's name)
+    value: float  # what was measured: failures in a row, errors in the window, 1 for a breaker
+    threshold: float
+    message: str
 
 
 # -------------------------------------------------------------------------------- faults
@@ -291,14 +361,20 @@ _HERE: Final[tuple[type[Event], ...]] = (
     StreamFirstToken,
     StallDetected,
     StreamCancelled,
+    StreamEmpty,
+    StreamInvalid,
+    StreamCapped,
     DaemonDown,
     DaemonUp,
     DaemonSlow,
     DaemonRestarted,
     HealthChecked,
+    CacheHit,
+    CacheMissed,
     CheckpointSaved,
     Recovered,
     FaultInjected,
+    AlertFired,
 )
 
 #: The event classes of the package defined in other modules, by kind, as

@@ -34,6 +34,19 @@ did not (``"daemon: DaemonUnavailable: refused"``, ``"direct: result None"``). W
 step fails, a :class:`FallbackExhausted` event lists the same reasons and
 :class:`~pytest_resilience.core.errors.FallbackError` is raised, chained from the last exception
 seen. A first step that answers records nothing.
+
+The cached answer: a :class:`CachedStep` in the chain answers with the last good answer
+to the same arguments, from a :class:`~pytest_resilience.core.cache.ResponseCache`::
+
+    Fallback("answer", [("model", llama.generate), CachedStep(cache), ("static", resting)],
+             on=BackendError, journal=journal)
+
+Each text answer of a step before it is stored in the cache under the key of the call's
+arguments (``key(*args, **kwargs)``; default: :func:`~pytest_resilience.core.cache.request_key`
+of the arguments and the chain's name). The step itself answers with the cached text, or
+fails with :class:`~pytest_resilience.core.cache.CacheMiss` (``on`` is always that), so
+the chain moves on to the template. When it answers, ``FallbackUsed`` names it as any step,
+and the cache journals its ``CacheHit``.
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .cache import CacheMiss, request_key
 from .cancel import check_cancelled
 from .clock import Clock, SystemClock
 from .errors import FallbackError, exception_filter
@@ -50,10 +64,12 @@ from .events import Event, FallbackUsed, event_maker
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
+    from .cache import ResponseCache
     from .errors import ExceptionFilter
     from .journal import Journal
 
 __all__ = [
+    "CachedStep",
     "Fallback",
     "FallbackExhausted",
     "FallbackStep",
@@ -88,6 +104,19 @@ class FallbackStep:
     reject: Callable[[Any], bool] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CachedStep:
+    """The last good answer to the same arguments, from ``cache`` (see the module docs).
+
+    ``key`` turns the chain's arguments into a cache key (None: the arguments and the
+    chain's name, through :func:`~pytest_resilience.core.cache.request_key`).
+    """
+
+    cache: ResponseCache
+    key: Callable[..., str] | None = None
+    name: str = "cache"
+
+
 class _Resolved:
     """A step with its filters compiled; built once, when the chain is."""
 
@@ -100,6 +129,18 @@ class _Resolved:
         self.fn = step.fn
         self.is_failure = exception_filter(step.on if step.on is not None else on, "on")[1]
         self.rejects = step.reject if step.reject is not None else reject
+
+
+def _lookup(cache: ResponseCache, key: Callable[..., str]) -> Callable[..., str]:
+    """The cached step's function: the cached answer to the arguments, or ``CacheMiss``."""
+
+    def cached_answer(*args: Any, **kwargs: Any) -> str:
+        value = cache.get(key(*args, **kwargs))
+        if value is None:
+            raise CacheMiss(f"no answer cached for this request in {cache.name!r}")
+        return value
+
+    return cached_answer
 
 
 def _short(value: object, limit: int = 40) -> str:
@@ -119,14 +160,24 @@ class Fallback:
     def __init__(
         self,
         name: str,
-        steps: Iterable[FallbackStep | tuple[str, Callable[..., Any]]],
+        steps: Iterable[FallbackStep | CachedStep | tuple[str, Callable[..., Any]]],
         *,
         on: ExceptionFilter,
         reject: Callable[[Any], bool] | None = None,
         clock: Clock | None = None,
         journal: Journal | None = None,
     ) -> None:
-        given = [s if isinstance(s, FallbackStep) else FallbackStep(*s) for s in steps]
+        given: list[FallbackStep] = []
+        self._cache: tuple[int, ResponseCache, Callable[..., str]] | None = None
+        for index, step in enumerate(steps):
+            if isinstance(step, CachedStep):
+                if self._cache is not None:
+                    raise ValueError(f"fallback chain {name!r} has more than one CachedStep")
+                key = step.key or (lambda *a, **kw: request_key(list(a), kw, model=name))
+                self._cache = (index, step.cache, key)
+                given.append(FallbackStep(step.name, _lookup(step.cache, key), on=CacheMiss))
+            else:
+                given.append(step if isinstance(step, FallbackStep) else FallbackStep(*step))
         if not given:
             raise ValueError(f"fallback chain {name!r} needs at least one step")
         names = [s.name for s in given]
@@ -170,7 +221,7 @@ class Fallback:
             if step.rejects(result):
                 tried.rejected(step.name, result)
                 continue
-            return self._answered(index, tried, result)
+            return self._answered(index, tried, result, args, kwargs)
         raise self._exhausted(tried) from tried.last_exc
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
@@ -191,10 +242,20 @@ class Fallback:
             if step.rejects(result):
                 tried.rejected(step.name, result)
                 continue
-            return self._answered(index, tried, result)
+            return self._answered(index, tried, result, args, kwargs)
         raise self._exhausted(tried) from tried.last_exc
 
-    def _answered(self, index: int, tried: _Tried, result: object) -> Any:
+    def _answered(
+        self,
+        index: int,
+        tried: _Tried,
+        result: object,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        cache = self._cache
+        if cache is not None and index < cache[0] and isinstance(result, str):
+            cache[1].put(cache[2](*args, **kwargs), result)
         if index and self.journal is not None:
             self.journal.append(
                 _fallback_used(

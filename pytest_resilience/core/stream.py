@@ -47,12 +47,26 @@ How a stream ends (``stream.result``, a :class:`StreamResult`):
   what never comes, in the consumer's thread or in the worker of ``threaded=True``) ends the
   stream the same way: the source is closed, the end recorded, and the hang goes on up
   unchanged, never turned into a stall or an end of the stream;
-- ``closed``: the consumer stopped early (``close()``, leaving ``with``, ``break``).
+- ``closed``: the consumer stopped early (``close()``, leaving ``with``, ``break``);
+- ``empty``: the source ran out, but what it delivered is empty or whitespace only: not an
+  answer, so not complete (``detail`` ``"no text"`` or ``"whitespace only"``). The
+  iteration ends normally;
+- ``invalid``: a validator rejected a chunk. ``validators=`` are callables that take each
+  chunk's text, in order, and return false (or raise ``ValueError``, whose message goes
+  into ``detail``) to reject it. The rejected chunk is not delivered, the iteration ends
+  normally, and the text is what came before it. Any other exception from a validator
+  ends the stream as ``error`` and propagates;
+- ``capped``: the next chunk would take the stream past ``max_chunks`` chunks or
+  ``max_chars`` characters: it is not delivered (the text is whole chunks, never past the
+  cap), the iteration ends normally and ``detail`` names the cap (``"max_chars=4096"``).
+  A source that ends exactly at the cap is complete.
 
 Whatever the end, the source's ``close()`` (``aclose()``) runs, once. Journal events:
 ``StreamFirstToken(latency)``; ``StreamStalled(which, waited, partial)``;
 ``StreamCancelled(reason, partial)`` for cancellation, errors and early exits (reason
-``"cancelled: ..."``, ``"error: Type: message"`` or ``"closed"``). Early exit is recorded by
+``"cancelled: ..."``, ``"error: Type: message"`` or ``"closed"``); ``StreamEmpty(partial)``,
+``StreamInvalid(chunk, detail, partial)`` and ``StreamCapped(limit, partial)`` for the three
+ends that are not complete though nothing failed. Early exit is recorded by
 ``close()`` and ``with``; a stream merely dropped after ``break`` is closed by the garbage
 collector without an event (a finaliser must not take locks).
 
@@ -67,7 +81,8 @@ spliced without duplicating or contradicting what was delivered, and
 event (step ``"buffered"``) records the switch.
 
 Cost: a chunk costs one clock read, a cancellation check and a few assignments, well under
-a microsecond on top of the source (see ``tests/unit/test_stream.py``).
+a microsecond on top of the source (see ``tests/unit/test_stream.py``); validators and caps,
+when given, add a call per validator and a comparison per cap.
 
 The guard (:class:`StreamGuard`) is here; the streams it makes are in
 :mod:`pytest_resilience.core.stream_sync` (:class:`GuardedStream`, and the worker thread of
@@ -82,7 +97,7 @@ from typing import TYPE_CHECKING
 
 from .clock import Clock, SystemClock
 from .stream_async import AsyncGuardedStream
-from .stream_base import OnStall, StreamResult
+from .stream_base import OnStall, StreamResult, Validator
 from .stream_sync import GuardedStream
 
 if TYPE_CHECKING:
@@ -90,15 +105,17 @@ if TYPE_CHECKING:
 
     from .journal import Journal
 
-__all__ = ["AsyncGuardedStream", "GuardedStream", "StreamGuard", "StreamResult"]
+__all__ = ["AsyncGuardedStream", "GuardedStream", "StreamGuard", "StreamResult", "Validator"]
 
 
 class StreamGuard:
     """Deadlines and reporting for streams; ``wrap()`` / ``awrap()`` apply them to one stream.
 
     ``first_token``, ``idle`` and ``total`` are seconds, or None for no such deadline.
-    ``on_stall="return"`` ends a stalled stream normally instead of raising. Raises
-    ``ValueError`` for a negative deadline or an unknown ``on_stall``.
+    ``on_stall="return"`` ends a stalled stream normally instead of raising.
+    ``validators`` check each chunk (see the module docs, ``invalid``); ``max_chunks`` and
+    ``max_chars`` cap a stream (``capped``). Raises ``ValueError`` for a negative deadline,
+    an unknown ``on_stall`` or a cap below 1.
     """
 
     def __init__(
@@ -111,10 +128,16 @@ class StreamGuard:
         clock: Clock | None = None,
         journal: Journal | None = None,
         name: str = "stream",
+        validators: Iterable[Validator] = (),
+        max_chunks: int | None = None,
+        max_chars: int | None = None,
     ) -> None:
         for what, value in (("first_token", first_token), ("idle", idle), ("total", total)):
             if value is not None and value < 0:
                 raise ValueError(f"StreamGuard {what} must be >= 0 seconds, got {value}")
+        for what, cap in (("max_chunks", max_chunks), ("max_chars", max_chars)):
+            if cap is not None and cap < 1:
+                raise ValueError(f"StreamGuard {what} must be at least 1, got {cap}")
         if on_stall not in ("raise", "return"):
             raise ValueError(f"on_stall must be 'raise' or 'return', got {on_stall!r}")
         self.first_token = first_token
@@ -124,6 +147,9 @@ class StreamGuard:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.journal = journal
         self.name = name
+        self.validators: tuple[Validator, ...] = tuple(validators)
+        self.max_chunks = max_chunks
+        self.max_chars = max_chars
 
     def wrap(
         self,

@@ -91,15 +91,33 @@ class AsyncGuardedStream(_Guarded):
             raise
         finally:
             self._scope = None
+        return await self._deliver(chunk)
+
+    async def _deliver(self, chunk: str) -> str:
+        """The source produced ``chunk``: deliver it, or end the stream (late, refused)."""
         now = self._now()
         if now > self._armed:  # a source that moved the clock without checking the scope
             await self._astall(*(self._stall_if_due(now) or ("idle", now - self._last)))
+        if self._screening:
+            await self._acheck(chunk)
         if self._latency is None:
             self._first(now)
         self._parts.append(chunk)
         self._last = now
         self._armed = min(now + self._idle, self._total_at)
         return chunk
+
+    async def _acheck(self, chunk: str) -> None:
+        """Screen ``chunk`` (validators, caps): return to deliver it, else end the stream."""
+        try:
+            refused = self._screen(chunk)
+        except BaseException as exc:  # a validator that broke: recorded, then re-raised
+            await self._afail(exc)
+            raise
+        if refused is not None:
+            await self._aend(*refused)
+            self._refused(*refused)
+            raise StopAsyncIteration
 
     async def _astall(
         self, which: str, waited: float, cause: BaseException | None = None
@@ -131,6 +149,17 @@ class AsyncGuardedStream(_Guarded):
             self._finish("error", _describe(error))
             self._interrupted(f"error: {_describe(error)}")
             raise
+        if rest and self._screening:
+            try:
+                refused = self._screen(rest)  # the source is closed already
+            except BaseException as error:  # a validator that broke: recorded, then re-raised
+                self._finish("error", _describe(error))
+                self._interrupted(f"error: {_describe(error)}")
+                raise
+            if refused is not None:
+                self._finish(*refused)
+                self._refused(*refused)
+                raise StopAsyncIteration
         self._parts.append(rest)
         self._finish("complete")
         if rest:

@@ -7,28 +7,41 @@ ends is a :class:`StreamResult`. The rules are in :mod:`pytest_resilience.core.s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from .errors import StreamInterrupted, StreamStalled
-from .events import StallDetected, StreamCancelled, StreamFirstToken
+from .events import (
+    StallDetected,
+    StreamCancelled,
+    StreamCapped,
+    StreamEmpty,
+    StreamFirstToken,
+    StreamInvalid,
+)
 
 if TYPE_CHECKING:
     from .events import Event
     from .stream import StreamGuard
 
-__all__ = ["OnStall", "StreamResult"]
+__all__ = ["OnStall", "StreamResult", "Validator"]
 
 _INF = float("inf")
 OnStall = Literal["raise", "return"]
+#: A token validator: takes a chunk's text, returns false (or raises ``ValueError``) to reject it.
+Validator: TypeAlias = Callable[[str], object]
 
 
 @dataclass(frozen=True, slots=True)
 class StreamResult:
     """How a guarded stream ended.
 
-    ``reason`` is ``"complete"``, ``"first_token"``, ``"idle"``, ``"total"``, ``"cancelled"``,
-    ``"error"`` or ``"closed"``; ``detail`` says more (the cancel reason, the error).
+    ``reason`` is ``"complete"``, ``"empty"`` (the source ran out without a visible
+    character), ``"invalid"`` (a validator rejected a chunk), ``"capped"`` (the next chunk
+    would have passed ``max_chunks`` or ``max_chars``), ``"first_token"``, ``"idle"``,
+    ``"total"``, ``"cancelled"``, ``"error"`` or ``"closed"``; only ``"complete"`` is
+    complete. ``detail`` says more (the cancel reason, the error, the validator, the cap).
     ``buffered`` is true when the end came from buffered generation after an out-of-memory
     error; ``first_token`` is the first chunk's latency, or None if none arrived.
     """
@@ -60,6 +73,14 @@ class _Guarded:
         self._armed = _INF  # our own deadline for the next chunk
         self._latency: float | None = None
         self._buffered_used = False
+        self._validators = guard.validators
+        self._max_chunks = guard.max_chunks
+        self._max_chars = guard.max_chars
+        #: whether each chunk is screened (validators or a cap): one test per chunk if not
+        self._screening = (
+            bool(self._validators) or self._max_chunks is not None or (self._max_chars is not None)
+        )
+        self._chars = 0  # characters delivered, counted only while screening
         self.result: StreamResult | None = None
 
     @property
@@ -102,15 +123,51 @@ class _Guarded:
             self._journal.append(event(time=self._now(), source=self._guard.name, **fields))
 
     def _finish(self, reason: str, detail: str = "") -> StreamResult:
+        text = self.text
+        empty = reason == "complete" and not text.strip()
+        if empty:  # ran out without a visible character: not an answer
+            reason, detail = "empty", "whitespace only" if text else "no text"
         self.result = StreamResult(
-            self.text,
+            text,
             reason == "complete",
             reason,
             detail,
             self._buffered_used,
             self._latency,
         )
+        if empty:
+            self._record(StreamEmpty, partial=text)
         return self.result
+
+    def _screen(self, chunk: str) -> tuple[str, str] | None:
+        """``(reason, detail)`` if ``chunk`` must not be delivered; None to deliver it.
+
+        Caps first, then each validator in order. A validator's exception other than
+        ``ValueError`` propagates (the caller ends the stream as an error)."""
+        cap = self._max_chunks
+        if cap is not None and len(self._parts) >= cap:
+            return "capped", f"max_chunks={cap}"
+        cap = self._max_chars
+        if cap is not None and self._chars + len(chunk) > cap:
+            return "capped", f"max_chars={cap}"
+        for validator in self._validators:
+            try:
+                accepted = validator(chunk)
+            except ValueError as exc:
+                return "invalid", f"{_name(validator)}: {exc}"
+            if not accepted:
+                return "invalid", f"{_name(validator)} rejected chunk {len(self._parts) + 1}"
+        self._chars += len(chunk)
+        return None
+
+    def _refused(self, reason: str, detail: str) -> None:
+        """Record the end of a stream whose next chunk :meth:`_screen` refused."""
+        if reason == "capped":
+            self._record(StreamCapped, limit=detail, partial=self.text)
+        else:
+            self._record(
+                StreamInvalid, chunk=len(self._parts) + 1, detail=detail, partial=self.text
+            )
 
     def _stalled(self, which: str, waited: float) -> StreamStalled | None:
         """Record a stall; the error to raise, or None in ``on_stall="return"`` mode."""
@@ -130,6 +187,10 @@ class _Guarded:
             self._interrupted("buffered answer diverged")
             raise StreamInterrupted("buffered answer diverged", partial)
         return answer[len(partial) :]
+
+
+def _name(validator: Callable[[str], object]) -> str:
+    return str(getattr(validator, "__qualname__", None) or repr(validator))
 
 
 def _describe(exc: BaseException) -> str:

@@ -119,6 +119,8 @@ class GuardedStream(_Guarded):
         now = self._now()
         if now > self._armed or self._scope.cancel_reason is not None:
             return self._late(now)
+        if self._screening:
+            self._check(chunk)
         if self._latency is None:
             self._first(now)
         self._parts.append(chunk)
@@ -126,6 +128,18 @@ class GuardedStream(_Guarded):
         at = now + self._idle
         self._arm(at if at < self._total_at else self._total_at)
         return chunk
+
+    def _check(self, chunk: str) -> None:
+        """Screen ``chunk`` (validators, caps): return to deliver it, else end the stream."""
+        try:
+            refused = self._screen(chunk)
+        except BaseException as exc:  # a validator that broke: recorded, then re-raised
+            self._fail(exc)
+            raise
+        if refused is not None:
+            self._end(*refused)
+            self._refused(*refused)
+            raise StopIteration
 
     def _late(self, now: float) -> NoReturn:
         """A chunk that came after the deadline, or after a cancellation: not delivered."""
@@ -173,6 +187,8 @@ class GuardedStream(_Guarded):
         except BaseException as error:  # not swallowed: recorded, then re-raised
             self._fail(error)
             raise
+        if rest and self._screening:
+            self._check(rest)
         self._parts.append(rest)
         self._end("complete")
         if rest:

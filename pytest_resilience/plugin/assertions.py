@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ..core.events import (
+    AlertFired,
     AppRetry,
     AttemptFailed,
     BreakerTransition,
+    CacheHit,
     Event,
     FallbackUsed,
     RetryScheduled,
@@ -48,10 +50,12 @@ if TYPE_CHECKING:
 __all__ = [
     "CORE",
     "ErrorFilter",
+    "assert_alerted",
     "assert_fell_back",
     "assert_no_leaks",
     "assert_resilient",
     "assert_retried",
+    "assert_served_from_cache",
     "assert_transitions",
 ]
 
@@ -228,6 +232,53 @@ def assert_fell_back(
     raise AssertionError(
         f"expected {expected} fallbacks{target}, got {len(hits)} (steps that answered: "
         f"{steps or 'none'})" + _timeline(events, "timeline")
+    )
+
+
+def assert_alerted(
+    journal: Journal | Iterable[Event],
+    *,
+    name: str | None = None,
+    times: int | None = None,
+    about: str | None = None,
+) -> None:
+    """Assert that an alert fired (an ``AlertFired`` event: see
+    :mod:`pytest_resilience.core.alerts`): the one named ``name`` (any when None), about
+    ``about`` (the source that crossed its threshold), ``times`` times exactly (at least
+    once when None; ``times=0`` asserts it never fired)."""
+    events = _events(journal)
+    fired = [e for e in events if isinstance(e, AlertFired)]
+    hits = [e for e in fired if name in (None, e.name) and about in (None, e.about)]
+    if (times is None and hits) or len(hits) == times:
+        return
+    which = f" {name!r}" if name is not None else ""
+    which += f" about {about!r}" if about is not None else ""
+    expected = "at least 1" if times is None else str(times)
+    seen = Counter(e.name for e in fired)
+    listed = ", ".join(f"{n} x{count}" for n, count in seen.items())
+    raise AssertionError(
+        f"expected {expected} alerts{which}, got {len(hits)} (alerts fired: {listed or 'none'})"
+        + _timeline(events, "timeline")
+    )
+
+
+def assert_served_from_cache(
+    journal: Journal | Iterable[Event],
+    times: int | None = None,
+    *,
+    source: str | None = None,
+) -> None:
+    """Assert that a cache answered (a ``CacheHit``): ``times`` times exactly (at least once
+    when None), from the cache named ``source`` (any cache when None)."""
+    events = _events(journal)
+    hits = [e for e in events if isinstance(e, CacheHit) and source in (None, e.source)]
+    if (times is None and hits) or len(hits) == times:
+        return
+    where = f" from {source!r}" if source is not None else ""
+    expected = "at least 1" if times is None else str(times)
+    raise AssertionError(
+        f"expected {expected} answers served from a cache{where}, got {len(hits)}"
+        + _timeline(events, "timeline")
     )
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar, cast
 
 from ...core.breaker import CircuitBreaker, ConsecutiveFailures, HalfOpen, State
+from ...core.cache import request_key
 from ...core.cancel import CancelScope, deadline
 from ...core.clock import Clock, SystemClock
 from ...core.errors import (
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from types import TracebackType
 
+    from ...core.cache import ResponseCache
     from ...core.events import Event
     from ...core.journal import Journal
     from ..daemon import DaemonBackend, DaemonProcess
@@ -57,6 +59,10 @@ class ResilientClient:
     client answers in process (None: only the daemon backend's own timeouts). ``slow_after``:
     a daemon answer slower than this is journaled as ``DaemonSlow``. ``policy``: ``"raise"``
     or ``"never_fail"``. ``process``: the daemon's process, for ``watch(restart=True)``.
+    ``cache``: every generated answer is stored in it (keyed by the prompt, the parameters
+    with their seed, and the daemon's model), and when both backends fail, the cached
+    answer to the same request is served (``FallbackUsed``, step ``"cache"``). ``static``:
+    the answer served when that fails too (step ``"static"``) instead of raising.
 
     Raises ``ValueError`` for an unknown policy or a negative timeout.
     """
@@ -73,6 +79,8 @@ class ResilientClient:
         slow_after: float | None = None,
         policy: Policy = "raise",
         process: DaemonProcess | None = None,
+        cache: ResponseCache | None = None,
+        static: str | None = None,
         clock: Clock | None = None,
         journal: Journal | None = None,
         name: str = "resilient",
@@ -89,6 +97,8 @@ class ResilientClient:
         self.slow_after = slow_after
         self.policy: Policy = policy
         self.process = process
+        self.cache = cache
+        self.static = static
         self.breaker = breaker or CircuitBreaker(
             f"{name}.daemon",
             on=(*DOWN, ServerError),  # Cancelled, HangDetected: never counted
@@ -176,6 +186,37 @@ class ResilientClient:
         self._record(FallbackExhausted, failures=failures)
         return error
 
+    def _key(self, prompt: str, params: GenerationParams | None) -> str:
+        """The cache key of a generation ("" without a cache). Generations pass one to
+        ``_answer``, embeddings none: only text answers are cached or served static."""
+        if self.cache is None:
+            return ""
+        model = self.daemon.model if isinstance(self.daemon.model, str) else ""
+        return request_key(prompt, params or GenerationParams(), model=model)
+
+    def _stored(self, key: str | None, answer: T) -> T:
+        if key and self.cache is not None and isinstance(answer, str):
+            self.cache.put(key, answer)
+        return answer
+
+    def _last_resort(
+        self, key: str | None, daemon_exc: BaseException, direct_exc: BaseException
+    ) -> str | None:
+        """Both backends failed: the cached answer, else the static one (None: neither)."""
+        after: tuple[str, ...] = (
+            f"daemon: {describe(daemon_exc)}",
+            f"direct: {describe(direct_exc)}",
+        )
+        if key and self.cache is not None:
+            cached = self.cache.get(key)
+            if cached is not None:
+                self._record(FallbackUsed, step="cache", index=2, after=after)
+                return cached
+            after = (*after, "cache: no answer cached for this request")
+        if self.static is not None:
+            self._record(FallbackUsed, step="static", index=3, after=after)
+        return self.static
+
     def _scope(self) -> CancelScope:
         return deadline(self.timeout, clock=self.clock, name=f"{self.name} daemon deadline")
 
@@ -193,20 +234,29 @@ class ResilientClient:
         self._answered(self.clock.now() - start)
         return result
 
-    def _answer(self, on_daemon: Callable[[], T], in_process: Callable[[Backend], T]) -> T | None:
-        """The daemon's answer, else the direct backend's; applies the policy."""
+    def _answer(
+        self,
+        on_daemon: Callable[[], T],
+        in_process: Callable[[Backend], T],
+        key: str | None = None,
+    ) -> T | None:
+        """The daemon's answer, else the direct backend's, else the cached or static one
+        (generations only: ``key``); applies the policy."""
         try:
-            return self._on_daemon(on_daemon)
+            return self._stored(key, self._on_daemon(on_daemon))
         except Exception as exc:
             if not falls_back(exc):
                 raise
             daemon_exc: Exception = exc
         self._fell_back(daemon_exc)
         try:
-            return in_process(self.load_direct())
+            return self._stored(key, in_process(self.load_direct()))
         except Exception as exc:
             if not falls_back(exc):
                 raise
+            last = self._last_resort(key, daemon_exc, exc) if key is not None else None
+            if last is not None:
+                return cast("T", last)  # a key is given for text answers only
             error = self._exhausted(daemon_exc, exc)
             if self.policy == "never_fail":
                 return None
@@ -221,6 +271,7 @@ class ResilientClient:
         return self._answer(
             lambda: self.daemon.generate(prompt, params),
             lambda direct: direct.generate(prompt, params),
+            self._key(prompt, params),
         )
 
     def embed(self, text: str) -> list[float] | None:
@@ -258,10 +309,13 @@ class ResilientClient:
         return result
 
     async def _aanswer(
-        self, on_daemon: Callable[[], Awaitable[T]], in_process: Callable[[Backend], T]
+        self,
+        on_daemon: Callable[[], Awaitable[T]],
+        in_process: Callable[[Backend], T],
+        key: str | None = None,
     ) -> T | None:
         try:
-            return await self._aon_daemon(on_daemon)
+            return self._stored(key, await self._aon_daemon(on_daemon))
         except Exception as exc:
             if not falls_back(exc):
                 raise
@@ -270,14 +324,18 @@ class ResilientClient:
         try:
             # llama.cpp blocks: run it in a worker thread, which sees the caller's cancel
             # scopes (to_thread copies the context) and so stops between tokens on cancel.
-            return await asyncio.to_thread(lambda: in_process(self.load_direct()))
+            answer = await asyncio.to_thread(lambda: in_process(self.load_direct()))
         except Exception as exc:
             if not falls_back(exc):
                 raise
+            last = self._last_resort(key, daemon_exc, exc) if key is not None else None
+            if last is not None:
+                return cast("T", last)  # a key is given for text answers only
             error = self._exhausted(daemon_exc, exc)
             if self.policy == "never_fail":
                 return None
             raise error from exc
+        return self._stored(key, answer)
 
     async def agenerate(self, prompt: str, params: GenerationParams | None = None) -> str | None:
         """The async :meth:`generate`: the daemon's ``agenerate``, else in process in a
@@ -285,6 +343,7 @@ class ResilientClient:
         return await self._aanswer(
             lambda: self.daemon.agenerate(prompt, params),
             lambda direct: direct.generate(prompt, params),
+            self._key(prompt, params),
         )
 
     async def aembed(self, text: str) -> list[float] | None:

@@ -169,11 +169,13 @@ class Splice:
     def on_end(self, result: StreamResult | None) -> Finish | Switch | GiveUp:
         """The current source ended; ``result`` is how its guard saw the end."""
         if self.source == "daemon" and result is not None and not result.complete:
-            # a guard with on_stall="return": a stall is still the daemon failing
+            # a guard with on_stall="return": a stall is still the daemon failing; so is an
+            # answer the guard did not accept (empty or whitespace only, capped, invalid)
             return self._daemon_failed(StreamInterrupted(result.reason, result.text))
         if self.source == "direct" and self._matched < len(self._replay):
             return self._diverged()  # the replay ended before it reproduced the delivered text
-        answered, self._awaiting = self._awaiting, False  # an empty answer from the daemon
+        # no guard: an empty answer from the daemon still ends the stream
+        answered, self._awaiting = self._awaiting, False
         self.complete = True
         self.ended = True
         return Finish(answered)
