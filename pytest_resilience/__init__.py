@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .backends.embed_cache import EmbeddingCache, EmbeddingMatch
     from .core.alerts import Alert, AlertRule, Alerts, BreakerOpened, ErrorRate, FailureStreak
-    from .core.analytics import Summary, summarize
+    from .core.analytics import Figures, Rolling, Summary, summarize
     from .core.app import fallback_point, fell_back, retried
     from .core.backoff import Backoff, Jitter
     from .core.breaker import BreakerStats, CircuitBreaker, Permit, State
@@ -85,6 +85,7 @@ if TYPE_CHECKING:
     from .core.recovery import Checkpoint, CheckpointStore, RecoveryContext, execute_with_recovery
     from .core.retry import Retry, is_retryable, result_is_empty, result_is_none
     from .core.retry_run import RetryDetails
+    from .core.status import Services
     from .core.stream import StreamGuard
     from .core.stream_base import StreamResult, Validator
     from .core.stream_sync import GuardedStream
@@ -177,6 +178,9 @@ _EXPORTS: dict[str, str] = {
     "FailureStreak": "core.alerts",
     "StreamStalled": "core.errors",
     "Summary": "core.analytics",
+    "Figures": "core.analytics",
+    "Rolling": "core.analytics",
+    "Services": "core.status",
     "SystemClock": "core.clock",
     "TimeWindow": "core.breaker_policy",
     "TripPolicy": "core.breaker_policy",
@@ -236,6 +240,7 @@ __all__ = [
     "Fallback",
     "FallbackError",
     "FallbackStep",
+    "Figures",
     "GuardedStream",
     "HalfOpen",
     "HangDetected",
@@ -263,8 +268,10 @@ __all__ = [
     "Retry",
     "RetryDetails",
     "RetryError",
+    "Rolling",
     "Rule",
     "ServerError",
+    "Services",
     "Severity",
     "State",
     "StreamGuard",

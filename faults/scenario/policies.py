@@ -13,7 +13,7 @@ from faults.effects import resolve_exception_type
 from faults.scenario.model import _DEFAULT_ON
 from faults.schedule import derive_rng
 from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures, HalfOpen
-from pytest_resilience.core.degrade import Degrader, Level
+from pytest_resilience.core.degrade import DegradePolicy, Degrader, Level
 from pytest_resilience.core.retry import Backoff, Retry, result_is_empty, result_is_none
 from pytest_resilience.core.stream import StreamGuard
 
@@ -97,6 +97,12 @@ class _Policies:
     def degrader(self, conf: Mapping[str, Any]) -> Degrader:
         lowest = Level[conf.get("lowest", "minimal").upper()]
         models = conf.get("models", [self.target.model])
+        given = {k: conf[k] for k in ("window", "min_calls", "dwell") if k in conf}
         return Degrader(
-            "degrade", models=models, lowest=lowest, clock=self.clock, journal=self.journal
+            "degrade",
+            policy=DegradePolicy(**given),
+            models=models,
+            lowest=lowest,
+            clock=self.clock,
+            journal=self.journal,
         )

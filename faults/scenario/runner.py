@@ -203,6 +203,11 @@ def _evaluate(
             levels = [e.to_level for e in events if isinstance(e, DegradationChanged)]
             level = levels[-1] if levels else Level.FULL.label
             add(key, expected, level, level == expected)
+        elif key == "degradations":
+            moves = [
+                f"{e.from_level}->{e.to_level}" for e in events if isinstance(e, DegradationChanged)
+            ]
+            add(key, expected, moves, moves == expected)
         elif key == "partial_kept":
             kept = any(r.kept for r in world.streams)
             add(key, expected, kept, kept == expected)

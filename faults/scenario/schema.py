@@ -144,7 +144,17 @@ _RESILIENCE = _Table(
         "breaker": _BREAKER,
         "stream": _STREAM,
         "fallback": _Table({"models": NAMES, "static": STR}),
-        "degrade": _Table({"models": NAMES, "lowest": _choice(*LEVELS[1:])}),
+        "degrade": _Table(
+            {
+                "models": NAMES,
+                "lowest": _choice(*LEVELS[1:]),
+                "window": NUM,
+                "min_calls": POSINT,
+                "dwell": NUM,
+                "cache": BOOL,
+                "static": STR,
+            }
+        ),
         "checkpoint": _Table(
             {"key": LINE, "parts": _capped(MAX_PARTS, "parts of a job"), "killed_after": POSINT}
         ),
@@ -184,6 +194,7 @@ _EXPECT = _Table(
         "rejected": _Leaf("an integer >= 0", lambda v: _is_int(v) and v >= 0),
         "min_retry_delay": NUM,
         "degraded_to": _choice(*LEVELS),
+        "degradations": STRS,
         "partial_kept": BOOL,
         "source_closed": BOOL,
         "resumed_from_checkpoint": BOOL,

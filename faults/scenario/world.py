@@ -207,6 +207,12 @@ class _World:
 
         assert self.daemon_backend is not None
         res = self.scenario.resilience
+        degrade = res.get("degrade", {})
+        cache = None
+        if degrade.get("cache", False):
+            from pytest_resilience.core.cache import ResponseCache  # noqa: PLC0415
+
+            cache = ResponseCache(clock=self.clock, journal=self.journal)
         return ResilientClient(
             self.daemon_backend,
             lambda: self.model(self.target.model, daemon=False),
@@ -216,6 +222,9 @@ class _World:
             timeout=self.target.timeout,
             policy="never_fail" if self.target.policy == "never_fail" else "raise",
             process=self.daemon,
+            cache=cache,
+            static=degrade.get("static"),
+            degrader=self.degrader,
             clock=self.clock,
             journal=self.journal,
         )

@@ -32,19 +32,36 @@ virtual clock):
 
 If the journal dropped events (its bound), ``dropped`` says how many and the counts are
 partial.
+
+Over a sliding window
+    :class:`Rolling` keeps the events of the last ``window`` seconds of a clock (fed one by
+    one: it is a journal listener, ``journal.subscribe(rolling)``, or from a list with
+    :meth:`Rolling.feed`) and computes :class:`Figures` from them: errors per minute, the
+    success rate and the recovery rate of the calls whose outcome a policy recorded
+    (``outcomes=True``: :class:`~pytest_resilience.core.events.CallSucceeded`,
+    :class:`~pytest_resilience.core.events.CallFailed`), the most common errors by category
+    and by message shape (the message with its numbers, quoted text and hex ids blanked:
+    ``"ConnectionError: port N refused"``), failures by severity, and p50/p95 latency per
+    operation (the durations of its successful calls, nearest rank). ``Rolling(math.inf)``
+    gives the same figures over a whole journal.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import math
+import re
+import threading
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .events import (
     AppRetry,
     AttemptFailed,
     BreakerTransition,
+    CallFailed,
     CallRejected,
+    CallSucceeded,
     DegradationChanged,
     FallbackUsed,
     FaultInjected,
@@ -57,9 +74,10 @@ from .journal import Journal
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from .clock import Clock
     from .events import Event
 
-__all__ = ["Summary", "summarize"]
+__all__ = ["Figures", "Rolling", "Summary", "error_shape", "summarize"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,3 +229,178 @@ def summarize(journal: Journal | Iterable[Event]) -> Summary:
         dropped=dropped,
         app_retries=dict(app_retries),
     )
+
+
+# -------------------------------------------------------------------------------- window
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_HEX = re.compile(r"\b0x[0-9a-fA-F]+\b|\b[0-9a-f]{8,}\b")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def error_shape(error: str) -> str:
+    """An error's text with what varies blanked: quoted text ``'…'``, hex ids ``X``,
+    numbers ``N``; so ``"port 8080 refused"`` and ``"port 8081 refused"`` are one shape."""
+    return _NUMBER.sub("N", _HEX.sub("X", _QUOTED.sub("'…'", error)))
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """The nearest-rank percentile ``q`` (0-100] of a sorted, non-empty list."""
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """What :meth:`Rolling.figures` computed over its window; :meth:`to_dict` is JSON-ready.
+
+    Rates are ``None`` when there was nothing to divide by.
+    """
+
+    window: float  # seconds (inf: everything fed)
+    errors: int = 0
+    successes: int = 0  # calls that answered (CallSucceeded)
+    failures: int = 0  # calls that failed for good (CallFailed)
+    recovered: int = 0  # successes after a failed attempt, and fallbacks that answered
+    gave_up: int = 0  # retries that gave up, fallback chains exhausted
+    error_rate_per_minute: float | None = None
+    top_categories: tuple[tuple[str, int], ...] = ()  # most common first
+    top_shapes: tuple[tuple[str, int], ...] = ()
+    failures_by_severity: Mapping[str, int] = field(default_factory=dict)
+    latency: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # p50, p95
+
+    @property
+    def success_rate(self) -> float | None:
+        calls = self.successes + self.failures
+        return self.successes / calls if calls else None
+
+    @property
+    def recovery_rate(self) -> float | None:
+        outcomes = self.recovered + self.gave_up
+        return self.recovered / outcomes if outcomes else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``json.dumps``: no infinity (a whole-journal window is ``None``)."""
+        return {
+            "window": self.window if math.isfinite(self.window) else None,
+            "errors": self.errors,
+            "error_rate_per_minute": self.error_rate_per_minute,
+            "successes": self.successes,
+            "failures": self.failures,
+            "success_rate": self.success_rate,
+            "recovered": self.recovered,
+            "gave_up": self.gave_up,
+            "recovery_rate": self.recovery_rate,
+            "top_categories": [list(item) for item in self.top_categories],
+            "top_shapes": [list(item) for item in self.top_shapes],
+            "failures_by_severity": dict(self.failures_by_severity),
+            "latency": {op: dict(q) for op, q in self.latency.items()},
+        }
+
+
+class Rolling:
+    """The events of the last ``window`` seconds, and :class:`Figures` computed from them.
+
+    ``clock`` ends the window (its ``now()``); without one, the latest event fed does.
+    ``top``: how many of the most common errors to keep. At most ``maxlen`` events are
+    kept (the oldest go first). Thread-safe: a journal's appenders may feed it. The error
+    rate is per minute of the window (of the span fed, for an infinite window).
+    """
+
+    def __init__(
+        self,
+        window: float = 300.0,
+        *,
+        clock: Clock | None = None,
+        top: int = 5,
+        maxlen: int = 100_000,
+    ) -> None:
+        if not window > 0:
+            raise ValueError(f"window must be > 0 seconds, got {window!r}")
+        self.window = window
+        self.clock = clock
+        self.top = top
+        self._events: deque[Event] = deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        """Take one event (the journal-listener form of :meth:`add`)."""
+        self.add(event)
+
+    def add(self, event: Event) -> None:
+        with self._lock:
+            self._events.append(event)
+            self._prune(self._end())
+
+    def feed(self, events: Iterable[Event]) -> Rolling:
+        """Take many events (a journal, a list); returns ``self``."""
+        for event in events:
+            self.add(event)
+        return self
+
+    def _end(self) -> float:
+        if self.clock is not None:
+            return self.clock.now()
+        return self._events[-1].time if self._events else 0.0
+
+    def _prune(self, end: float) -> None:
+        events, start = self._events, end - self.window
+        while events and events[0].time < start:
+            events.popleft()
+
+    def figures(self) -> Figures:
+        """The figures over the window ending now."""
+        with self._lock:
+            end = self._end()
+            self._prune(end)
+            events = list(self._events)
+        categories: Counter[str] = Counter()
+        shapes: Counter[str] = Counter()
+        severities: Counter[str] = Counter()
+        durations: dict[str, list[float]] = {}
+        successes = failures = recovered = gave_up = 0
+        last_attempt: tuple[str, float] | None = None
+        for e in events:
+            match e:
+                case AttemptFailed() | AppRetry():
+                    categories[e.category or "unknown"] += 1
+                    shapes[error_shape(e.error)] += 1
+                    last_attempt = (e.source, e.time)
+                case CallFailed():
+                    failures += 1
+                    severities[e.severity] += 1
+                    if last_attempt != (e.source, e.time):  # else its last attempt counted
+                        categories[e.category] += 1
+                        shapes[error_shape(e.error)] += 1
+                case CallSucceeded():
+                    successes += 1
+                    recovered += e.attempts > 1
+                    durations.setdefault(e.source, []).append(e.duration)
+                case FallbackUsed():
+                    recovered += 1
+                case GaveUp() | FallbackExhausted():
+                    gave_up += 1
+                case _:
+                    pass
+        errors = sum(categories.values())
+        if math.isfinite(self.window):
+            minutes = self.window / 60.0
+        else:
+            span = events[-1].time - events[0].time if events else 0.0
+            minutes = span / 60.0
+        latency = {}
+        for op, times in sorted(durations.items()):
+            times.sort()
+            latency[op] = {"p50": _percentile(times, 50), "p95": _percentile(times, 95)}
+        return Figures(
+            window=self.window,
+            errors=errors,
+            successes=successes,
+            failures=failures,
+            recovered=recovered,
+            gave_up=gave_up,
+            error_rate_per_minute=errors / minutes if minutes > 0 else None,
+            top_categories=tuple(categories.most_common(self.top)),
+            top_shapes=tuple(shapes.most_common(self.top)),
+            failures_by_severity=dict(severities),
+            latency=latency,
+        )

@@ -70,7 +70,10 @@ too until the recovery time is up.
 
 Transition events are appended to the journal under the breaker's (re-entrant) lock, so the
 journal shows them in the order they happened; rejection events are appended outside it.
-A successful call in the closed state appends nothing.
+A successful call in the closed state appends nothing, unless the breaker was made with
+``outcomes=True`` and a journal: then each call's end is a ``CallSucceeded`` or a
+``CallFailed`` (its duration on the clock; a failure's category and severity), and every
+call reads the clock before it runs, as with ``slow_after``.
 
 Errors: a rejected call raises :class:`~pytest_resilience.core.errors.CircuitOpenError` with
 ``breaker`` (the name), ``state`` and ``retry_after`` (seconds until the breaker half-opens;
@@ -94,9 +97,10 @@ from .breaker_policy import (
     TripPolicy,
     TripTracker,
 )
+from .classify import classify
 from .clock import Clock, SystemClock
 from .errors import CircuitOpenError, ExceptionFilter, exception_filter
-from .events import BreakerTransition, CallRejected, event_maker
+from .events import BreakerTransition, CallFailed, CallRejected, CallSucceeded, event_maker
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
@@ -148,6 +152,8 @@ _SUCCESS, _FAILURE, _SLOW, _IGNORED = 0, 1, 2, 3
 
 _rejected = event_maker(CallRejected)
 _transitioned = event_maker(BreakerTransition)
+_succeeded = event_maker(CallSucceeded)
+_failed = event_maker(CallFailed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +193,7 @@ class CircuitBreaker:
         slow_after: float | None = None,
         clock: Clock | None = None,
         journal: Journal | None = None,
+        outcomes: bool = False,
     ) -> None:
         if slow_after is not None and slow_after < 0:
             raise ValueError(f"slow_after must be >= 0, got {slow_after}")
@@ -196,6 +203,8 @@ class CircuitBreaker:
         self.slow_after = slow_after
         self.clock = clock if clock is not None else SystemClock()
         self.journal = journal
+        self._outcomes = outcomes and journal is not None  # record every call's end
+        self._timing = slow_after is not None or self._outcomes  # read the clock before a call
         self._is_failure = exception_filter(on, "on")[1]
         self._is_excluded = exception_filter(exclude, "exclude")[1] if exclude != () else None
         self._timed = self.trip.timed
@@ -385,6 +394,8 @@ class CircuitBreaker:
             and self._clock.now() - start > slow_after
         ):
             outcome = _SLOW
+        if self._outcomes and start is not None and outcome != _IGNORED:
+            self._record_outcome(outcome, start, exc)
         if outcome == _SUCCESS and self._quiet_gen == gen:
             return  # nothing would change: skip the lock
         lock = self._lock
@@ -419,6 +430,34 @@ class CircuitBreaker:
         finally:
             lock.release()
 
+    def _record_outcome(self, outcome: int, start: float, exc: BaseException | None) -> None:
+        """Journal a call's end (``outcomes=True``): its duration, a failure's class."""
+        journal = self.journal
+        if journal is None:
+            return
+        now = self._clock.now()
+        if outcome == _SUCCESS:
+            journal.append(_succeeded(time=now, source=self.name, duration=now - start))
+            return
+        if exc is None:  # a slow success, or a permit's failure() without a cause
+            error = "slow call" if outcome == _SLOW else "failure"
+            category = "timeout" if outcome == _SLOW else "unknown"
+            severity = "medium"
+        else:
+            found = classify(exc)
+            error = f"{type(exc).__name__}: {exc}"
+            category, severity = str(found.category), found.severity.name.lower()
+        journal.append(
+            _failed(
+                time=now,
+                source=self.name,
+                duration=now - start,
+                error=error,
+                category=category,
+                severity=severity,
+            )
+        )
+
     # --------------------------------------------------------------------- the call forms
 
     def acquire(self) -> Permit:
@@ -436,7 +475,7 @@ class CircuitBreaker:
                         journal.append(_rejected(time=now, source=self.name, state="open"))
                     raise CircuitOpenError(self.name, "open", until - now)
             gen = self._admit()
-        return Permit(self, gen, self._clock.now() if self.slow_after is not None else None)
+        return Permit(self, gen, self._clock.now() if self._timing else None)
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` through the breaker. Raises ``CircuitOpenError``.
@@ -456,7 +495,7 @@ class CircuitBreaker:
                         journal.append(_rejected(time=now, source=self.name, state="open"))
                     raise CircuitOpenError(self.name, "open", until - now)
             gen = self._admit()
-        start = self._clock.now() if self.slow_after is not None else None
+        start = self._clock.now() if self._timing else None
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # Cancelled, HangDetected, ^C: _verdict ignores them
@@ -482,7 +521,7 @@ class CircuitBreaker:
                         journal.append(_rejected(time=now, source=self.name, state="open"))
                     raise CircuitOpenError(self.name, "open", until - now)
             gen = self._admit()
-        start = self._clock.now() if self.slow_after is not None else None
+        start = self._clock.now() if self._timing else None
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:  # CancelledError included: _verdict ignores it
@@ -522,7 +561,7 @@ class CircuitBreaker:
                             journal.append(_rejected(time=now, source=self.name, state="open"))
                         raise CircuitOpenError(self.name, "open", until - now)
                 gen = self._admit()
-            start = self._clock.now() if self.slow_after is not None else None
+            start = self._clock.now() if self._timing else None
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:

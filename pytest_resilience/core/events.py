@@ -45,7 +45,9 @@ __all__ = [
     "BreakerTransition",
     "CacheHit",
     "CacheMissed",
+    "CallFailed",
     "CallRejected",
+    "CallSucceeded",
     "CheckpointSaved",
     "DaemonDown",
     "DaemonRestarted",
@@ -149,6 +151,38 @@ class AppRetry(Event):
     @property
     def name(self) -> str:
         return self.source
+
+
+# ------------------------------------------------------------------------------ outcomes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallSucceeded(Event):
+    """A call through a policy answered, ``duration`` clock seconds after it began.
+
+    Recorded only by a policy made with ``outcomes=True`` and a journal. ``attempts`` > 1
+    means it recovered: it failed first and a retry answered.
+    """
+
+    kind: ClassVar[str] = "call.succeeded"
+    duration: float
+    attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallFailed(Event):
+    """A call through a policy failed for good, ``duration`` clock seconds after it began.
+
+    Recorded only by a policy made with ``outcomes=True`` and a journal. ``severity`` is the
+    classification's (``"low"``, ``"medium"``, ``"high"``, ``"critical"``).
+    """
+
+    kind: ClassVar[str] = "call.failed"
+    duration: float
+    error: str  # "TypeName: message", or "result: ..." for a rejected result
+    category: str
+    severity: str
+    attempts: int = 1
 
 
 # ----------------------------------------------------------------------------- breaker
@@ -354,6 +388,8 @@ _HERE: Final[tuple[type[Event], ...]] = (
     RetryScheduled,
     GaveUp,
     AppRetry,
+    CallSucceeded,
+    CallFailed,
     BreakerTransition,
     CallRejected,
     FallbackUsed,

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Self
 from .cancel import CancelScope, current_scope
 from .classify import classify
 from .errors import DeadlineExceeded, RetryError
-from .events import AttemptFailed, AttemptStarted, GaveUp, RetryScheduled, event_maker
+from .events import (
+    AttemptFailed,
+    AttemptStarted,
+    CallFailed,
+    CallSucceeded,
+    GaveUp,
+    RetryScheduled,
+    event_maker,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -35,6 +43,8 @@ _attempt_failed = event_maker(AttemptFailed)
 _attempt_started = event_maker(AttemptStarted)
 _retry_scheduled = event_maker(RetryScheduled)
 _gave_up = event_maker(GaveUp)
+_call_succeeded = event_maker(CallSucceeded)
+_call_failed = event_maker(CallFailed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +64,7 @@ class RetryDetails:
 class _Run:
     """The state of one retried call: which attempt, the budget's end, the previous delay."""
 
-    __slots__ = ("attempt", "end", "policy", "prev", "source")
+    __slots__ = ("attempt", "end", "policy", "prev", "source", "start")
 
     def __init__(self, policy: Retry, source: str, attempt: int = 1) -> None:
         self.policy = policy
@@ -63,6 +73,8 @@ class _Run:
         self.prev: float | None = None
         budget = policy.budget
         self.end = None if budget is None else policy.clock.now() + budget
+        # when the call began, if its outcome is recorded (``outcomes=True``); else None
+        self.start = policy.clock.now() if policy._scratch and policy.outcomes else None
 
     def left(self) -> float:
         assert self.end is not None
@@ -168,6 +180,31 @@ class _Run:
                 reason=reason,
             )
         )
+        if self.start is not None:
+            severity = "medium" if exc is None else self._classify(exc).severity.name.lower()
+            journal.append(
+                _call_failed(
+                    time=now,
+                    source=self.source,
+                    duration=now - self.start,
+                    error=failure.error,
+                    category=failure.category,
+                    severity=severity,
+                    attempts=self.attempt,
+                )
+            )
+
+    def succeeded(self) -> None:
+        """Record the call's success (only for a run that times its call: ``start`` set)."""
+        policy = self.policy
+        assert policy.journal is not None
+        assert self.start is not None
+        now = policy.clock.now()
+        policy.journal.append(
+            _call_succeeded(
+                time=now, source=self.source, duration=now - self.start, attempts=self.attempt
+            )
+        )
 
     def _failure_event(self, now: float, exc: Exception | None, result: object) -> AttemptFailed:
         if exc is None:
@@ -236,6 +273,8 @@ class Attempt:
 
     def _close(self, exc: BaseException | None) -> bool:
         if not isinstance(exc, Exception):  # success, Cancelled, HangDetected, ^C: not ours
+            if exc is None and self._run.start is not None:
+                self._run.succeeded()
             return False
         self._delay = self._run.failed(exc)
         return self._delay is not None

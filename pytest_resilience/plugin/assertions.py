@@ -32,6 +32,7 @@ from ..core.events import (
     AttemptFailed,
     BreakerTransition,
     CacheHit,
+    DegradationChanged,
     Event,
     FallbackUsed,
     RetryScheduled,
@@ -45,12 +46,14 @@ if TYPE_CHECKING:
 
     from faults.spec import Spec
 
+    from ..core.degrade import Level
     from ..core.leaks import ResourceRegistry
 
 __all__ = [
     "CORE",
     "ErrorFilter",
     "assert_alerted",
+    "assert_degraded",
     "assert_fell_back",
     "assert_no_leaks",
     "assert_resilient",
@@ -232,6 +235,34 @@ def assert_fell_back(
     raise AssertionError(
         f"expected {expected} fallbacks{target}, got {len(hits)} (steps that answered: "
         f"{steps or 'none'})" + _timeline(events, "timeline")
+    )
+
+
+def assert_degraded(
+    journal: Journal | Iterable[Event],
+    to: Level | str | None = None,
+    *,
+    times: int | None = None,
+    source: str | None = None,
+) -> None:
+    """Assert that a degrader changed level (``DegradationChanged``): to the level ``to``
+    (a :class:`~pytest_resilience.core.degrade.Level` or its lower-case name; any level when
+    None), ``times`` times exactly (at least once when None; ``times=0`` asserts it never
+    went there), from the degrader named ``source`` (any when None)."""
+    events = _events(journal)
+    changes = [
+        e for e in events if isinstance(e, DegradationChanged) and source in (None, e.source)
+    ]
+    label = to if to is None or isinstance(to, str) else to.label
+    hits = [e for e in changes if label in (None, e.to_level)]
+    if (times is None and hits) or len(hits) == times:
+        return
+    target = f" to {label!r}" if label is not None else ""
+    expected = "at least 1" if times is None else str(times)
+    path = [f"{e.from_level}->{e.to_level}" for e in changes]
+    raise AssertionError(
+        f"expected {expected} level changes{target}, got {len(hits)} (changes: "
+        f"{path or 'none'})" + _timeline(events, "timeline")
     )
 
 

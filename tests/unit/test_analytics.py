@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+from collections import Counter
 
 import pytest
 
-from pytest_resilience.core.analytics import Summary, summarize
+from pytest_resilience.core.analytics import Rolling, Summary, summarize
 from pytest_resilience.core.breaker import CircuitBreaker, ConsecutiveFailures, HalfOpen
+from pytest_resilience.core.classify import classify
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.degrade import Degrader, Level
-from pytest_resilience.core.errors import DaemonUnavailable, FallbackError
+from pytest_resilience.core.errors import DaemonUnavailable, FallbackError, RetryError
 from pytest_resilience.core.events import (
     AttemptFailed,
     AttemptStarted,
+    CallFailed,
     CallRejected,
+    CallSucceeded,
     Event,
     FaultInjected,
     GaveUp,
@@ -22,6 +28,7 @@ from pytest_resilience.core.events import (
 )
 from pytest_resilience.core.fallback import Fallback
 from pytest_resilience.core.journal import Journal, JournalFull
+from pytest_resilience.core.retry import Backoff, Retry
 
 
 def failed(t: float, attempt: int, category: str = "connection", source: str = "r") -> Event:
@@ -165,3 +172,162 @@ def test_summary_is_frozen() -> None:
 def test_rejected_calls_count() -> None:
     events = [CallRejected(time=float(i), source="b", state="open") for i in range(3)]
     assert summarize(events).rejected == 3
+
+
+# ----------------------------------------------------------- outcomes and the window
+
+
+def _outcomes(journal: Journal) -> list[CallSucceeded | CallFailed]:
+    return journal.events(CallSucceeded, CallFailed)
+
+
+def test_a_retry_with_outcomes_records_every_call_with_its_duration() -> None:
+    clock, journal = VirtualClock(), Journal()
+    retry = Retry(
+        on=ConnectionError,
+        attempts=2,
+        backoff=Backoff.fixed(1.0),
+        clock=clock,
+        journal=journal,
+        name="ask",
+        outcomes=True,
+    )
+    calls = [0]
+
+    def flaky() -> str:
+        calls[0] += 1
+        clock.sleep(0.5)  # the call itself takes half a second of the clock
+        if calls[0] in (1, 3, 4):
+            raise ConnectionError(f"port {8000 + calls[0]} refused")
+        return "ok"
+
+    assert retry.call(flaky) == "ok"  # fails, waits 1 s, answers: 2.0 s in all
+    with pytest.raises(RetryError):
+        retry(flaky)()  # fails twice: gives up after 0.5 + 1 + 0.5 s
+    for attempt in retry:  # the loop form: answers at once
+        with attempt:
+            clock.sleep(0.25)
+    got = _outcomes(journal)
+    assert [type(e).__name__ for e in got] == ["CallSucceeded", "CallFailed", "CallSucceeded"]
+    first, failed, loop = got
+    assert isinstance(first, CallSucceeded)
+    assert (first.source, first.duration, first.attempts) == ("ask", 2.0, 2)
+    assert isinstance(failed, CallFailed)
+    assert (failed.duration, failed.attempts, failed.category) == (2.0, 2, "connection")
+    assert failed.severity == classify(ConnectionError()).severity.name.lower()
+    assert failed.error == "ConnectionError: port 8004 refused"
+    assert isinstance(loop, CallSucceeded)
+    assert (loop.duration, loop.attempts) == (0.25, 1)
+
+
+def test_without_outcomes_a_success_records_nothing() -> None:
+    clock, journal = VirtualClock(), Journal()
+    retry = Retry(on=ConnectionError, clock=clock, journal=journal)
+    breaker = CircuitBreaker("b", on=ConnectionError, clock=clock, journal=journal)
+    assert retry.call(lambda: 1) == 1
+    assert breaker.call(lambda: 2) == 2
+    assert journal.events() == []
+
+
+def test_a_breaker_with_outcomes_records_successes_and_failures() -> None:
+    clock, journal = VirtualClock(), Journal()
+    breaker = CircuitBreaker(
+        "daemon", on=ConnectionError, clock=clock, journal=journal, outcomes=True
+    )
+
+    def slow(fail: bool) -> str:
+        clock.sleep(0.75)
+        if fail:
+            raise ConnectionRefusedError("refused")
+        return "ok"
+
+    assert breaker.call(slow, False) == "ok"
+    assert breaker.call(slow, False) == "ok"  # a success that changes nothing: still recorded
+    with pytest.raises(ConnectionRefusedError):
+        breaker.call(slow, True)
+    got = _outcomes(journal)
+    assert [(type(e).__name__, e.source, e.duration) for e in got] == [
+        ("CallSucceeded", "daemon", 0.75),
+        ("CallSucceeded", "daemon", 0.75),
+        ("CallFailed", "daemon", 0.75),
+    ]
+    failed = got[2]
+    assert isinstance(failed, CallFailed)
+    assert failed.category == "connection"
+    assert failed.severity == classify(ConnectionRefusedError()).severity.name.lower()
+
+
+def test_rolling_figures_over_a_sliding_window_of_the_clock() -> None:
+    clock, journal = VirtualClock(), Journal()
+    rolling = Rolling(60.0, clock=clock, top=2)
+    journal.subscribe(rolling)
+    retry = Retry(
+        on=(ConnectionError, TimeoutError),
+        attempts=2,
+        backoff=Backoff.fixed(0.0),
+        clock=clock,
+        journal=journal,
+        name="gen",
+        outcomes=True,
+    )
+    script = iter(
+        [
+            *(ConnectionError("port 8001 refused"), 1.0, 3.0, 2.0),
+            *(ConnectionError("port 8002 refused"), ConnectionError("port 8003 refused")),
+            *(TimeoutError("read 5s"), TimeoutError("read 6s")),
+        ]
+    )
+
+    def step() -> str:
+        item = next(script)
+        if isinstance(item, Exception):
+            raise item
+        assert isinstance(item, float)
+        clock.sleep(item)
+        return "ok"
+
+    for _ in range(3):  # recovered after one failure (1 s), then 3 s, then 2 s
+        assert retry.call(step) == "ok"
+    with pytest.raises(RetryError):  # two connection errors: gives up
+        retry.call(step)
+    with pytest.raises(RetryError):  # two timeouts: gives up
+        retry.call(step)
+    figures = rolling.figures()
+    assert (figures.successes, figures.failures) == (3, 2)
+    assert figures.success_rate == pytest.approx(3 / 5)
+    assert (figures.recovered, figures.gave_up) == (1, 2)
+    assert figures.recovery_rate == pytest.approx(1 / 3)
+    assert figures.errors == 5  # failed attempts; each CallFailed repeats its last one
+    assert figures.error_rate_per_minute == pytest.approx(5.0)
+    assert figures.top_categories == (("connection", 3), ("timeout", 2))
+    assert figures.top_shapes == (
+        ("ConnectionError: port N refused", 3),
+        ("TimeoutError: read Ns", 2),
+    )
+    severities = Counter(
+        classify(exc).severity.name.lower() for exc in (ConnectionError(), TimeoutError())
+    )
+    assert figures.failures_by_severity == dict(severities)
+    assert figures.latency == {"gen": {"p50": 2.0, "p95": 3.0}}
+    assert json.loads(json.dumps(figures.to_dict())) == figures.to_dict()
+
+    clock.advance(61.0)  # everything is older than the window now
+    empty = rolling.figures()
+    assert (empty.errors, empty.successes, empty.success_rate, empty.latency) == (0, 0, None, {})
+
+
+def test_rolling_over_a_whole_journal_and_message_shapes() -> None:
+    events = [
+        AttemptFailed(
+            time=0.0, source="r", attempt=1, error="E: id 0xdeadbeef 'a b'", category="x"
+        ),
+        CallSucceeded(time=30.0, source="r", duration=4.0, attempts=2),
+        CallSucceeded(time=60.0, source="r", duration=1.0),
+    ]
+    figures = Rolling(math.inf).feed(events).figures()
+    assert figures.error_rate_per_minute == pytest.approx(1.0)  # one error over the 60 s fed
+    assert figures.top_shapes == (("E: id X '…'", 1),)
+    assert figures.latency == {"r": {"p50": 1.0, "p95": 4.0}}
+    assert figures.to_dict()["window"] is None
+    with pytest.raises(ValueError, match="window must be > 0"):
+        Rolling(0)

@@ -11,9 +11,10 @@ import threading
 from typing import TYPE_CHECKING, Self, TypeVar, cast
 
 from ...core.breaker import CircuitBreaker, ConsecutiveFailures, HalfOpen, State
-from ...core.cache import request_key
+from ...core.cache import CacheMiss, request_key
 from ...core.cancel import CancelScope, deadline
 from ...core.clock import Clock, SystemClock
+from ...core.degrade import Level
 from ...core.errors import (
     BackendError,
     CircuitOpenError,
@@ -26,22 +27,33 @@ from ...core.errors import (
 )
 from ...core.events import DaemonDown, DaemonSlow, DaemonUp, FallbackUsed
 from ...core.fallback import FallbackExhausted
-from ...core.health import DaemonCheck, HealthMonitor, HealthResult
+from ...core.health import (
+    DaemonCheck,
+    DiskCheck,
+    HealthMonitor,
+    HealthResult,
+    MemoryCheck,
+    ModelFileCheck,
+)
 from ...core.retry import Backoff, Retry
+from ...core.status import Services
 from ...core.stream import StreamGuard
 from ..base import Backend, GenerationParams
 from .astream import AsyncResilientStream
 from .policy import DOWN, Policy, describe, exhaustion, falls_back
-from .streams import ResilientStream
+from .streams import ResilientStream, SplicedStream
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
     from types import TracebackType
 
     from ...core.cache import ResponseCache
+    from ...core.degrade import Degrader
     from ...core.events import Event
+    from ...core.health import HealthCheck
     from ...core.journal import Journal
     from ..daemon import DaemonBackend, DaemonProcess
+    from .splice import Switch
 
 __all__ = ["ResilientClient"]
 
@@ -63,6 +75,9 @@ class ResilientClient:
     with their seed, and the daemon's model), and when both backends fail, the cached
     answer to the same request is served (``FallbackUsed``, step ``"cache"``). ``static``:
     the answer served when that fails too (step ``"static"``) instead of raising.
+    ``degrader``: consulted at the start of every generation (generate, agenerate, stream,
+    astream), and told every outcome (see the package docs, "Degradation"); None (the
+    default) costs nothing.
 
     Raises ``ValueError`` for an unknown policy or a negative timeout.
     """
@@ -81,6 +96,7 @@ class ResilientClient:
         process: DaemonProcess | None = None,
         cache: ResponseCache | None = None,
         static: str | None = None,
+        degrader: Degrader | None = None,
         clock: Clock | None = None,
         journal: Journal | None = None,
         name: str = "resilient",
@@ -99,6 +115,7 @@ class ResilientClient:
         self.process = process
         self.cache = cache
         self.static = static
+        self.degrader = degrader
         self.breaker = breaker or CircuitBreaker(
             f"{name}.daemon",
             on=(*DOWN, ServerError),  # Cancelled, HangDetected: never counted
@@ -199,14 +216,9 @@ class ResilientClient:
             self.cache.put(key, answer)
         return answer
 
-    def _last_resort(
-        self, key: str | None, daemon_exc: BaseException, direct_exc: BaseException
-    ) -> str | None:
-        """Both backends failed: the cached answer, else the static one (None: neither)."""
-        after: tuple[str, ...] = (
-            f"daemon: {describe(daemon_exc)}",
-            f"direct: {describe(direct_exc)}",
-        )
+    def _last_resort(self, key: str | None, after: tuple[str, ...]) -> str | None:
+        """The backends failed (``after`` says how): the cached answer, else the static one
+        (None: neither)."""
         if key and self.cache is not None:
             cached = self.cache.get(key)
             if cached is not None:
@@ -248,19 +260,34 @@ class ResilientClient:
             if not falls_back(exc):
                 raise
             daemon_exc: Exception = exc
+        return self._in_process(daemon_exc, in_process, key)
+
+    def _in_process(
+        self, daemon_exc: Exception, in_process: Callable[[Backend], T], key: str | None
+    ) -> T | None:
+        """The daemon failed with ``daemon_exc``: the direct backend's answer, else the
+        cached or static one; applies the policy."""
         self._fell_back(daemon_exc)
         try:
             return self._stored(key, in_process(self.load_direct()))
         except Exception as exc:
             if not falls_back(exc):
                 raise
-            last = self._last_resort(key, daemon_exc, exc) if key is not None else None
+            return cast("T | None", self._both_failed(key, daemon_exc, exc))
+
+    def _both_failed(
+        self, key: str | None, daemon_exc: Exception, direct_exc: Exception
+    ) -> str | None:
+        """The cached or static answer (``key``: text answers only), else the policy."""
+        if key is not None:
+            after = (f"daemon: {describe(daemon_exc)}", f"direct: {describe(direct_exc)}")
+            last = self._last_resort(key, after)
             if last is not None:
-                return cast("T", last)  # a key is given for text answers only
-            error = self._exhausted(daemon_exc, exc)
-            if self.policy == "never_fail":
-                return None
-            raise error from exc
+                return last
+        error = self._exhausted(daemon_exc, direct_exc)
+        if self.policy == "never_fail":
+            return None
+        raise error from direct_exc
 
     def generate(self, prompt: str, params: GenerationParams | None = None) -> str | None:
         """The completion of ``prompt``, from the daemon or in process.
@@ -268,6 +295,8 @@ class ResilientClient:
         Raises ``FallbackError`` when both fail (``"never_fail"``: returns None instead),
         ``Cancelled`` when the caller's scope is cancelled.
         """
+        if self.degrader is not None:
+            return self._degraded(self.degrader, prompt, params)
         return self._answer(
             lambda: self.daemon.generate(prompt, params),
             lambda direct: direct.generate(prompt, params),
@@ -289,6 +318,8 @@ class ResilientClient:
         chunk (``"never_fail"``: returns None), ``StreamInterrupted`` later if the
         in-process replay diverges.
         """
+        if self.degrader is not None:
+            return self._degraded_stream(self.degrader, prompt, params)
         stream = ResilientStream(self, prompt, params or GenerationParams())
         stream._prime()
         if stream.error is not None and not stream.text and stream._ahead is None:
@@ -320,6 +351,11 @@ class ResilientClient:
             if not falls_back(exc):
                 raise
             daemon_exc: Exception = exc
+        return await self._ain_process(daemon_exc, in_process, key)
+
+    async def _ain_process(
+        self, daemon_exc: Exception, in_process: Callable[[Backend], T], key: str | None
+    ) -> T | None:
         self._fell_back(daemon_exc)
         try:
             # llama.cpp blocks: run it in a worker thread, which sees the caller's cancel
@@ -328,18 +364,14 @@ class ResilientClient:
         except Exception as exc:
             if not falls_back(exc):
                 raise
-            last = self._last_resort(key, daemon_exc, exc) if key is not None else None
-            if last is not None:
-                return cast("T", last)  # a key is given for text answers only
-            error = self._exhausted(daemon_exc, exc)
-            if self.policy == "never_fail":
-                return None
-            raise error from exc
+            return cast("T | None", self._both_failed(key, daemon_exc, exc))
         return self._stored(key, answer)
 
     async def agenerate(self, prompt: str, params: GenerationParams | None = None) -> str | None:
         """The async :meth:`generate`: the daemon's ``agenerate``, else in process in a
         worker thread. Raises like :meth:`generate`."""
+        if self.degrader is not None:
+            return await self._adegraded(self.degrader, prompt, params)
         return await self._aanswer(
             lambda: self.daemon.agenerate(prompt, params),
             lambda direct: direct.generate(prompt, params),
@@ -361,11 +393,200 @@ class ResilientClient:
         direct backend iterated in worker threads) if the daemon fails. Returns once the
         first chunk (or the end) has arrived; raises like :meth:`stream`.
         """
+        if self.degrader is not None:
+            return await self._adegraded_stream(self.degrader, prompt, params)
         stream = AsyncResilientStream(self, prompt, params or GenerationParams())
         await stream._prime()
         if stream.error is not None and not stream.text and stream._ahead is None:
             return None  # never_fail, and neither side could start the answer
         return stream
+
+    # ---------------------------------------------------------------------- degradation
+
+    def _degraded(
+        self, degrader: Degrader, prompt: str, params: GenerationParams | None
+    ) -> str | None:
+        """``generate`` at the degrader's level (see the package docs, "Degradation")."""
+        level, key = degrader.level, self._key(prompt, params)
+        if not level.generates:
+            self._probe()
+            return self._served(level, key)
+        lowered = degrader.adjust(params or GenerationParams())
+        start = self.clock.now()
+        if level is Level.MINIMAL:
+            try:
+                answer = self._stored(key, self.load_direct().generate(prompt, lowered))
+            except Exception as exc:
+                if not falls_back(exc):
+                    raise
+                degrader.record(False, self.clock.now() - start, error=exc)
+                return self._direct_failed(level, key, exc)
+            degrader.record(True, self.clock.now() - start)
+            return answer
+        try:
+            answer = self._stored(
+                key, self._on_daemon(lambda: self.daemon.generate(prompt, lowered))
+            )
+        except Exception as exc:
+            if not falls_back(exc):
+                raise
+            daemon_exc: Exception = exc
+        else:
+            degrader.record(True, self.clock.now() - start)
+            return answer
+        try:
+            return self._in_process(daemon_exc, lambda d: d.generate(prompt, lowered), key)
+        finally:
+            degrader.record(False, self.clock.now() - start, error=daemon_exc)
+
+    async def _adegraded(
+        self, degrader: Degrader, prompt: str, params: GenerationParams | None
+    ) -> str | None:
+        """The async :meth:`_degraded` (the in-process model and the probe in a thread)."""
+        level, key = degrader.level, self._key(prompt, params)
+        if not level.generates:
+            await asyncio.to_thread(self._probe)
+            return self._served(level, key)
+        lowered = degrader.adjust(params or GenerationParams())
+        start = self.clock.now()
+        if level is Level.MINIMAL:
+            try:
+                answer = await asyncio.to_thread(
+                    lambda: self.load_direct().generate(prompt, lowered)
+                )
+            except Exception as exc:
+                if not falls_back(exc):
+                    raise
+                degrader.record(False, self.clock.now() - start, error=exc)
+                return self._direct_failed(level, key, exc)
+            degrader.record(True, self.clock.now() - start)
+            return self._stored(key, answer)
+        try:
+            answer = self._stored(
+                key, await self._aon_daemon(lambda: self.daemon.agenerate(prompt, lowered))
+            )
+        except Exception as exc:
+            if not falls_back(exc):
+                raise
+            daemon_exc: Exception = exc
+        else:
+            degrader.record(True, self.clock.now() - start)
+            return answer
+        try:
+            return await self._ain_process(daemon_exc, lambda d: d.generate(prompt, lowered), key)
+        finally:
+            degrader.record(False, self.clock.now() - start, error=daemon_exc)
+
+    def _probe(self) -> None:
+        """At a level that does not generate: ping the daemon (its outcome is recorded by
+        :meth:`ping`), unless the breaker is open (it says when to try again)."""
+        if self.breaker.state is State.OPEN:
+            return
+        try:
+            self.ping()
+        except Exception:  # noqa: BLE001 - a probe's failure is news for the degrader only
+            return
+
+    def _served(self, level: Level, key: str) -> str | None:
+        """The answer of a level that does not generate: the cached one (``CACHED_ONLY``),
+        else the static one; else ``FallbackError`` (``"never_fail"``: None)."""
+        skipped = f"skipped at degradation level {level.label}"
+        after = (f"daemon: {skipped}", f"direct: {skipped}")
+        if level is Level.CACHED_ONLY:
+            last = self._last_resort(key, after)
+        else:
+            last = self._last_resort("", after)
+        if last is not None:
+            return last
+        reason = "no answer cached for this request" if self.cache is not None else "no cache"
+        if level is not Level.CACHED_ONLY:
+            reason = "no static answer"
+        return self._nothing_served(
+            level, CacheMiss(f"{reason} at degradation level {level.label}")
+        )
+
+    def _direct_failed(self, level: Level, key: str, exc: Exception) -> str | None:
+        """The in-process model failed at ``MINIMAL``: the cached or static answer, else
+        ``FallbackError`` (``"never_fail"``: None)."""
+        after = (f"daemon: skipped at degradation level {level.label}", f"direct: {describe(exc)}")
+        last = self._last_resort(key, after)
+        if last is not None:
+            return last
+        return self._nothing_served(level, exc)
+
+    def _nothing_served(self, level: Level, exc: BaseException) -> str | None:
+        """Nothing could be served: ``FallbackError`` (``"never_fail"``: None)."""
+        source = "direct" if level is Level.MINIMAL else level.label
+        error = FallbackError(self.name, ((source, exc),))
+        self._record(FallbackExhausted, failures=(f"{source}: {describe(exc)}",))
+        if self.policy == "never_fail":
+            return None
+        raise error from exc
+
+    def _degraded_stream(
+        self, degrader: Degrader, prompt: str, params: GenerationParams | None
+    ) -> ResilientStream | None:
+        """``stream`` at the degrader's level; the outcome is the start of the answer."""
+        level = degrader.level
+        if not level.generates:
+            self._probe()
+            text = self._served(level, self._key(prompt, params))
+            if text is None:
+                return None
+            served = _ServedStream(self, prompt, params or GenerationParams())
+            served._serve(text, level)
+            return served
+        lowered = degrader.adjust(params or GenerationParams())
+        stream = (_DirectStream if level is Level.MINIMAL else ResilientStream)(
+            self, prompt, lowered
+        )
+        start = self.clock.now()
+        try:
+            stream._prime()
+        except Exception as exc:
+            degrader.record(False, self.clock.now() - start, error=exc)
+            raise
+        self._stream_outcome(degrader, level, stream, start)
+        if stream.error is not None and not stream.text and stream._ahead is None:
+            return None
+        return stream
+
+    async def _adegraded_stream(
+        self, degrader: Degrader, prompt: str, params: GenerationParams | None
+    ) -> AsyncResilientStream | None:
+        """The async :meth:`_degraded_stream`."""
+        level = degrader.level
+        if not level.generates:
+            await asyncio.to_thread(self._probe)
+            text = self._served(level, self._key(prompt, params))
+            if text is None:
+                return None
+            served = _AsyncServedStream(self, prompt, params or GenerationParams())
+            served._serve(text, level)
+            return served
+        lowered = degrader.adjust(params or GenerationParams())
+        stream = (_AsyncDirectStream if level is Level.MINIMAL else AsyncResilientStream)(
+            self, prompt, lowered
+        )
+        start = self.clock.now()
+        try:
+            await stream._prime()
+        except Exception as exc:
+            degrader.record(False, self.clock.now() - start, error=exc)
+            raise
+        self._stream_outcome(degrader, level, stream, start)
+        if stream.error is not None and not stream.text and stream._ahead is None:
+            return None
+        return stream
+
+    def _stream_outcome(
+        self, degrader: Degrader, level: Level, stream: SplicedStream, start: float
+    ) -> None:
+        """A primed stream's outcome: failed if its preferred source did not start it."""
+        splice = stream._splice
+        failed = splice.error is not None or (level is not Level.MINIMAL and splice.fell_back)
+        error = splice.daemon_error if level is not Level.MINIMAL else splice.error
+        degrader.record(not failed, self.clock.now() - start, error=error if failed else None)
 
     # --------------------------------------------------------------------------- health
 
@@ -389,9 +610,49 @@ class ResilientClient:
                     self.daemon.models()
         except Exception as exc:
             self._failed(exc)
+            self._health(False, start, exc)
             raise
         self._answered(self.clock.now() - start)
+        self._health(True, start)
         return True
+
+    def _health(self, up: bool, start: float, exc: Exception | None = None) -> None:
+        """A ping's outcome is the degrader's only news at the levels that do not generate."""
+        degrader = self.degrader
+        if degrader is not None and not degrader.level.generates:
+            degrader.record(up, self.clock.now() - start, error=exc)
+
+    def status(
+        self,
+        *,
+        ping: bool = False,
+        resources: Iterable[HealthCheck] | None = None,
+        window: float = 300.0,
+    ) -> dict[str, object]:
+        """The client's health as a plain dict, ready for ``json.dumps``
+        (:meth:`pytest_resilience.core.status.Services.status`): ``healthy``, ``degraded``
+        or ``unhealthy``, with reasons.
+
+        Services: ``daemon`` (its breaker, and whether it answered last time; with
+        ``ping``, it is asked now), not critical since the client answers in process
+        without it; ``direct`` (the in-process model's file, once the backend is built and
+        has one), critical; ``resources`` (``resources``, default memory and disk), not
+        critical. The figures come from the client's journal, over the last ``window``
+        seconds of its clock.
+        """
+        services = Services(clock=self.clock, journal=self.journal, window=window)
+        if ping:
+            daemon: HealthCheck = DaemonCheck(self.ping, self.slow_after, "daemon", self.clock)
+        else:
+            daemon = DaemonCheck(lambda: self._up is not False, None, "daemon", self.clock)
+        services.register("daemon", breaker=self.breaker, checks=[daemon], critical=False)
+        path = getattr(self._direct, "model_path", None)
+        model = [ModelFileCheck(path, clock=self.clock)] if isinstance(path, str) else []
+        services.register("direct", checks=model)
+        if resources is None:
+            resources = [MemoryCheck(clock=self.clock), DiskCheck(clock=self.clock)]
+        services.register("resources", checks=resources, critical=False)
+        return services.status()
 
     def watch(
         self, interval: float = 5.0, *, restart: bool = False, start: bool = True
@@ -463,3 +724,47 @@ class _DaemonWatch:
         again = self._check()
         details = {**again.details, "restarted": True}
         return HealthResult(again.name, again.healthy, again.message, details, again.latency)
+
+
+class _DirectStream(ResilientStream):
+    """A stream at ``MINIMAL``: in process from the start (the daemon is skipped)."""
+
+    def _admit(self) -> Switch | None:
+        self._started_at = self._client.clock.now()
+        return self._splice.on_refused(_skipped(Level.MINIMAL))
+
+
+class _AsyncDirectStream(AsyncResilientStream):
+    """The async :class:`_DirectStream`."""
+
+    def _admit(self) -> Switch | None:
+        self._started_at = self._client.clock.now()
+        return self._splice.on_refused(_skipped(Level.MINIMAL))
+
+
+def _skipped(level: Level) -> BackendError:
+    return BackendError(f"skipped at degradation level {level.label}")
+
+
+class _ServedStream(ResilientStream):
+    """A stream at a level that does not generate: the cached or static answer, whole."""
+
+    def _serve(self, text: str, level: Level) -> None:
+        self._ahead = text or None
+        splice = self._splice
+        splice.ended = splice.complete = True
+
+    def _pull(self) -> str:
+        raise StopIteration
+
+
+class _AsyncServedStream(AsyncResilientStream):
+    """The async :class:`_ServedStream`."""
+
+    def _serve(self, text: str, level: Level) -> None:
+        self._ahead = text or None
+        splice = self._splice
+        splice.ended = splice.complete = True
+
+    async def _pull(self) -> str | None:
+        return None
