@@ -58,7 +58,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if settings is None:
         return []
     lines = [f"resilience: --fault-seed={settings.seed} ({settings.seed_source})"]
-    if settings.spec is not None and settings.replay is None:
+    if settings.spec is not None and settings.replay is None and not settings.reach_only:
         lines.append(f"resilience: --inject-faults='{settings.spec}'")
     if settings.replay is not None:
         ignored = " (it replaces --inject-faults)" if settings.spec is not None else ""
@@ -88,6 +88,8 @@ def pytest_runtest_makereport(
         item.user_properties.append((_REPRO, command))
     if call.when == "teardown":
         figures = _figures(state, item.stash.get(_TIMES, None))
+        if settings.reach_only:  # the sweep's own count of calls, not the run's faults
+            figures["reach"] = {}
         item.ihook.pytest_resilience_test_figures(item=item, state=state, figures=figures)
         item.user_properties.append((_PROP, json.dumps(figures, sort_keys=True)))
         for key, value in figures.items():

@@ -95,7 +95,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         if family is not None:
             state.gather.append(family.collect)
         state.installed.append(run_wide)
-        state.spec = run_wide.spec
+        # counting calls only (the sweep's fault-free pass), the test runs under its markers'
+        state.spec = item.stash.get(MARKER_SPEC, None) if settings.reach_only else run_wide.spec
     undo = _per_example(item, run_wide)
     watching = _watch_the_app(item, state, run_wide is not None)
     loops_on = _loops_on_clock(item)

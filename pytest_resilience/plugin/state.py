@@ -146,6 +146,9 @@ class Settings:
     seed: int
     seed_source: str
     spec: Spec | None = None  # ini < environment < command line, merged; None: no run-wide faults
+    # the run-wide spec only counts each site's calls (--fault-sweep's fault-free pass, every
+    # site off): the tests run as without it, and the report shows no faults or reach for it
+    reach_only: bool = False
     sources: list[tuple[Spec, str]] = field(default_factory=list)  # each spec, and its where
     journal_dir: Path | None = None
     replay: Recording | None = None

@@ -16,6 +16,10 @@ session's):
    as ``1*fault`` then as ``fault``: in virtual time, under the run's seed, with a real-time
    limit (``--fault-sweep-cell-timeout``) that ends a cell stuck in real time as hung.
 
+The last test of the pass leaves the session's fixtures (the tiny model, a session daemon)
+set up for the cells. A failing cell's traceback is Python's own, from the test function
+down: pytest's long report would cost it more than its test's run.
+
 Each cell ends as survived, failed, hung, leaked or not reached (:mod:`faults.sweep`). The
 summary shows the matrix; ``--fault-sweep-json`` and ``--fault-sweep-html`` write every
 cell with its reproducing command. Without ``--fault-sweep-baseline`` a cell that failed,
@@ -38,6 +42,7 @@ from pytest_resilience.plugin.state import SETTINGS, STATE, Settings
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
     from pathlib import Path
+    from types import TracebackType
 
     from faults.spec import Site, Spec
     from faults.sweep import Budget, Cell, Result
@@ -81,6 +86,7 @@ class SweepPlugin:
         # every cell, and the fault-free pass, runs in virtual time (real_time tests excepted)
         self.settings.virtual_time = True
         self.settings.spec = self.off
+        self.settings.reach_only = True  # no fault: the report shows none for the pass
         self.items: dict[str, pytest.Item] = {}
         self.reached: dict[str, list[str]] = {}
         self.cost: dict[str, float] = {}
@@ -107,6 +113,16 @@ class SweepPlugin:
                     raise pytest.UsageError(
                         f"ini option resilience_sweep_sites ({self.config.inipath}): {exc}"
                     ) from None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> object:
+        """Run the last test as every other, but keep the session's fixtures (the tiny model,
+        a session daemon) for the cells: tear down to the session, not past it. The cells'
+        last one, or the session's end, tears the rest down."""
+        if nextitem is not None:
+            return None
+        item.ihook.pytest_runtest_protocol(item=item, nextitem=item.session)
+        return True
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -188,7 +204,10 @@ class SweepPlugin:
             text += f"; the budget ({budget}) keeps {len(chosen)}"
         text += f"; estimated {_seconds(self.sweep.estimate)} for {len(chosen)} cells of "
         text += f"{_many(tests, 'test')} (from the fault-free pass)"
-        reporter.ensure_newline()
+        reporter.ensure_newline()  # after a verbose run's last line
+        writer = self.config.get_terminal_writer()
+        if writer.width_of_current_line:  # after the progress dots of a quiet one
+            writer.line()
         reporter.write_line(text)
 
     def _run_cell(self, item: pytest.Item, cell: Cell, nextitem: Any) -> Result:
@@ -204,13 +223,15 @@ class SweepPlugin:
                 del item.stash[key]  # type: ignore[misc]
         item.user_properties.clear()
         setattr(item, "_report_sections", [])  # noqa: B010 - pytest's own, reset per run as rerunfailures does
-        self.settings.spec = spec
+        self.settings.spec, self.settings.reach_only = spec, False
+        setattr(item, "repr_failure", _native_repr(item))  # noqa: B010 - this run's only
         started = time.perf_counter()
         try:
             with seeded(self.settings.seed, item.nodeid), self._real_time_limit():
                 reports = runtestprotocol(item, nextitem=nextitem, log=False)
         finally:
-            self.settings.spec = self.off
+            self.settings.spec, self.settings.reach_only = self.off, True
+            delattr(item, "repr_failure")
         seconds = time.perf_counter() - started
         return self._result(item, cell, spec, reports, seconds)
 
@@ -440,6 +461,26 @@ def _fault_free_spec(py_sites: list[Site]) -> Spec:
     llama = importlib.util.find_spec("llama_cpp") is not None
     sites = [Site.parse(s) for s in BUILTIN_SITES if llama or not s.startswith("llama.")]
     return Spec(tuple(Entry(site, (Term("off"),)) for site in [*sites, *py_sites]))
+
+
+def _native_repr(item: pytest.Item) -> Any:
+    """``item.repr_failure`` for a cell: Python's own traceback from the test function down.
+    pytest's long one reads and parses the source of every frame, which costs a failing
+    cell more than its test's own run."""
+    plain = item.repr_failure
+    code = getattr(getattr(item, "obj", None), "__code__", None)
+
+    def repr_failure(excinfo: pytest.ExceptionInfo[BaseException]) -> object:
+        value = excinfo.value
+        if isinstance(value, pytest.fail.Exception) and not value.pytrace:
+            return plain(excinfo)  # the message alone
+        tb: TracebackType | None = excinfo.tb
+        while tb is not None and tb.tb_frame.f_code is not code:
+            tb = tb.tb_next
+        cut = pytest.ExceptionInfo.from_exc_info((type(value), value, tb or excinfo.tb))
+        return cut.getrepr(style="native")
+
+    return repr_failure
 
 
 def _error_of(report: pytest.TestReport) -> tuple[str, str]:

@@ -7,9 +7,13 @@ JSON it reads the cells, the time they took (``seconds``), and each test's plain
 fault-free pass (``plain_seconds``: setup, call and teardown). That pass starts with the
 tests that name their own faults (a plugin of the bench's, in the copy), so that the
 session's setup (the tiny model, importing llama-cpp-python), which every cell finds done,
-is not counted in the plain run of a swept test. It prints, as the median over the runs,
-the cells per second, the mean wall time of a cell, the mean plain run of the tests swept,
-their ratio, and the whole process's wall time against a plain ``pytest``.
+is not counted in the plain run of a swept test. The same plugin then, in the same process
+right after the cells, runs each swept test again without any fault or sweep, as a plain
+``pytest`` would, :data:`_WARM` times after one run to warm up, and keeps the median: a
+warm plain run, timed the way a cell is, on the same machine at the same moment. It prints,
+as the median over the runs, the cells per second, the mean wall time of a cell, the mean
+plain run of the tests swept (in the fault-free pass, and warm), the ratios, and the whole
+process's wall time against a plain ``pytest``.
 """
 
 from __future__ import annotations
@@ -32,11 +36,64 @@ if TYPE_CHECKING:
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "example"
 _ARGS = ("-q", "-p", "no:cacheprovider", "-p", "no:asyncio", "--fault-seed", "1")
 #: A plugin of the bench's own, written into the copy: the tests with a faults marker run
-#: first. They set up the session and are not swept at their marker's site.
+#: first (they set up the session and are not swept at their marker's site); after the
+#: cells, each swept test runs again without faults, warm, and its median goes to warm.json.
 _ORDER = """
+import json, statistics, time
+
+import pytest
+from _pytest.runner import runtestprotocol
+
+from pytest_resilience.plugin.fixtures import LeakCheck
+from pytest_resilience.plugin.state import SETTINGS, STATE
+
+
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("faults") is None)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outermost: after the sweep's cells
+def pytest_runtestloop(session):
+    sweep = session.config.pluginmanager.get_plugin("resilience-sweep")
+    run_cell, cpu = sweep._run_cell, []
+
+    def timed(*args):
+        started = time.process_time()
+        try:
+            return run_cell(*args)
+        finally:
+            cpu.append(time.process_time() - started)
+
+    sweep._run_cell = timed
+    result = yield
+    settings = session.config.stash[SETTINGS]
+    spec, reach_only = settings.spec, settings.reach_only
+    settings.spec, settings.reach_only = None, False  # no fault, as without --fault-sweep
+    warm = {}
+    try:
+        for test in dict.fromkeys(r.test for r in sweep.sweep.results):
+            item = sweep.items[test]
+            times, cpu_times = [], []
+            for i in range(WARM + 1):
+                for key in (STATE, LeakCheck.REPORTED):
+                    if key in item.stash:
+                        del item.stash[key]
+                item.user_properties.clear()
+                item._report_sections = []
+                started, started_cpu = time.perf_counter(), time.process_time()
+                runtestprotocol(item, nextitem=item.parent if i < WARM else None, log=False)
+                times.append(time.perf_counter() - started)
+                cpu_times.append(time.process_time() - started_cpu)
+            warm[test] = [statistics.median(times[1:]), statistics.median(cpu_times[1:])]
+    finally:
+        settings.spec, settings.reach_only = spec, reach_only
+    with open("warm.json", "w", encoding="utf-8") as out:
+        json.dump({"warm": warm, "cells_cpu": cpu}, out)
+    return result
 """
+#: The warm plain runs of each swept test whose median the bench takes (wall and CPU time:
+#: on a busy machine the CPU time of the process is the steadier of the two).
+_WARM = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +102,9 @@ class Run:
     sweep_seconds: float  # the cells' phase
     cell_seconds: float  # a cell, on average
     plain_seconds: float  # a plain run of a swept test, on average (the fault-free pass)
+    warm_seconds: float  # a warm plain run of a swept test, on average (medians, see above)
+    cell_cpu: float  # a cell's CPU time (the process's, every thread), on average
+    warm_cpu: float  # a warm plain run's CPU time, on average (medians)
     process_seconds: float  # the whole pytest process with --fault-sweep
     plain_process_seconds: float  # the whole pytest process without it
 
@@ -55,6 +115,14 @@ class Run:
     @property
     def ratio(self) -> float:
         return self.cell_seconds / self.plain_seconds if self.plain_seconds else 0.0
+
+    @property
+    def warm_ratio(self) -> float:
+        return self.cell_seconds / self.warm_seconds if self.warm_seconds else 0.0
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.cell_cpu / self.warm_cpu if self.warm_cpu else 0.0
 
 
 def _pytest(folder: Path, *extra: str) -> float:
@@ -75,11 +143,15 @@ def measure_once(folder: Path) -> Run:
     data = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
     cells = data["cells"]
     plain = [data["plain_seconds"][test] for test in {c["test"] for c in cells}]
+    warm = json.loads((folder / "warm.json").read_text(encoding="utf-8"))
     return Run(
         cells=len(cells),
         sweep_seconds=float(data["seconds"]),
         cell_seconds=statistics.fmean(c["seconds"] for c in cells) if cells else 0.0,
         plain_seconds=statistics.fmean(plain) if plain else 0.0,
+        warm_seconds=statistics.fmean(w[0] for w in warm["warm"].values()) if cells else 0.0,
+        cell_cpu=statistics.fmean(warm["cells_cpu"]) if cells else 0.0,
+        warm_cpu=statistics.fmean(w[1] for w in warm["warm"].values()) if cells else 0.0,
         process_seconds=process,
         plain_process_seconds=plain_process,
     )
@@ -89,7 +161,7 @@ def measure(runs: int) -> list[Run]:
     with tempfile.TemporaryDirectory(prefix="sweep-bench-") as scratch:
         folder = Path(scratch) / "example"
         shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("__pycache__", ".*"))
-        (folder / "bench_order.py").write_text(_ORDER, encoding="utf-8")
+        (folder / "bench_order.py").write_text(f"WARM = {_WARM}\n{_ORDER}", encoding="utf-8")
         return [measure_once(folder) for _ in range(runs)]
 
 
@@ -104,6 +176,11 @@ def report(results: Sequence[Run]) -> str:
         f"  a cell                  {median([r.cell_seconds for r in results]) * 1000:8.1f} ms",
         f"  a plain run of the test {median([r.plain_seconds for r in results]) * 1000:8.1f} ms",
         f"  cell / plain run        {median([r.ratio for r in results]):8.2f}",
+        f"  a warm plain run        {median([r.warm_seconds for r in results]) * 1000:8.1f} ms",
+        f"  cell / warm plain run   {median([r.warm_ratio for r in results]):8.2f}",
+        f"  a cell, CPU             {median([r.cell_cpu for r in results]) * 1000:8.1f} ms",
+        f"  a warm plain run, CPU   {median([r.warm_cpu for r in results]) * 1000:8.1f} ms",
+        f"  cell / warm plain, CPU  {median([r.cpu_ratio for r in results]):8.2f}",
         f"  pytest --fault-sweep    {median([r.process_seconds for r in results]):8.2f} s",
         f"  pytest                  {median([r.plain_process_seconds for r in results]):8.2f} s",
     ]

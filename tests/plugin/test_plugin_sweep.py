@@ -4,6 +4,7 @@ here), on the real tiny model, with the leak check on and warnings as errors."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from faults.sweep import CHARS
 
 APP = Path(__file__).parents[1] / "sweep_app"
 #: The cells that show the app's three bugs, and what each becomes with the bugs.
@@ -279,28 +282,278 @@ def test_not_reached_leaked_and_hung_in_real_time_cells(pytester: pytest.Pyteste
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
+def _rgb(colour: str) -> str:
+    """``#2e9e44`` as a browser's computed style says it: ``rgb(46, 158, 68)``."""
+    red, green, blue = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({red}, {green}, {blue})"
+
+
 def test_the_html_report_opens_in_a_browser(app: pytest.Pytester) -> None:
-    sweep(app, "--fault-sweep-html", "sweep.html", "--fault-sweep-json", "sweep.json")
-    page = app.path / "sweep.html"
-    assert page.exists()
+    """The heat map in a real browser (the system's chromium, driven by playwright): a row
+    per test, a colour per outcome, and a click on a cell shows its error, traceback and
+    the command that reproduces it."""
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
+    found = ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
+    browser_path = next((p for p in found if p and Path(p).exists()), None)
     if browser_path is None:
-        pytest.skip("no chromium on this machine (chromium, chromium-browser)")
-    found = cells(app.path / "sweep.json")
+        pytest.skip("no chromium on this machine (/usr/bin/chromium, chromium-browser)")
+    from faults.sweep_html import COLOURS  # noqa: PLC0415
+
+    sweep(app, "--fault-sweep-html", "sweep.html", "--fault-sweep-json", "sweep.json")
+    data = json.loads((app.path / "sweep.json").read_text(encoding="utf-8"))
+    ids = {(c["test"], c["spec"]): i for i, c in enumerate(data["cells"])}
+    failing = ("tests/test_assistant.py::test_answers", "llama.generate=1*raise(RuntimeError)")
+    cell = data["cells"][ids[failing]]
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, headless=True)
         try:
             view = browser.new_page()
-            view.goto(page.as_uri())
-            assert view.locator("td.cell[data-outcome=failed]").count() == sum(
-                c["outcome"] == "failed" for c in found.values()
-            )
-            assert view.locator("td.cell[data-outcome=hung]").count() == 2
-            view.locator("td.cell[data-outcome=hung]").first.click()
+            view.goto((app.path / "sweep.html").as_uri())
+            rows = view.locator("th.row").all_inner_texts()
+            assert rows == data["tests"]
+            shown = view.eval_on_selector_all(
+                "td.cell", "tds => tds.map(td => [td.dataset.outcome, "
+                "getComputedStyle(td).backgroundColor, td.textContent])",
+            )  # fmt: skip
+            assert len(shown) == len(data["cells"]) == 28
+            by_outcome = {o: sum(c["outcome"] == o for c in data["cells"]) for o in COLOURS}
+            assert {o: sum(s[0] == o for s in shown) for o in COLOURS} == by_outcome
+            assert all(by_outcome[o] for o in ("failed", "hung", "survived"))
+            for outcome, colour, char in shown:
+                assert (colour, char) == (_rgb(COLOURS[outcome]), CHARS[outcome]), outcome
             detail = view.locator("#detail")
+            assert not detail.is_visible()  # until a cell is clicked
+            target = view.locator(f'td.cell[data-id="{ids[failing]}"]')
+            assert cell["error"] in str(target.get_attribute("title"))  # the hover text
+            target.click()
             assert detail.is_visible()
-            assert "llama.stream=1*stall(after=1)" in detail.inner_text()
-            assert "--inject-faults 'llama.stream=1*stall(after=1)'" in detail.inner_text()
+            assert detail.locator("h2").text_content() == f"failed: {failing[0]}  {failing[1]}"
+            assert detail.locator(".error").text_content() == cell["error"]
+            assert detail.locator(".command").text_content() == cell["command"]
+            assert "--inject-faults 'llama.generate=1*raise(RuntimeError)'" in cell["command"]
+            traceback = detail.locator(".traceback").inner_text()
+            assert "RuntimeError: fault injected at llama.generate" in traceback
+            # another cell replaces it: the hung stream
+            hung = ("tests/test_assistant.py::test_streams", "llama.stream=1*stall(after=1)")
+            view.locator(f'td.cell[data-id="{ids[hung]}"]').click()
+            assert detail.locator("h2").text_content() == f"hung: {hung[0]}  {hung[1]}"
+            assert "HangDetected" in detail.locator(".error").inner_text()
         finally:
             browser.close()
+
+
+DAEMON_APP = """
+import json
+
+import httpx
+
+from pytest_resilience import Backoff, Retry
+
+
+def ask(base_url, model):
+    body = {"model": model, "prompt": "Once upon a time", "max_tokens": 4}
+    answer = httpx.post(f"{base_url}/v1/completions", json=body, timeout=120)
+    answer.raise_for_status()
+    return answer.json()["choices"][0]["text"]
+
+
+def ask_with_retry(base_url, model, clock):
+    retry = Retry(
+        on=(httpx.HTTPStatusError, httpx.TransportError),
+        attempts=3,
+        backoff=Backoff(base=0.5, jitter="none"),
+        clock=clock,
+    )
+    return retry.call(ask, base_url, model)
+
+
+def stream(base_url, model):
+    # what arrived, complete or not (the bug: a cut answer passes for a whole one)
+    body = {"model": model, "prompt": "Once upon a time", "max_tokens": 4, "stream": True}
+    parts = []
+    with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=120) as answer:
+        answer.raise_for_status()
+        for line in answer.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                parts.append(json.loads(line[6:])["choices"][0]["text"])
+    return "".join(parts)
+"""
+
+DAEMON_TESTS = """
+import os
+
+import app
+
+
+def _noted(daemon):
+    assert daemon.base_url.startswith("http://127.0.0.1:")
+    with open("daemon.pids", "a", encoding="utf-8") as pids:
+        pids.write(f"{daemon.pid}\\n")
+
+
+def test_asks(daemon):
+    _noted(daemon)
+    assert isinstance(app.ask(daemon.base_url, daemon.alias), str)
+
+
+def test_asks_with_retry(daemon, clock):
+    _noted(daemon)
+    assert isinstance(app.ask_with_retry(daemon.base_url, daemon.alias, clock), str)
+
+
+def test_streams(daemon):
+    _noted(daemon)
+    assert isinstance(app.stream(daemon.base_url, daemon.alias), str)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_the_daemon_family_over_httpx_real_time(pytester: pytest.Pytester) -> None:
+    """The suite's tests talk to the real daemon (the `daemon` fixture, one for the session)
+    through httpx; the sweep tries daemon.request and daemon.stream faults on each."""
+    # looked up, not imported: importing llama_cpp here leaves a file open for the leak check
+    if any(importlib.util.find_spec(name) is None for name in ("llama_cpp", "uvicorn", "httpx")):
+        pytest.skip("llama-cpp-python's server is not installed (the daemon extra)")
+    pytester.makepyfile(app=DAEMON_APP, test_daemon_app=DAEMON_TESTS)
+    pytester.makeini(
+        "[pytest]\nresilience_leak_check = true\nfilterwarnings = error\n"
+        "resilience_daemon_scope = session\n"
+    )
+    result = sweep(
+        pytester,
+        "--fault-sweep-faults",
+        "daemon.request=status(503);daemon.stream=lost(after=1),truncate(after=1)",
+        "--fault-sweep-json", "sweep.json",
+    )  # fmt: skip
+    result.assert_outcomes(passed=3)
+    found = cells(pytester.path / "sweep.json")
+    outcomes = {(test.partition("::")[2], spec): c["outcome"] for (test, spec), c in found.items()}
+    assert outcomes == {
+        # no retry: one 503 reaches the test
+        ("test_asks", "daemon.request=1*status(503)"): "failed",
+        ("test_asks", "daemon.request=status(503)"): "failed",
+        # the retry absorbs one 503, not a server that keeps answering 503
+        ("test_asks_with_retry", "daemon.request=1*status(503)"): "survived",
+        ("test_asks_with_retry", "daemon.request=status(503)"): "failed",
+        ("test_streams", "daemon.request=1*status(503)"): "failed",
+        ("test_streams", "daemon.request=status(503)"): "failed",
+        # the server is lost after the first event, and nothing retries the stream
+        ("test_streams", "daemon.stream=1*lost(after=1)"): "failed",
+        ("test_streams", "daemon.stream=lost(after=1)"): "failed",
+        # a stream cut short is taken as complete: the cut-stream verdict fails the test
+        ("test_streams", "daemon.stream=1*truncate(after=1)"): "failed",
+        ("test_streams", "daemon.stream=truncate(after=1)"): "failed",
+    }
+    plain = found["test_daemon_app.py::test_asks", "daemon.request=1*status(503)"]
+    assert "503" in plain["error"]
+    assert plain["injected"] == 1
+    # Python's own traceback, from the test function down (not pytest's or pluggy's frames)
+    first_frame = plain["traceback"].splitlines()[1]
+    assert first_frame.endswith(", in test_asks")
+    assert "pluggy" not in plain["traceback"]
+    retried = found["test_daemon_app.py::test_asks_with_retry", "daemon.request=status(503)"]
+    assert retried["injected"] == 3  # each of the three attempts met it
+    lost = found["test_daemon_app.py::test_streams", "daemon.stream=1*lost(after=1)"]
+    assert "RemoteProtocolError: peer closed connection" in lost["error"]
+    cut = found["test_daemon_app.py::test_streams", "daemon.stream=1*truncate(after=1)"]
+    assert "VerdictBroken: cut-stream" in cut["error"]
+    # the sites the tests never reached have no cells, and llama.* ran in the daemon only
+    assert {spec.partition("=")[0] for _, spec in found} == {"daemon.request", "daemon.stream"}
+    # One daemon, on loopback, for the fault-free pass and the cells (3 tests and 7 cells),
+    # until `lost` killed it; revived for each test after that (the last cell's, 2 tests),
+    # and stopped at the session's end though cells failed.
+    pids = [int(p) for p in (pytester.path / "daemon.pids").read_text().split()]
+    assert pids == [pids[0]] * 10 + [pids[10]] + [pids[11]] * 2
+    assert len(set(pids)) == 3
+    assert all(_gone(pid) for pid in pids)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+QUIET_SUITE = """
+import pytest
+
+
+def work():
+    return 1
+
+
+def test_plain():
+    assert work() == 1
+
+
+@pytest.mark.faults("py:test_quiet:work=1*raise(RuntimeError)")
+def test_own_faults():
+    with pytest.raises(RuntimeError):
+        work()
+"""
+
+
+def test_the_fault_free_pass_is_no_fault_in_the_summary(pytester: pytest.Pytester) -> None:
+    """The sweep's recording pass (every site off) is neither a run-wide spec in the header
+    and the resilience summary, nor a fault that was never reached."""
+    pytester.makepyfile(test_quiet=QUIET_SUITE)
+    pytester.makeini(
+        "[pytest]\nfilterwarnings = error\nresilience_sweep_sites = py:test_quiet:work\n"
+    )
+    faults = ("--fault-sweep-faults", "py:test_quiet:work=raise(RuntimeError)")
+    result = sweep(pytester, *faults)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "resilience: fault sweep over *, py:test_quiet:work",
+            "fault sweep: 2 cells over 2 tests; *",
+            "test_quiet.py::test_plain  FF",
+            "*= resilience =*",
+            "tests under faults  *1",  # the marker's test, not the recording pass's
+            "faults injected  *1",
+            "  py:test_quiet:work raise  1",
+        ]
+    )
+    text = result.stdout.str()
+    for noise in ("--inject-faults=", "run-wide sites", "never reached", "FaultNotReached",
+                  "llama.generate  ", "daemon.process  ", "warnings summary"):  # fmt: skip
+        assert noise not in text, noise
+    # quiet: the sweep's first line starts a line of its own, after the progress dots
+    quiet = sweep(pytester, "-q", *faults)
+    lines = quiet.stdout.lines
+    first = next(i for i, line in enumerate(lines) if line.startswith("fault sweep: 2 cells"))
+    assert lines[first - 1].endswith("[100%]")
+
+
+def test_a_cell_that_waits_in_real_time_under_xdist_ends_as_hung(
+    pytester: pytest.Pytester,
+) -> None:
+    """pytest-xdist's workers run their tests in their main thread, so the real-time limit
+    (a SIGALRM) ends a cell stuck in real time there too."""
+    pytester.makepyfile(test_suite="import pytest\n" + SUITE)
+    pytester.makeini(
+        "[pytest]\nresilience_leak_check = true\nfilterwarnings = error\n"
+        "resilience_sweep_sites =\n    py:test_suite:work\n"
+    )
+    result = sweep(
+        pytester,
+        "-n", "2",
+        "--fault-sweep-faults", "py:test_suite:work=timeout",
+        "--fault-sweep-cell-timeout", "2s",
+        "--fault-sweep-json", "sweep.json",
+    )  # fmt: skip
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["2 workers swept the tests each ran*"])
+    found = cells(pytester.path / "sweep.json")
+    real = [found["test_suite.py::test_waits_in_real_time", f"py:test_suite:work={s}timeout"]
+            for s in ("1*", "")]  # fmt: skip
+    for cell in real:
+        assert cell["outcome"] == "hung"
+        assert "CellTimedOut: the cell waited 2 s of real time" in cell["error"]
+        assert cell["seconds"] >= 2.0  # timed from before the cell began
+    virtual = found["test_suite.py::test_leaks_a_thread_on_error", "py:test_suite:work=timeout"]
+    assert virtual["outcome"] == "hung"
+    assert "HangDetected" in virtual["error"]
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
