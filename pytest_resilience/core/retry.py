@@ -265,7 +265,8 @@ class Retry:
                 result = fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - decided by the loop condition or _resume
                 exc = e
-                continue
+                # no mutate: ``break`` hands the same failure to _resume, which decides alike
+                continue  # pragma: no mutate
             del exc  # see _resume
             if on_result is None or not on_result(result):
                 return result

@@ -257,7 +257,7 @@ class Attempt:
         self.number = run.attempt
         self._scope: CancelScope | None = None
         self._delay: float | None = None  # set when the attempt failed and will be retried
-        self._done = False
+        self._done = False  # pragma: no mutate - only its truth is read: None would do alike
 
     def __repr__(self) -> str:
         return f"<Attempt {self.number} of {self._run.policy.attempts}>"
@@ -292,7 +292,8 @@ class Attempt:
         tb: TracebackType | None,
     ) -> bool:
         if self._scope is not None:
-            self._scope.__exit__(exc_type, exc, tb)
+            # no mutate: a scope's sync __exit__ reads none of its arguments
+            self._scope.__exit__(exc_type, exc, tb)  # pragma: no mutate
         return self._close(exc)
 
     async def __aenter__(self) -> Self:
@@ -336,7 +337,8 @@ class _Attempts:
         """The wait before the next attempt; None when the loop is over."""
         last = self._last
         if last is None:
-            return 0.0
+            # no mutate: only not-None matters here; no wait comes before the first attempt
+            return 0.0  # pragma: no mutate
         return last._delay
 
     def __next__(self) -> Attempt:
