@@ -14,6 +14,10 @@ import pytest
 
 from pytest_resilience.plugin.hooks import ENVIRONMENT
 
+# The fault sweep's test app is a project of its own, with its own tests: the sweep tests
+# run them through pytester, from the app's folder.
+collect_ignore = ["sweep_app"]
+
 
 @pytest.fixture(autouse=True)
 def _no_resilience_environment(monkeypatch: pytest.MonkeyPatch) -> None:
