@@ -21,7 +21,9 @@ Design points:
 
 ``gguf`` and ``numpy`` are imported lazily: importing this module costs nothing. Load it
 with ``n_threads=1``: a model this small gains nothing from threads, and on a busy machine
-llama.cpp's spinning thread pool can make it many times slower.
+llama.cpp's spinning thread pool can make it many times slower. ``LlamaBackend`` applies it
+to prompts too; ``llama_cpp.Llama`` needs ``n_threads_batch=1`` as well, or its prompts get
+every core.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ right after the cells, runs each swept test again without any fault or sweep, as
 ``pytest`` would, :data:`_WARM` times after one run to warm up, and keeps the median: a
 warm plain run, timed the way a cell is, on the same machine at the same moment. It prints,
 as the median over the runs, the cells per second, the mean wall time of a cell, the mean
-plain run of the tests swept (in the fault-free pass, and warm), the ratios, and the whole
-process's wall time against a plain ``pytest``.
+plain run of the tests swept (in the fault-free pass, and warm), the ratios, a cell's CPU
+time (the mean, the median and the slowest cell: a mean far above the median says that a
+few cells are slow, not all), and the whole process's wall time against a plain ``pytest``.
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ class Run:
     plain_seconds: float  # a plain run of a swept test, on average (the fault-free pass)
     warm_seconds: float  # a warm plain run of a swept test, on average (medians, see above)
     cell_cpu: float  # a cell's CPU time (the process's, every thread), on average
+    cell_cpu_median: float  # a typical cell's: far below the mean when a few cells are slow
+    cell_cpu_max: float  # the slowest cell's
     warm_cpu: float  # a warm plain run's CPU time, on average (medians)
     process_seconds: float  # the whole pytest process with --fault-sweep
     plain_process_seconds: float  # the whole pytest process without it
@@ -151,6 +154,8 @@ def measure_once(folder: Path) -> Run:
         plain_seconds=statistics.fmean(plain) if plain else 0.0,
         warm_seconds=statistics.fmean(w[0] for w in warm["warm"].values()) if cells else 0.0,
         cell_cpu=statistics.fmean(warm["cells_cpu"]) if cells else 0.0,
+        cell_cpu_median=statistics.median(warm["cells_cpu"]) if cells else 0.0,
+        cell_cpu_max=max(warm["cells_cpu"], default=0.0),
         warm_cpu=statistics.fmean(w[1] for w in warm["warm"].values()) if cells else 0.0,
         process_seconds=process,
         plain_process_seconds=plain_process,
@@ -179,6 +184,8 @@ def report(results: Sequence[Run]) -> str:
         f"  a warm plain run        {median([r.warm_seconds for r in results]) * 1000:8.1f} ms",
         f"  cell / warm plain run   {median([r.warm_ratio for r in results]):8.2f}",
         f"  a cell, CPU             {median([r.cell_cpu for r in results]) * 1000:8.1f} ms",
+        f"    median, slowest       {median([r.cell_cpu_median for r in results]) * 1000:8.1f} ms"
+        f" {median([r.cell_cpu_max for r in results]) * 1000:8.1f} ms",
         f"  a warm plain run, CPU   {median([r.warm_cpu for r in results]) * 1000:8.1f} ms",
         f"  cell / warm plain, CPU  {median([r.cpu_ratio for r in results]):8.2f}",
         f"  pytest --fault-sweep    {median([r.process_seconds for r in results]):8.2f} s",

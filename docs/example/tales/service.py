@@ -48,8 +48,11 @@ class Storyteller:
         self, model_path: Path | str, *, clock: Clock | None = None, journal: Journal | None = None
     ) -> None:
         clock = clock or SystemClock()
+        # one thread for the prompt too (n_threads_batch defaults to every core): a model
+        # this small gains nothing from more, and on a busy machine llama.cpp's threads spin
+        # waiting for each other, which makes a call many times slower
         self.llm = llama_cpp.Llama(
-            model_path=str(model_path), n_ctx=256, n_threads=1, verbose=False
+            model_path=str(model_path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False
         )
         self.retry = Retry(
             on=RuntimeError,  # what llama-cpp-python raises when decoding fails
