@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         path = gemma_model_path()
     else:
         path = tiny_model_path()
-    llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=1, verbose=False)
+    llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
     try:
         print(report(measure(llm, args.rounds, args.calls)))
     finally:

@@ -33,7 +33,9 @@ _THREAD_BOUND = 60.0
 
 @pytest.fixture
 def llm(tiny_model_path: Path) -> Iterator[Any]:
-    model = llama_cpp.Llama(str(tiny_model_path), n_ctx=256, n_threads=1, seed=0, verbose=False)
+    model = llama_cpp.Llama(
+        str(tiny_model_path), n_ctx=256, n_threads=1, n_threads_batch=1, seed=0, verbose=False
+    )
     yield model
     model.close()
 
@@ -117,7 +119,9 @@ def test_a_stream_only_a_cycle_keeps_is_collected_not_refused(llm: Any) -> None:
 
 
 def test_two_models_used_at_once_are_fine(llm: Any, tiny_model_path: Path) -> None:
-    other = llama_cpp.Llama(str(tiny_model_path), n_ctx=256, n_threads=1, verbose=False)
+    other = llama_cpp.Llama(
+        str(tiny_model_path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False
+    )
     try:
         stream = llm.create_completion("Once", stream=True, max_tokens=4)
         next(stream)
@@ -128,7 +132,9 @@ def test_two_models_used_at_once_are_fine(llm: Any, tiny_model_path: Path) -> No
 
 
 def test_two_models_streaming_interleaved(llm: Any, tiny_model_path: Path) -> None:
-    other = llama_cpp.Llama(str(tiny_model_path), n_ctx=256, n_threads=1, verbose=False)
+    other = llama_cpp.Llama(
+        str(tiny_model_path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False
+    )
     try:
         with (
             contextlib.closing(llm.create_completion("Once", stream=True, max_tokens=4)) as a,
@@ -226,7 +232,7 @@ def test_the_ini_switch_turns_it_off(pytester: pytest.Pytester, tiny_model_path:
 
         def test_interleaved():
             llm = llama_cpp.Llama({str(tiny_model_path)!r}, n_ctx=256, n_threads=1,
-                                  verbose=False)
+                                  n_threads_batch=1, verbose=False)
             stream = llm.create_completion("Once", stream=True, max_tokens=4)
             next(stream)
             assert llm.create_completion("Twice", max_tokens=1)["choices"]

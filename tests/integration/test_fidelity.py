@@ -102,7 +102,9 @@ def small_daemon(tiny_model_path: Path) -> Iterator[DaemonProcess]:
 
 @pytest.fixture(scope="module")
 def small_llama(tiny_model_path: Path) -> Iterator[Any]:
-    llm = llama_cpp.Llama(str(tiny_model_path), n_ctx=N_CTX, n_threads=1, verbose=False, seed=0)
+    llm = llama_cpp.Llama(
+        str(tiny_model_path), n_ctx=N_CTX, n_threads=1, n_threads_batch=1, verbose=False, seed=0
+    )
     yield llm
     llm.close()
 
@@ -326,7 +328,7 @@ _LOAD_UNDER_LIMIT = textwrap.dedent(
     # what is in use now and 64 MiB more: a context of 128 Ki tokens cannot be allocated
     resource.setrlimit(resource.RLIMIT_AS, (used + (64 << 20), used + (64 << 20)))
     try:
-        llama_cpp.Llama(sys.argv[1], n_ctx=131072, n_threads=1, verbose=False)
+        llama_cpp.Llama(sys.argv[1], n_ctx=131072, n_threads=1, n_threads_batch=1, verbose=False)
     except Exception as exc:
         print(type(exc).__module__ + "." + type(exc).__qualname__)
         print(exc)
@@ -346,7 +348,9 @@ def test_a_load_that_cannot_allocate_is_what_oom_raises(tiny_model_path: Path) -
     )
     kind, message = child.stdout.splitlines()[:2]
     with faults.inject("llama.load=oom") as run, pytest.raises(Exception) as simulated:  # noqa: PT011
-        llama_cpp.Llama(str(tiny_model_path), n_ctx=N_CTX, n_threads=1, verbose=False)
+        llama_cpp.Llama(
+            str(tiny_model_path), n_ctx=N_CTX, n_threads=1, n_threads_batch=1, verbose=False
+        )
     assert run.injected("llama.load") == 1
     assert f"{type(simulated.value).__module__}.{type(simulated.value).__qualname__}" == kind
     assert shape(str(simulated.value)) == shape(message)
@@ -515,7 +519,7 @@ _REAL_ABORT = textwrap.dedent(
     import sys
     import llama_cpp
     llm = llama_cpp.Llama(sys.argv[1], n_ctx=256, n_batch=8, n_ubatch=8, n_threads=1,
-                          verbose=False)
+                          n_threads_batch=1, verbose=False)
     # 16 tokens in one llama_decode, past n_batch: llama.cpp asserts instead of failing
     batch = llama_cpp.llama_batch_init(16, 0, 1)
     batch.n_tokens = 16
@@ -535,7 +539,7 @@ _SIMULATED_ABORT = textwrap.dedent(
     import sys
     import llama_cpp
     import faults
-    llm = llama_cpp.Llama(sys.argv[1], n_ctx=256, n_threads=1, verbose=False)
+    llm = llama_cpp.Llama(sys.argv[1], n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
     print("decoding", flush=True)
     with faults.inject("llama.generate=crash"):
         try:

@@ -40,7 +40,7 @@ from llama_cpp import Llama
 
 @pytest.fixture
 def llm(tiny_model):
-    model = Llama(str(tiny_model), n_threads=1, verbose=False)
+    model = Llama(str(tiny_model), n_threads=1, n_threads_batch=1, verbose=False)
     yield model
     model.close()
 
@@ -62,7 +62,7 @@ import multiprocessing
 def serve(model_path, conn):
     from llama_cpp import Llama
 
-    llm = Llama(model_path, n_threads=1, verbose=False)
+    llm = Llama(model_path, n_threads=1, n_threads_batch=1, verbose=False)
     try:
         while (prompt := conn.recv()) is not None:
             conn.send(llm(prompt, max_tokens=4)["choices"][0]["text"])
@@ -257,7 +257,8 @@ def test_a_subprocess_running_python_gets_the_faults(ptr: pytest.Pytester) -> No
         def test_the_child_crashes(tiny_model):
             code = (
                 "from llama_cpp import Llama\\n"
-                f"llm = Llama({{str(tiny_model)!r}}, n_threads=1, verbose=False)\\n"
+                f"llm = Llama({{str(tiny_model)!r}}, n_threads=1, n_threads_batch=1,"
+                " verbose=False)\\n"
                 "llm('Hello', max_tokens=2)\\n"
             )
             done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -308,7 +309,7 @@ def test_a_crash_in_the_pytest_process_fails_the_test_not_the_run(ptr: pytest.Py
 
         def test_faults_fixture_crash(tiny_model, faults):
             faults("llama.generate=1*crash")
-            llm = Llama(str(tiny_model), n_threads=1, verbose=False)
+            llm = Llama(str(tiny_model), n_threads=1, n_threads_batch=1, verbose=False)
             try:
                 llm("Hello", max_tokens=2)
             finally:

@@ -28,7 +28,9 @@ SLOW = "llama.stream=latency(1ms)"  # a fault that cuts nothing
 
 @pytest.fixture
 def llm(tiny_model: Path) -> Iterator[Any]:
-    model = llama_cpp.Llama(str(tiny_model), n_ctx=256, n_threads=1, seed=0, verbose=False)
+    model = llama_cpp.Llama(
+        str(tiny_model), n_ctx=256, n_threads=1, n_threads_batch=1, seed=0, verbose=False
+    )
     yield model
     model.close()
 
@@ -181,7 +183,9 @@ KEPT = []
 
 @pytest.fixture(scope="module")
 def llm(tiny_model):
-    model = llama_cpp.Llama(str(tiny_model), n_ctx=256, n_threads=1, verbose=False)
+    model = llama_cpp.Llama(
+        str(tiny_model), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False
+    )
     yield model
     model.close()
 

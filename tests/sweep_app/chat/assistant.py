@@ -78,7 +78,7 @@ class Assistant:
     def _model(self) -> Any:
         if self.llm is None:
             self.llm = llama_cpp.Llama(
-                model_path=self.model_path, n_ctx=256, n_threads=1, verbose=False
+                model_path=self.model_path, n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False
             )
         return self.llm
 
