@@ -322,7 +322,12 @@ def nearest(word: str, choices: Iterable[str]) -> str | None:
     """The choice closest to a misspelt ``word``, for a "did you mean"; ``None`` if none is."""
     import difflib  # noqa: PLC0415 - only error messages need it; keeps the import cheap
 
-    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    found = difflib.get_close_matches(
+        word,
+        list(choices),
+        n=1,  # pragma: no mutate - only the best match is used: any n >= 1 gives the same
+        cutoff=0.6,
+    )
     return found[0] if found else None
 
 

@@ -185,6 +185,15 @@ def test_schedules_for_a_spec_are_keyed_by_site() -> None:
     assert repr(found[Site("llama", "load")]) == "<Schedule llama.load=oom calls=0 fired=0>"
 
 
+def test_repr_shows_the_chain_as_the_spec_writes_it() -> None:
+    s = Schedule.replaying([(4, Term("oom")), (2, Term("none"))])
+    assert s.site == ""
+    assert repr(s) == "<Schedule =@2none->@4oom calls=0 fired=0>"
+    s.decide()
+    s.decide()
+    assert repr(s) == "<Schedule =@2none->@4oom calls=2 fired=1>"
+
+
 def test_decision_carries_the_term_call_and_index() -> None:
     s = schedule("llama.generate=@2none->@3oom")
     assert [s.decide() for _ in range(3)] == [
@@ -381,12 +390,15 @@ def test_observed_rate_is_within_bounds(pct: float, seed: int) -> None:
 
 
 def test_restart_starts_the_chain_afresh_and_keeps_the_totals() -> None:
-    schedule = Schedule.for_entry(parse("llama.generate=@2none->1*corrupt").entries[0])
-    first = [d and (d.term.kind, d.call) for d in (schedule.decide() for _ in range(4))]
+    schedule = Schedule.for_entry(parse("llama.generate=@1oom->@2none->1*corrupt").entries[0])
+    first = [schedule.decide() for _ in range(4)]
     schedule.restart()
-    again = [d and (d.term.kind, d.call) for d in (schedule.decide() for _ in range(4))]
-    assert first == again == [("corrupt", 1), ("none", 2), None, None]
-    assert (schedule.calls, schedule.fired) == (8, 4)
+    again = [schedule.decide() for _ in range(4)]
+    oom, none, corrupt = schedule.chain
+    assert (
+        first == again == [Decision(oom, 1, 0), Decision(none, 2, 1), Decision(corrupt, 3, 2), None]
+    )
+    assert (schedule.calls, schedule.fired) == (8, 6)
 
 
 def test_restart_with_the_same_generator_draws_the_same_chances() -> None:
