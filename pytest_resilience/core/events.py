@@ -3,7 +3,8 @@
 Every component takes an optional ``journal``; with none, it records nothing and pays
 nothing. Events carry the time of the component's clock, so under a virtual clock a
 timeline reads in virtual seconds. Success paths record nothing: a call that works on the
-first attempt through a closed breaker costs no append. The
+first attempt through a closed breaker costs no append, unless its policy was made with
+``outcomes=True`` (:class:`CallSucceeded`, :class:`CallFailed`). The
 :class:`~pytest_resilience.core.journal.Journal` that holds them is in
 :mod:`pytest_resilience.core.journal`, which this module does not import.
 
