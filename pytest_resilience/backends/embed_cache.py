@@ -33,23 +33,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.cache import CacheStats, read_entries, skipped_line, write_atomically
-from ..core.clock import Clock, SystemClock
+from ..core.cache import BoundedCache, skipped_line
 from ..core.events import CacheHit, CacheMissed, event_maker
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Sequence
+    from pathlib import Path
 
     import numpy as np
     import numpy.typing as npt
 
+    from ..core.clock import Clock
     from ..core.journal import Journal
 
     Vector = npt.NDArray[np.float64]
@@ -74,14 +72,14 @@ class EmbeddingMatch:
     exact: bool
 
 
-class _Entry:
-    __slots__ = ("size", "stored", "unit", "vector")
+class _Vectors:
+    __slots__ = ("unit", "vector")
 
-    def __init__(self, vector: Vector, unit: Vector, size: int, stored: float) -> None:
-        self.vector, self.unit, self.size, self.stored = vector, unit, size, stored
+    def __init__(self, vector: Vector, unit: Vector) -> None:
+        self.vector, self.unit = vector, unit
 
 
-class EmbeddingCache:
+class EmbeddingCache(BoundedCache[_Vectors]):
     """A bounded, thread-safe LRU cache of embeddings by text (see the module docs).
 
     Raises ``ValueError`` for a bound below 1, a ``max_age`` that is not positive or a
@@ -102,49 +100,27 @@ class EmbeddingCache:
     ) -> None:
         import numpy  # noqa: PLC0415  (lazily: importing the package stays cheap)
 
-        if max_entries < 1 or max_bytes < 1:
-            raise ValueError(
-                f"max_entries and max_bytes must be >= 1, got {max_entries}, {max_bytes}"
-            )
-        if max_age is not None and not max_age > 0:
-            raise ValueError(f"max_age must be > 0 seconds (or None), got {max_age}")
+        super().__init__(
+            name,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            max_age=max_age,
+            path=path,
+            clock=clock,
+            journal=journal,
+        )
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
         self._np = numpy
-        self.name = name
         self.threshold = threshold
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self.max_age = max_age
-        self.path = Path(path) if path is not None else None
-        self.clock: Clock = clock if clock is not None else SystemClock()
-        self.journal = journal
         self.dimension: int | None = None
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._lock = threading.Lock()
-        self._save_lock = threading.Lock()
-        self._bytes = 0
-        self._hits = self._misses = self._stores = 0
-        self._evictions = self._expired = self._refused = 0
         if self.path is not None:
-            now = self.clock.now()
             with self._lock:
-                for number, (text, vector, age) in read_entries(self.path, _entry_of):
-                    if self.max_age is not None and age >= self.max_age:
-                        continue
+                for number, text, vector, stored in self._loaded(_entry_of):
                     try:
-                        self._store(text, self._array(vector), now - age)
+                        self._store(text, self._array(vector), stored)
                     except ValueError as exc:  # another dimension, a number out of range
                         skipped_line(self.path, number, str(exc))
-
-    def __repr__(self) -> str:
-        return f"<EmbeddingCache {self.name!r} {len(self)}/{self.max_entries} entries>"
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, text: object) -> bool:
-        return text in self._entries
 
     # ------------------------------------------------------------------------- storing
 
@@ -171,22 +147,12 @@ class EmbeddingCache:
         if self.dimension is not None and array.size != self.dimension:
             raise ValueError(f"this cache holds {self.dimension}-D vectors, got {array.size}-D")
         size = len(text.encode("utf-8")) + array.nbytes
-        if size > self.max_bytes:
-            self._refused += 1
+        if not self._admits(size):
             return False
         self.dimension = array.size
         norm = float(self._np.linalg.norm(array))
         unit = array / norm if norm > 0 else array
-        old = self._entries.pop(text, None)
-        if old is not None:
-            self._bytes -= old.size
-        self._entries[text] = _Entry(array, unit, size, stored)
-        self._bytes += size
-        self._stores += 1
-        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.size
-            self._evictions += 1
+        self._insert(text, _Vectors(array, unit), size, stored)
         return True
 
     # ------------------------------------------------------------------------ looking up
@@ -226,42 +192,26 @@ class EmbeddingCache:
         return found
 
     def _exact(self, text: str) -> EmbeddingMatch:
-        return EmbeddingMatch(text, self._entries[text].vector.tolist(), 1.0, True)
+        return EmbeddingMatch(text, self._entries[text].value.vector.tolist(), 1.0, True)
 
     def _nearest(self, unit: Vector | None) -> EmbeddingMatch | None:
         if unit is None or not self._entries or unit.size != self.dimension:
             return None
         texts = list(self._entries)
-        matrix = self._np.stack([self._entries[t].unit for t in texts])
+        matrix = self._np.stack([self._entries[t].value.unit for t in texts])
         similarities = matrix @ unit
         best = int(self._np.argmax(similarities))
         similarity = float(similarities[best])
         if similarity < self.threshold:
             return None
-        entry = self._entries[texts[best]]
+        entry = self._entries[texts[best]].value
         return EmbeddingMatch(texts[best], entry.vector.tolist(), similarity, False)
 
     def _drop_expired(self, now: float) -> None:
         if self.max_age is None:
             return
-        for text in [t for t, e in self._entries.items() if now - e.stored >= self.max_age]:
-            self._bytes -= self._entries.pop(text).size
-            self._expired += 1
-
-    @property
-    def stats(self) -> CacheStats:
-        """The entries, bytes and counters, read together."""
-        with self._lock:
-            return CacheStats(
-                entries=len(self._entries),
-                bytes=self._bytes,
-                hits=self._hits,
-                misses=self._misses,
-                stores=self._stores,
-                evictions=self._evictions,
-                expired=self._expired,
-                refused=self._refused,
-            )
+        for text in [t for t, e in self._entries.items() if self._is_expired(e, now)]:
+            self._expire(text)
 
     # ----------------------------------------------------------------------- persistence
 
@@ -271,22 +221,9 @@ class EmbeddingCache:
         Raises ``ValueError`` without a ``path``, ``OSError`` if writing fails (the old
         file is then left as it was).
         """
-        if self.path is None:
-            raise ValueError(f"cache {self.name!r} has no path to save to")
-        with self._save_lock:
-            with self._lock:
-                now = self.clock.now()
-                rows = [
-                    (text, entry.vector.tolist(), now - entry.stored)
-                    for text, entry in self._entries.items()
-                    if self.max_age is None or now - entry.stored < self.max_age
-                ]
-            lines = [
-                json.dumps({"text": t, "vector": v, "age": a}, ensure_ascii=False) + "\n"
-                for t, v, a in rows
-            ]
-            write_atomically(self.path, "".join(lines).encode("utf-8"))
-        return self.path
+        return self._save(
+            lambda text, value, age: {"text": text, "vector": value.vector.tolist(), "age": age}
+        )
 
 
 def _entry_of(raw: bytes) -> tuple[str, list[float], float]:

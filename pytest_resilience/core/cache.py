@@ -52,7 +52,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .clock import Clock, SystemClock
 from .events import CacheHit, CacheMissed, event_maker
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = [
+    "BoundedCache",
     "CacheFileWarning",
     "CacheMiss",
     "CacheStats",
@@ -136,10 +137,13 @@ class CacheStats:
     refused: int
 
 
-class _Entry:
+V = TypeVar("V")
+
+
+class _Entry(Generic[V]):
     __slots__ = ("size", "stored", "value")
 
-    def __init__(self, value: str, size: int, stored: float) -> None:
+    def __init__(self, value: V, size: int, stored: float) -> None:
         self.value, self.size, self.stored = value, size, stored
 
 
@@ -147,7 +151,141 @@ def _size(key: str, value: str) -> int:
     return len(key.encode("utf-8")) + len(value.encode("utf-8"))
 
 
-class ResponseCache:
+class BoundedCache(Generic[V]):
+    """What every bounded cache shares: entries of type ``V`` by text key in LRU order,
+    their byte count and counters under one lock, the bounds, expiry on the injected
+    clock, :attr:`stats`, and saving to ``path``. A cache built on it says what its keys
+    and values are, how they are looked up and which events they make.
+
+    Raises ``ValueError`` for a bound below 1 or a ``max_age`` that is not positive.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_entries: int,
+        max_bytes: int,
+        max_age: float | None,
+        path: str | os.PathLike[str] | None,
+        clock: Clock | None,
+        journal: Journal | None,
+    ) -> None:
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError(
+                f"max_entries and max_bytes must be >= 1, got {max_entries}, {max_bytes}"
+            )
+        if max_age is not None and not max_age > 0:
+            raise ValueError(f"max_age must be > 0 seconds (or None), got {max_age}")
+        self.name = name
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.path = Path(path) if path is not None else None
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.journal = journal
+        self._entries: OrderedDict[str, _Entry[V]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._save_lock = threading.Lock()  # one save at a time: the newest snapshot wins
+        self._bytes = 0
+        self._hits = self._misses = self._stores = 0
+        self._evictions = self._expired = self._refused = 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {len(self)}/{self.max_entries} entries>"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` has an entry, expired or not (no event, no use)."""
+        return key in self._entries
+
+    @property
+    def stats(self) -> CacheStats:
+        """The entries, bytes and counters, read together."""
+        with self._lock:
+            return CacheStats(
+                entries=len(self._entries),
+                bytes=self._bytes,
+                hits=self._hits,
+                misses=self._misses,
+                stores=self._stores,
+                evictions=self._evictions,
+                expired=self._expired,
+                refused=self._refused,
+            )
+
+    # ------------------------------------------------------------- under the lock
+
+    def _is_expired(self, entry: _Entry[V], now: float) -> bool:
+        return self.max_age is not None and now - entry.stored >= self.max_age
+
+    def _admits(self, size: int) -> bool:
+        """Whether an entry of ``size`` bytes fits at all (counting it refused if not)."""
+        if size > self.max_bytes:
+            self._refused += 1
+            return False
+        return True
+
+    def _insert(self, key: str, value: V, size: int, stored: float) -> None:
+        """Store one entry as the newest, then evict the least recently used past the
+        bounds."""
+        self._drop(key)
+        self._entries[key] = _Entry(value, size, stored)
+        self._bytes += size
+        self._stores += 1
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.size
+            self._evictions += 1
+
+    def _drop(self, key: str) -> _Entry[V] | None:
+        """Forget ``key``'s entry, if any, and return it."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry.size
+        return entry
+
+    def _expire(self, key: str) -> None:
+        """Forget ``key``'s entry because it expired."""
+        self._drop(key)
+        self._expired += 1
+
+    def _loaded(
+        self, parse: Callable[[bytes], tuple[str, T, float]]
+    ) -> Iterator[tuple[int, str, T, float]]:
+        """The unexpired entries of the file at ``path`` (read by ``parse`` as key,
+        value and age), each with its line number and the clock reading it was stored
+        at."""
+        if self.path is None:
+            return
+        now = self.clock.now()
+        for number, (key, value, age) in read_entries(self.path, parse):
+            if self.max_age is None or age < self.max_age:
+                yield number, key, value, now - age
+
+    # --------------------------------------------------------------------- saving
+
+    def _save(self, row: Callable[[str, V, float], dict[str, object]]) -> Path:
+        """Write every unexpired entry, as ``row(key, value, age)``, to ``path``
+        atomically; return the path."""
+        if self.path is None:
+            raise ValueError(f"cache {self.name!r} has no path to save to")
+        with self._save_lock:
+            with self._lock:
+                now = self.clock.now()
+                rows = [
+                    row(key, entry.value, now - entry.stored)
+                    for key, entry in self._entries.items()
+                    if not self._is_expired(entry, now)
+                ]
+            lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+            write_atomically(self.path, "".join(lines).encode("utf-8"))
+        return self.path
+
+
+class ResponseCache(BoundedCache[str]):
     """A bounded, thread-safe LRU cache of answers by request key (see the module docs).
 
     Raises ``ValueError`` for a bound below 1 or a ``max_age`` that is not positive.
@@ -164,30 +302,18 @@ class ResponseCache:
         clock: Clock | None = None,
         journal: Journal | None = None,
     ) -> None:
-        if max_entries < 1 or max_bytes < 1:
-            raise ValueError(
-                f"max_entries and max_bytes must be >= 1, got {max_entries}, {max_bytes}"
-            )
-        if max_age is not None and not max_age > 0:
-            raise ValueError(f"max_age must be > 0 seconds (or None), got {max_age}")
-        self.name = name
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self.max_age = max_age
-        self.path = Path(path) if path is not None else None
-        self.clock: Clock = clock if clock is not None else SystemClock()
-        self.journal = journal
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._lock = threading.Lock()
-        self._save_lock = threading.Lock()  # one save at a time: the newest snapshot wins
-        self._bytes = 0
-        self._hits = self._misses = self._stores = 0
-        self._evictions = self._expired = self._refused = 0
-        if self.path is not None:
-            self._load(self.path)
-
-    def __repr__(self) -> str:
-        return f"<ResponseCache {self.name!r} {len(self)}/{self.max_entries} entries>"
+        super().__init__(
+            name,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            max_age=max_age,
+            path=path,
+            clock=clock,
+            journal=journal,
+        )
+        with self._lock:
+            for _, key, value, stored in self._loaded(_entry_of):
+                self._store(key, value, _size(key, value), stored)
 
     # ----------------------------------------------------------------------- the entries
 
@@ -199,11 +325,9 @@ class ResponseCache:
             if entry is None:
                 self._misses += 1
                 reason, age = "absent", 0.0
-            elif self.max_age is not None and now - entry.stored >= self.max_age:
-                del self._entries[key]
-                self._bytes -= entry.size
+            elif self._is_expired(entry, now):
+                self._expire(key)
                 self._misses += 1
-                self._expired += 1
                 reason, age = "expired", now - entry.stored
             else:
                 self._entries.move_to_end(key)
@@ -228,56 +352,21 @@ class ResponseCache:
 
     def _store(self, key: str, value: str, size: int, stored: float) -> bool:
         """Under the lock: store one entry stored at ``stored``, then keep the bounds."""
-        if size > self.max_bytes:
-            self._refused += 1
+        if not self._admits(size):
             return False
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._bytes -= old.size
-        self._entries[key] = _Entry(value, size, stored)
-        self._bytes += size
-        self._stores += 1
-        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.size
-            self._evictions += 1
+        self._insert(key, value, size, stored)
         return True
 
     def discard(self, key: str) -> bool:
         """Forget ``key``; whether it was there."""
         with self._lock:
-            entry = self._entries.pop(key, None)
-            if entry is not None:
-                self._bytes -= entry.size
-        return entry is not None
+            return self._drop(key) is not None
 
     def clear(self) -> None:
         """Forget every entry (the counters stay)."""
         with self._lock:
             self._entries.clear()
             self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: object) -> bool:
-        """Whether ``key`` has an entry, expired or not (no event, no use)."""
-        return key in self._entries
-
-    @property
-    def stats(self) -> CacheStats:
-        """The entries, bytes and counters, read together."""
-        with self._lock:
-            return CacheStats(
-                entries=len(self._entries),
-                bytes=self._bytes,
-                hits=self._hits,
-                misses=self._misses,
-                stores=self._stores,
-                evictions=self._evictions,
-                expired=self._expired,
-                refused=self._refused,
-            )
 
     # ----------------------------------------------------------------------- persistence
 
@@ -287,29 +376,7 @@ class ResponseCache:
         Raises ``ValueError`` if the cache has no ``path``, ``OSError`` if writing fails
         (the old file is then left as it was).
         """
-        if self.path is None:
-            raise ValueError(f"cache {self.name!r} has no path to save to")
-        with self._save_lock:
-            with self._lock:
-                now = self.clock.now()
-                rows = [
-                    (key, entry.value, now - entry.stored)
-                    for key, entry in self._entries.items()
-                    if self.max_age is None or now - entry.stored < self.max_age
-                ]
-            lines = [
-                json.dumps({"key": k, "value": v, "age": age}, ensure_ascii=False) + "\n"
-                for k, v, age in rows
-            ]
-            write_atomically(self.path, "".join(lines).encode("utf-8"))
-        return self.path
-
-    def _load(self, path: Path) -> None:
-        now = self.clock.now()
-        with self._lock:
-            for _, (key, value, age) in read_entries(path, _entry_of):
-                if self.max_age is None or age < self.max_age:
-                    self._store(key, value, _size(key, value), now - age)
+        return self._save(lambda key, value, age: {"key": key, "value": value, "age": age})
 
 
 def read_entries(path: Path, parse: Callable[[bytes], T]) -> Iterator[tuple[int, T]]:
