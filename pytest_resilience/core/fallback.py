@@ -33,7 +33,8 @@ Journal: when a step other than the first answers, a
 did not (``"daemon: DaemonUnavailable: refused"``, ``"direct: result None"``). When every
 step fails, a :class:`FallbackExhausted` event lists the same reasons and
 :class:`~pytest_resilience.core.errors.FallbackError` is raised, chained from the last exception
-seen. A first step that answers records nothing.
+seen. A first step that answers records nothing. With a journal, each call is a span
+``fallback:<name>`` (:mod:`pytest_resilience.core.trace`) that its steps run in.
 
 The cached answer: a :class:`CachedStep` in the chain answers with the last good answer
 to the same arguments, from a :class:`~pytest_resilience.core.cache.ResponseCache`::
@@ -60,6 +61,7 @@ from .cancel import check_cancelled
 from .clock import Clock, SystemClock
 from .errors import FallbackError, exception_filter
 from .events import Event, FallbackUsed, event_maker
+from .trace import span
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -115,6 +117,9 @@ class CachedStep:
     cache: ResponseCache
     key: Callable[..., str] | None = None
     name: str = "cache"
+
+
+_fallback_exhausted = event_maker(FallbackExhausted)  # its __init__ stamps the span's ids too
 
 
 class _Resolved:
@@ -200,6 +205,12 @@ class Fallback:
         ``TypeError`` if a step returns an awaitable (use :meth:`acall`), and re-raises
         unchanged any exception that the failing step's ``on`` does not match.
         """
+        if self.journal is not None:
+            with span(f"fallback:{self.name}", self.journal):
+                return self._run(args, kwargs)
+        return self._run(args, kwargs)
+
+    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         tried = _Tried()
         for index, step in enumerate(self._steps):
             if index:
@@ -226,6 +237,12 @@ class Fallback:
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
         """The async form of ``__call__``: steps may be sync or async functions."""
+        if self.journal is not None:
+            with span(f"fallback:{self.name}", self.journal):
+                return await self._arun(args, kwargs)
+        return await self._arun(args, kwargs)
+
+    async def _arun(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         tried = _Tried()
         for index, step in enumerate(self._steps):
             if index:
@@ -271,7 +288,7 @@ class Fallback:
     def _exhausted(self, tried: _Tried) -> FallbackError:
         if self.journal is not None:
             self.journal.append(
-                FallbackExhausted(
+                _fallback_exhausted(
                     time=self.clock.now(), source=self.name, failures=tuple(tried.reasons)
                 )
             )

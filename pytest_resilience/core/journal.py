@@ -3,7 +3,11 @@
 The Journal is thread-safe, bounded (the oldest events go first; ``dropped`` counts them,
 and the first drop warns :class:`JournalFull`) and append-only. Listeners subscribe to it
 and are called, outside the lock, in the thread that appended. :class:`JsonLinesLogger` is
-a listener that writes each event as one JSON line through the stdlib ``logging`` module.
+a listener that writes each event as one JSON line through the stdlib ``logging`` module
+(:class:`~pytest_resilience.core.logs.JsonFormatter` renders such records, and any other,
+as JSON objects). A listener that also has ``span_started`` and ``span_ended``
+(:class:`~pytest_resilience.core.trace.SpanListener`) hears of the spans opened by the
+components that have this journal, too (``span_listeners``).
 The event records themselves, and how a dumped journal's lines become events again, are in
 :mod:`pytest_resilience.core.events`.
 
@@ -29,6 +33,7 @@ from itertools import repeat, starmap
 from typing import IO, TYPE_CHECKING, Any, TypeVar, overload
 
 from .event_fields import show
+from .trace import SpanListener
 
 if TYPE_CHECKING:
     from .events import Event
@@ -65,6 +70,7 @@ class Journal:
         self._events: deque[Event] = deque()
         self._lock = threading.Lock()  # guards trimming, clearing and the counts
         self._listeners: tuple[Listener, ...] = ()
+        self._span_listeners: tuple[SpanListener, ...] = ()
         self._warned = False  # JournalFull was warned
         self._trim_at = maxlen  # maxlen + slack once warned: see the module docstring
         self._trimmed = 0  # events trimmed since the last clear()
@@ -122,14 +128,26 @@ class Journal:
         self._trim_at = self.maxlen + min(self.maxlen, _SLACK)
         return True
 
+    @property
+    def span_listeners(self) -> tuple[SpanListener, ...]:
+        """The listeners that hear of spans too (:class:`~.trace.SpanListener`), in order."""
+        return self._span_listeners
+
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener`` for every later event; returns the function that unsubscribes."""
+        """Call ``listener`` for every later event; returns the function that unsubscribes.
+
+        A :class:`~pytest_resilience.core.trace.SpanListener` (``span_started`` and
+        ``span_ended`` besides) is also told of every span opened with this journal."""
+        spans = isinstance(listener, SpanListener)
         with self._lock:
             self._listeners = (*self._listeners, listener)
+            if spans:
+                self._span_listeners = (*self._span_listeners, listener)  # type: ignore[arg-type]
 
         def unsubscribe() -> None:
             with self._lock:
                 self._listeners = tuple(x for x in self._listeners if x is not listener)
+                self._span_listeners = tuple(x for x in self._span_listeners if x is not listener)
 
         return unsubscribe
 
@@ -198,8 +216,12 @@ class Journal:
 
 
 def format_event(event: Event, *, since: float | None = None) -> str:
+    """One line of a timeline: time, kind, ``[source]``, the fields. The span's ids are
+    left out (the JSON forms carry them): a timeline is read by a person."""
     data = event.to_dict()
     kind, time, source = data.pop("kind"), data.pop("time"), data.pop("source")
+    data.pop("trace_id", None)
+    data.pop("span_id", None)
     fields = " ".join(f"{k}={v!r}" for k, v in data.items())
     where = f" [{source}]" if source else ""
     shown = f"{time:10.3f}s" if since is None else f"{time - since:+10.3f}s"
@@ -207,7 +229,11 @@ def format_event(event: Event, *, since: float | None = None) -> str:
 
 
 class JsonLinesLogger:
-    """A journal listener that logs each event as one JSON line (``journal.subscribe(...)``)."""
+    """A journal listener that logs each event as one JSON line (``journal.subscribe(...)``).
+
+    The message is :meth:`~.events.Event.to_dict` as JSON, the span's ids included when
+    set; the record also carries the event itself as ``record.resilience_event``, which
+    :class:`~pytest_resilience.core.logs.JsonFormatter` renders."""
 
     def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
         self.logger = logger if logger is not None else logging.getLogger("pytest_resilience")
@@ -215,4 +241,6 @@ class JsonLinesLogger:
 
     def __call__(self, event: Event) -> None:
         if self.logger.isEnabledFor(self.level):
-            self.logger.log(self.level, json.dumps(event.to_dict()))
+            self.logger.log(
+                self.level, json.dumps(event.to_dict()), extra={"resilience_event": event}
+            )

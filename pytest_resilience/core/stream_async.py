@@ -61,7 +61,15 @@ class AsyncGuardedStream(_Guarded):
                 deadline=armed, clock=self._clock, name=f"stream {self._guard.name!r}"
             ) as scope:
                 self._scope = scope
-                chunk = await self._ait.__anext__()
+                opened = self._span
+                if opened is None:
+                    chunk = await self._ait.__anext__()
+                else:  # with a journal: the source runs in the stream's span
+                    token = opened.activate()
+                    try:
+                        chunk = await self._ait.__anext__()
+                    finally:
+                        opened.deactivate(token)
         except StopAsyncIteration:
             await self._aend("complete")
             raise
@@ -167,6 +175,7 @@ class AsyncGuardedStream(_Guarded):
         raise StopAsyncIteration
 
     async def _afail(self, exc: BaseException) -> None:
+        self._error = self._error or exc
         await self._aend("error", _describe(exc))
         self._interrupted(f"error: {_describe(exc)}")
 

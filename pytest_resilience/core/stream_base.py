@@ -3,6 +3,12 @@
 A :class:`_Guarded` stream keeps the chunks delivered so far, the deadline for the next one
 (first-token, then idle, never past the total), and records the journal events; how it
 ends is a :class:`StreamResult`. The rules are in :mod:`pytest_resilience.core.stream`.
+
+With a journal, a stream is a span (``stream:<name>``, :mod:`pytest_resilience.core.trace`):
+opened when the stream starts, a child of the span current there; the source runs inside
+it, the stream's events carry its ids, and it ends with the stream's last event (or, for a
+complete stream, which records none, as it completes). A stream dropped without being
+closed ends no span (the garbage collector's finaliser announces nothing).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from .errors import StreamInterrupted, StreamStalled
 from .events import (
+    FallbackUsed,
     StallDetected,
     StreamCancelled,
     StreamCapped,
@@ -20,10 +27,12 @@ from .events import (
     StreamFirstToken,
     StreamInvalid,
 )
+from .trace import start_span
 
 if TYPE_CHECKING:
     from .events import Event
     from .stream import StreamGuard
+    from .trace import OpenSpan
 
 __all__ = ["OnStall", "StreamResult", "Validator"]
 
@@ -82,6 +91,8 @@ class _Guarded:
         )
         self._chars = 0  # characters delivered, counted only while screening
         self.result: StreamResult | None = None
+        self._span: OpenSpan | None = None  # with a journal, from the start on
+        self._error: BaseException | None = None  # what the span ends with
 
     @property
     def text(self) -> str:
@@ -93,6 +104,8 @@ class _Guarded:
         return self.result is not None
 
     def _begin(self) -> None:
+        if self._journal is not None:
+            self._span = start_span(f"stream:{self._guard.name}", self._journal)
         self._started = True
         self._start_at = self._last = self._now()
         self._total_at = self._start_at + self._total
@@ -120,7 +133,13 @@ class _Guarded:
 
     def _record(self, event: type[Event], **fields: Any) -> None:
         if self._journal is not None:
+            opened = self._span
+            if opened is not None:
+                fields["trace_id"] = opened.span.trace_id
+                fields["span_id"] = opened.span.span_id
             self._journal.append(event(time=self._now(), source=self._guard.name, **fields))
+            if opened is not None and event not in _NOT_LAST:  # the stream's last event
+                opened.end(self._error)
 
     def _finish(self, reason: str, detail: str = "") -> StreamResult:
         text = self.text
@@ -137,6 +156,8 @@ class _Guarded:
         )
         if empty:
             self._record(StreamEmpty, partial=text)
+        elif reason == "complete" and self._span is not None:  # no event: ends here
+            self._span.end()
         return self.result
 
     def _screen(self, chunk: str) -> tuple[str, str] | None:
@@ -172,9 +193,11 @@ class _Guarded:
     def _stalled(self, which: str, waited: float) -> StreamStalled | None:
         """Record a stall; the error to raise, or None in ``on_stall="return"`` mode."""
         partial = self.text
+        error = StreamStalled(which, waited, partial)
+        self._error = self._error or error
         self._record(StallDetected, which=which, waited=waited, partial=partial)
         if self._guard.on_stall == "raise":
-            return StreamStalled(which, waited, partial)
+            return error
         return None
 
     def _interrupted(self, reason: str) -> None:
@@ -187,6 +210,10 @@ class _Guarded:
             self._interrupted("buffered answer diverged")
             raise StreamInterrupted("buffered answer diverged", partial)
         return answer[len(partial) :]
+
+
+#: The events a stream records before its last one.
+_NOT_LAST: frozenset[type[Event]] = frozenset({StreamFirstToken, FallbackUsed})
 
 
 def _name(validator: Callable[[str], object]) -> str:

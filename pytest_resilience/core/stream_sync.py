@@ -74,6 +74,8 @@ class GuardedStream(_Guarded):
         ctx = self._ctx = contextvars.copy_context()
         self._parent = ctx.run(current_scope)
         ctx.run(self._scope.__enter__)
+        if self._span is not None:  # the source (and its worker, buffered()) run in it
+            ctx.run(self._span.activate)
         self._arm(self._armed)
         if self._threaded:
             self._pump = _Pump(self._it, self._source, ctx.copy(), self._guard.name)
@@ -198,6 +200,7 @@ class GuardedStream(_Guarded):
     # -------------------------------------------------------------------------- ending
 
     def _fail(self, exc: BaseException) -> None:
+        self._error = self._error or exc
         self._end("error", _describe(exc))
         self._interrupted(f"error: {_describe(exc)}")
 

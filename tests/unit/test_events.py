@@ -402,7 +402,10 @@ def test_the_maker_and_the_class_build_the_same_frozen_event(cls: type[Event]) -
 
 
 def test_the_fast_init_keeps_the_dataclass_signature_and_defaults() -> None:
-    assert str(inspect.signature(FallbackUsed)) == "(*, time, source='', step, index, after=())"
+    # the span's ids: None stamps them from the current span (Event.trace_id's docs)
+    assert str(inspect.signature(FallbackUsed)) == (
+        "(*, time, source='', trace_id=None, span_id=None, step, index, after=())"
+    )
     assert FallbackUsed(time=1.0, step="s", index=2).after == ()
     assert event_maker(DaemonUp)(time=1.0) == DaemonUp(time=1.0, source="", latency=0.0)
     with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'index'"):
