@@ -213,6 +213,7 @@ def _step(checker: _Checker, raw: Mapping[str, Any], at: Path_) -> Step:
         line=_line_of(checker.lines, (*at, "op")),
         args=args,
         kwargs=raw.get("kwargs", {}),
+        status=raw.get("status"),
     )
 
 
@@ -240,6 +241,12 @@ def _check_step(
         raise checker.error(op_at, f"chat is not supported by a {target.client!r} target")
     if step.op == "job" and "checkpoint" not in resilience:
         raise checker.error(op_at, "job needs a [resilience.checkpoint] table")
+    if step.status is not None and target.client != "resilient":
+        raise checker.error(
+            (*at, "status"),
+            "status is what a resilient client's status() says: it needs "
+            f"[target] client = 'resilient', not {target.client!r}",
+        )
     if step.op == "advance" and step.seconds <= 0:
         raise checker.error(op_at, "advance needs seconds > 0")
 

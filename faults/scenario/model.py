@@ -70,6 +70,9 @@ class Step:
     line: int = 0
     args: tuple[Any, ...] = ()  # "call": the positional arguments (args, or the prompt)
     kwargs: Mapping[str, Any] = field(default_factory=dict)  # "call": keyword arguments
+    #: the resilient client's status() expected after the step (the probe: before the
+    #: steps and after them); None: not checked
+    status: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,16 +49,22 @@ class Check:
     expected: Any
     actual: Any
     held: bool
+    label: str = ""  # where a check outside [expect] was made: "status after step 3 (line 40)"
+    why: str = ""  # what explains the actual value (a status's reasons)
 
     def __str__(self) -> str:
-        return f"expect.{self.key} = {self.expected!r}: got {self.actual!r}"
+        where = self.label or f"expect.{self.key}"
+        why = f" ({self.why})" if self.why else ""
+        return f"{where} = {self.expected!r}: got {self.actual!r}{why}"
 
 
 @dataclass(slots=True)
 class Outcome:
     """What :func:`run` found: ``passed``, the ``failures`` (readable lines), the
     ``journal`` of the run, ``stats``, each expectation's ``checks``, the journal's
-    ``summary`` over the steps, the ``seed`` used, and ``error`` when a step raised."""
+    ``summary`` over the steps, the ``seed`` used, and ``error`` when a step raised.
+    ``statuses``: the resilient client's status where the file asked for it, in order, as
+    ``(where, status)``: ``("before", "healthy")``, ``("step 4", "degraded")``."""
 
     scenario: Scenario
     seed: int
@@ -69,3 +75,4 @@ class Outcome:
     checks: list[Check] = field(default_factory=list)
     summary: Summary = field(default_factory=Summary)
     error: str | None = None
+    statuses: list[tuple[str, str]] = field(default_factory=list)

@@ -71,10 +71,32 @@ def format_report(outcome: Outcome) -> str:
             "recovered: " + ", ".join(sorted({e.how for e in outcome.journal.events(Recovered)}))
         )
     lines.append(f"      reaction: {'; '.join(reaction) or 'none'}")
-    held = ", ".join(c.key for c in outcome.checks if c.held)
+    if outcome.statuses:
+        lines.append(f"      status: {_statuses(outcome.statuses)}")
+    held = ", ".join(c.key for c in outcome.checks if c.held and not c.label)
     lines.append(f"      held: {held or '(no expectations)'}")
     lines += [f"      FAILED: {f}" for f in outcome.failures]
     return _safe_lines("\n".join(lines))
+
+
+def _statuses(statuses: list[tuple[str, str]]) -> str:
+    """``healthy before the steps; degraded after steps 3, 4; healthy after the steps``:
+    each status where it was read, in order, the steps in a row with the same status
+    together."""
+    shown: list[str] = []
+    steps: list[str] = []  # the steps in a row with the status ``current``
+    current = ""
+    for where, status in [*statuses, ("", "")]:  # the last entry ends the last row
+        step = where.removeprefix("step ") if where.startswith("step ") else ""
+        if step and steps and status == current:
+            steps.append(step)
+            continue
+        if steps:
+            shown.append(f"{current} after step{'s' * (len(steps) > 1)} {', '.join(steps)}")
+        current, steps = status, [step] if step else []
+        if where and not step:
+            shown.append(f"{status} {where} the steps")
+    return "; ".join(shown)
 
 
 def _injected(journal: Journal) -> str:

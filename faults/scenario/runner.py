@@ -35,7 +35,7 @@ from pytest_resilience.core.journal import Journal
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from faults.scenario.model import Scenario
+    from faults.scenario.model import Scenario, Step
     from faults.scenario.outcome import Stats
     from pytest_resilience.core.clock import Clock
     from pytest_resilience.core.leaks import Leak
@@ -103,7 +103,7 @@ def run(scenario: Scenario, *, seed: int | None = None, journal: Journal | None 
         outcome.failures.insert(0, outcome.error)
     events = journal.events()[first:last]
     outcome.summary = summarize(events)
-    outcome.checks = _evaluate(scenario.expect, events, outcome.summary, world, outcome.stats)
+    outcome.checks += _evaluate(scenario.expect, events, outcome.summary, world, outcome.stats)
     if before is not None:
         leaks = _leaks_since(before)
         outcome.checks.append(Check("leaks", "none", [str(x) for x in leaks], not leaks))
@@ -125,6 +125,8 @@ def _method(world: _World, runner: _Runner, outcome: Outcome) -> tuple[int, int]
         if probe is not None and not runner.step(0, probe, count=False):
             outcome.failures.append(f"{phase}: the probe failed")
             return first, last
+        if probe is not None and not _status_held(world, outcome, probe, "before"):
+            return first, last  # the steady state does not hold: no fault is injected
         first = len(journal)
         injector = Injector(
             scenario.faults,
@@ -142,16 +144,41 @@ def _method(world: _World, runner: _Runner, outcome: Outcome) -> tuple[int, int]
                 for index, step in enumerate(scenario.steps, 1):
                     phase = f"step {index} ({step.op}, line {step.line})"
                     runner.step(index, step)
+                    _status_held(world, outcome, step, f"step {index}")
         finally:
             last = len(journal)
         phase = "steady state after the steps"
         if probe is not None and not runner.step(0, probe, count=False):
             outcome.failures.append(f"{phase}: the probe failed")
+        elif probe is not None:
+            _status_held(world, outcome, probe, "after")
     except ScenarioError as exc:  # the file's fault, found only now (a factory's backend)
         outcome.error = str(exc)
     except Exception as exc:  # noqa: BLE001 - isolation boundary: reported in the outcome; the rollbacks run
         outcome.error = f"{phase} raised {type(exc).__name__}: {exc}"
     return first, last
+
+
+def _status_held(world: _World, outcome: Outcome, step: Step, where: str) -> bool:
+    """Check the resilient client's ``status()`` against ``step.status`` (nothing to check:
+    True), recording it in ``outcome`` (``statuses``, a :class:`Check`). The machine's
+    resources (memory, disk, CPU load) are left out, so that a scenario reads the same on
+    every machine; the status is read, not pinged: it asks the daemon nothing."""
+    if step.status is None:
+        return True
+    assert world.client is not None  # load() refuses a status without a resilient target
+    report = world.client.status(resources=())
+    actual, reasons = str(report["status"]), report["reasons"]
+    assert isinstance(reasons, list)
+    outcome.statuses.append((where, actual))
+    if where in ("before", "after"):
+        label = f"steady_state.status {where} the steps (line {step.line})"
+    else:
+        label = f"steps.status after {where} (line {step.line})"
+    held = actual == step.status
+    why = "; ".join(map(str, reasons)) if not held else ""
+    outcome.checks.append(Check("status", step.status, actual, held, label, why))
+    return held
 
 
 def _leak_snapshot() -> object:

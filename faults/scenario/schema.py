@@ -30,6 +30,8 @@ CLIENTS: Final = ("llama", "daemon", "resilient")
 #: The keyword arguments a callable target is given when its signature names them.
 CONTEXT_ARGS: Final = ("clock", "journal")
 LEVELS: Final = tuple(level.label for level in Level)
+#: What a resilient client's ``status()`` says, which ``status`` keys expect.
+STATUSES: Final = ("healthy", "degraded", "unhealthy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,7 @@ _STEP = _Table(
         "args": ARRAY,
         "kwargs": KWARGS,
         "resilience": _STEP_RESILIENCE,
+        "status": _choice(*STATUSES),
     },
     required=frozenset({"op"}),
 )
@@ -181,6 +184,7 @@ _PROBE = _Table(
         "max_tokens": POSINT,
         "args": ARRAY,
         "kwargs": KWARGS,
+        "status": _choice(*STATUSES),
     },
     required=frozenset({"op"}),
 )

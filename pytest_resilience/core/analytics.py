@@ -15,7 +15,7 @@ virtual clock):
   fallback steps (each reason in a ``FallbackUsed.after`` or
   ``FallbackExhausted.failures``, counted as ``fallback_step_failures``, which carry no
   category). A retry inside a fallback step counts in both: each is a failed call.
-- **error rate**: errors per minute over the span from the first to the last event (``None``
+- **errors per minute**: errors over the span from the first to the last event (``None``
   when the span is zero), and ``errors_by_minute``: errors in each minute from the first
   event's time.
 - **recovery**: a retried operation that failed at least once (an ``AttemptFailed`` with
@@ -26,6 +26,21 @@ virtual clock):
   retry that gave up inside a fallback step that then answered counts once each way.
   The application's own retries (tenacity, stamina, ...) count in ``retries`` (and, by
   library, in ``app_retries``) but not in recovery: those libraries do not report giving up.
+- **calls, error rate and recovery rate**, call by call, read policy by policy (by the
+  events' ``source``). A policy that records outcomes (``outcomes=True``) says how every
+  call ended: each ``CallSucceeded`` and ``CallFailed`` is one of ``calls``; each
+  ``CallFailed`` is one of ``calls_failed``; a call failed at least once
+  (``calls_with_failure``) if it is a ``CallFailed`` or a ``CallSucceeded`` with
+  ``attempts > 1``, and the latter recovered (``calls_recovered``). A retry without
+  ``outcomes`` records nothing for a call that answered at once, so for it only the calls
+  that failed are known: each retry run that began with an ``AttemptFailed`` of
+  ``attempt == 1`` failed at least once, and it recovered unless a ``GaveUp`` of the same
+  source ended it (a run still in flight counts as recovered). The retry events of a
+  source that records outcomes are not counted again. ``error_rate = calls_failed /
+  calls`` (``None`` without outcome events: the calls that answered at once are unknown);
+  ``call_recovery_rate = calls_recovered / calls_with_failure`` (``None`` when no call
+  failed). A call through two policies that both record outcomes counts once for each;
+  fallbacks and the application's own retries do not count here.
 - **transitions**: each breaker's transitions (``"closed->open"``), in order, by source;
   **fallbacks**: each chain's answering steps, in order, by source; **degradations**
   likewise, for each degrader.
@@ -77,7 +92,7 @@ if TYPE_CHECKING:
     from .clock import Clock
     from .events import Event
 
-__all__ = ["Figures", "Rolling", "Summary", "error_shape", "summarize"]
+__all__ = ["Figures", "Rolling", "Summary", "error_shape", "rate_rows", "summarize"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +116,10 @@ class Summary:
     faults: int = 0  # faults injected
     dropped: int = 0  # events the journal's bound pushed out before this summary
     app_retries: Mapping[str, int] = field(default_factory=dict)  # of the app's, by library
+    calls: int = 0  # calls whose outcome a policy recorded (outcomes=True)
+    calls_failed: int = 0  # of those, the calls that failed for good
+    calls_with_failure: int = 0  # calls that failed at least once (outcomes, retry runs)
+    calls_recovered: int = 0  # of those, the calls that answered in the end
 
     @property
     def errors(self) -> int:
@@ -118,6 +137,18 @@ class Summary:
     def recovery_rate(self) -> float | None:
         outcomes = self.recovered + self.gave_up
         return self.recovered / outcomes if outcomes else None
+
+    @property
+    def error_rate(self) -> float | None:
+        """Failed calls per call, of the calls whose outcome was recorded (None: none was)."""
+        return self.calls_failed / self.calls if self.calls else None
+
+    @property
+    def call_recovery_rate(self) -> float | None:
+        """Of the calls that failed at least once, the share that answered in the end (None:
+        no call failed)."""
+        failed = self.calls_with_failure
+        return self.calls_recovered / failed if failed else None
 
     def __str__(self) -> str:
         rows: list[tuple[str, str]] = []
@@ -143,6 +174,7 @@ class Summary:
         rows.append(("recovered", recovery))
         rows.append(("gave up", str(self.gave_up)))
         rows.append(("calls rejected", str(self.rejected)))
+        rows.extend(self.rate_rows())
         rows.extend((f"breaker {s}", ", ".join(t)) for s, t in sorted(self.transitions.items()))
         rows.extend((f"fallback {s}", _counted(t)) for s, t in sorted(self.fallbacks.items()))
         rows.extend((f"degraded {s}", ", ".join(t)) for s, t in sorted(self.degradations.items()))
@@ -152,6 +184,30 @@ class Summary:
         if self.dropped:
             head += f" ({self.dropped} older events dropped: counts are partial)"
         return "\n".join([head, *(f"  {label:<{width}}  {value}" for label, value in rows)])
+
+    def rate_rows(self) -> list[tuple[str, str]]:
+        """The error rate and the call recovery rate as table rows, each only when it is
+        defined: ``("error rate", "25% (1 of 4 calls failed)")``."""
+        return rate_rows(
+            self.calls, self.calls_failed, self.calls_with_failure, self.calls_recovered
+        )
+
+
+def rate_rows(calls: int, failed: int, with_failure: int, recovered: int) -> list[tuple[str, str]]:
+    """The rows of :meth:`Summary.rate_rows` from the four counts (the plugin's summary sums
+    them over its tests first)."""
+    rows: list[tuple[str, str]] = []
+    if calls:
+        rows.append(("error rate", f"{failed / calls:.0%} ({failed} of {calls} calls failed)"))
+    if with_failure:
+        rows.append(
+            (
+                "recovery rate",
+                f"{recovered / with_failure:.0%} ({recovered} of {with_failure} calls that "
+                "failed recovered)",
+            )
+        )
+    return rows
 
 
 def _counted(items: tuple[str, ...]) -> str:
@@ -207,6 +263,7 @@ def summarize(journal: Journal | Iterable[Event]) -> Summary:
                 faults += 1
             case _:
                 pass
+    calls, calls_failed, with_failure, recovered = _call_counts(events)
     by_minute = [0] * (int((max(error_times) - start) // 60) + 1) if error_times else []
     for t in error_times:
         by_minute[int((t - start) // 60)] += 1
@@ -228,7 +285,43 @@ def summarize(journal: Journal | Iterable[Event]) -> Summary:
         faults=faults,
         dropped=dropped,
         app_retries=dict(app_retries),
+        calls=calls,
+        calls_failed=calls_failed,
+        calls_with_failure=with_failure,
+        calls_recovered=recovered,
     )
+
+
+def _call_counts(events: Iterable[Event]) -> tuple[int, int, int, int]:
+    """Calls, failed calls, calls that failed at least once, and those that recovered (see
+    the module docs)."""
+    # by source: calls whose outcome was recorded (answered, failed, answered after a
+    # failure), retry runs (begun with a failure, gave up)
+    outcomes: dict[str, list[int]] = {}
+    runs: dict[str, list[int]] = {}
+    for e in events:
+        match e:
+            case CallSucceeded():
+                counts = outcomes.setdefault(e.source, [0, 0, 0])
+                counts[0] += 1
+                counts[2] += e.attempts > 1
+            case CallFailed():
+                outcomes.setdefault(e.source, [0, 0, 0])[1] += 1
+            case AttemptFailed() if e.attempt == 1:
+                runs.setdefault(e.source, [0, 0])[0] += 1
+            case GaveUp():
+                runs.setdefault(e.source, [0, 0])[1] += 1
+            case _:
+                pass
+    calls = sum(ok + failed for ok, failed, _ in outcomes.values())
+    calls_failed = sum(failed for _, failed, _ in outcomes.values())
+    recovered = sum(r for _, _, r in outcomes.values())
+    with_failure = calls_failed + recovered
+    for source, (began, gave_up) in runs.items():
+        if source not in outcomes:  # else its calls were counted from their outcomes
+            with_failure += began
+            recovered += max(0, began - gave_up)
+    return calls, calls_failed, with_failure, recovered
 
 
 # -------------------------------------------------------------------------------- window

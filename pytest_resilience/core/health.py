@@ -8,6 +8,7 @@
             ModelFileCheck(model_path, load=try_load),      # present, GGUF, readable, loadable
             MemoryCheck(),                                  # unhealthy above 90 % used
             DiskCheck(cache_dir),                           # unhealthy above 90 % used
+            CpuCheck(),                                     # unhealthy above 2 per CPU
         ],
         interval=30.0, clock=clock, journal=journal,
     )
@@ -26,11 +27,21 @@ Each check measures its latency on its ``clock``.
 The core stays free of HTTP clients: :class:`DaemonCheck` takes the ping as a callable, and
 the daemon backend passes its own. Memory comes from ``/proc/meminfo`` (Linux), else from
 psutil, imported only then.
+
+CPU load is the operating system's one-minute load average (``os.getloadavg()``: the
+number of tasks running or waiting to run, averaged over about a minute; on Linux tasks
+waiting for disk I/O count too) divided by the machine's CPUs (``os.cpu_count()``). It is
+a queue length, not a percentage: 1.0 per CPU means every CPU is busy and nothing waits;
+2.0 means work waits about as long as it runs. It follows a burst within a minute, not at
+once, and it is the whole machine's load, not this process's. Windows has no load average:
+there :class:`CpuCheck` reports an unknown load as unhealthy, as the other checks do for a
+reading they cannot get.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import struct
 import threading
@@ -43,12 +54,13 @@ from .clock import Clock, SystemClock
 from .events import HealthChecked
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Callable, Iterable, Mapping
 
     from .journal import Journal
 
 __all__ = [
+    "CpuCheck",
+    "CpuLoad",
     "DaemonCheck",
     "DiskCheck",
     "HealthCheck",
@@ -57,11 +69,13 @@ __all__ = [
     "MemoryCheck",
     "MemoryInfo",
     "ModelFileCheck",
+    "read_cpu_load",
     "read_memory",
 ]
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_THRESHOLD = 0.90  # the seeds: unhealthy above 90 % of memory or disk used
+DEFAULT_CPU_THRESHOLD = 2.0  # unhealthy above 2 runnable tasks per CPU (load average)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +187,7 @@ class ModelFileCheck:
         return True, "present and loadable" if self.load is not None else "present", details
 
 
-# ------------------------------------------------------------------------ memory, disk
+# ------------------------------------------------------------------- memory, disk, cpu
 
 
 class MemoryInfo(NamedTuple):
@@ -263,6 +277,71 @@ class DiskCheck:
         details.update(total=total, free=free)
         used = used_bytes / total if total > 0 else math.nan
         return _usage_result(self.name, used, self.threshold, details, self.clock.now() - start)
+
+
+class CpuLoad(NamedTuple):
+    load: float  # the one-minute load average
+    cpus: int  # the machine's CPUs
+
+
+def read_cpu_load() -> CpuLoad:
+    """The one-minute load average (``os.getloadavg()``) and the machine's CPU count
+    (``os.cpu_count()``). Raises ``OSError`` where there is no load average (Windows), it
+    cannot be read, or the CPU count is unknown."""
+    getloadavg = getattr(os, "getloadavg", None)
+    if getloadavg is None:
+        raise OSError("this platform has no load average (no os.getloadavg)")
+    load = float(getloadavg()[0])
+    cpus = os.cpu_count()
+    if not cpus:
+        raise OSError("the number of CPUs is unknown (os.cpu_count() returned None)")
+    return CpuLoad(load, cpus)
+
+
+@dataclass(frozen=True, slots=True)
+class CpuCheck:
+    """Unhealthy when the one-minute load average per CPU is above ``threshold`` (see the
+    module docs for what the load average counts). ``read`` returns a :class:`CpuLoad`
+    (default :func:`read_cpu_load`); give your own to test without the machine's load.
+
+    Raises ``ValueError`` for a threshold that is not a positive number.
+    """
+
+    threshold: float = DEFAULT_CPU_THRESHOLD
+    read: Callable[[], CpuLoad] = read_cpu_load
+    name: str = "cpu"
+    clock: Clock = field(default_factory=SystemClock)
+
+    def __post_init__(self) -> None:
+        threshold = self.threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise ValueError(f"CpuCheck threshold must be a number, got {threshold!r}")
+        if not (math.isfinite(threshold) and threshold > 0):
+            raise ValueError(
+                f"CpuCheck threshold must be > 0 (load per CPU, e.g. 2.0), got {threshold!r}"
+            )
+
+    def __call__(self) -> HealthResult:
+        start = self.clock.now()
+        try:
+            info = self.read()
+        except (OSError, ValueError) as exc:
+            latency = self.clock.now() - start
+            return HealthResult(self.name, False, f"unknown: {_describe(exc)}", {}, latency)
+        load, cpus = info
+        details: dict[str, object] = {"load": load, "cpus": cpus, "threshold": self.threshold}
+        latency = self.clock.now() - start
+        if not (math.isfinite(load) and load >= 0 and cpus > 0):
+            message = f"unknown: load {load!r} on {cpus!r} CPUs is not a reading"
+            return HealthResult(self.name, False, message, details, latency)
+        per_cpu = details["load_per_cpu"] = load / cpus
+        healthy = per_cpu <= self.threshold
+        state = "ok" if healthy else "overloaded"
+        message = (
+            f"{state}: load {load:.2f} on {cpus} CPU{'s' if cpus != 1 else ''}, "
+            f"{per_cpu:.2f} per CPU (limit {self.threshold:g})"
+        )
+        return HealthResult(self.name, healthy, message, details, latency)
 
 
 # ----------------------------------------------------------------------------- monitor

@@ -6,6 +6,7 @@ the recent figures, combined into ``"healthy"``, ``"degraded"`` or ``"unhealthy"
     services = Services(clock=clock, journal=journal)
     services.register("daemon", breaker=daemon_breaker, checks=[DaemonCheck(ping)])
     services.register("disk", checks=[DiskCheck("/models")], critical=False)
+    services.register("machine", checks=[MemoryCheck(), CpuCheck()], critical=False)
     report = services.status()        # a plain dict: json.dumps(report) works
     report["status"]                  # "healthy" | "degraded" | "unhealthy"
     report["reasons"]                 # why it is not healthy, one line each

@@ -93,7 +93,7 @@ def pytest_runtest_makereport(
         item.ihook.pytest_resilience_test_figures(item=item, state=state, figures=figures)
         item.user_properties.append((_PROP, json.dumps(figures, sort_keys=True)))
         for key, value in figures.items():
-            if key not in _NO_PROPERTY:
+            if key not in _NO_PROPERTY and value is not None:  # None: a rate with no calls
                 number = figure_number(value)
                 item.user_properties.append(
                     (f"resilience.{key}", value if number is None else number)
@@ -187,6 +187,14 @@ def _figures(state: TestState, times: tuple[float, float | None] | None) -> dict
         **timed,
         "verdicts": verdicts,
         "judged": int(state.judged),
+        # calls: how the test's calls ended (see summarize()); the rates are None when
+        # there is nothing to divide by
+        "calls": summary.calls,
+        "calls_failed": summary.calls_failed,
+        "calls_with_failure": summary.calls_with_failure,
+        "calls_recovered": summary.calls_recovered,
+        "error_rate": summary.error_rate,
+        "recovery_rate": summary.call_recovery_rate,
     }
 
 
@@ -316,6 +324,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def _rows(settings: Settings) -> list[tuple[str, str]]:
     """The summary's table, as (label, value) rows."""
+    from pytest_resilience.core.analytics import rate_rows  # noqa: PLC0415
+
     totals = settings.totals
     rows: list[tuple[str, str]] = [
         ("fault seed", f"{settings.seed} (rerun with --fault-seed {settings.seed})"),
@@ -332,6 +342,13 @@ def _rows(settings: Settings) -> list[tuple[str, str]]:
     if "wall" in seconds:
         virtual = seconds.get("virtual") if totals.virtual_tests else None
         rows.append(("time", _waited(seconds.get("delays", 0.0), virtual, seconds["wall"])))
+    counts = totals.counts
+    rows += rate_rows(
+        counts.get("calls", 0),
+        counts.get("calls_failed", 0),
+        counts.get("calls_with_failure", 0),
+        counts.get("calls_recovered", 0),
+    )
     rows.append(("verdicts broken", _verdicts(settings)))
     if settings.leak_check or totals.counts.get("leaks"):
         rows.append(("leaks found", str(totals.counts.get("leaks", 0))))

@@ -66,7 +66,22 @@ _KNOWN_FIGURES: Final = frozenset(
         "wall",
         "verdicts",
         "judged",
+        "calls",
+        "calls_failed",
+        "calls_with_failure",
+        "calls_recovered",
+        "error_rate",
+        "recovery_rate",
     }
+)
+#: The figures :meth:`Totals.add` sums into :attr:`Totals.counts`.
+_SUMMED: Final = (
+    "retries",
+    "leaks",
+    "calls",
+    "calls_failed",
+    "calls_with_failure",
+    "calls_recovered",
 )
 #: How broken verdicts are reported (``resilience_verdicts``, the ``verdicts`` marker).
 VerdictMode = Literal["warn", "fail", "off"]
@@ -109,7 +124,7 @@ class Totals:
         for site, kinds in figures.get("faults", {}).items():
             for kind, n in kinds.items():
                 self.faults[site, kind] = self.faults.get((site, kind), 0) + int(n)
-        for key in ("retries", "leaks"):
+        for key in _SUMMED:
             self.counts[key] = self.counts.get(key, 0) + int(figures.get(key, 0))
         for name, into in (
             ("transitions", self.transitions),

@@ -8,10 +8,18 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_resilience import FallbackError, ModelNotFound, ResponseCache, VirtualClock
+from pytest_resilience import (
+    Degrader,
+    FallbackError,
+    ModelNotFound,
+    ResponseCache,
+    StreamGuard,
+    VirtualClock,
+)
 from pytest_resilience.backends.base import Backend, GenerationParams
 from pytest_resilience.backends.daemon import DaemonBackend
 from pytest_resilience.backends.resilient import ResilientClient
+from pytest_resilience.core.degrade import Level
 from pytest_resilience.core.events import FallbackUsed
 from pytest_resilience.plugin.assertions import assert_fell_back, assert_served_from_cache
 
@@ -78,3 +86,118 @@ def test_the_async_client_serves_the_cached_answer_too(
     with ResilientClient(nowhere, no_model, cache=cache, clock=clock, journal=journal) as down:
         assert clock.run(down.agenerate("Hi", SHORT)) == answer
     assert_fell_back(journal, to="cache", times=1)
+
+
+# -------------------------------------------------------------------------- streams
+
+
+def test_a_whole_stream_is_cached_and_served_as_one_chunk_when_both_backends_fail(
+    nowhere: DaemonBackend, llama_backend: LlamaBackend, journal: Journal
+) -> None:
+    clock = VirtualClock()
+    cache = ResponseCache(clock=clock, journal=journal)
+    with ResilientClient(nowhere, llama_backend, cache=cache, clock=clock) as up:
+        stream = up.stream("Hello", SHORT)
+        assert stream is not None
+        parts = list(stream)
+    answer = "".join(parts)
+    assert len(parts) > 1
+    assert answer == llama_backend.generate("Hello", SHORT)
+    assert len(cache) == 1
+
+    with ResilientClient(nowhere, no_model, cache=cache, clock=clock, journal=journal) as down:
+        served = down.stream("Hello", SHORT)
+        assert served is not None
+        assert list(served) == [answer]  # the cached answer, whole
+        assert (served.complete, served.error, served.text) == (True, None, answer)
+        assert_served_from_cache(journal, times=1)
+        assert_fell_back(journal, to="cache", times=1)
+        assert down.generate("Hello", SHORT) == answer  # one request, one key
+        with pytest.raises(FallbackError):  # nothing cached for another request
+            down.stream("Unseen", SHORT)
+
+
+def test_the_async_stream_caches_and_serves_the_same_way(
+    nowhere: DaemonBackend, llama_backend: LlamaBackend, journal: Journal
+) -> None:
+    clock = VirtualClock()
+    cache = ResponseCache(clock=clock, journal=journal)
+
+    async def read(client: ResilientClient) -> list[str]:
+        stream = await client.astream("Hi", SHORT)
+        assert stream is not None
+        return [chunk async for chunk in stream]
+
+    with ResilientClient(nowhere, llama_backend, cache=cache, clock=clock) as up:
+        answer = "".join(clock.run(read(up)))
+    assert answer == llama_backend.generate("Hi", SHORT)
+    with ResilientClient(nowhere, no_model, cache=cache, clock=clock, journal=journal) as down:
+        assert clock.run(read(down)) == [answer]
+    assert_served_from_cache(journal, times=1)
+    assert_fell_back(journal, to="cache", times=1)
+
+
+def test_a_stream_served_at_cached_only_comes_from_a_cached_stream(
+    nowhere: DaemonBackend, llama_backend: LlamaBackend, journal: Journal
+) -> None:
+    clock = VirtualClock()
+    cache = ResponseCache(clock=clock, journal=journal)
+    degrader = Degrader(lowest=Level.CACHED_ONLY, clock=clock, journal=journal)
+    with ResilientClient(
+        nowhere, llama_backend, cache=cache, degrader=degrader, clock=clock, journal=journal
+    ) as client:
+        stream = client.stream("Hello", SHORT)
+        assert stream is not None
+        answer = "".join(stream)
+        assert len(cache) == 1
+        degrader.force(Level.CACHED_ONLY)
+        served = client.stream("Hello", SHORT)
+        assert served is not None
+        assert list(served) == [answer]
+    assert_served_from_cache(journal, times=1)
+    assert_fell_back(journal, to="cache", times=1)
+
+
+@pytest.mark.parametrize(
+    ("guard", "why"),
+    [
+        ({"max_chars": 5}, "capped"),
+        ({"validators": [lambda chunk: "!" not in chunk and len(chunk) < 1000]}, "valid"),
+        ({"validators": [lambda chunk: False]}, "invalid"),
+    ],
+    ids=["capped", "valid", "invalid"],
+)
+def test_only_a_whole_valid_stream_is_stored(
+    nowhere: DaemonBackend,
+    llama_backend: LlamaBackend,
+    journal: Journal,
+    guard: dict[str, object],
+    why: str,
+) -> None:
+    clock = VirtualClock()
+    cache = ResponseCache(clock=clock, journal=journal)
+    with ResilientClient(
+        nowhere,
+        llama_backend,
+        cache=cache,
+        guard=StreamGuard(clock=clock, **guard),  # type: ignore[arg-type]
+        clock=clock,
+    ) as client:
+        stream = client.stream("Hello", SHORT)
+        assert stream is not None
+        list(stream)
+    assert len(cache) == (1 if why == "valid" else 0)
+
+
+def test_a_stream_stopped_early_is_not_stored(
+    nowhere: DaemonBackend, llama_backend: LlamaBackend, journal: Journal
+) -> None:
+    clock = VirtualClock()
+    cache = ResponseCache(clock=clock, journal=journal)
+    with ResilientClient(nowhere, llama_backend, cache=cache, clock=clock) as client:
+        stream = client.stream("Hello", SHORT)
+        assert stream is not None
+        with stream:
+            assert next(stream)  # the consumer stops after one chunk
+        assert not stream.complete
+    assert len(cache) == 0

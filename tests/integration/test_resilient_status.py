@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from typing import TYPE_CHECKING
 
@@ -10,10 +11,12 @@ from pytest_resilience.backends.base import GenerationParams
 from pytest_resilience.backends.daemon import DaemonBackend
 from pytest_resilience.backends.resilient import ResilientClient
 from pytest_resilience.core.breaker import State
-from pytest_resilience.core.health import DiskCheck, MemoryCheck, MemoryInfo
+from pytest_resilience.core.health import CpuCheck, CpuLoad, DiskCheck, MemoryCheck, MemoryInfo
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
     from pytest_resilience.backends.llama import LlamaBackend
     from pytest_resilience.core.health import HealthCheck
@@ -77,3 +80,26 @@ def test_status_with_a_missing_model_file_is_unhealthy(
     daemon.close()
     assert report["status"] == "unhealthy"
     assert report["services"]["direct"]["checks"]["model"]["healthy"] is False  # type: ignore[index]
+
+
+def test_status_checks_the_cpu_load_with_memory_and_disk(
+    llama_backend: LlamaBackend, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the default resources read the machine: its load average is replaced by one that
+    # overloads it, so the test does not depend on how busy the machine is
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 1.0, 1.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    daemon = DaemonBackend(f"http://127.0.0.1:{_closed_port()}")
+    with ResilientClient(daemon, llama_backend, journal=journal) as client:
+        report = client.status()
+        resources = report["services"]["resources"]  # type: ignore[index]
+        assert set(resources["checks"]) == {"memory", "disk", "cpu"}
+        cpu = resources["checks"]["cpu"]
+        assert cpu["healthy"] is False
+        assert cpu["message"] == "overloaded: load 9.00 on 2 CPUs, 4.50 per CPU (limit 2)"
+        assert resources["status"] == "unhealthy"
+        assert report["status"] == "degraded"  # resources are not critical
+        assert "resources: cpu: " + cpu["message"] in report["reasons"]  # type: ignore[operator]
+        calm = client.status(resources=[CpuCheck(read=lambda: CpuLoad(0.5, 2))])
+    daemon.close()
+    assert calm["status"] == "healthy"

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from faults.scenario import ScenarioOp, format_failure, load, main, replay_command, run
+from faults.scenario import (
+    ScenarioOp,
+    format_failure,
+    format_report,
+    load,
+    main,
+    replay_command,
+    run,
+)
 from pytest_resilience.backends.resilient import ResilientClient
 from pytest_resilience.core.events import CheckpointSaved, FaultInjected, Recovered
 from pytest_resilience.core.journal import Journal
@@ -49,7 +57,7 @@ def test_every_shipped_scenario_really_fails_and_holds(path: Path) -> None:
     assert outcome.failures == []
     assert outcome.error is None
     # Every expectation written in the file was checked, and the faults really fired
-    checked = {c.key.split(".")[0] for c in outcome.checks}
+    checked = {c.key.split(".")[0] for c in outcome.checks if not c.label}
     assert checked == set(scenario.expect)
     assert outcome.journal.events(FaultInjected)
     assert outcome.stats.total >= 1
@@ -109,6 +117,64 @@ def test_a_wrong_expectation_fails_with_the_timeline_and_the_replay_command(
     assert "scenario.step [scenario] index=1 op='generate'" in report
     assert report.rstrip().endswith(f"replay: {replay_command(scenario, 77)}")
     assert "--fault-seed 77" in report
+
+
+def test_the_status_is_degraded_while_the_daemon_is_gone_and_healthy_around_it() -> None:
+    scenario = load(SCENARIOS / "daemon_lost_cached.toml")
+    outcome = run(scenario)
+    assert outcome.passed, format_failure(outcome)
+    assert outcome.statuses == [
+        ("before", "healthy"),
+        ("step 2", "degraded"),
+        ("step 3", "degraded"),
+        ("step 4", "degraded"),
+        ("step 11", "healthy"),
+        ("after", "healthy"),
+    ]
+    assert [c.held for c in outcome.checks if c.label] == [True] * 6
+    assert (
+        "      status: healthy before the steps; degraded after steps 2, 3, 4; healthy after "
+        "step 11; healthy after the steps"
+    ) in format_report(outcome).splitlines()
+
+
+def _status_edited(tmp_path: Path, old: str, new: str) -> tuple[Path, int]:
+    """daemon_lost_cached.toml with its line ``old`` (the one and only) made ``new``; the
+    file and the line's number."""
+    lines = (SCENARIOS / "daemon_lost_cached.toml").read_text().splitlines(keepends=True)
+    [index] = [i for i, line in enumerate(lines) if line.startswith(old)]
+    lines[index] = new + "\n"
+    path = tmp_path / "daemon_lost_cached.toml"
+    path.write_text("".join(lines))
+    return path, index + 1
+
+
+def test_a_steady_state_whose_status_does_not_hold_injects_no_fault(tmp_path: Path) -> None:
+    path, line = _status_edited(tmp_path, 'status = "healthy"        #', 'status = "degraded"')
+    outcome = run(load(path))
+    assert not outcome.passed
+    assert outcome.statuses == [("before", "healthy")]
+    op_line = line - 2  # the probe's op = line
+    assert outcome.failures[0] == (
+        f"steady_state.status before the steps (line {op_line}) = 'degraded': got 'healthy'"
+    )
+    assert not outcome.journal.events(FaultInjected)  # the steps never ran
+    assert not outcome.journal.events(ScenarioOp)[1:]  # the probe's op only
+
+
+def test_a_step_whose_status_does_not_hold_fails_with_the_reasons(tmp_path: Path) -> None:
+    path, _ = _status_edited(
+        tmp_path, 'status = "degraded"       # the daemon', 'status = "healthy"'
+    )
+    outcome = run(load(path))
+    assert not outcome.passed
+    [failure] = outcome.failures
+    assert failure.startswith("steps.status after step 2 (line ")
+    assert failure.endswith(
+        ") = 'healthy': got 'degraded' (daemon: breaker 'resilient.daemon' is open; "
+        "daemon: daemon: down: ping failed; degradation: level: minimal)"
+    )
+    assert "FAILED: " + failure in format_report(outcome)
 
 
 def test_rollbacks_run_when_a_step_raises(tmp_path: Path) -> None:

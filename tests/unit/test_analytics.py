@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -29,6 +30,9 @@ from pytest_resilience.core.events import (
 from pytest_resilience.core.fallback import Fallback
 from pytest_resilience.core.journal import Journal, JournalFull
 from pytest_resilience.core.retry import Backoff, Retry
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 def failed(t: float, attempt: int, category: str = "connection", source: str = "r") -> Event:
@@ -331,3 +335,93 @@ def test_rolling_over_a_whole_journal_and_message_shapes() -> None:
     assert figures.to_dict()["window"] is None
     with pytest.raises(ValueError, match="window must be > 0"):
         Rolling(0)
+
+
+# ------------------------------------------------------------ error and recovery rates
+
+
+def succeeded(source: str, attempts: int = 1) -> Event:
+    return CallSucceeded(time=0.0, source=source, duration=0.1, attempts=attempts)
+
+
+def call_failed(source: str, attempts: int = 1) -> Event:
+    return CallFailed(
+        time=0.0,
+        source=source,
+        duration=0.1,
+        error="E: x",
+        category="connection",
+        severity="high",
+        attempts=attempts,
+    )
+
+
+def test_error_and_recovery_rates_from_recorded_outcomes() -> None:
+    # "a": three calls, one at once, one after a retry, one failed for good; its retry
+    # events are the same calls, not counted again
+    events = [
+        succeeded("a"),
+        failed(1.0, 1, source="a"),
+        succeeded("a", attempts=2),
+        *[failed(2.0, n, source="a") for n in (1, 2)],
+        GaveUp(time=2.0, source="a", attempts=2, error="E: x", reason="attempts"),
+        call_failed("a", attempts=2),
+    ]
+    summary = summarize(events)
+    assert (summary.calls, summary.calls_failed) == (3, 1)
+    assert (summary.calls_with_failure, summary.calls_recovered) == (2, 1)
+    assert summary.error_rate == pytest.approx(1 / 3)
+    assert summary.call_recovery_rate == 0.5
+    assert summary.rate_rows() == [
+        ("error rate", "33% (1 of 3 calls failed)"),
+        ("recovery rate", "50% (1 of 2 calls that failed recovered)"),
+    ]
+
+
+def test_without_outcomes_the_retry_runs_give_the_recovery_rate_only() -> None:
+    # "r": one run recovered, one gave up, one in flight (recovered); "b" records outcomes
+    events = [
+        *retried_then_recovered(0.0),
+        *retried_then_gave_up(30.0),
+        failed(90.0, 1),
+        succeeded("b"),
+    ]
+    summary = summarize(events)
+    assert (summary.calls, summary.calls_failed, summary.error_rate) == (1, 0, 0.0)
+    assert (summary.calls_with_failure, summary.calls_recovered) == (3, 2)
+    assert summary.call_recovery_rate == pytest.approx(2 / 3)
+    only_runs = summarize(retried_then_gave_up(0.0))
+    assert only_runs.error_rate is None  # the calls that answered at once are unknown
+    assert (only_runs.calls_with_failure, only_runs.calls_recovered) == (1, 0)
+    assert only_runs.call_recovery_rate == 0.0
+    assert only_runs.rate_rows() == [("recovery rate", "0% (0 of 1 calls that failed recovered)")]
+
+
+def test_no_rates_and_no_rows_when_no_call_is_known() -> None:
+    summary = summarize([FaultInjected(time=0.0, source="f", site="s", fault="none", call=1)])
+    assert (summary.error_rate, summary.call_recovery_rate) == (None, None)
+    assert summary.rate_rows() == []
+    assert "rate" not in str(summary)
+
+
+def test_rates_of_real_policies_with_and_without_outcomes() -> None:
+    clock, journal = VirtualClock(), Journal()
+    replies: Iterator[str | Exception] = iter(
+        [DaemonUnavailable("down"), "ok", "ok", DaemonUnavailable("down"), "ok"]
+    )
+
+    def call() -> str:
+        reply = next(replies)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    common = {"on": DaemonUnavailable, "attempts": 2, "clock": clock, "journal": journal}
+    timed = Retry(**common, name="timed", outcomes=True)  # type: ignore[arg-type]
+    plain = Retry(**common, name="plain")  # type: ignore[arg-type]
+    assert timed.call(call) == timed.call(call) == "ok"
+    assert plain.call(call) == "ok"
+    summary = summarize(journal)
+    assert (summary.calls, summary.calls_failed) == (2, 0)
+    assert (summary.calls_with_failure, summary.calls_recovered) == (2, 2)
+    assert "  recovery rate      100% (2 of 2 calls that failed recovered)" in str(summary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import threading
@@ -12,6 +13,8 @@ import pytest
 from pytest_resilience.core.clock import SystemClock, VirtualClock
 from pytest_resilience.core.events import HealthChecked
 from pytest_resilience.core.health import (
+    CpuCheck,
+    CpuLoad,
     DaemonCheck,
     DiskCheck,
     HealthCheck,
@@ -20,11 +23,13 @@ from pytest_resilience.core.health import (
     MemoryCheck,
     MemoryInfo,
     ModelFileCheck,
+    read_cpu_load,
     read_memory,
 )
 from pytest_resilience.core.journal import Journal
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 
@@ -342,3 +347,78 @@ def test_monitor_thread_runs_and_stop_joins_it() -> None:
     assert check.runs == 1
     assert not [t for t in threading.enumerate() if t.name == "pytest-resilience-health"]
     assert monitor.stop()  # idempotent
+
+
+# ----------------------------------------------------------------------------------- cpu
+
+
+def load(value: float, cpus: int = 2) -> Callable[[], CpuLoad]:
+    return lambda: CpuLoad(value, cpus)
+
+
+@pytest.mark.parametrize(
+    ("value", "healthy", "message"),
+    [
+        (0.5, True, "ok: load 0.50 on 2 CPUs, 0.25 per CPU (limit 2)"),
+        (4.0, True, "ok: load 4.00 on 2 CPUs, 2.00 per CPU (limit 2)"),  # at the limit
+        (4.2, False, "overloaded: load 4.20 on 2 CPUs, 2.10 per CPU (limit 2)"),
+    ],
+)
+def test_cpu_check_threshold_is_two_per_cpu(
+    vclock: VirtualClock, value: float, healthy: bool, message: str
+) -> None:
+    result = CpuCheck(read=load(value), clock=vclock)()
+    assert (result.name, result.healthy, result.message) == ("cpu", healthy, message)
+    assert result.details == {
+        "load": value,
+        "cpus": 2,
+        "threshold": 2.0,
+        "load_per_cpu": value / 2,
+    }
+
+
+def test_cpu_check_threshold_argument_and_one_cpu() -> None:
+    result = CpuCheck(threshold=0.5, read=load(0.6, cpus=1))()
+    assert not result.healthy
+    assert result.message == "overloaded: load 0.60 on 1 CPU, 0.60 per CPU (limit 0.5)"
+    assert CpuCheck(threshold=0.75, read=load(1.5, cpus=2))().healthy
+
+
+@pytest.mark.parametrize("threshold", [0, -1.0, math.inf, math.nan, "2", True])
+def test_cpu_check_refuses_a_bad_threshold(threshold: object) -> None:
+    with pytest.raises(ValueError, match=r"CpuCheck threshold must be"):
+        CpuCheck(threshold=threshold)  # type: ignore[arg-type]
+
+
+def test_cpu_check_reports_an_unreadable_or_meaningless_load() -> None:
+    def no_load() -> CpuLoad:
+        raise OSError("this platform has no load average (no os.getloadavg)")
+
+    result = CpuCheck(read=no_load)()
+    assert not result.healthy
+    assert (
+        result.message == "unknown: OSError: this platform has no load average (no os.getloadavg)"
+    )
+    for reading in (CpuLoad(math.nan, 2), CpuLoad(-1.0, 2), CpuLoad(1.0, 0)):
+        result = CpuCheck(read=lambda r=reading: r)()  # type: ignore[misc]
+        assert not result.healthy
+        assert result.message.startswith("unknown: load ")
+
+
+def test_read_cpu_load_reads_the_load_average_and_the_cpu_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.5, 2.0, 1.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert read_cpu_load() == CpuLoad(3.5, 4)  # the one-minute average
+    result = CpuCheck()()  # the default reading goes through them
+    assert result.message == "ok: load 3.50 on 4 CPUs, 0.88 per CPU (limit 2)"
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    with pytest.raises(OSError, match=r"number of CPUs is unknown"):
+        read_cpu_load()
+    monkeypatch.delattr(os, "getloadavg")
+    with pytest.raises(OSError, match=r"no load average"):
+        read_cpu_load()
+    assert CpuCheck()().message == (
+        "unknown: OSError: this platform has no load average (no os.getloadavg)"
+    )

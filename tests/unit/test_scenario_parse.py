@@ -1152,3 +1152,62 @@ def test_spec_of_names_the_file_line_and_key(
         spec_of(path)
     assert (raised.value.line, raised.value.key) == (line, key), str(raised.value)
     assert message in raised.value.message
+
+
+# ----------------------------------------------------------------------- status checks
+
+PROBED = GOOD.replace(
+    '[[steps]]\nop = "stream"',
+    '[steady_state]\nop = "generate"\nstatus = "healthy"\n\n[[steps]]\nop = "stream"',
+).replace("repeat = 5\n", 'repeat = 5\nstatus = "degraded"\n')
+
+
+def test_status_keys_load_on_the_probe_and_on_steps(write: Callable[[str], Path]) -> None:
+    scenario = load(write(PROBED))
+    assert scenario.steady_state is not None
+    assert scenario.steady_state.status == "healthy"
+    assert [s.status for s in scenario.steps] == ["degraded", None]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "key", "message"),
+    [
+        (
+            'status = "healthy"',
+            'status = "helthy"',
+            19,
+            "steady_state.status",
+            "expected one of 'healthy', 'degraded', 'unhealthy', got 'helthy' "
+            "(did you mean 'healthy'?)",
+        ),
+        (
+            'status = "degraded"',
+            "status = 1",
+            25,
+            "steps[1].status",
+            "expected one of 'healthy', 'degraded', 'unhealthy', got an integer (1)",
+        ),
+        (
+            'status = "degraded"',
+            'stauts = "degraded"',
+            25,
+            "steps[1].stauts",
+            "unknown key (did you mean 'status'?)",
+        ),
+        (
+            'client = "resilient"',
+            'client = "daemon"',
+            25,
+            "steps[1].status",  # the steps are checked first
+            "status is what a resilient client's status() says: it needs [target] client = "
+            "'resilient', not 'daemon'",
+        ),
+    ],
+)
+def test_bad_status_keys_name_the_file_line_and_key(
+    write: Callable[[str], Path], *, old: str, new: str, line: int, key: str, message: str
+) -> None:
+    path = write(PROBED.replace(old, new))
+    with pytest.raises(ScenarioError) as raised:
+        load(path)
+    assert str(raised.value) == f"{path}:{line}: {key}: {message}"

@@ -73,7 +73,10 @@ Journal (with a ``journal``): ``DaemonDown(reason)`` when the daemon stops answe
 answers again, ``DaemonSlow(latency, threshold)`` for a daemon answer (or first chunk)
 slower than ``slow_after``, ``FallbackUsed(step="direct", index=1, after=("daemon: why",))``
 for every call answered in process, ``FallbackExhausted`` when both failed; plus the
-breaker's, the retry's, the guard's and the health monitor's own events.
+breaker's, the retry's, the guard's and the health monitor's own events. With a journal,
+each call is a span (``<name>.generate``, ``.embed``, ``.stream``;
+:mod:`pytest_resilience.core.trace`) around the retry's, the guard's and the fallback's: a
+stream's span covers it until its first chunk, the guard's (``stream:<name>``) to its end.
 
 Threads: the client is safe to share between threads, but a llama-cpp-python backend runs
 one generation at a time (a second stream supersedes the first), so concurrent fallbacks

@@ -33,8 +33,15 @@ class AsyncResilientStream(SplicedStream):
     ends however it ends.
     """
 
-    def __init__(self, client: ResilientClient, prompt: str, params: GenerationParams) -> None:
-        super().__init__(client, prompt, params)
+    def __init__(
+        self,
+        client: ResilientClient,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(client, prompt, params, key=key)
         self._ahead: str | None = None  # the chunk read by astream() before returning
         self._inner: AsyncGuardedStream | None = None
 
@@ -97,9 +104,11 @@ class AsyncResilientStream(SplicedStream):
                     self._switch(end)
                     continue
                 if isinstance(end, GiveUp):
-                    await self._give_up(end)  # raises, or (never_fail) the stream has ended
-                elif end.answered:
+                    # raises, or (never_fail) the stream has ended, or a last resort ends it
+                    return await self._give_up(end) or None
+                if end.answered:
                     self._answered()
+                self._finished(inner.result)
                 return None
             except Exception as exc:
                 if self._inner is not inner:  # aclose() from another task while we waited
@@ -111,7 +120,9 @@ class AsyncResilientStream(SplicedStream):
                 if isinstance(failed, Switch):
                     self._switch(failed)
                     continue
-                await self._give_up(failed)
+                rest = await self._give_up(failed)
+                if rest:
+                    return rest
                 continue
             except BaseException:  # the task's cancellation, HangDetected: the guard closed
                 splice.on_closed()  # inner; no fallback, and the permit counts as neither
@@ -123,15 +134,22 @@ class AsyncResilientStream(SplicedStream):
                     self._answered()
                 return step.text
             if isinstance(step, GiveUp):
-                await self._give_up(step)  # raises, or (never_fail) the stream has ended
+                rest = await self._give_up(step)  # raises, or (never_fail) the stream has ended
+                if rest:
+                    return rest
         return None
 
     # --------------------------------------------------------------------------- ending
 
-    async def _give_up(self, step: GiveUp) -> None:
+    async def _give_up(self, step: GiveUp) -> str | None:
+        """End as ``step`` says, unless a last resort finishes the answer: then the text it
+        still has to deliver."""
         self._before_close(step)
         await self._close_inner()
-        self._after_close(step)
+        rest = self._rescued(step)
+        if rest is None:
+            self._after_close(step)
+        return rest
 
     async def _close_inner(self) -> None:
         inner, self._inner = self._inner, None

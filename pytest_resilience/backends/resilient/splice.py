@@ -114,7 +114,8 @@ class Splice:
     The stream's state, which the streams show: ``text`` (delivered so far), ``source``
     (``"daemon"``, then ``"direct"`` after a switch), ``fell_back``, ``complete`` (the
     answer ran to its end), ``ended`` (nothing more will be read), ``error`` (what ended it
-    early), ``daemon_error`` (why the daemon was left).
+    early), ``daemon_error`` (why the daemon was left), ``served_after`` (the failure
+    after which a cached or static answer finished the stream).
     """
 
     def __init__(self, prompt: str, policy: Policy, chain: str) -> None:
@@ -131,6 +132,7 @@ class Splice:
         self.ended = False
         self.error: BaseException | None = None
         self.daemon_error: Exception | None = None
+        self.served_after: Exception | None = None  # the last failure a last resort answered
 
     @property
     def text(self) -> str:
@@ -193,6 +195,13 @@ class Splice:
         """The source is closed after ``step``: the stream keeps its ``error``, raised or
         not."""
         self.error = step.error
+
+    def on_served(self, step: GiveUp) -> None:
+        """Both sides failed (``step``), and the client's last resort (its cached or static
+        answer, which begins with the text delivered) finishes the answer instead: the
+        stream is complete, with no error."""
+        self.ended = self.complete = True
+        self.served_after = step.cause
 
     def on_delivered(self, text: str) -> None:
         """``text`` reached the consumer."""

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ...core.breaker import Permit
     from ...core.stream import AsyncGuardedStream, GuardedStream
+    from ...core.stream_base import StreamResult
     from ..base import GenerationParams
     from .client import ResilientClient
 
@@ -40,10 +41,20 @@ class SplicedStream:
     ``source``, ``fell_back``, ``complete``, ``error``), and the bookkeeping its answers
     ask for (the breaker's permit, the journal), none of which waits."""
 
-    def __init__(self, client: ResilientClient, prompt: str, params: GenerationParams) -> None:
+    def __init__(
+        self,
+        client: ResilientClient,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        key: str | None = None,
+    ) -> None:
         self._client = client
         self._prompt = prompt
         self._params = params
+        # the request's key in the client's cache ("": no cache); a degraded stream's is
+        # its request's, not that of the parameters it was lowered to
+        self._key = client._key(prompt, params) if key is None else key
         self._splice = Splice(prompt, client.policy, client.name)
         self._permit: Permit | None = None
         self._started_at = 0.0
@@ -111,6 +122,27 @@ class SplicedStream:
         client._failed(step.error)
         client._fell_back(step.error)
 
+    def _finished(self, result: StreamResult | None) -> None:
+        """The answer ran to its end: store it in the client's cache if it is whole and
+        valid (its guard saw it complete: not stalled, capped, invalid or empty) and has
+        visible text."""
+        text = self._splice.text
+        if self._key and (result is None or result.complete) and text.strip():
+            self._client._stored(self._key, text)
+
+    def _rescued(self, step: GiveUp) -> str | None:
+        """Both sides failed (``step.exhausted``; the source is closed): what the client's
+        last resort still has to deliver (the rest of its cached answer, else of its static
+        one, if that begins with the text delivered), the stream then complete; None: no
+        last resort, ``step`` goes on."""
+        if not step.exhausted:
+            return None
+        client, splice = self._client, self._splice
+        rest = client._last_resort(self._key, step.exhausted, splice.text)
+        if rest is not None:
+            splice.on_served(step)
+        return rest
+
     def _before_close(self, step: GiveUp) -> None:
         if step.diverged is not None:
             self._client._record(StreamCancelled, reason="fallback diverged", partial=step.diverged)
@@ -147,8 +179,15 @@ class ResilientStream(SplicedStream):
     the answer ran to its end; ``error`` holds what ended it early under ``"never_fail"``.
     """
 
-    def __init__(self, client: ResilientClient, prompt: str, params: GenerationParams) -> None:
-        super().__init__(client, prompt, params)
+    def __init__(
+        self,
+        client: ResilientClient,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(client, prompt, params, key=key)
         self._ahead: str | None = None  # the chunk read by stream() before returning
         self._inner: GuardedStream | None = None
 
@@ -212,9 +251,13 @@ class ResilientStream(SplicedStream):
                     self._switch(end)
                     continue
                 if isinstance(end, GiveUp):
-                    self._give_up(end)  # raises, or (never_fail) the stream has ended
-                elif end.answered:
-                    self._answered()
+                    rest = self._give_up(end)  # raises, or (never_fail) the stream has ended
+                    if rest:  # ... or the last resort finishes it
+                        return rest
+                else:
+                    if end.answered:
+                        self._answered()
+                    self._finished(inner.result)
                 raise
             except Exception as exc:
                 failed = splice.on_error(exc, cancelled=cancelled(inner))
@@ -224,7 +267,9 @@ class ResilientStream(SplicedStream):
                 if isinstance(failed, Switch):
                     self._switch(failed)
                     continue
-                self._give_up(failed)
+                rest = self._give_up(failed)
+                if rest:
+                    return rest
                 continue
             except BaseException:  # HangDetected, ^C: no fallback; the guard closed inner
                 self.close()  # gives the breaker's permit back, counted as neither
@@ -235,15 +280,22 @@ class ResilientStream(SplicedStream):
                     self._answered()
                 return step.text
             if isinstance(step, GiveUp):
-                self._give_up(step)  # raises, or (never_fail) the stream has ended
+                rest = self._give_up(step)  # raises, or (never_fail) the stream has ended
+                if rest:
+                    return rest
         raise StopIteration
 
     # --------------------------------------------------------------------------- ending
 
-    def _give_up(self, step: GiveUp) -> None:
+    def _give_up(self, step: GiveUp) -> str | None:
+        """End as ``step`` says, unless a last resort finishes the answer: then the text it
+        still has to deliver."""
         self._before_close(step)
         self._close_inner()
-        self._after_close(step)
+        rest = self._rescued(step)
+        if rest is None:
+            self._after_close(step)
+        return rest
 
     def _close_inner(self) -> None:
         inner, self._inner = self._inner, None
