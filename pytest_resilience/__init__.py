@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         classify,
     )
     from .core.clock import Clock, SystemClock
+    from .core.config import PolicyError, ResiliencePolicy, load_policy
     from .core.degrade import DegradePolicy, Degrader, Level, Limits, Profile
     from .core.errors import (
         BackendError,
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     from .core.events import Event
     from .core.fallback import CachedStep, Fallback, FallbackStep
     from .core.health import (
+        CpuCheck,
         DaemonCheck,
         DiskCheck,
         HealthCheck,
@@ -82,6 +84,7 @@ if TYPE_CHECKING:
         ModelFileCheck,
     )
     from .core.journal import Journal, JournalFull, JsonLinesLogger
+    from .core.logs import JsonFormatter
     from .core.recovery import Checkpoint, CheckpointStore, RecoveryContext, execute_with_recovery
     from .core.retry import Retry, is_retryable, result_is_empty, result_is_none
     from .core.retry_run import RetryDetails
@@ -89,6 +92,7 @@ if TYPE_CHECKING:
     from .core.stream import StreamGuard
     from .core.stream_base import StreamResult, Validator
     from .core.stream_sync import GuardedStream
+    from .core.trace import Span, current_span, span
     from .core.virtual_clock import VirtualClock
 
 __version__ = "0.1.0"
@@ -116,6 +120,7 @@ _EXPORTS: dict[str, str] = {
     "Clock": "core.clock",
     "ConsecutiveFailures": "core.breaker_policy",
     "CountWindow": "core.breaker_policy",
+    "CpuCheck": "core.health",
     "DaemonCheck": "core.health",
     "DaemonLost": "core.errors",
     "DaemonUnavailable": "core.errors",
@@ -181,6 +186,13 @@ _EXPORTS: dict[str, str] = {
     "Figures": "core.analytics",
     "Rolling": "core.analytics",
     "Services": "core.status",
+    "PolicyError": "core.config",
+    "ResiliencePolicy": "core.config",
+    "load_policy": "core.config",
+    "JsonFormatter": "core.logs",
+    "Span": "core.trace",
+    "current_span": "core.trace",
+    "span": "core.trace",
     "SystemClock": "core.clock",
     "TimeWindow": "core.breaker_policy",
     "TripPolicy": "core.breaker_policy",
@@ -224,6 +236,7 @@ __all__ = [
     "ConcurrentModelUse",
     "ConsecutiveFailures",
     "CountWindow",
+    "CpuCheck",
     "DaemonCheck",
     "DaemonLost",
     "DaemonUnavailable",
@@ -251,6 +264,7 @@ __all__ = [
     "Jitter",
     "Journal",
     "JournalFull",
+    "JsonFormatter",
     "JsonLinesLogger",
     "Level",
     "Limits",
@@ -258,11 +272,13 @@ __all__ = [
     "ModelFileCheck",
     "ModelNotFound",
     "Permit",
+    "PolicyError",
     "Profile",
     "RateLimited",
     "RecoveryContext",
     "ResilienceError",
     "ResilienceInterrupt",
+    "ResiliencePolicy",
     "ResourceExhausted",
     "ResponseCache",
     "Retry",
@@ -273,6 +289,7 @@ __all__ = [
     "ServerError",
     "Services",
     "Severity",
+    "Span",
     "State",
     "StreamGuard",
     "StreamInterrupted",
@@ -288,15 +305,18 @@ __all__ = [
     "check_cancelled",
     "classify",
     "current_scope",
+    "current_span",
     "deadline",
     "execute_with_recovery",
     "fallback_point",
     "fell_back",
     "is_retryable",
+    "load_policy",
     "request_key",
     "result_is_empty",
     "result_is_none",
     "retried",
+    "span",
     "summarize",
 ]
 

@@ -270,8 +270,8 @@ def test_streams_follow_the_level(
     degrader.force(Level.CACHED_ONLY)
     served = client.stream("hi", PARAMS)
     assert served is not None
-    with served:
-        assert "".join(served) == "daemon:hi"
+    with served:  # the last good answer: the degraded stream's, stored as generate()'s are
+        assert "".join(served) == "direct:hi"
     assert served.complete
     assert (daemon.tokens, direct.tokens) == ([64], [16])
 
@@ -334,3 +334,21 @@ def test_without_a_degrader_nothing_is_recorded(
     for _ in range(5):
         assert client.generate("hi", PARAMS) == "direct:hi"
     assert_degraded(journal, times=0)
+
+
+def test_the_status_reads_degraded_below_the_full_level(
+    client: ResilientClient, degrader: Degrader
+) -> None:
+    def status() -> dict[str, object]:
+        return client.status(resources=())
+
+    first = status()
+    assert first["status"] == "healthy"
+    services = cast("dict[str, dict[str, object]]", first["services"])
+    assert services["degradation"]["status"] == "healthy"
+    degrader.force(Level.CACHED_ONLY)
+    now = status()
+    assert now["status"] == "degraded"
+    assert now["reasons"] == ["degradation: level: cached_only"]
+    degrader.force(Level.FULL)
+    assert status()["status"] == "healthy"

@@ -7,8 +7,10 @@ and ``astream``, their decisions in ``splice``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
-from typing import TYPE_CHECKING, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from ...core.breaker import CircuitBreaker, ConsecutiveFailures, HalfOpen, State
 from ...core.cache import CacheMiss, request_key
@@ -28,6 +30,7 @@ from ...core.errors import (
 from ...core.events import DaemonDown, DaemonSlow, DaemonUp, FallbackUsed
 from ...core.fallback import FallbackExhausted
 from ...core.health import (
+    CpuCheck,
     DaemonCheck,
     DiskCheck,
     HealthMonitor,
@@ -38,6 +41,7 @@ from ...core.health import (
 from ...core.retry import Backoff, Retry
 from ...core.status import Services
 from ...core.stream import StreamGuard
+from ...core.trace import span
 from ..base import Backend, GenerationParams
 from .astream import AsyncResilientStream
 from .policy import DOWN, Policy, describe, exhaustion, falls_back
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ...core.cache import ResponseCache
+    from ...core.config import ResiliencePolicy
     from ...core.degrade import Degrader
     from ...core.events import Event
     from ...core.health import HealthCheck
@@ -58,6 +63,9 @@ if TYPE_CHECKING:
 __all__ = ["ResilientClient"]
 
 T = TypeVar("T")
+
+#: What a call without a journal runs in instead of a span.
+_NO_SPAN = contextlib.nullcontext()
 
 
 class ResilientClient:
@@ -73,7 +81,10 @@ class ResilientClient:
     or ``"never_fail"``. ``process``: the daemon's process, for ``watch(restart=True)``.
     ``cache``: every generated answer is stored in it (keyed by the prompt, the parameters
     with their seed, and the daemon's model), and when both backends fail, the cached
-    answer to the same request is served (``FallbackUsed``, step ``"cache"``). ``static``:
+    answer to the same request is served (``FallbackUsed``, step ``"cache"``); a stream
+    that ran to its end, whole and valid, is stored too, and a stream both of whose sides
+    fail is served the cached answer as one chunk (midway: only if it begins with the text
+    delivered, whose rest it delivers). ``static``:
     the answer served when that fails too (step ``"static"``) instead of raising.
     ``degrader``: consulted at the start of every generation (generate, agenerate, stream,
     astream), and told every outcome (see the package docs, "Degradation"); None (the
@@ -146,6 +157,34 @@ class ResilientClient:
         self._monitors: list[HealthMonitor] = []
         self._closed = False
 
+    @classmethod
+    def from_policy(
+        cls,
+        policy: ResiliencePolicy | str | os.PathLike[str],
+        daemon: DaemonBackend,
+        direct: Backend | Callable[[], Backend],
+        *,
+        process: DaemonProcess | None = None,
+        clock: Clock | None = None,
+        journal: Journal | None = None,
+    ) -> Self:
+        """A client built from a policy file (see ``load_policy``), or from a policy
+        already loaded: its ``[retry]``, ``[stream]``, ``[cache]`` and ``[degrade]``, the
+        breaker ``[client] breaker`` names (default: ``[breakers.daemon]``, if the file has
+        it) and the other ``[client]`` settings; whatever the file does not describe keeps
+        the client's own default. A file is loaded on ``clock`` and ``journal``; a loaded
+        policy brings its own, so passing them too raises ``ValueError``. Raises
+        ``PolicyError`` for a file that cannot be used."""
+        if isinstance(policy, str | os.PathLike):
+            from ...core.config import load_policy  # noqa: PLC0415 - only apps with a file
+
+            policy = load_policy(policy, clock=clock, journal=journal)
+        elif clock is not None or journal is not None:
+            raise ValueError(
+                "a loaded policy brings its own clock and journal: pass them to load_policy()"
+            )
+        return cls(daemon, direct, process=process, **policy.client_arguments())
+
     def __repr__(self) -> str:
         return f"<ResilientClient {self.name!r} daemon={self.daemon.base_url} {self.policy}>"
 
@@ -170,7 +209,7 @@ class ResilientClient:
                 self._owns_direct = True
             return self._direct
 
-    def _record(self, event: type[Event], **fields: object) -> None:
+    def _record(self, event: type[Event], **fields: Any) -> None:
         if self.journal is not None:
             self.journal.append(event(time=self.clock.now(), source=self.name, **fields))
 
@@ -216,18 +255,25 @@ class ResilientClient:
             self.cache.put(key, answer)
         return answer
 
-    def _last_resort(self, key: str | None, after: tuple[str, ...]) -> str | None:
+    def _last_resort(
+        self, key: str | None, after: tuple[str, ...], delivered: str = ""
+    ) -> str | None:
         """The backends failed (``after`` says how): the cached answer, else the static one
-        (None: neither)."""
+        (None: neither). A stream that already ``delivered`` text takes one only if it
+        begins with that text, and gets the rest of it."""
         if key and self.cache is not None:
             cached = self.cache.get(key)
-            if cached is not None:
+            if cached is not None and cached.startswith(delivered):
                 self._record(FallbackUsed, step="cache", index=2, after=after)
-                return cached
-            after = (*after, "cache: no answer cached for this request")
-        if self.static is not None:
+                return cached[len(delivered) :]
+            why = "no answer cached for this request"
+            if cached is not None:
+                why = "the cached answer does not begin with the text already delivered"
+            after = (*after, f"cache: {why}")
+        if self.static is not None and self.static.startswith(delivered):
             self._record(FallbackUsed, step="static", index=3, after=after)
-        return self.static
+            return self.static[len(delivered) :]
+        return None
 
     def _scope(self) -> CancelScope:
         return deadline(self.timeout, clock=self.clock, name=f"{self.name} daemon deadline")
@@ -295,20 +341,22 @@ class ResilientClient:
         Raises ``FallbackError`` when both fail (``"never_fail"``: returns None instead),
         ``Cancelled`` when the caller's scope is cancelled.
         """
-        if self.degrader is not None:
-            return self._degraded(self.degrader, prompt, params)
-        return self._answer(
-            lambda: self.daemon.generate(prompt, params),
-            lambda direct: direct.generate(prompt, params),
-            self._key(prompt, params),
-        )
+        with span(f"{self.name}.generate", self.journal) if self.journal else _NO_SPAN:
+            if self.degrader is not None:
+                return self._degraded(self.degrader, prompt, params)
+            return self._answer(
+                lambda: self.daemon.generate(prompt, params),
+                lambda direct: direct.generate(prompt, params),
+                self._key(prompt, params),
+            )
 
     def embed(self, text: str) -> list[float] | None:
         """The embedding of ``text``, from the daemon or in process; raises like generate."""
-        return self._answer(
-            lambda: list(self.daemon.embed(text)),
-            lambda direct: list(direct.embed(text)),
-        )
+        with span(f"{self.name}.embed", self.journal) if self.journal else _NO_SPAN:
+            return self._answer(
+                lambda: list(self.daemon.embed(text)),
+                lambda direct: list(direct.embed(text)),
+            )
 
     def stream(self, prompt: str, params: GenerationParams | None = None) -> ResilientStream | None:
         """The completion as chunks; returns once the first chunk (or the end) has arrived.
@@ -318,10 +366,11 @@ class ResilientClient:
         chunk (``"never_fail"``: returns None), ``StreamInterrupted`` later if the
         in-process replay diverges.
         """
-        if self.degrader is not None:
-            return self._degraded_stream(self.degrader, prompt, params)
-        stream = ResilientStream(self, prompt, params or GenerationParams())
-        stream._prime()
+        with span(f"{self.name}.stream", self.journal) if self.journal else _NO_SPAN:
+            if self.degrader is not None:
+                return self._degraded_stream(self.degrader, prompt, params)
+            stream = ResilientStream(self, prompt, params or GenerationParams())
+            stream._prime()
         if stream.error is not None and not stream.text and stream._ahead is None:
             return None  # never_fail, and neither side could start the answer
         return stream
@@ -370,13 +419,14 @@ class ResilientClient:
     async def agenerate(self, prompt: str, params: GenerationParams | None = None) -> str | None:
         """The async :meth:`generate`: the daemon's ``agenerate``, else in process in a
         worker thread. Raises like :meth:`generate`."""
-        if self.degrader is not None:
-            return await self._adegraded(self.degrader, prompt, params)
-        return await self._aanswer(
-            lambda: self.daemon.agenerate(prompt, params),
-            lambda direct: direct.generate(prompt, params),
-            self._key(prompt, params),
-        )
+        with span(f"{self.name}.generate", self.journal) if self.journal else _NO_SPAN:
+            if self.degrader is not None:
+                return await self._adegraded(self.degrader, prompt, params)
+            return await self._aanswer(
+                lambda: self.daemon.agenerate(prompt, params),
+                lambda direct: direct.generate(prompt, params),
+                self._key(prompt, params),
+            )
 
     async def aembed(self, text: str) -> list[float] | None:
         """The async :meth:`embed`."""
@@ -384,7 +434,8 @@ class ResilientClient:
         async def on_daemon() -> list[float]:
             return list(await self.daemon.aembed(text))
 
-        return await self._aanswer(on_daemon, lambda direct: list(direct.embed(text)))
+        with span(f"{self.name}.embed", self.journal) if self.journal else _NO_SPAN:
+            return await self._aanswer(on_daemon, lambda direct: list(direct.embed(text)))
 
     async def astream(
         self, prompt: str, params: GenerationParams | None = None
@@ -393,10 +444,11 @@ class ResilientClient:
         direct backend iterated in worker threads) if the daemon fails. Returns once the
         first chunk (or the end) has arrived; raises like :meth:`stream`.
         """
-        if self.degrader is not None:
-            return await self._adegraded_stream(self.degrader, prompt, params)
-        stream = AsyncResilientStream(self, prompt, params or GenerationParams())
-        await stream._prime()
+        with span(f"{self.name}.stream", self.journal) if self.journal else _NO_SPAN:
+            if self.degrader is not None:
+                return await self._adegraded_stream(self.degrader, prompt, params)
+            stream = AsyncResilientStream(self, prompt, params or GenerationParams())
+            await stream._prime()
         if stream.error is not None and not stream.text and stream._ahead is None:
             return None  # never_fail, and neither side could start the answer
         return stream
@@ -538,7 +590,7 @@ class ResilientClient:
             return served
         lowered = degrader.adjust(params or GenerationParams())
         stream = (_DirectStream if level is Level.MINIMAL else ResilientStream)(
-            self, prompt, lowered
+            self, prompt, lowered, key=self._key(prompt, params)
         )
         start = self.clock.now()
         try:
@@ -566,7 +618,7 @@ class ResilientClient:
             return served
         lowered = degrader.adjust(params or GenerationParams())
         stream = (_AsyncDirectStream if level is Level.MINIMAL else AsyncResilientStream)(
-            self, prompt, lowered
+            self, prompt, lowered, key=self._key(prompt, params)
         )
         start = self.clock.now()
         try:
@@ -584,8 +636,10 @@ class ResilientClient:
     ) -> None:
         """A primed stream's outcome: failed if its preferred source did not start it."""
         splice = stream._splice
-        failed = splice.error is not None or (level is not Level.MINIMAL and splice.fell_back)
+        failed = splice.error is not None or splice.served_after is not None
+        failed = failed or (level is not Level.MINIMAL and splice.fell_back)
         error = splice.daemon_error if level is not Level.MINIMAL else splice.error
+        error = error or splice.served_after
         degrader.record(not failed, self.clock.now() - start, error=error if failed else None)
 
     # --------------------------------------------------------------------------- health
@@ -636,7 +690,10 @@ class ResilientClient:
         Services: ``daemon`` (its breaker, and whether it answered last time; with
         ``ping``, it is asked now), not critical since the client answers in process
         without it; ``direct`` (the in-process model's file, once the backend is built and
-        has one), critical; ``resources`` (``resources``, default memory and disk), not
+        has one), critical; ``resources`` (``resources``, default memory, disk and CPU
+        load: :class:`~pytest_resilience.core.health.MemoryCheck`, ``DiskCheck``,
+        ``CpuCheck``), not critical; ``degradation`` (with a ``degrader``: unhealthy below
+        the full level, so the client reads ``degraded`` while it gives something up), not
         critical. The figures come from the client's journal, over the last ``window``
         seconds of its clock.
         """
@@ -650,8 +707,14 @@ class ResilientClient:
         model = [ModelFileCheck(path, clock=self.clock)] if isinstance(path, str) else []
         services.register("direct", checks=model)
         if resources is None:
-            resources = [MemoryCheck(clock=self.clock), DiskCheck(clock=self.clock)]
+            resources = [
+                MemoryCheck(clock=self.clock),
+                DiskCheck(clock=self.clock),
+                CpuCheck(clock=self.clock),
+            ]
         services.register("resources", checks=resources, critical=False)
+        if self.degrader is not None:
+            services.register("degradation", checks=[_LevelCheck(self.degrader)], critical=False)
         return services.status()
 
     def watch(
@@ -698,6 +761,21 @@ class ResilientClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _LevelCheck:
+    """The degrader's level as a health check: healthy at the full level only."""
+
+    name = "level"
+
+    def __init__(self, degrader: Degrader) -> None:
+        self._degrader = degrader
+
+    def __call__(self) -> HealthResult:
+        level = self._degrader.level
+        healthy = level is Level.FULL
+        message = level.label
+        return HealthResult(self.name, healthy, message, {"level": level.label})
 
 
 class _DaemonWatch:
