@@ -30,6 +30,8 @@ system give the ids, so that its spans, our events and our log lines all carry t
 ones, and a span opened inside the application's own current span becomes its child. This
 module keeps no state but the context variable: nothing is installed process-wide.
 
+A span that no listener hears of draws its ids when they are first read, so a call
+that records no event pays for a context variable's set and reset, not for its ids.
 Ids are drawn from the ``random`` module's generator, as OpenTelemetry's SDK draws its own:
 not the seeded generators of :mod:`pytest_resilience.core.seeding`, whose draws decide the
 jitter of a seeded run and must not depend on how many spans were opened.
@@ -40,7 +42,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import random
-from dataclasses import dataclass
+import threading
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -60,14 +62,60 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
 class Span:
-    """One call of a component: its trace, its own id, its parent's id ("" for a root)."""
+    """One call of a component: its trace, its own id, its parent's id ("" for a root).
 
-    trace_id: str
-    span_id: str
-    parent_id: str
-    name: str
+    ``Span(trace_id, span_id, parent_id, name)``; read-only, compared and hashed by those
+    four. A span opened with no span listener to announce it to draws its ids only when
+    they are first read (an event stamped in it, ``current_span().trace_id``): a call
+    that records nothing pays for no random ids. Once read, they never change.
+    """
+
+    __slots__ = ("_ids", "_name", "_up")
+
+    def __init__(self, trace_id: str, span_id: str, parent_id: str, name: str) -> None:
+        self._ids: tuple[str, str, str] | None = (trace_id, span_id, parent_id)
+        self._up: Span | None = None  # a lazy span's parent, until its ids are drawn
+        self._name = name
+
+    @classmethod
+    def _child(cls, up: Span, name: str) -> Span:
+        """A child of ``up`` whose ids are drawn when first read."""
+        lazy = cls.__new__(cls)
+        lazy._ids, lazy._up, lazy._name = None, up, name
+        return lazy
+
+    def _drawn(self) -> tuple[str, str, str]:
+        ids = self._ids
+        if ids is None:
+            with _DRAWING:  # two threads sharing the span (a copied context) draw once
+                ids = self._ids
+                if ids is None:
+                    up = self._up
+                    assert up is not None  # set while _ids is None, cleared with it
+                    parent = up._drawn()
+                    if parent[0]:
+                        ids = (parent[0], new_span_id(), parent[1])
+                    else:
+                        ids = (new_trace_id(), new_span_id(), "")
+                    self._ids, self._up = ids, None
+        return ids
+
+    @property
+    def trace_id(self) -> str:
+        return self._drawn()[0]
+
+    @property
+    def span_id(self) -> str:
+        return self._drawn()[1]
+
+    @property
+    def parent_id(self) -> str:
+        return self._drawn()[2]
+
+    @property
+    def name(self) -> str:
+        return self._name
 
     def adopt(self, trace_id: str, span_id: str, parent_id: str | None = None) -> Span:
         """This span under other ids (for :meth:`SpanListener.span_started`).
@@ -78,6 +126,27 @@ class Span:
         parent = self.parent_id if parent_id is None else parent_id
         return Span(trace_id, span_id, parent, self.name)
 
+    def _key(self) -> tuple[str, str, str, str]:
+        return (*self._drawn(), self._name)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Span):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        trace_id, span_id, parent_id = self._drawn()
+        return (
+            f"Span(trace_id={trace_id!r}, span_id={span_id!r}, parent_id={parent_id!r}, "
+            f"name={self._name!r})"
+        )
+
+
+#: Held only while a lazy span draws its ids (and its lazy parents theirs: re-entered).
+_DRAWING = threading.RLock()
 
 #: The ids of "no span": what events made outside any span carry.
 _NONE = Span("", "", "", "")
@@ -183,11 +252,13 @@ def start_span(name: str, journal: Journal | None = None, parent: Span | None = 
     first of a new trace, and announce it to ``journal``'s span listeners. It is not made
     current: see :meth:`OpenSpan.activate`, or use :func:`span`."""
     up = _current.get() if parent is None else parent
+    listeners = journal.span_listeners if journal is not None else ()
+    if not listeners:  # nobody to announce it to: its ids are drawn when first read
+        return OpenSpan(Span._child(up, name), ())
     if up.trace_id:
         opened = Span(up.trace_id, new_span_id(), up.span_id, name)
     else:
         opened = Span(new_trace_id(), new_span_id(), "", name)
-    listeners = journal.span_listeners if journal is not None else ()
     for listener in listeners:
         try:
             adopted = listener.span_started(opened)
@@ -211,7 +282,13 @@ class span:  # lower case: used as a function, ``with span("ask", journal):``
         self._journal = journal
 
     def __enter__(self) -> Span:
-        opened = self._open = start_span(self._name, self._journal)
+        journal = self._journal
+        if journal is None or not journal.span_listeners:  # the common case, kept cheap
+            self._open = None
+            lazy = Span._child(_current.get(), self._name)
+            self._token = _current.set(lazy)
+            return lazy
+        opened = self._open = start_span(self._name, journal)
         self._token = _current.set(opened.span)
         return opened.span
 
@@ -222,7 +299,8 @@ class span:  # lower case: used as a function, ``with span("ask", journal):``
         tb: TracebackType | None,
     ) -> None:
         _current.reset(self._token)
-        self._open.end(exc)
+        if self._open is not None:
+            self._open.end(exc)
 
     async def __aenter__(self) -> Span:
         return self.__enter__()

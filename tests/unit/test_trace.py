@@ -438,3 +438,77 @@ def test_an_event_made_outside_a_span_is_still_an_event() -> None:
     data = Event(time=0.0).to_dict()
     assert data == {"kind": "event", "time": 0.0, "source": ""}
     assert event_from_dict(CallRejected(time=0.0, state="s").to_dict()).trace_id == ""
+
+
+# ------------------------------------------------------------------- ids drawn lazily
+
+
+def _count_draws(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from pytest_resilience.core import trace  # noqa: PLC0415
+
+    drawn: list[str] = []
+    real_trace, real_span = trace.new_trace_id, trace.new_span_id
+
+    def new_trace_id() -> str:
+        drawn.append("trace")
+        return real_trace()
+
+    def new_span_id() -> str:
+        drawn.append("span")
+        return real_span()
+
+    monkeypatch.setattr(trace, "new_trace_id", new_trace_id)
+    monkeypatch.setattr(trace, "new_span_id", new_span_id)
+    return drawn
+
+
+def test_a_call_that_records_nothing_draws_no_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn = _count_draws(monkeypatch)
+    journal = Journal()
+    retry = Retry(on=ValueError, attempts=3, backoff=Backoff.fixed(0), journal=journal)
+    for _ in range(5):
+        assert retry.call(lambda: "ok") == "ok"
+    assert drawn == []
+    assert list(journal) == []
+
+
+def test_ids_are_drawn_at_the_first_event_and_hold_for_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    drawn = _count_draws(monkeypatch)
+    journal = Journal()
+    retry = Retry(on=ConnectionError, attempts=3, backoff=Backoff.fixed(0), journal=journal)
+    flaky, _ = _flaky(2)
+    with span("outer", journal) as outer:
+        assert drawn == []
+        assert retry.call(flaky) == "ok"
+        # the outer span drew a trace and its id when the retry's first event was stamped,
+        # then the retry's span its own id in the same trace: three draws, once each
+        assert drawn == ["trace", "span", "span"]
+        ids = {(e.trace_id, e.span_id) for e in journal}
+        assert len(ids) == 1
+        [(trace_id, span_id)] = ids
+        assert trace_id == outer.trace_id
+        assert span_id != outer.span_id
+    assert drawn == ["trace", "span", "span"]
+    assert outer == Span(outer.trace_id, outer.span_id, "", "outer")
+    assert hash(outer) == hash(Span(outer.trace_id, outer.span_id, "", "outer"))
+
+
+def test_threads_sharing_a_lazy_span_read_the_same_ids() -> None:
+    barrier = threading.Barrier(8)
+    seen: list[tuple[str, str]] = []
+
+    def read(shared: Span) -> None:
+        barrier.wait()
+        seen.append((shared.trace_id, shared.span_id))
+
+    for _ in range(20):
+        with span("shared") as shared:
+            threads = [threading.Thread(target=read, args=(shared,)) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert len(set(seen)) == 1
+        seen.clear()
