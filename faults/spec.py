@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from faults.kinds import KINDS, PY, SITES, ArgType, ArgValue, KindInfo, Param
+from pytest_resilience.core.durations import UNITS
+from pytest_resilience.core.durations import seconds_of as to_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -49,8 +51,6 @@ __all__ = [
 
 #: The largest count, call number, ``after=`` or duration (in seconds) a spec may give.
 MAX_NUMBER: Final = 10**9
-#: The units of a duration, and what one of each is in seconds.
-UNITS: Final = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
 class SpecError(ValueError):
@@ -261,12 +261,6 @@ def _number(x: float) -> str:
     from decimal import Decimal  # noqa: PLC0415 - rare (tiny values); keeps the import cheap
 
     return format(Decimal(text), "f")
-
-
-def to_seconds(number: str, unit: str) -> float:
-    """The seconds that ``number`` (digits, perhaps with a fraction) of ``unit`` stands for."""
-    # Dividing by 1000 is exact where multiplying by 0.001 is not: 500ms is exactly 0.5.
-    return float(number) / 1000 if unit == "ms" else float(number) * UNITS[unit]
 
 
 def format_duration(seconds: float) -> str:

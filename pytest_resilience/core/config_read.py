@@ -22,6 +22,7 @@ import re
 from typing import TYPE_CHECKING, Any, Final
 
 from . import errors as _errors
+from .durations import UNITS, seconds_of
 from .toml_lines import FileError, Path_, dotted, line_of, safe, safe_lines
 
 if TYPE_CHECKING:
@@ -29,10 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DURATION", "NamedExceptions", "PolicyError", "Reader", "kind_of", "to_seconds"]
 
-#: The units of a duration written as text, and what one of each is in seconds (the
-#: fault spec grammar's units).
-UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+# a duration written as text: the number and the unit of the fault spec grammar
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(" + "|".join(sorted(UNITS, key=len)[::-1]) + ")")
 DURATION: Final = 'a duration (seconds, or text such as "250ms", "2s", "1m")'
 
 
@@ -56,8 +55,7 @@ def to_seconds(text: str) -> float | None:
     if found is None:
         return None
     number, unit = found.groups()
-    # dividing by 1000 is exact where multiplying by 0.001 is not: 500ms is exactly 0.5
-    return float(number) / 1000 if unit == "ms" else float(number) * UNITS[unit]
+    return seconds_of(number, unit)
 
 
 # --------------------------------------------------------------------------- the values
