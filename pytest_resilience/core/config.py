@@ -23,6 +23,10 @@ first call, so loading a policy imports no application code, unless the chain sa
 ``import = "at_load"``: then every path is imported at load, and one that cannot be is an
 error of the file at its line.
 
+The alerts of ``[alerts]`` go where the code says: ``on_alert=`` (a callable, or a list
+of them) is given every :class:`~.alerts.Alert` that fires, as ``Alerts(on_alert=...)``
+is; a file without ``[alerts]`` fires none, and calls none.
+
 Every problem is a :class:`~.config_read.PolicyError` naming the file, the line, the
 dotted key and what was expected; settings the core refuses together (a degrade policy
 whose ``restore_below`` is not under ``degrade_at``) are errors of the file too.
@@ -33,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from .clock import Clock, SystemClock
 from .config_fallbacks import Fallbacks
@@ -45,9 +49,9 @@ from .toml_lines import decode, parse_toml, read_file
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
-    from .alerts import Alerts
+    from .alerts import Alert, Alerts
     from .breaker import CircuitBreaker
     from .cache import ResponseCache
     from .degrade import Degrader
@@ -56,6 +60,9 @@ if TYPE_CHECKING:
     from .retry import Retry
     from .stream import StreamGuard
     from .toml_lines import Path_
+
+    #: What ``on_alert=`` takes: one callback, or several.
+    OnAlert: TypeAlias = Callable[[Alert], object] | Iterable[Callable[[Alert], object]]
 
 __all__ = ["PolicyError", "ResiliencePolicy", "load_policy", "policy_from_mapping"]
 
@@ -140,12 +147,16 @@ def load_policy(
     clock: Clock | None = None,
     journal: Journal | None = None,
     steps: Mapping[str, Callable[..., Any]] | None = None,
+    on_alert: OnAlert | None = None,
 ) -> ResiliencePolicy:
     """Read the policy file ``path`` (``.toml``; ``.yaml``/``.yml`` with PyYAML) and build
     its components on ``clock`` (default: one ``SystemClock``) and ``journal``; the
     alerts, if any, are attached to ``journal``. ``steps``: the functions fallback steps
-    may name (``call = "daemon"``). A cache's relative ``path`` is found from the policy
-    file's folder. Raises :class:`PolicyError` for any problem (see the module docs)."""
+    may name (``call = "daemon"``). ``on_alert``: a callable, or a list of them, given
+    each alert of ``[alerts]`` that fires. A cache's relative ``path`` is found from the
+    policy file's folder. Raises :class:`PolicyError` for any problem of the file (see the
+    module docs), ``TypeError`` for an ``on_alert`` that is not callable."""
+    callbacks = _callbacks(on_alert)
     data, lines = read_document(path)
     return _build(
         Reader(str(path), lines),
@@ -154,6 +165,7 @@ def load_policy(
         clock=clock,
         journal=journal,
         steps=steps,
+        on_alert=callbacks,
     )
 
 
@@ -166,6 +178,7 @@ def policy_from_mapping(
     clock: Clock | None = None,
     journal: Journal | None = None,
     steps: Mapping[str, Callable[..., Any]] | None = None,
+    on_alert: OnAlert | None = None,
 ) -> ResiliencePolicy:
     """:func:`load_policy` for a policy already read: ``source`` names it in errors,
     ``lines`` gives the line of each key path (None: errors have no line), ``folder`` is
@@ -177,7 +190,30 @@ def policy_from_mapping(
         clock=clock,
         journal=journal,
         steps=steps,
+        on_alert=_callbacks(on_alert),
     )
+
+
+def _callbacks(on_alert: OnAlert | None) -> tuple[Callable[[Alert], object], ...]:
+    """``on_alert`` as a tuple of callbacks. Raises ``TypeError`` naming what is not
+    callable (a string is not a list of callbacks)."""
+    if on_alert is None:
+        return ()
+    if callable(on_alert):
+        return (on_alert,)
+    given: object = on_alert
+    if isinstance(given, str | bytes) or not hasattr(given, "__iter__"):
+        raise TypeError(
+            f"on_alert must be a callable or a list of callables, got {type(on_alert).__name__}"
+        )
+    callbacks = tuple(on_alert)
+    for index, callback in enumerate(callbacks):
+        if not callable(callback):
+            raise TypeError(
+                f"on_alert[{index}] must be callable, got {type(callback).__name__} "
+                f"({callback!r:.40})"
+            )
+    return callbacks
 
 
 def _build(
@@ -188,6 +224,7 @@ def _build(
     clock: Clock | None,
     journal: Journal | None,
     steps: Mapping[str, Callable[..., Any]] | None,
+    on_alert: tuple[Callable[[Alert], object], ...],
 ) -> ResiliencePolicy:
     r.table(data, (), SECTIONS)
     if "version" in data and (data["version"] != 1 or isinstance(data["version"], bool)):
@@ -204,7 +241,7 @@ def _build(
         breakers=MappingProxyType(breakers),
         fallback=more.fallback(data["fallback"], cache, steps) if "fallback" in data else None,
         degrader=more.degrader(data["degrade"]) if "degrade" in data else None,
-        alerts=more.alerts(data["alerts"]) if "alerts" in data else None,
+        alerts=more.alerts(data["alerts"], on_alert) if "alerts" in data else None,
         cache=cache,
         guard=build.guard(data["stream"]) if "stream" in data else None,
         client=MappingProxyType(_client(r, data.get("client", {}), breakers)),

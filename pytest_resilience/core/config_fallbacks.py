@@ -20,6 +20,7 @@ from .retry import result_is_empty, result_is_none
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from .alerts import Alert
     from .cache import ResponseCache
     from .clock import Clock
     from .config_read import Reader
@@ -216,7 +217,8 @@ class Fallbacks:
             profiles[level] = dataclasses.replace(DEFAULT_PROFILES[level], **given)
         return profiles
 
-    def alerts(self, raw: Any) -> Alerts:
+    def alerts(self, raw: Any, on_alert: tuple[Callable[[Alert], object], ...] = ()) -> Alerts:
+        """``[alerts]``: the rules, given to an :class:`Alerts` that calls ``on_alert``."""
         r, at = self.r, ("alerts",)
         conf = r.table(raw, at, _ALERTS)
         cooldown = r.duration(conf["cooldown"], (*at, "cooldown")) if "cooldown" in conf else None
@@ -236,7 +238,7 @@ class Fallbacks:
             seen[rule.name] = index
             rules.append(rule)
         name = r.text(conf["name"], (*at, "name")) if "name" in conf else "alerts"
-        return Alerts(*rules, clock=self.clock, name=name)
+        return Alerts(*rules, clock=self.clock, on_alert=on_alert, name=name)
 
     def _rule(self, conf: dict[str, Any], at: Path_, cooldown: float | None) -> AlertRule:
         r = self.r

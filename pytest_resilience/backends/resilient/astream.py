@@ -3,7 +3,9 @@
 It reads the daemon's ``astream`` under the guard's ``awrap`` (then the in-process
 backend, iterated in worker threads), tells the :class:`~.splice.Splice` what happened, and
 does what it answers, as the sync :class:`~.streams.ResilientStream` does; the two differ
-only in how they wait, and in ``aclose()`` being callable from another task mid-read.
+only in how they wait, and in ``aclose()`` being callable from another task mid-read. Its
+span (with a journal) is the sync stream's: current around each ``__anext__`` and
+``aclose()``, in the task that awaits them, and ended once when the stream ends.
 """
 
 from __future__ import annotations
@@ -42,13 +44,28 @@ class AsyncResilientStream(SplicedStream):
         key: str | None = None,
     ) -> None:
         super().__init__(client, prompt, params, key=key)
-        self._ahead: str | None = None  # the chunk read by astream() before returning
         self._inner: AsyncGuardedStream | None = None
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> str:
+        opened = self._span
+        if opened is None:  # no journal, or the stream has ended
+            return await self._anext()
+        token = opened.activate()
+        try:
+            chunk = await self._anext()
+        except BaseException as exc:  # StopAsyncIteration too: the stream has ended
+            opened.deactivate(token)
+            self._end_span(None if isinstance(exc, StopAsyncIteration) else exc)
+            raise
+        opened.deactivate(token)
+        if self._over():  # the last chunk: a last resort finished the answer
+            self._end_span()
+        return chunk
+
+    async def _anext(self) -> str:
         chunk, self._ahead = self._ahead, None
         if chunk is None:
             chunk = await self._pull()
@@ -115,7 +132,7 @@ class AsyncResilientStream(SplicedStream):
                     return None
                 failed = splice.on_error(exc, cancelled=cancelled(inner))
                 if isinstance(failed, Stop):  # the caller's decision: never a fallback
-                    await self.aclose()
+                    await self._astop()
                     raise
                 if isinstance(failed, Switch):
                     self._switch(failed)
@@ -161,7 +178,22 @@ class AsyncResilientStream(SplicedStream):
 
     async def aclose(self) -> None:
         """Stop the answer early and close its source (joining an in-process step still
-        running in its worker thread). Idempotent."""
+        running in its worker thread); its span ends. Idempotent."""
+        opened = self._span
+        if opened is None:
+            await self._astop()
+            return
+        token = opened.activate()
+        try:
+            await self._astop()
+        except BaseException as exc:
+            opened.deactivate(token)
+            self._end_span(exc)
+            raise
+        opened.deactivate(token)
+        self._end_span()
+
+    async def _astop(self) -> None:
         self._splice.on_closed()
         await self._close_inner()
 

@@ -41,7 +41,7 @@ from ...core.health import (
 from ...core.retry import Backoff, Retry
 from ...core.status import Services
 from ...core.stream import StreamGuard
-from ...core.trace import span
+from ...core.trace import span, start_span
 from ..base import Backend, GenerationParams
 from .astream import AsyncResilientStream
 from .policy import DOWN, Policy, describe, exhaustion, falls_back
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ...core.cache import ResponseCache
-    from ...core.config import ResiliencePolicy
+    from ...core.config import OnAlert, ResiliencePolicy
     from ...core.degrade import Degrader
     from ...core.events import Event
     from ...core.health import HealthCheck
@@ -167,21 +167,24 @@ class ResilientClient:
         process: DaemonProcess | None = None,
         clock: Clock | None = None,
         journal: Journal | None = None,
+        on_alert: OnAlert | None = None,
     ) -> Self:
         """A client built from a policy file (see ``load_policy``), or from a policy
         already loaded: its ``[retry]``, ``[stream]``, ``[cache]`` and ``[degrade]``, the
         breaker ``[client] breaker`` names (default: ``[breakers.daemon]``, if the file has
         it) and the other ``[client]`` settings; whatever the file does not describe keeps
-        the client's own default. A file is loaded on ``clock`` and ``journal``; a loaded
-        policy brings its own, so passing them too raises ``ValueError``. Raises
+        the client's own default. A file is loaded on ``clock`` and ``journal``, its
+        ``[alerts]`` calling ``on_alert`` (a callable or a list); a loaded policy brings
+        its own, so passing any of them too raises ``ValueError``. Raises
         ``PolicyError`` for a file that cannot be used."""
         if isinstance(policy, str | os.PathLike):
             from ...core.config import load_policy  # noqa: PLC0415 - only apps with a file
 
-            policy = load_policy(policy, clock=clock, journal=journal)
-        elif clock is not None or journal is not None:
+            policy = load_policy(policy, clock=clock, journal=journal, on_alert=on_alert)
+        elif clock is not None or journal is not None or on_alert is not None:
             raise ValueError(
-                "a loaded policy brings its own clock and journal: pass them to load_policy()"
+                "a loaded policy brings its own clock and journal, and its alerts' "
+                "callbacks: pass them to load_policy()"
             )
         return cls(daemon, direct, process=process, **policy.client_arguments())
 
@@ -341,7 +344,7 @@ class ResilientClient:
         Raises ``FallbackError`` when both fail (``"never_fail"``: returns None instead),
         ``Cancelled`` when the caller's scope is cancelled.
         """
-        with span(f"{self.name}.generate", self.journal) if self.journal else _NO_SPAN:
+        with span(f"{self.name}.generate", self.journal) if self.journal is not None else _NO_SPAN:
             if self.degrader is not None:
                 return self._degraded(self.degrader, prompt, params)
             return self._answer(
@@ -352,7 +355,7 @@ class ResilientClient:
 
     def embed(self, text: str) -> list[float] | None:
         """The embedding of ``text``, from the daemon or in process; raises like generate."""
-        with span(f"{self.name}.embed", self.journal) if self.journal else _NO_SPAN:
+        with span(f"{self.name}.embed", self.journal) if self.journal is not None else _NO_SPAN:
             return self._answer(
                 lambda: list(self.daemon.embed(text)),
                 lambda direct: list(direct.embed(text)),
@@ -364,13 +367,32 @@ class ResilientClient:
         If the daemon fails before or during the stream, the answer continues in process
         (see the package docs). Raises ``FallbackError`` when both fail before the first
         chunk (``"never_fail"``: returns None), ``StreamInterrupted`` later if the
-        in-process replay diverges.
+        in-process replay diverges. With a journal, the stream is one span
+        (``<name>.stream``) from this call until the stream ends (the ``streams`` module
+        says when).
         """
-        with span(f"{self.name}.stream", self.journal) if self.journal else _NO_SPAN:
-            if self.degrader is not None:
-                return self._degraded_stream(self.degrader, prompt, params)
-            stream = ResilientStream(self, prompt, params or GenerationParams())
-            stream._prime()
+        if self.journal is None:
+            return self._stream(prompt, params)
+        # the stream's span: current while it is made here, then carried by the stream
+        opened = start_span(f"{self.name}.stream", self.journal)
+        token = opened.activate()
+        try:
+            stream = self._stream(prompt, params)
+        except BaseException as exc:
+            opened.deactivate(token)
+            opened.end(exc)
+            raise
+        opened.deactivate(token)
+        if stream is None:
+            opened.end()
+            return None
+        return stream._carry(opened)
+
+    def _stream(self, prompt: str, params: GenerationParams | None) -> ResilientStream | None:
+        if self.degrader is not None:
+            return self._degraded_stream(self.degrader, prompt, params)
+        stream = ResilientStream(self, prompt, params or GenerationParams())
+        stream._prime()
         if stream.error is not None and not stream.text and stream._ahead is None:
             return None  # never_fail, and neither side could start the answer
         return stream
@@ -419,7 +441,7 @@ class ResilientClient:
     async def agenerate(self, prompt: str, params: GenerationParams | None = None) -> str | None:
         """The async :meth:`generate`: the daemon's ``agenerate``, else in process in a
         worker thread. Raises like :meth:`generate`."""
-        with span(f"{self.name}.generate", self.journal) if self.journal else _NO_SPAN:
+        with span(f"{self.name}.generate", self.journal) if self.journal is not None else _NO_SPAN:
             if self.degrader is not None:
                 return await self._adegraded(self.degrader, prompt, params)
             return await self._aanswer(
@@ -434,7 +456,7 @@ class ResilientClient:
         async def on_daemon() -> list[float]:
             return list(await self.daemon.aembed(text))
 
-        with span(f"{self.name}.embed", self.journal) if self.journal else _NO_SPAN:
+        with span(f"{self.name}.embed", self.journal) if self.journal is not None else _NO_SPAN:
             return await self._aanswer(on_daemon, lambda direct: list(direct.embed(text)))
 
     async def astream(
@@ -444,11 +466,29 @@ class ResilientClient:
         direct backend iterated in worker threads) if the daemon fails. Returns once the
         first chunk (or the end) has arrived; raises like :meth:`stream`.
         """
-        with span(f"{self.name}.stream", self.journal) if self.journal else _NO_SPAN:
-            if self.degrader is not None:
-                return await self._adegraded_stream(self.degrader, prompt, params)
-            stream = AsyncResilientStream(self, prompt, params or GenerationParams())
-            await stream._prime()
+        if self.journal is None:
+            return await self._astream(prompt, params)
+        opened = start_span(f"{self.name}.stream", self.journal)  # as in stream()
+        token = opened.activate()
+        try:
+            stream = await self._astream(prompt, params)
+        except BaseException as exc:
+            opened.deactivate(token)
+            opened.end(exc)
+            raise
+        opened.deactivate(token)
+        if stream is None:
+            opened.end()
+            return None
+        return stream._carry(opened)
+
+    async def _astream(
+        self, prompt: str, params: GenerationParams | None
+    ) -> AsyncResilientStream | None:
+        if self.degrader is not None:
+            return await self._adegraded_stream(self.degrader, prompt, params)
+        stream = AsyncResilientStream(self, prompt, params or GenerationParams())
+        await stream._prime()
         if stream.error is not None and not stream.text and stream._ahead is None:
             return None  # never_fail, and neither side could start the answer
         return stream

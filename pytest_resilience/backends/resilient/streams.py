@@ -4,11 +4,21 @@
 its answers ask for, none of which waits: the daemon's breaker permit, and the client's
 journal. :class:`ResilientStream` is the sync driver on top: it reads the guarded daemon
 stream (then the in-process one), tells the splice what happened, and does what it answers.
+
+With a journal, a stream is one span of the client's (``<name>.stream``), opened when the
+client makes the stream and current around every step that can record: making it (up to the
+first chunk), each read (and the switch in process it may make), and closing it. So the
+client's events of a whole stream (``FallbackUsed``, ``DaemonDown``, a breaker's
+transition, the cache's) carry its ids, and the guard's ``stream:`` spans are its children.
+It ends once, when the stream does: exhausted, its last chunk handed out, failed (ending
+with the error raised), or closed. A stream dropped without being closed ends no span: a
+finaliser must not take the locks an exporter's ``span_ended`` may take, so nothing is
+announced, as for the guard's own streams.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Self, TypeVar
 
 from ...core.errors import CircuitOpenError
 from ...core.events import StreamCancelled
@@ -22,10 +32,13 @@ if TYPE_CHECKING:
     from ...core.breaker import Permit
     from ...core.stream import AsyncGuardedStream, GuardedStream
     from ...core.stream_base import StreamResult
+    from ...core.trace import OpenSpan
     from ..base import GenerationParams
     from .client import ResilientClient
 
 __all__ = ["ResilientStream", "SplicedStream", "cancelled"]
+
+S = TypeVar("S", bound="SplicedStream")
 
 
 def cancelled(inner: GuardedStream | AsyncGuardedStream) -> bool:
@@ -58,6 +71,8 @@ class SplicedStream:
         self._splice = Splice(prompt, client.policy, client.name)
         self._permit: Permit | None = None
         self._started_at = 0.0
+        self._ahead: str | None = None  # the chunk read before the client returned the stream
+        self._span: OpenSpan | None = None  # the client's span of the stream, until it ends
 
     @property
     def text(self) -> str:
@@ -83,6 +98,27 @@ class SplicedStream:
     def error(self) -> BaseException | None:
         """What ended the answer early (raised too, unless the policy is ``"never_fail"``)."""
         return self._splice.error
+
+    # --------------------------------------------------------------------------- span
+
+    def _over(self) -> bool:
+        """Whether the stream has nothing more to give: ended, its last chunk handed out."""
+        return self._splice.ended and self._ahead is None
+
+    def _carry(self: S, opened: OpenSpan) -> S:
+        """Take the client's span ``opened``, in which the stream was made: the stream ends
+        it when it ends, or now if it already has."""
+        if self._over():
+            opened.end()
+        else:
+            self._span = opened
+        return self
+
+    def _end_span(self, error: BaseException | None = None) -> None:
+        """End the stream's span (once), by ``error`` if the stream raised it."""
+        opened, self._span = self._span, None
+        if opened is not None:
+            opened.end(error)
 
     # ---------------------------------------------------------------------- bookkeeping
 
@@ -188,7 +224,6 @@ class ResilientStream(SplicedStream):
         key: str | None = None,
     ) -> None:
         super().__init__(client, prompt, params, key=key)
-        self._ahead: str | None = None  # the chunk read by stream() before returning
         self._inner: GuardedStream | None = None
 
     def __iter__(self) -> Self:
@@ -231,6 +266,22 @@ class ResilientStream(SplicedStream):
     # ------------------------------------------------------------------------ iteration
 
     def __next__(self) -> str:
+        opened = self._span
+        if opened is None:  # no journal, or the stream has ended
+            return self._next()
+        token = opened.activate()
+        try:
+            chunk = self._next()
+        except BaseException as exc:  # StopIteration too: the stream has ended
+            opened.deactivate(token)
+            self._end_span(None if isinstance(exc, StopIteration) else exc)
+            raise
+        opened.deactivate(token)
+        if self._over():  # the last chunk: a last resort finished the answer
+            self._end_span()
+        return chunk
+
+    def _next(self) -> str:
         chunk, self._ahead = self._ahead, None
         if chunk is None:
             chunk = self._pull()
@@ -262,7 +313,7 @@ class ResilientStream(SplicedStream):
             except Exception as exc:
                 failed = splice.on_error(exc, cancelled=cancelled(inner))
                 if isinstance(failed, Stop):  # the caller's decision: never a fallback
-                    self.close()
+                    self._stop()
                     raise
                 if isinstance(failed, Switch):
                     self._switch(failed)
@@ -272,7 +323,7 @@ class ResilientStream(SplicedStream):
                     return rest
                 continue
             except BaseException:  # HangDetected, ^C: no fallback; the guard closed inner
-                self.close()  # gives the breaker's permit back, counted as neither
+                self._stop()  # gives the breaker's permit back, counted as neither
                 raise
             step = splice.on_chunk(chunk)
             if isinstance(step, Deliver):
@@ -304,7 +355,22 @@ class ResilientStream(SplicedStream):
         self._release_permit()
 
     def close(self) -> None:
-        """Stop the answer early and close its source. Idempotent."""
+        """Stop the answer early and close its source; its span ends. Idempotent."""
+        opened = self._span
+        if opened is None:
+            self._stop()
+            return
+        token = opened.activate()
+        try:
+            self._stop()
+        except BaseException as exc:
+            opened.deactivate(token)
+            self._end_span(exc)
+            raise
+        opened.deactivate(token)
+        self._end_span()
+
+    def _stop(self) -> None:
         self._splice.on_closed()
         self._close_inner()
 
