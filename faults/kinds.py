@@ -199,7 +199,12 @@ def exception_names() -> tuple[str, ...]:
 def _nearest(word: str, choices: Sequence[str]) -> str | None:
     import difflib  # noqa: PLC0415 - only an error message needs it
 
-    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    found = difflib.get_close_matches(
+        word,
+        choices,
+        n=1,  # pragma: no mutate - only the best match is used: any n >= 1 gives the same
+        cutoff=0.6,  # pragma: no mutate - difflib's default: without it the same matches
+    )
     return found[0] if found else None
 
 
