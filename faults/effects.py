@@ -54,8 +54,7 @@ def resolve_exception_type(name: str) -> type[BaseException]:
         return found
     module_name, _, attr = name.rpartition(".")
     if not module_name:
-        problem = check_exception_name(name)
-        message, hint = problem if problem else (f"unknown exception type {name!r}", None)
+        message, hint = check_exception_name(name) or (f"unknown exception type {name!r}", None)
         raise SpecError(message, name, 0, suggestion=hint)
     try:
         module = importlib.import_module(module_name)
