@@ -39,6 +39,7 @@ SIGNATURES = {
     "timeout": "timeout([duration])",
     "latency": "latency(duration[, jitter])",
     "oom": "oom",
+    "crash": "crash([after=n])",
     "stall": "stall([after=n][, for=d])",
     "truncate": "truncate(after=n)",
     "corrupt": "corrupt",
@@ -49,6 +50,8 @@ SIGNATURES = {
     "ratelimit": "ratelimit([retry_after=d])",
     "status": "status(code[, retry_after=d])",
     "restart": "restart",
+    "overflow": "overflow",
+    "error": "error([after=n])",
 }
 
 
@@ -75,6 +78,8 @@ PARAMS = {
     ],
     "truncate": [("after", ArgType.INT, None, True, True, False)],
     "lost": [("after", ArgType.INT, 0, False, True, False)],
+    "crash": [("after", ArgType.INT, 0, False, True, False)],
+    "error": [("after", ArgType.INT, 0, False, True, False)],
     "pause": [("duration", ArgType.DURATION, None, True, False, True)],
     "ratelimit": [("retry_after", ArgType.DURATION, None, False, True, False)],
     "status": [
@@ -135,7 +140,9 @@ def test_kinds_for_lists_a_sites_kinds_in_the_table_order() -> None:
         "timeout",
         "latency",
         "oom",
+        "crash",
         "corrupt",
+        "overflow",
     )
     assert kinds_for("daemon.process") == ("off", "lost", "pause", "restart")
     assert kinds_for(PY) == (
