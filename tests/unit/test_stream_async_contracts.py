@@ -539,13 +539,19 @@ def test_a_buffered_call_is_held_to_the_total_deadline(clock: VirtualClock) -> N
 
 
 def test_a_buffered_call_without_a_total_deadline_may_take_its_time(clock: VirtualClock) -> None:
+    deadlines: list[float | None] = []
+
     async def buffered() -> str:
+        scope = current_scope()
+        assert scope is not None
+        deadlines.append(scope.deadline)
         await asyncio.sleep(500.0)
         return "ab"
 
     source = Script("a", fail(MemoryError()))
     result = clock.run(StreamGuard(idle=1.0, clock=clock).acollect(source, buffered=buffered))
     assert result == StreamResult("ab", True, "complete", buffered=True, first_token=0.0)
+    assert deadlines == [None]
     assert clock.now() == 500.0
 
 

@@ -454,7 +454,8 @@ def test_cancel_wakes_a_consumer_waiting_without_a_deadline(clock: VirtualClock)
 
     def source() -> Iterator[str]:
         started.set()
-        release.wait(WAIT)
+        if not release.wait(WAIT):
+            raise RuntimeError("the consumer was never woken")
         yield "late"
 
     stream = StreamGuard(clock=clock).wrap(source(), threaded=True)  # no deadline: real waits
