@@ -123,10 +123,17 @@ def test_the_guards_name_is_the_events_source(clock: VirtualClock, journal: Jour
 def test_collect_threaded_pulls_in_a_named_daemon_worker(clock: VirtualClock) -> None:
     daemon: list[bool] = []
     source = Script(lambda: daemon.append(threading.current_thread().daemon), "a")
+    results: list[StreamResult] = []
 
-    result = StreamGuard(clock=clock, name="answer").collect(source, threaded=True)
+    def consume() -> None:
+        results.append(StreamGuard(clock=clock, name="answer").collect(source, threaded=True))
 
-    assert result == StreamResult("a", True, "complete", first_token=0.0)
+    # from a thread that is not a daemon: the worker must not inherit the flag, but set it
+    consumer = threading.Thread(target=consume, daemon=False)
+    consumer.start()
+    consumer.join(WAIT)
+
+    assert results == [StreamResult("a", True, "complete", first_token=0.0)]
     assert source.threads[0] == "pytest-resilience-stream:answer"
     assert daemon == [True]  # a source blocked for good must not keep the interpreter alive
 
@@ -500,3 +507,50 @@ def test_a_worker_hands_over_a_failing_close(clock: VirtualClock) -> None:
     with pytest.raises(RuntimeError, match="close failed"):
         list(stream)
     assert stream.text == "a"
+
+
+def test_a_chunk_handed_over_while_the_consumer_rearms_its_wakeup_is_not_missed(
+    clock: VirtualClock,
+) -> None:
+    """A forced interleaving: the worker appends a chunk and sets the wakeup just before
+    the consumer clears the wakeup to wait for it. The consumer must find the chunk in the
+    buffer, not wait for a wakeup that has already come and gone."""
+    go, end = threading.Event(), threading.Event()
+
+    def source() -> Iterator[str]:
+        yield "a"
+        assert go.wait(WAIT)
+        yield "b"
+        end.wait(WAIT)  # nothing more until the test is done
+
+    class RacingWakeup(threading.Event):
+        """Stands in for the worker's wakeup; its first clear() lets the worker go first."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.handed = threading.Event()
+            self.raced = False
+
+        def set(self) -> None:
+            super().set()
+            self.handed.set()
+
+        def clear(self) -> None:
+            if not self.raced:
+                self.raced = True
+                go.set()  # the worker appends "b" and sets the wakeup...
+                assert self.handed.wait(WAIT)
+            super().clear()  # ...and only then does the consumer clear it
+
+    stream = StreamGuard(idle=5.0, clock=clock).wrap(source(), threaded=True)
+    try:
+        assert next(stream) == "a"  # the worker is now held before "b"
+        pump = stream._pump  # the stand-in goes where the worker signals
+        assert pump is not None
+        pump.ready = RacingWakeup()
+        assert next(stream) == "b"
+        assert clock.now() == 0.0  # taken from the buffer at once, no wait for a deadline
+    finally:
+        end.set()
+        stream.close()
+    assert stream.join(WAIT)
