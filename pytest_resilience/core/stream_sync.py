@@ -54,7 +54,8 @@ class GuardedStream(_Guarded):
         self._threaded = threaded
         self._closed = False
         self._scope = CancelScope(None, clock=guard.clock, name=f"stream {guard.name!r}")
-        self._parent: CancelScope | None = None
+        # no mutate: read only by _arm(), after start() has set it
+        self._parent: CancelScope | None = None  # pragma: no mutate
         self._ctx: contextvars.Context | None = None
         self._pull: Callable[[], str] = self._start_and_pull
         self._pump: _Pump | None = None
@@ -269,7 +270,8 @@ class GuardedStream(_Guarded):
     def __del__(self) -> None:
         # Dropped after a `break`: close the source, but record nothing (no locks in a finaliser)
         if getattr(self, "result", True) is None:
-            self._end("closed")
+            # no mutate: the result of a stream being collected is never read
+            self._end("closed")  # pragma: no mutate
 
     def __repr__(self) -> str:
         state = self.result.reason if self.result is not None else "open"
@@ -309,16 +311,17 @@ class _Pump:
     def _work(self, it: IteratorT[str], source: object) -> None:
         try:
             while True:
+                # no mutate (the three breaks): return, like break, goes to the finally below
                 self.space.acquire()
                 if self.stopping:
-                    break
+                    break  # pragma: no mutate
                 try:
                     chunk = next(it)
                 except StopIteration:
-                    break
+                    break  # pragma: no mutate
                 except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread, raised there
                     self.error = exc  # HangDetected too: the consumer must see it, not an end
-                    break
+                    break  # pragma: no mutate
                 self.buf.append(chunk)
                 self.ready.set()
         finally:
