@@ -39,10 +39,15 @@ How a stream ends (``stream.result``, a :class:`StreamResult`):
   :class:`~pytest_resilience.core.errors.Cancelled` if the source raised one. A scope around the
   guard was cancelled (or the source raised ``Cancelled`` of its own): the ``Cancelled``
   propagates unchanged, a ``BaseException`` that no retry, breaker or fallback above may take
-  for a failure; the partial text is ``stream.text``. In async code the task's
+  for a failure; the partial text is ``stream.text``. The end records that scope's reason
+  (``"cancelled: <reason>"``), in async code too, where the scope cancels the task while the
+  source waits; only a task cancelled from outside records ``"task cancelled"``, and its
   ``asyncio.CancelledError`` propagates unchanged too;
 - ``error``: the source raised. The exception propagates unchanged (retry policies, breakers
-  and the classifier need its real type); the partial text is ``stream.text``. A
+  and the classifier need its real type); the partial text is ``stream.text``. A deadline
+  around the guard that passes before the stream's own ends it the same way, sync and
+  async alike: its ``DeadlineExceeded`` propagates unchanged and is recorded as the error
+  (``"error: DeadlineExceeded: request of 2s exceeded"``). A
   :class:`~pytest_resilience.core.errors.HangDetected` (a source waiting on a virtual clock for
   what never comes, in the consumer's thread or in the worker of ``threaded=True``) ends the
   stream the same way: the source is closed, the end recorded, and the hang goes on up
@@ -72,7 +77,8 @@ collector without an event (a finaliser must not take locks).
 
 Buffered generation on out-of-memory. With ``buffered=`` (a callable returning the whole
 completion), a ``MemoryError`` (``ResourceExhausted`` is one) from the source closes it and
-calls ``buffered()`` once, inside the total deadline. The consumer already holds the partial
+calls ``buffered()`` once, inside the total deadline (past it, the stream ends as a ``total``
+stall, like any other). The consumer already holds the partial
 text, so the stream yields only what the buffered answer adds after it: if the answer starts
 with the partial text (deterministic decoding), the rest of it; if it does not, nothing can be
 spliced without duplicating or contradicting what was delivered, and

@@ -2,7 +2,11 @@
 
 Each ``__anext__`` runs in an ``async with CancelScope(deadline=...)``, so a source that
 waits too long is cancelled at the deadline. The rules are in
-:mod:`pytest_resilience.core.stream`.
+:mod:`pytest_resilience.core.stream`, and they are the sync stream's: a buffered call past
+the total deadline is a ``total`` stall, and a scope around the guard that is cancelled or
+expires while the source waits (it cancels the task, and turns that into its ``Cancelled``
+or ``DeadlineExceeded`` as it ends) is recorded with its reason; only a task cancelled from
+outside records ``"task cancelled"``.
 """
 
 from __future__ import annotations
@@ -10,8 +14,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, NoReturn, Self
 
-from .cancel import CancelScope
-from .errors import Cancelled, StreamInterrupted
+from .cancel import CancelScope, current_scope
+from .errors import Cancelled, DeadlineExceeded, StreamInterrupted
 from .events import FallbackUsed
 from .stream_base import _INF, _describe, _Guarded
 
@@ -74,11 +78,7 @@ class AsyncGuardedStream(_Guarded):
             await self._aend("complete")
             raise
         except TimeoutError as exc:
-            due = self._stall_if_due(self._now())
-            if due is None:  # a deadline around the guard, or inside the source: not ours
-                await self._afail(exc)
-                raise
-            await self._astall(*due, cause=exc)
+            await self._atimeout(exc)
         except Cancelled as exc:
             await self._aend("cancelled", exc.reason)
             self._interrupted(f"cancelled: {exc.reason}")
@@ -86,8 +86,7 @@ class AsyncGuardedStream(_Guarded):
                 raise
             raise StreamInterrupted(f"cancelled: {exc.reason}", self.text) from exc
         except asyncio.CancelledError:  # the task was cancelled: close, record, re-raise as is
-            await self._aend("cancelled", "task cancelled")
-            self._interrupted("cancelled: task cancelled")
+            await self._acancelled()
             raise
         except MemoryError as exc:
             if self._buffered is None or self._buffered_used:
@@ -127,6 +126,35 @@ class AsyncGuardedStream(_Guarded):
             self._refused(*refused)
             raise StopAsyncIteration
 
+    async def _atimeout(self, exc: TimeoutError) -> NoReturn:
+        """A deadline passed: a stall if it is ours, else an error; both raise ``exc`` on."""
+        due = self._stall_if_due(self._now())
+        if due is None:  # a deadline around the guard, or inside the source: not ours
+            await self._afail(exc)
+            raise exc
+        await self._astall(*due, cause=exc)
+
+    async def _acancelled(self) -> None:
+        """The task was cancelled while the source (or buffered call) waited: record why.
+
+        A scope around the guard that was cancelled or has expired cancelled the task, and
+        turns that into its ``Cancelled`` or ``DeadlineExceeded`` as it ends: recorded as the
+        sync stream records them. Otherwise the task was cancelled from outside.
+        """
+        try:
+            around = current_scope()  # the guard's own scope has been left: the caller's
+            if around is not None:
+                around.check()
+        except Cancelled as exc:
+            await self._aend("cancelled", exc.reason)
+            self._interrupted(f"cancelled: {exc.reason}")
+            return
+        except DeadlineExceeded as exc:
+            await self._afail(exc)
+            return
+        await self._aend("cancelled", "task cancelled")
+        self._interrupted("cancelled: task cancelled")
+
     async def _astall(
         self, which: str, waited: float, cause: BaseException | None = None
     ) -> NoReturn:
@@ -149,9 +177,10 @@ class AsyncGuardedStream(_Guarded):
         except StreamInterrupted:
             self._finish("error", "buffered answer diverged")
             raise
+        except TimeoutError as error:  # past the total deadline: a stall, as in the sync stream
+            await self._atimeout(error)
         except asyncio.CancelledError:
-            self._finish("cancelled", "task cancelled")
-            self._interrupted("cancelled: task cancelled")
+            await self._acancelled()
             raise
         except BaseException as error:  # not swallowed: recorded, then re-raised
             self._finish("error", _describe(error))

@@ -715,6 +715,88 @@ async def test_async_out_of_memory_switches_to_buffered(clock: VirtualClock) -> 
     assert source.closed == 1
 
 
+# --------------------------------------------- a scope around the guard, sync and async alike
+
+#: How a stream ends when a scope around the guard is cancelled or expires while the source
+#: waits: the caller's exception (type, message) goes on up, and the stream records the
+#: scope's reason, in the result (reason, detail) and in the journal.
+AROUND: dict[str, tuple[type[BaseException], str, tuple[str, str], str]] = {
+    "cancelled": (
+        Cancelled,
+        "shutting down",
+        ("cancelled", "shutting down"),
+        "cancelled: shutting down",
+    ),
+    "expired": (
+        DeadlineExceeded,
+        "request of 2s exceeded",
+        ("error", "DeadlineExceeded: request of 2s exceeded"),
+        "error: DeadlineExceeded: request of 2s exceeded",
+    ),
+}
+
+
+def end_around_sync(
+    end: str, clock: VirtualClock, journal: Journal
+) -> tuple[BaseException, StreamResult | None, int]:
+    """After "a", the source waits in its scope; at 2 s the caller's scope ends."""
+    guard = StreamGuard(idle=60.0, clock=clock, journal=journal)
+    if end == "expired":
+        scope = deadline(2.0, clock=clock, name="request")
+    else:
+        scope = cancel_scope(clock=clock)
+    with scope as outer:
+        if end == "expired":
+            source = Script("a", stall, "never")
+        else:
+            source = Script("a", pause(2.0), lambda: outer.cancel("shutting down"), stall, "never")
+        stream = guard.wrap(source)
+        with pytest.raises((Cancelled, DeadlineExceeded)) as info:
+            list(stream)
+    return info.value, stream.result, source.closed
+
+
+def end_around_async(
+    end: str, clock: VirtualClock, journal: Journal
+) -> tuple[BaseException, StreamResult | None, int]:
+    """After "a", the source awaits for good; at 2 s the caller's scope ends (virtual time)."""
+    source = AsyncScript("a", forever, "never")
+    stream = StreamGuard(idle=60.0, clock=clock, journal=journal).awrap(source)
+
+    async def main() -> None:
+        if end == "expired":
+            scope = deadline(2.0, clock=clock, name="request")
+        else:
+            scope = cancel_scope(clock=clock)
+        async with scope as outer:
+            if end == "cancelled":
+                asyncio.get_running_loop().call_later(2.0, outer.cancel, "shutting down")
+            async for _ in stream:
+                pass
+
+    with pytest.raises((Cancelled, DeadlineExceeded)) as info:
+        clock.run(main())
+    return info.value, stream.result, source.closed
+
+
+@pytest.mark.parametrize("end", ["cancelled", "expired"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_scope_around_the_guard_is_recorded_with_its_reason(
+    mode: str, end: str, clock: VirtualClock, journal: Journal
+) -> None:
+    run = end_around_sync if mode == "sync" else end_around_async
+    error, result, closed = run(end, clock, journal)
+
+    kind, message, (reason, detail), recorded = AROUND[end]
+    assert type(error) is kind
+    assert str(error) == message
+    assert clock.now() == 2.0
+    assert result == StreamResult("a", False, reason, detail, first_token=0.0)
+    assert [(e.reason, e.partial) for e in journal.events(StreamCancelled)] == [(recorded, "a")]
+    assert journal.events(StallDetected) == []
+    assert closed == 1
+
+
 # ------------------------------------------------------------------ validation, speed
 
 

@@ -386,6 +386,29 @@ def test_task_cancellation_is_recorded_and_propagates(
     ]
 
 
+def test_task_cancellation_inside_a_live_scope_around_the_guard_is_the_tasks(
+    clock: VirtualClock, journal: Journal
+) -> None:
+    stream = StreamGuard(idle=60.0, clock=clock, journal=journal).awrap(Script("a", FOREVER))
+
+    async def consume() -> None:
+        async with deadline(100.0, clock=clock, name="request"):  # neither expired nor cancelled
+            async for _ in stream:
+                pass
+
+    async def main() -> None:
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(3.0)
+        task.cancel()
+        await task
+
+    with pytest.raises(asyncio.CancelledError):
+        clock.run(main())
+
+    assert stream.result == StreamResult("a", False, "cancelled", "task cancelled", first_token=0.0)
+    assert [e.reason for e in journal.events(StreamCancelled)] == ["cancelled: task cancelled"]
+
+
 # ----------------------------------------------------------------------- errors, close
 
 
@@ -526,16 +549,82 @@ def test_buffered_switch_is_recorded_and_completes(clock: VirtualClock, journal:
     )
 
 
-def test_a_buffered_call_is_held_to_the_total_deadline(clock: VirtualClock) -> None:
+def test_a_buffered_call_past_the_total_deadline_is_a_total_stall(
+    clock: VirtualClock, journal: Journal
+) -> None:
     async def buffered() -> str:
         await asyncio.sleep(FOREVER)
         return "never"
 
     source = Script(1.0, "a", fail(MemoryError()))
-    guard = StreamGuard(idle=1.0, total=30.0, clock=clock)
-    with pytest.raises(DeadlineExceeded):
-        clock.run(guard.acollect(source, buffered=buffered))
+    guard = StreamGuard(idle=1.0, total=30.0, clock=clock, journal=journal)
+    stream = guard.awrap(source, buffered=buffered)
+
+    async def main() -> None:
+        async for _ in stream:
+            pass
+
+    with pytest.raises(StreamStalled) as info:
+        clock.run(main())
+
     assert clock.now() == 30.0  # the idle deadline does not apply to one long call
+    assert (info.value.which, info.value.waited, info.value.partial) == ("total", 30.0, "a")
+    assert (
+        str(info.value)
+        == "stream stalled: no chunk for 30s (total deadline), 1 characters received"
+    )
+    cause = info.value.__cause__
+    assert isinstance(cause, DeadlineExceeded)
+    assert not isinstance(cause, StreamStalled)
+    assert stream.result == StreamResult("a", False, "total", buffered=True, first_token=1.0)
+    assert [(e.which, e.waited, e.partial) for e in journal.events(StallDetected)] == [
+        ("total", 30.0, "a")
+    ]
+    assert journal.events(StreamCancelled) == []
+
+
+def test_a_buffered_call_past_the_total_deadline_may_end_the_iteration(
+    clock: VirtualClock,
+) -> None:
+    async def buffered() -> str:
+        await asyncio.sleep(FOREVER)
+        return "never"
+
+    guard = StreamGuard(total=30.0, on_stall="return", clock=clock)
+    result = clock.run(guard.acollect(Script("a", fail(MemoryError())), buffered=buffered))
+    assert result == StreamResult("a", False, "total", buffered=True, first_token=0.0)
+    assert clock.now() == 30.0
+
+
+def test_a_deadline_around_the_guard_ends_a_buffered_call_as_its_error(
+    clock: VirtualClock, journal: Journal
+) -> None:
+    async def buffered() -> str:
+        await asyncio.sleep(FOREVER)
+        return "never"
+
+    stream = StreamGuard(total=30.0, clock=clock, journal=journal).awrap(
+        Script("a", fail(MemoryError())), buffered=buffered
+    )
+
+    async def main() -> None:
+        async with deadline(2.0, clock=clock, name="request"):
+            async for _ in stream:
+                pass
+
+    with pytest.raises(DeadlineExceeded) as info:
+        clock.run(main())
+
+    assert not isinstance(info.value, StreamStalled)  # the caller's deadline, not the total
+    assert str(info.value) == "request of 2s exceeded"
+    assert clock.now() == 2.0
+    assert stream.result == StreamResult(
+        "a", False, "error", "DeadlineExceeded: request of 2s exceeded", True, 0.0
+    )
+    assert [e.reason for e in journal.events(StreamCancelled)] == [
+        "error: DeadlineExceeded: request of 2s exceeded"
+    ]
+    assert journal.events(StallDetected) == []
 
 
 def test_a_buffered_call_without_a_total_deadline_may_take_its_time(clock: VirtualClock) -> None:
@@ -618,6 +707,34 @@ def test_a_buffered_call_that_fails_is_recorded_and_propagates(
         "a", False, "error", "ValueError: no answer", buffered=True, first_token=0.0
     )
     assert [e.reason for e in journal.events(StreamCancelled)] == ["error: ValueError: no answer"]
+
+
+def test_a_timeout_the_buffered_call_raises_itself_is_its_error_not_a_stall(
+    clock: VirtualClock, journal: Journal
+) -> None:
+    async def buffered() -> str:
+        await asyncio.sleep(5.0)
+        raise TimeoutError("read timed out")
+
+    stream = StreamGuard(total=30.0, clock=clock, journal=journal).awrap(
+        Script("a", fail(MemoryError())), buffered=buffered
+    )
+
+    async def main() -> None:
+        async for _ in stream:
+            pass
+
+    with pytest.raises(TimeoutError, match="read timed out") as info:
+        clock.run(main())
+
+    assert not isinstance(info.value, StreamStalled)
+    assert stream.result == StreamResult(
+        "a", False, "error", "TimeoutError: read timed out", True, 0.0
+    )
+    assert [e.reason for e in journal.events(StreamCancelled)] == [
+        "error: TimeoutError: read timed out"
+    ]
+    assert journal.events(StallDetected) == []
 
 
 def test_task_cancellation_during_the_buffered_call(clock: VirtualClock, journal: Journal) -> None:
