@@ -11,6 +11,7 @@ scenario files)::
     value  := number | duration (500ms, 30s, 2m, 1h) | name | quoted string
 
 Whitespace is allowed between tokens. An empty (or blank) text is the empty :class:`Spec`.
+A name is a Python identifier (``str.isidentifier()``), or several joined by dots.
 Inside quotes (``"..."`` or ``'...'``) a backslash makes the next character literal.
 Durations need a unit (``ms``, ``s``, ``m``, ``h``) and become float seconds; ``forever``
 is accepted where a kind allows it (``timeout``, ``stall(for=...)``, ``pause``). Numbers
@@ -71,12 +72,17 @@ def _is_digit(c: str) -> bool:
     return "0" <= c <= "9"
 
 
+# A name is a Python identifier (or dotted identifiers), as str.isidentifier() judges it:
+# "A·", "café" with a combining accent and "℘" are names. Letters and digits Python refuses
+# in a name ("ͺ", "²") are read too, so that the name is refused as "not a valid name".
+
+
 def _is_name_start(c: str) -> bool:
-    return c == "_" or c.isalpha()
+    return c.isidentifier() or c.isalpha()
 
 
 def _is_name_char(c: str) -> bool:
-    return c == "_" or c.isalnum()
+    return len(c) == 1 and (c.isalnum() or f"_{c}".isidentifier())
 
 
 class _Parser:

@@ -309,7 +309,9 @@ def _here(text: str, pos: int) -> str:
 
 
 def _is_site_char(c: str) -> bool:
-    return c in ".:_" or c.isalnum()
+    # any character of a Python identifier (str.isidentifier()), such as "·" or a combining
+    # accent; the letters and digits Python refuses make a segment that is not one
+    return c in ".:_" or c.isalnum() or f"_{c}".isidentifier()
 
 
 def nearest(word: str, choices: Iterable[str]) -> str | None:

@@ -14,7 +14,7 @@ import json
 from typing import TYPE_CHECKING
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from faults.effects import corrupt_json
@@ -34,7 +34,22 @@ SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=SLOW_
 # ----------------------------------------------------------------------------- properties
 
 
+# A bare name is any Python identifier, "·" (not a letter, not a digit) included
+MIDDLE_DOT = Spec(
+    (
+        Entry(
+            Site("py", "A:A"),
+            (
+                Term("off"),
+                Term("raise", (("type", "ArithmeticError"), ("message", "A·"))),
+            ),
+        ),
+    )
+)
+
+
 @given(spec_texts())
+@example(("py:A:A=off->raise(ArithmeticError,message=A·)", MIDDLE_DOT))
 @SETTINGS
 def test_valid_text_parses_to_what_it_means(case: tuple[str, Spec]) -> None:
     text, expected = case
@@ -42,6 +57,7 @@ def test_valid_text_parses_to_what_it_means(case: tuple[str, Spec]) -> None:
 
 
 @given(spec_texts())
+@example(("py:A:A=off->raise(ArithmeticError,message=A·)", MIDDLE_DOT))
 @SETTINGS
 def test_canonical_text_round_trips(case: tuple[str, Spec]) -> None:
     spec = parse(case[0])

@@ -90,3 +90,48 @@ def test_a_duration_in_milliseconds_is_exact_where_dividing_by_a_thousandth_is_n
 )
 def test_the_shortest_exact_form_wins_and_seconds_win_a_tie(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+# A name is a Python identifier: str.isidentifier() takes characters that are neither letters
+# nor digits, and the parser reads every one of them bare.
+PYTHON_NAMES = [
+    "A·",  # a middle dot, Other_ID_Continue
+    "cafe\u0301",  # a combining accent (decomposed "café"), Mn
+    "x\u203f",  # a connector punctuation, Pc
+    "℘",  # Other_ID_Start
+    "Ⅻ",  # a letter number, Nl
+]
+
+
+@pytest.mark.parametrize("name", PYTHON_NAMES)
+def test_any_python_identifier_is_a_bare_string(name: str) -> None:
+    text = f"py:A:A=off->raise(ArithmeticError,message={name})"
+    term = parse(text).entries[0].chain[1]
+    assert term.arg("message") == name
+    assert parse(str(parse(text))) == parse(text)
+
+
+@pytest.mark.parametrize("name", PYTHON_NAMES)
+def test_any_python_identifier_is_a_part_of_an_exception_path_or_a_py_site(name: str) -> None:
+    spec = parse(f"py:{name}.m:C.{name}=raise(myapp.{name}.Err)")
+    assert spec.entries[0].site == Site("py", f"{name}.m:C.{name}")
+    assert spec.entries[0].chain[0].arg("type") == f"myapp.{name}.Err"
+    assert parse(str(spec)) == spec
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "message"),
+    [
+        # letters and digits Python refuses in a name refuse the name, not the character
+        ("llama.generate=raise(ValueError,x²)", 32, "not a valid name"),
+        ("llama.generate=raise(ValueError,a.ͺ)", 34, "not a valid name"),
+        ("py:m:f²=off", 5, "bad qualified name in 'py:m:f²'"),
+        # an identifier character that cannot start one starts no value
+        ("llama.generate=raise(ValueError,·A)", 32, "expected a value"),
+    ],
+)
+def test_a_name_python_refuses_is_refused_where_it_is(text: str, column: int, message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse(text)
+    assert info.value.column == column
+    assert info.value.message.startswith(message)
