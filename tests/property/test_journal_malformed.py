@@ -90,13 +90,34 @@ def test_any_value_in_any_field_is_read_or_refused_at_its_line(
     key = data.draw(st.sampled_from([*record, "extra"]), label="key")
     record[key] = data.draw(JSON, label="value")
     lines[i] = record
-    text = [json.dumps(x) for x in lines]
-    got = read("".join(f"{x}\n" for x in text).encode())
+    read_or_refused_at(lines, i)
+
+
+def read_or_refused_at(lines: list[dict[str, Any]], i: int) -> None:
+    """The journal ``lines``, whose line ``i`` (0-based) was changed, is read, or refused at
+    that line; or at a later line that repeats the call the changed line now fires, since a
+    call is refused where it fires a second time (the loader reads the lines in order)."""
+    got = read("".join(f"{json.dumps(x)}\n" for x in lines).encode())
     if isinstance(got, JournalFileError):
-        assert line_of(got) == i + 1, str(got)
+        if line_of(got) != i + 1:
+            assert line_of(got) > i + 1, str(got)
+            assert f"already fired on line {i + 1}" in str(got), str(got)
     else:
         assert len(got.events) == len(lines) - 1
         got.schedules()  # whatever was read replays
+
+
+def test_a_call_changed_to_one_a_later_line_fires_is_refused_at_the_later_line() -> None:
+    lines = [
+        make_journals.header(),
+        make_journals.fired("llama.chat", "oom", 2, 0.0),
+        make_journals.fired("llama.generate", "none", 1, 0.5),
+        make_journals.fired("llama.chat", "oom", 6, 1.0),
+    ]
+    lines[1] = lines[1] | {"call": 6}  # line 2 now fires the call line 4 fires
+    read_or_refused_at(lines, 1)
+    got = read("".join(f"{json.dumps(x)}\n" for x in lines).encode())
+    assert str(got) == "journal: line 4: llama.chat call 6 already fired on line 2"
 
 
 @given(st.lists(st.binary(max_size=40) | st.text(max_size=40).map(str.encode), max_size=4))
