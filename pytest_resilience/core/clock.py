@@ -50,7 +50,13 @@ class Clock(Protocol):
         """Suspend the calling task for ``seconds``."""
         ...
 
-    def wait(self, event: threading.Event, timeout: float | None = None, *, what: str = "") -> bool:
+    def wait(
+        self,
+        event: threading.Event,
+        timeout: float | None = None,
+        *,
+        what: str = "",  # pragma: no mutate - a protocol's methods never run
+    ) -> bool:
         """Block until ``event`` is set (True) or ``timeout`` seconds pass (False)."""
         ...
 
@@ -70,7 +76,13 @@ class SystemClock:
     async def asleep(self, seconds: float) -> None:
         await asyncio.sleep(max(seconds, 0.0))
 
-    def wait(self, event: threading.Event, timeout: float | None = None, *, what: str = "") -> bool:
+    def wait(
+        self,
+        event: threading.Event,
+        timeout: float | None = None,
+        *,
+        what: str = "",  # pragma: no mutate - names a waiter in hang reports; real time makes none
+    ) -> bool:
         if timeout is not None and timeout <= 0:
             return event.is_set()
         return event.wait(timeout)
