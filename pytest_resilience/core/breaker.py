@@ -212,24 +212,22 @@ class CircuitBreaker:
         self._state = _CLOSED
         self._gen = 0
         self._tracker = self.trip.tracker()
-        # no mutate: read only while open, and the move to open sets it
-        self._opened_at = 0.0  # pragma: no mutate
+        self._opened_at = 0.0  # pragma: no mutate - read only while open; opening sets it
         self._probes = 0  # half-open probes in flight
         self._probe_successes = 0
         # Lock-free views, each one attribute so a reader sees a consistent value. Only the
         # lock holder writes them, and it hides a view (-1 / None) before changing what the
-        # view summarises, and publishes it again after.
-        # no mutate (the four first values below): _publish() sets the fast view at once;
-        # the others are read only after a transition has reset them, or compared with a
-        # generation they cannot equal, so no first value changes what a caller sees.
+        # view summarises, and publishes it again after. Their first values are no-mutate:
+        # _publish() below sets the fast view, the others are read only after a transition
+        # set them (every call is admitted until then) or are unequal to generation 0.
         # the generation, while every call is admitted; else -1
-        self._fast_gen = 0  # pragma: no mutate
+        self._fast_gen = 0  # pragma: no mutate - set by _publish() below
         # the generation, while a success would change nothing; else -1
-        self._quiet_gen = -1  # pragma: no mutate
+        self._quiet_gen = -1  # pragma: no mutate - unequal to generation 0; reset on moving
         # (reject until, the state's value) while open or forced open; else None
-        self._reject: tuple[float, str] | None = None  # pragma: no mutate
+        self._reject: tuple[float, str] | None = None  # pragma: no mutate - read once moved
         # reject until, while open (not forced open): what the call forms read; else None
-        self._open_until: float | None = None  # pragma: no mutate
+        self._open_until: float | None = None  # pragma: no mutate - read once moved
         self._publish()
 
     def __repr__(self) -> str:
