@@ -304,7 +304,8 @@ class CircuitBreaker:
         if state is _OPEN:
             until = self._opened_at + self.recovery.after
             self._reject = (until, state._value_)
-            self._open_until = until
+            # no mutate: None only sends the call forms to _admit(), which rejects alike
+            self._open_until = until  # pragma: no mutate
         elif state is _FORCED_OPEN:
             self._reject = (_INF, state._value_)
         self._fast_gen = gen if state in _ADMIT_ALL else -1
@@ -620,7 +621,8 @@ class Permit:
 
     def failure(self, exc: BaseException | None = None) -> None:
         """The call failed; ``exc`` only names the cause in the transition reason."""
-        self._finish(_FAILURE, exc)
+        # no mutate: _settle() counts any outcome but success and ignored as a failure
+        self._finish(_FAILURE, exc)  # pragma: no mutate
 
     def ignore(self) -> None:
         """The call counts as neither (cancelled, or an excluded error); frees a probe slot."""

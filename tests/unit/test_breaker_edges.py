@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from pytest_resilience.core.breaker import (
+    BreakerStats,
     CircuitBreaker,
     ConsecutiveFailures,
     HalfOpen,
@@ -215,6 +216,25 @@ def test_recovery_reasons_name_the_wait_and_the_probes() -> None:
         "recovery after 2.5s",
         "2 probes succeeded",
     ]
+
+
+def test_a_fresh_breaker_is_closed_with_nothing_counted_and_no_probes() -> None:
+    assert make(VirtualClock()).stats() == BreakerStats(
+        state=State.CLOSED,
+        generation=0,
+        calls=0,
+        failures=0,
+        probes_in_flight=0,
+        probe_successes=0,
+        retry_after=None,
+    )
+
+
+def test_a_permit_says_whether_it_is_settled() -> None:
+    permit = make(VirtualClock()).acquire()
+    assert permit.settled is False
+    permit.success()
+    assert permit.settled is True
 
 
 def test_settling_a_permit_twice_names_the_breaker() -> None:
