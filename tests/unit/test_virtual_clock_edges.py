@@ -97,3 +97,117 @@ def test_the_thread_that_ran_a_loop_does_not_hold_time_after_run_returns() -> No
         thread.join(JOIN)
     assert not alive
     assert clock.now() == 6
+
+
+# -------------------------------------------------------------------------- asleep
+
+
+@pytest.mark.parametrize(("seconds", "elapsed"), [(3.0, 3.0), (0.0, 0.0), (-2.0, 0.0)])
+def test_asleep_on_the_clocks_own_loop_waits_that_long_never_negative(
+    seconds: float, elapsed: float
+) -> None:
+    clock = VirtualClock(start=10.0)
+
+    async def main() -> float:
+        await clock.asleep(seconds)
+        return asyncio.get_running_loop().time()
+
+    assert clock.run(main()) == 10.0 + elapsed
+    assert clock.now() == 10.0 + elapsed
+
+
+@pytest.mark.parametrize(("seconds", "elapsed"), [(3.0, 3.0), (0.0, 0.0), (-2.0, 0.0)])
+def test_asleep_elsewhere_advances_the_clock_never_backwards(
+    seconds: float, elapsed: float
+) -> None:
+    clock = VirtualClock(start=10.0)
+    other = VirtualClock(start=100.0)
+
+    async def main() -> None:
+        await clock.asleep(seconds)
+
+    asyncio.run(main())  # an ordinary loop
+    other.run(main())  # another clock's loop: that clock's time does not move
+    assert clock.now() == 10.0 + 2 * elapsed
+    assert other.now() == 100.0
+
+
+def test_asleep_elsewhere_yields_once_to_the_loop() -> None:
+    clock = VirtualClock()
+    order: list[str] = []
+
+    async def other() -> None:
+        for _ in range(3):
+            order.append("other")
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        task = asyncio.create_task(other())
+        await clock.asleep(0)  # lets the other task take one step, and no more
+        order.append("asleep")
+        await task
+
+    asyncio.run(main())
+    assert order == ["other", "asleep", "other", "other"]
+
+
+# ----------------------------------------------------------------- loop and threads
+
+
+@pytest.mark.timeout(60)
+def test_work_scheduled_on_the_loop_from_a_thread_wakes_no_other_waiter() -> None:
+    # call_soon_threadsafe wakes the loop's own wait at once; a thread sleeping on the
+    # clock meanwhile sleeps on, until its own deadline.
+    clock = VirtualClock()
+    woke: list[float] = []
+    posted: list[str] = []
+
+    def nap() -> None:
+        clock.sleep(5)
+        woke.append(clock.now())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sleeper = threading.Thread(target=nap)
+        with clock.hold():  # time stands still: only a wrong wakeup can end the nap now
+            sleeper.start()
+            clock.wait_blocked(1)
+            poster = threading.Thread(target=loop.call_soon_threadsafe, args=(posted.append, "ran"))
+            poster.start()
+            poster.join(JOIN)
+            await asyncio.sleep(0)  # the posted callback runs
+            assert posted == ["ran"]
+            assert woke == []
+        await asyncio.to_thread(sleeper.join, JOIN)
+
+    clock.run(main())
+    assert woke == [5.0]
+
+
+@pytest.mark.timeout(60)
+def test_the_loop_thread_still_counts_as_running_after_a_jobs_result_arrives() -> None:
+    # A job's result wakes the loop from its wait on the clock; the loop's thread then runs
+    # on, and a thread sleeping on the clock must not see time jump while it does.
+    clock = VirtualClock(hang_grace=30.0)
+    seen: list[float] = []
+    sleeper = threading.Thread(target=clock.sleep, args=(5,))
+
+    async def main() -> None:
+        with clock.hold():
+            sleeper.start()
+            clock.wait_blocked(1)
+            # a job that returns once the loop waits for it (with the sleeper: two waiters),
+            # so that its result wakes the loop from a wait on the clock
+            job = asyncio.ensure_future(asyncio.to_thread(clock.wait_blocked, 2))
+            await asyncio.sleep(0)  # submitted: time stands still until its result is back
+        await job
+        # real work on the loop's thread, which the clock cannot see
+        threading.Event().wait(0.1)
+        seen.append(clock.now())
+        await asyncio.sleep(10)  # back on the clock: the sleeper's deadline comes first
+
+    clock.run(main())
+    sleeper.join(JOIN)  # ample: it was woken at its deadline, before the loop's sleep ended
+    assert seen == [0.0]
+    assert not sleeper.is_alive()
+    assert clock.now() == 10
