@@ -304,8 +304,7 @@ class CircuitBreaker:
         if state is _OPEN:
             until = self._opened_at + self.recovery.after
             self._reject = (until, state._value_)
-            # no mutate: None only sends the call forms to _admit(), which rejects alike
-            self._open_until = until  # pragma: no mutate
+            self._open_until = until  # pragma: no mutate - None: _admit() rejects alike
         elif state is _FORCED_OPEN:
             self._reject = (_INF, state._value_)
         self._fast_gen = gen if state in _ADMIT_ALL else -1
@@ -472,7 +471,7 @@ class CircuitBreaker:
         """
         gen = self._fast_gen
         if gen < 0:
-            until = self._open_until
+            until = self._open_until  # pragma: no mutate - None: _admit() rejects alike
             if until is not None:  # open: _admit()'s lock-free rejection, inlined
                 now = self._clock.now()
                 if now < until:
@@ -492,7 +491,7 @@ class CircuitBreaker:
         """
         gen = self._fast_gen
         if gen < 0:
-            until = self._open_until
+            until = self._open_until  # pragma: no mutate - None: _admit() rejects alike
             if until is not None:  # open: _admit()'s lock-free rejection, inlined
                 now = self._clock.now()
                 if now < until:
@@ -518,7 +517,7 @@ class CircuitBreaker:
         """
         gen = self._fast_gen
         if gen < 0:
-            until = self._open_until
+            until = self._open_until  # pragma: no mutate - None: _admit() rejects alike
             if until is not None:  # open: _admit()'s lock-free rejection, inlined
                 now = self._clock.now()
                 if now < until:
@@ -621,8 +620,7 @@ class Permit:
 
     def failure(self, exc: BaseException | None = None) -> None:
         """The call failed; ``exc`` only names the cause in the transition reason."""
-        # no mutate: _settle() counts any outcome but success and ignored as a failure
-        self._finish(_FAILURE, exc)  # pragma: no mutate
+        self._finish(_FAILURE, exc)  # pragma: no mutate - None is counted as a failure too
 
     def ignore(self) -> None:
         """The call counts as neither (cancelled, or an excluded error); frees a probe slot."""

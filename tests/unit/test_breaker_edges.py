@@ -146,6 +146,38 @@ def test_a_slow_async_error_outside_on_is_a_failure() -> None:
     assert reasons(journal) == ["2 consecutive failures (last: slow call 3s)"]
 
 
+def test_a_quick_failure_names_its_exception_even_with_slow_after_set() -> None:
+    clock = VirtualClock()
+    journal = Journal()
+    breaker = make(clock, journal, slow_after=5.0)
+
+    def quick_failure() -> None:
+        clock.advance(1.0)
+        raise Boom("down")
+
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(quick_failure)
+    assert reasons(journal) == ["2 consecutive failures (last: Boom)"]
+
+
+def test_a_slow_probe_reopens_the_breaker_naming_its_slowness() -> None:
+    clock = VirtualClock()
+    journal = Journal()
+    breaker = make(clock, journal, slow_after=2.0)
+    breaker.acquire().failure()
+    breaker.acquire().failure()
+    clock.advance(10.0)
+
+    def slow_answer() -> str:
+        clock.advance(3.0)
+        return "late"
+
+    assert breaker.call(slow_answer) == "late"
+    assert state_of(breaker) is State.OPEN
+    assert reasons(journal)[-1] == "probe failed (last: slow call 3s)"
+
+
 def test_an_async_failure_names_its_exception_in_the_reason() -> None:
     clock = VirtualClock()
     journal = Journal()
