@@ -26,6 +26,43 @@ class FakeRealTime:
         return self.now
 
 
+# -------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    "setting", [{"autojump_threshold": -0.1}, {"hang_grace": -1.0}, {"io_grace": -0.5}]
+)
+def test_a_negative_real_time_setting_is_refused(setting: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="real seconds >= 0") as info:
+        VirtualClock(**setting)
+    assert str(info.value) == "autojump_threshold, hang_grace and io_grace are real seconds >= 0"
+
+
+def test_settings_of_zero_real_seconds_are_kept() -> None:
+    clock = VirtualClock(start=7.5, autojump_threshold=0.0, hang_grace=0.0, io_grace=0.0)
+    assert (clock.autojump_threshold, clock.hang_grace, clock.io_grace) == (0.0, 0.0, 0.0)
+    assert clock.now() == 7.5
+
+
+def test_the_default_settings() -> None:
+    clock = VirtualClock()
+    assert (clock.autojump_threshold, clock.hang_grace, clock.io_grace) == (0.0, 0.25, 0.5)
+    assert clock.now() == 0.0
+    assert repr(clock) == "VirtualClock(now=0.000000)"
+
+
+def test_a_fresh_clock_can_be_held_and_run_before_anything_else() -> None:
+    clock = VirtualClock()
+    with clock.hold():
+        pass
+
+    async def main() -> str:
+        return "done"
+
+    assert VirtualClock().run(main()) == "done"
+    assert clock.now() == 0.0
+
+
 # ------------------------------------------------------------------- wait_blocked
 
 
@@ -211,3 +248,25 @@ def test_the_loop_thread_still_counts_as_running_after_a_jobs_result_arrives() -
     assert seen == [0.0]
     assert not sleeper.is_alive()
     assert clock.now() == 10
+
+
+@pytest.mark.timeout(120)
+def test_an_executor_thread_stops_counting_as_running_once_its_job_returned() -> None:
+    # The job sleeps on the clock, so the clock wakes its thread; once the job has returned
+    # the thread idles in the executor's pool, and the loop's next sleep must jump at once.
+    # A clock that still counted the idle thread would hold time for the whole hang grace.
+    clock = VirtualClock(hang_grace=45.0)
+
+    async def main() -> float:
+        await asyncio.to_thread(clock.sleep, 3)
+        await asyncio.sleep(1)
+        return clock.now()
+
+    out: list[float] = []
+    runner = threading.Thread(target=lambda: out.append(clock.run(main())))
+    runner.start()
+    runner.join(JOIN)  # ample: both sleeps jump at once; only a held clock reaches it
+    held = runner.is_alive()
+    runner.join(JOIN + 45.0)  # a held clock lets go after its hang grace
+    assert not held
+    assert out == [4.0]
