@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 
@@ -270,3 +271,26 @@ def test_an_executor_thread_stops_counting_as_running_once_its_job_returned() ->
     runner.join(JOIN + 45.0)  # a held clock lets go after its hang grace
     assert not held
     assert out == [4.0]
+
+
+@pytest.mark.timeout(60)
+def test_a_loop_waiting_on_real_io_is_no_hang_however_long_it_waits() -> None:
+    # No timer at all, and the answer comes later than the hang grace: real I/O may still
+    # end the wait, so the loop waits for it instead of reporting a hang.
+    clock = VirtualClock(hang_grace=0.01)
+
+    async def main() -> bytes:
+        left, right = socket.socketpair()
+        with left, right:
+            reader, writer = await asyncio.open_connection(sock=left)
+            answer = threading.Timer(0.2, right.sendall, args=(b"late\n",))
+            answer.start()
+            try:
+                line = await reader.readline()
+            finally:
+                answer.join(JOIN)
+            writer.close()
+        return line
+
+    assert clock.run(main()) == b"late\n"
+    assert clock.now() == 0.0
