@@ -336,7 +336,7 @@ class VirtualClock:
     def _hung(self, quiet: float) -> bool:
         if any(w.io for w in self._blocked):
             return False  # real I/O may still end it
-        if quiet >= self.hang_grace:
+        if quiet >= self.hang_grace:  # pragma: no mutate - as in _anything_running
             return True
         # Every Python thread is stuck on this clock: nobody is left to set an event.
         waiting = {w.thread for w in self._blocked}
