@@ -11,6 +11,7 @@ import pytest
 
 from pytest_resilience.core import virtual_clock as virtual_clock_module
 from pytest_resilience.core.clock import VirtualClock
+from pytest_resilience.core.errors import HangDetected
 
 #: Bounds a join that only a broken clock would reach: it protects against a hang.
 JOIN = 30.0
@@ -294,3 +295,30 @@ def test_a_loop_waiting_on_real_io_is_no_hang_however_long_it_waits() -> None:
 
     assert clock.run(main()) == b"late\n"
     assert clock.now() == 0.0
+
+
+@pytest.mark.timeout(60)
+def test_a_hang_report_names_every_other_stuck_waiter() -> None:
+    clock = VirtualClock(hang_grace=0.05)
+    names = ["reader", "writer", "pinger"]
+    out: dict[str, str] = {}
+
+    def stuck(name: str) -> None:
+        try:
+            clock.wait(threading.Event(), None, what=name)
+        except HangDetected as exc:
+            out[name] = str(exc)
+
+    threads = [threading.Thread(target=stuck, args=(name,)) for name in names]
+    with clock.hold():  # no report until all three wait: registration order is theirs
+        for count, thread in enumerate(threads, 1):
+            thread.start()
+            clock.wait_blocked(count)
+    for thread in threads:
+        thread.join(JOIN)  # ample: the report comes after the grace of silence
+    assert out == {
+        name: f"{name} can never end: it waits with no timeout and nothing that could end it "
+        f"is running (also stuck: {', '.join(n for n in names if n != name)}). Give this wait "
+        "a timeout, or put a deadline scope above it."
+        for name in names
+    }
