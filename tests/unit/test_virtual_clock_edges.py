@@ -322,3 +322,23 @@ def test_a_hang_report_names_every_other_stuck_waiter() -> None:
         "a timeout, or put a deadline scope above it."
         for name in names
     }
+
+
+@pytest.mark.timeout(60)
+def test_a_lone_hang_report_names_no_other_waiter() -> None:
+    clock = VirtualClock(hang_grace=0.05)
+    out: list[str] = []
+
+    def stuck() -> None:
+        try:
+            clock.wait(threading.Event(), None, what="solo")
+        except HangDetected as exc:
+            out.append(str(exc))
+
+    thread = threading.Thread(target=stuck)
+    thread.start()
+    thread.join(JOIN)  # ample: the report comes after the grace of silence
+    assert out == [
+        "solo can never end: it waits with no timeout and nothing that could end it is "
+        "running. Give this wait a timeout, or put a deadline scope above it."
+    ]
