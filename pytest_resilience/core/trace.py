@@ -190,7 +190,7 @@ def check_ids(trace_id: str, span_id: str, where: str) -> None:
             isinstance(value, str)
             and len(value) == size
             and _HEX.issuperset(value)
-            and value.strip("0")
+            and value != "0" * size
         ):
             raise ValueError(
                 f"{where}: {what} must be {size} lowercase hex digits, not all zero "
@@ -224,7 +224,7 @@ class OpenSpan:
     def __init__(self, span: Span, listeners: tuple[SpanListener, ...]) -> None:
         self.span = span
         self._listeners = listeners
-        self._ended = False
+        self._ended = False  # pragma: no mutate - only its truth is read: None would do alike
 
     def activate(self) -> contextvars.Token[Span]:
         return _current.set(self.span)
@@ -311,7 +311,9 @@ class span:  # lower case: used as a function, ``with span("ask", journal):``
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.__exit__(exc_type, exc, tb)
+        _current.reset(self._token)  # as __exit__ does: neither reads exc_type or tb
+        if self._open is not None:
+            self._open.end(exc)
 
 
 def _log_failure(listener: object, what: str, failed: Span) -> None:

@@ -8,6 +8,7 @@ import contextvars
 import io
 import json
 import logging
+import random
 import threading
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,15 @@ from pytest_resilience.core.journal import Journal, JsonLinesLogger, format_even
 from pytest_resilience.core.logs import JsonFormatter, SpanFilter
 from pytest_resilience.core.retry import Backoff, Retry
 from pytest_resilience.core.stream import StreamGuard
-from pytest_resilience.core.trace import Span, current_span, span
+from pytest_resilience.core.trace import (
+    Span,
+    check_ids,
+    current_span,
+    new_span_id,
+    new_trace_id,
+    span,
+    start_span,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -44,8 +53,9 @@ class Spans:
     def __call__(self, event: object) -> None:
         pass
 
-    def span_started(self, opened: Span) -> None:
+    def span_started(self, opened: Span) -> Span | None:
         self.started.append(opened)
+        return None
 
     def span_ended(self, closed: Span, error: BaseException | None) -> None:
         self.ended.append((closed, error))
@@ -512,3 +522,201 @@ def test_threads_sharing_a_lazy_span_read_the_same_ids() -> None:
                 t.join()
         assert len(set(seen)) == 1
         seen.clear()
+
+
+# --------------------------------------------------------------------- spans themselves
+
+
+class Adopting(Spans):
+    """A span listener that gives every span other ids, as an exporter does."""
+
+    def __init__(self, parent_id: str | None = None) -> None:
+        super().__init__()
+        self.parent_id = parent_id
+
+    def span_started(self, opened: Span) -> Span:
+        super().span_started(opened)
+        return opened.adopt("c" * 32, "d" * 16, self.parent_id)
+
+
+class Broken(Spans):
+    """A span listener whose every span call raises."""
+
+    def span_started(self, opened: Span) -> None:
+        super().span_started(opened)
+        raise RuntimeError("exporter down")
+
+    def span_ended(self, closed: Span, error: BaseException | None) -> None:
+        super().span_ended(closed, error)
+        raise RuntimeError("exporter down")
+
+
+def test_adopt_keeps_the_name_and_the_parent_unless_given_one() -> None:
+    mine = Span("a" * 32, "b" * 16, "e" * 16, "retry:ask")
+    kept = mine.adopt("c" * 32, "d" * 16)
+    assert kept == Span("c" * 32, "d" * 16, "e" * 16, "retry:ask")
+    assert mine.adopt("c" * 32, "d" * 16, "f" * 16) == Span(
+        "c" * 32, "d" * 16, "f" * 16, "retry:ask"
+    )
+    assert mine.adopt("c" * 32, "d" * 16, "").parent_id == ""
+
+
+@pytest.mark.parametrize(
+    ("trace_id", "span_id", "message"),
+    [
+        (
+            "abc",
+            "d" * 16,
+            "trace_id must be 32 lowercase hex digits, not all zero (or both ids empty), got 'abc'",
+        ),
+        (
+            "A" * 32,
+            "d" * 16,
+            "trace_id must be 32 lowercase hex digits, not all zero (or both ids empty), got 'AAAA",
+        ),
+        (
+            "0" * 32,
+            "d" * 16,
+            "trace_id must be 32 lowercase hex digits, not all zero (or both ids empty), got '0000",
+        ),
+        (
+            "c" * 32,
+            "d" * 15,
+            "span_id must be 16 lowercase hex digits, not all zero (or both ids empty), got 'ddd",
+        ),
+        (
+            "c" * 32,
+            "0" * 16,
+            "span_id must be 16 lowercase hex digits, not all zero (or both ids empty), got '000",
+        ),
+        (
+            "c" * 32,
+            "",
+            "span_id must be 16 lowercase hex digits, not all zero (or both ids empty), got ''",
+        ),
+        (
+            "",
+            "d" * 16,
+            "trace_id must be 32 lowercase hex digits, not all zero (or both ids empty), got ''",
+        ),
+    ],
+    ids=["short", "upper-case", "all-zero", "short-span", "zero-span", "no-span", "no-trace"],
+)
+def test_adopting_malformed_ids_says_which_and_why(
+    trace_id: str, span_id: str, message: str
+) -> None:
+    mine = Span("a" * 32, "b" * 16, "", "s")
+    with pytest.raises(ValueError, match=r"^adopted ids: ") as caught:
+        mine.adopt(trace_id, span_id)
+    assert str(caught.value).startswith(f"adopted ids: {message}")
+
+
+def test_check_ids_takes_two_empty_ids_as_no_span() -> None:
+    check_ids("", "", "here")  # no error
+    with pytest.raises(ValueError, match=r"^here: trace_id must be 32 "):
+        check_ids("", "0" * 16, "here")
+
+
+def test_new_ids_have_their_size_and_are_never_all_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn = [new_trace_id() for _ in range(64)] + [new_span_id() for _ in range(64)]
+    assert [len(i) for i in drawn] == [32] * 64 + [16] * 64
+    assert all(set(i) <= set("0123456789abcdef") for i in drawn)
+    asked: list[int] = []
+
+    def zero(bits: int) -> int:
+        asked.append(bits)
+        return 0
+
+    monkeypatch.setattr(random, "getrandbits", zero)  # what trace draws its ids from
+    assert (new_trace_id(), new_span_id()) == ("0" * 31 + "1", "0" * 15 + "1")
+    assert asked == [128, 64]
+
+
+def test_start_span_under_an_explicit_parent_ignores_the_current_span() -> None:
+    parent = Span("a" * 32, "b" * 16, "", "elsewhere")
+    with span("current"):
+        opened = start_span("child", parent=parent)
+    assert (opened.span.trace_id, opened.span.parent_id) == (parent.trace_id, parent.span_id)
+    assert opened.span.name == "child"
+    assert opened.span.span_id not in (parent.span_id, "")
+    assert repr(opened) == f"<OpenSpan 'child' trace={'a' * 32} span={opened.span.span_id}>"
+
+
+def test_a_listener_may_give_a_span_other_ids_and_a_new_parent() -> None:
+    journal = Journal()
+    adopting = Adopting(parent_id="f" * 16)
+    journal.subscribe(adopting)
+    with span("outer", journal) as outer:
+        journal.append(CallRejected(time=0.0, state="open"))
+    assert outer == Span("c" * 32, "d" * 16, "f" * 16, "outer")
+    assert (journal.events()[0].trace_id, journal.events()[0].span_id) == ("c" * 32, "d" * 16)
+    assert adopting.ended == [(outer, None)]
+
+
+def test_a_span_ends_once_however_often_it_is_ended() -> None:
+    journal = Journal()
+    spans = Spans()
+    journal.subscribe(spans)
+    opened = start_span("s", journal)
+    opened.end()
+    opened.end(RuntimeError("late"))
+    assert spans.ended == [(opened.span, None)]
+
+
+def test_a_broken_span_listener_is_logged_and_the_others_still_hear(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    journal = Journal()
+    broken, after = Broken(), Spans()
+    journal.subscribe(broken)
+    journal.subscribe(after)
+    with (
+        caplog.at_level(logging.ERROR, logger="pytest_resilience.core.events"),
+        span("call", journal) as opened,
+    ):
+        pass
+    assert len(opened.span_id) == 16  # its own ids: the broken listener adopted nothing
+    assert after.started == [opened]
+    assert after.ended == [(opened, None)]
+    assert broken.ended == [(opened, None)]
+    started, ended = caplog.records
+    assert started.name == ended.name == "pytest_resilience.core.events"
+    assert started.getMessage() == f"span listener {broken!r} failed in span_started of 'call'"
+    assert ended.getMessage() == f"span listener {broken!r} failed in span_ended of 'call'"
+    assert started.exc_info is not None
+    assert str(started.exc_info[1]) == "exporter down"
+
+
+@pytest.mark.asyncio
+async def test_async_with_span_ends_it_with_the_error_and_restores_the_current_one() -> None:
+    journal = Journal()
+    spans = Spans()
+    journal.subscribe(spans)
+    inside: list[Span | None] = []
+
+    async def fails() -> None:
+        async with span("a", journal) as opened:
+            inside.append(opened)
+            inside.append(current_span())
+            raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        await fails()
+    assert current_span() is None
+    assert inside[0] == inside[1]
+    [(closed, error)] = spans.ended
+    assert closed == inside[0]
+    assert isinstance(error, KeyError)
+    async with span("b", journal) as fine:
+        pass
+    assert spans.ended[-1] == (fine, None)
+
+
+def test_an_async_span_with_no_listener_opens_and_closes() -> None:
+    async def main() -> tuple[str, str]:
+        async with span("quiet", Journal()) as inside:
+            assert current_span() is inside
+        assert current_span() is None
+        return inside.name, inside.parent_id
+
+    assert asyncio.run(main()) == ("quiet", "")
