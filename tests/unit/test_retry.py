@@ -208,21 +208,27 @@ def test_on_rejects_what_is_not_an_exception_filter(on: Any) -> None:
         Retry(on=on)
 
 
+_BUDGET = "budget must be positive and finite (or None), got "
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "error"),
+    ("kwargs", "error", "message"),
     [
-        ({"attempts": 0}, ValueError),
-        ({"attempts": True}, TypeError),
-        ({"attempts": 2.0}, TypeError),
-        ({"budget": 0.0}, ValueError),
-        ({"budget": -1.0}, ValueError),
-        ({"budget": float("inf")}, ValueError),
-        ({"backoff": 1.0}, TypeError),
+        ({"attempts": 0}, ValueError, "attempts counts the first call and must be >= 1, got 0"),
+        ({"attempts": True}, TypeError, "attempts must be an int, got True"),
+        ({"attempts": 2.0}, TypeError, "attempts must be an int, got 2.0"),
+        ({"budget": 0.0}, ValueError, _BUDGET + "0.0"),
+        ({"budget": -1.0}, ValueError, _BUDGET + "-1.0"),
+        ({"budget": float("inf")}, ValueError, _BUDGET + "inf"),
+        ({"backoff": 1.0}, TypeError, "backoff must be a Backoff, got 1.0"),
     ],
 )
-def test_bad_settings_are_refused(kwargs: dict[str, Any], error: type[Exception]) -> None:
-    with pytest.raises(error):
+def test_bad_settings_are_refused(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as caught:
         Retry(on=Boom, **kwargs)
+    assert str(caught.value) == message
 
 
 def test_policy_is_immutable_and_evolves_into_a_copy() -> None:

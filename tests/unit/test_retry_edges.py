@@ -7,6 +7,7 @@ must keep every rule the full path keeps; the tests below drive it on purpose.
 from __future__ import annotations
 
 import asyncio
+import random
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from pytest_resilience.core.errors import DeadlineExceeded, RetryError
 from pytest_resilience.core.events import GaveUp, RetryScheduled
 from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.retry import Backoff, Retry, RetryDetails, result_is_empty
+from pytest_resilience.core.seeding import derive_rng, seeded
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -406,3 +408,124 @@ def test_async_loop_form_retries_a_scope_deadline_with_budget_left() -> None:
     assert numbers == [1, 2]
     assert (info.value.reason, info.value.attempts) == ("attempts", 2)
     assert isinstance(info.value.last, DeadlineExceeded)
+
+
+# ------------------------------------------------------------- generators and clocks
+
+
+class CountingRandom(random.Random):
+    """A generator that counts its draws through ``uniform``."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.draws = 0
+
+    def uniform(self, a: float, b: float) -> float:
+        self.draws += 1
+        return super().uniform(a, b)
+
+
+class ReadCountingClock(VirtualClock):
+    """A virtual clock that counts the reads of its time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def now(self) -> float:
+        self.reads += 1
+        return super().now()
+
+
+def test_jitter_draws_from_the_injected_generator() -> None:
+    backoff = Backoff(base=1.0, factor=2.0, cap=60.0, jitter="full")
+    clock = CountingClock()
+    rng = CountingRandom(5)
+    fn = Script(Boom("1"), Boom("2"), "ok")
+    assert Retry(on=Boom, backoff=backoff, clock=clock, rng=rng).call(fn) == "ok"
+    assert rng.draws == 2
+    same = random.Random(5)
+    assert clock.sleeps == [same.uniform(0.0, 1.0), same.uniform(0.0, 2.0)]
+
+
+def test_without_a_generator_a_seeded_run_draws_from_the_policy_names_own() -> None:
+    backoff = Backoff(base=1.0, factor=2.0, cap=60.0, jitter="full")
+    slept: dict[str, list[float]] = {}
+    for name in ("ask", "other"):
+        clock = CountingClock()
+        with seeded(11, "test"):
+            Retry(on=Boom, backoff=backoff, clock=clock, name=name).call(Script(Boom("1"), "ok"))
+        slept[name] = clock.sleeps
+    assert slept["ask"] == [derive_rng(11, "test", "retry:ask").uniform(0.0, 1.0)]
+    assert slept["other"] == [derive_rng(11, "test", "retry:other").uniform(0.0, 1.0)]
+
+
+def test_outcomes_without_a_journal_cost_no_clock_read() -> None:
+    clock = ReadCountingClock()
+    fn = Script("ok")
+    retry = Retry(on=Boom, outcomes=True, clock=clock)
+
+    async def answer() -> object:
+        return fn()
+
+    assert retry.call(fn) == "ok"
+    assert retry(fn)() == "ok"
+    assert asyncio.run(retry.acall(answer)) == "ok"
+    assert clock.reads == 0
+
+
+# ------------------------------------------------------------- the sync budget
+
+
+def test_sync_budget_passes_the_arguments_to_every_attempt() -> None:
+    fn = Script(Boom("1"), Boom("2"), "ok")
+    retry = Retry(on=Boom, budget=30.0, backoff=Backoff.fixed(0), clock=VirtualClock())
+    assert retry.call(fn, 1, key="v") == "ok"
+    assert fn.seen == [((1,), {"key": "v"})] * 3
+
+
+def test_sync_budget_names_itself_when_it_runs_out() -> None:
+    clock = VirtualClock()
+
+    def hang() -> None:
+        scope = current_scope()
+        assert scope is not None
+        scope.wait(3600.0)
+
+    with pytest.raises(RetryError) as info:
+        Retry(on=Boom, attempts=3, budget=12.0, clock=clock).call(hang)
+    assert str(info.value.last) == "retry budget of 12s exceeded"
+
+
+# ------------------------------------------- the policy's name, without a journal
+
+
+def test_the_hook_hears_the_policy_name_on_every_path_without_a_journal() -> None:
+    """``on_retry`` gets the policy's name whichever path the call takes: a failure or a
+    rejected result on the first attempt, a budget (a run from the start), sync or async."""
+    clock = VirtualClock()
+    seen: list[RetryDetails] = []
+    base: dict[str, Any] = {"on": Boom, "backoff": Backoff.fixed(0), "clock": clock}
+    plain = Retry(**base, on_retry=seen.append, on_result=result_is_empty, name="ask")
+    budgeted = plain.with_(budget=30.0)
+
+    def calls(retry: Retry, first: object) -> None:
+        assert retry.call(Script(first, "ok")) == "ok"
+        fn = Script(first, "ok")
+
+        async def answer() -> object:
+            return fn()
+
+        assert clock.run(retry.acall(answer)) == "ok"
+
+    calls(plain, Boom("down"))
+    calls(plain, "")
+    calls(budgeted, Boom("down"))
+    assert [(d.source, d.result) for d in seen] == [
+        ("ask", None),
+        ("ask", None),
+        ("ask", ""),
+        ("ask", ""),
+        ("ask", None),
+        ("ask", None),
+    ]

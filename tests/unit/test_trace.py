@@ -172,6 +172,57 @@ def test_the_decorator_opens_a_span_per_call() -> None:
     assert "ask" in spans.started[0].name
 
 
+def ask_model() -> Span | None:
+    return current_span()
+
+
+async def aask_model() -> Span | None:
+    return current_span()
+
+
+def test_call_and_acall_name_their_span_after_the_policy_or_the_function() -> None:
+    journal = Journal()
+    spans = Spans()
+    journal.subscribe(spans)
+    unnamed = Retry(on=ValueError, journal=journal)
+    named = unnamed.with_(name="ask")
+    inside = [
+        unnamed.call(ask_model),
+        asyncio.run(unnamed.acall(aask_model)),
+        named.call(ask_model),
+        asyncio.run(named.acall(aask_model)),
+    ]
+    assert inside == spans.started
+    assert [s.name for s in spans.started] == [
+        "retry:ask_model",
+        "retry:aask_model",
+        "retry:ask",
+        "retry:ask",
+    ]
+    assert [s for s, _ in spans.ended] == spans.started
+
+
+@pytest.mark.asyncio
+async def test_an_async_fallback_runs_its_steps_in_its_span() -> None:
+    journal = Journal()
+    spans = Spans()
+    journal.subscribe(spans)
+
+    async def down() -> Span | None:
+        raise ConnectionError("down")
+
+    chain = Fallback(
+        "answer", [("first", down), ("second", aask_model)], on=ConnectionError, journal=journal
+    )
+    inside = await chain.acall()
+    [opened] = spans.started
+    assert inside == opened
+    assert opened.name == "fallback:answer"
+    assert journal.events(FallbackUsed)[0].span_id == opened.span_id
+    assert spans.ended == [(opened, None)]
+    assert current_span() is None
+
+
 def test_no_journal_no_span() -> None:
     seen: list[Span | None] = []
 
