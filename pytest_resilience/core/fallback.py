@@ -132,7 +132,7 @@ class _Resolved:
     ) -> None:
         self.name = step.name
         self.fn = step.fn
-        self.is_failure = exception_filter(step.on if step.on is not None else on, "on")[1]
+        self.is_failure = exception_filter(step.on if step.on is not None else on)[1]
         self.rejects = step.reject if step.reject is not None else reject
 
 

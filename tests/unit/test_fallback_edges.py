@@ -7,10 +7,16 @@ from typing import Any
 
 import pytest
 
+from pytest_resilience.core.cache import ResponseCache
 from pytest_resilience.core.clock import VirtualClock
 from pytest_resilience.core.errors import DaemonUnavailable, FallbackError
 from pytest_resilience.core.events import FallbackUsed
-from pytest_resilience.core.fallback import Fallback, FallbackExhausted, FallbackStep
+from pytest_resilience.core.fallback import (
+    CachedStep,
+    Fallback,
+    FallbackExhausted,
+    FallbackStep,
+)
 from pytest_resilience.core.journal import Journal
 from pytest_resilience.core.retry import result_is_empty, result_is_none
 
@@ -95,3 +101,46 @@ def test_every_step_rejected_raises_without_a_cause(run: str) -> None:
     assert journal.events() == [
         FallbackExhausted(time=5.0, source="answer", failures=("a: result None", "b: result ''"))
     ]
+
+
+# ------------------------------------------------------------------- the cached step
+
+
+def test_the_cached_step_looks_up_by_the_keyword_arguments_too() -> None:
+    cache = ResponseCache("answers", clock=VirtualClock())
+    up = [True]
+
+    def model(*, prompt: str) -> str:
+        if not up[0]:
+            raise DaemonUnavailable("down")
+        return prompt.upper()
+
+    answer = chain(("model", model), CachedStep(cache), ("static", lambda **_: "resting"))
+    assert answer(prompt="hi") == "HI"
+    up[0] = False
+    assert answer(prompt="hi") == "HI"  # from the cache
+    assert answer(prompt="other") == "resting"
+
+
+def test_an_answer_from_the_cache_is_not_stored_again_so_it_still_ages() -> None:
+    clock = VirtualClock()
+    cache = ResponseCache("answers", clock=clock, max_age=10.0)
+    up = [True]
+
+    def model(prompt: str) -> str:
+        if not up[0]:
+            raise DaemonUnavailable("down")
+        return "fresh"
+
+    answer = Fallback(
+        "answer",
+        [("model", model), CachedStep(cache), ("static", lambda prompt: "resting")],
+        on=DaemonUnavailable,
+        clock=clock,
+    )
+    assert answer("hi") == "fresh"  # stored at 0
+    up[0] = False
+    clock.sleep(6.0)
+    assert answer("hi") == "fresh"  # 6 s old: served, and not stored anew
+    clock.sleep(6.0)
+    assert answer("hi") == "resting"  # 12 s old: expired
