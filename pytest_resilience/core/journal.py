@@ -71,7 +71,7 @@ class Journal:
         self._lock = threading.Lock()  # guards trimming, clearing and the counts
         self._listeners: tuple[Listener, ...] = ()
         self._span_listeners: tuple[SpanListener, ...] = ()
-        self._warned = False  # JournalFull was warned
+        self._warned = False  # pragma: no mutate - JournalFull was warned; only its truth is read
         self._trim_at = maxlen  # maxlen + slack once warned: see the module docstring
         self._trimmed = 0  # events trimmed since the last clear()
         self.maxlen = maxlen
@@ -86,7 +86,8 @@ class Journal:
         """Add ``event``; then the listeners get it, in this thread."""
         events = self._events
         events.append(event)  # atomic: appends from any number of threads need no lock
-        if len(events) > self._trim_at or self._listeners:
+        # no mutate: at the bound itself _after_append has nothing to do, so >= is the same
+        if len(events) > self._trim_at or self._listeners:  # pragma: no mutate
             self._after_append(event)
 
     def _after_append(self, event: Event) -> None:
@@ -160,7 +161,8 @@ class Journal:
         with self._lock:
             # list(deque) runs no Python code, so no append can interleave with the copy.
             snapshot = list(self._events)
-        if len(snapshot) > self.maxlen:  # an append is on its way to trimming: not kept
+        # an append is on its way to trimming: not kept (no mutate: >= deletes nothing more)
+        if len(snapshot) > self.maxlen:  # pragma: no mutate
             del snapshot[: len(snapshot) - self.maxlen]
         if not kinds:
             return snapshot
@@ -180,7 +182,7 @@ class Journal:
     def dump(self, stream: IO[str]) -> None:
         """Write the events as JSON lines."""
         for event in self.events():
-            stream.write(json.dumps(event.to_dict(), sort_keys=False) + "\n")
+            stream.write(json.dumps(event.to_dict()) + "\n")  # the fields in to_dict()'s order
 
     @classmethod
     def load(cls, lines: Iterable[str], maxlen: int = 100_000) -> Journal:

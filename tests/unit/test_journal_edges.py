@@ -1,9 +1,10 @@
 """The journal's bound at its edges: appenders that race to trim it, a clear() that races
 with them, the slack a full journal's appends use without a lock, and a loaded journal's
-bound."""
+bound; its listeners, and reading it back as a timeline or as dumped lines."""
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import warnings
@@ -14,6 +15,7 @@ import pytest
 from pytest_resilience.core import journal as journal_module
 from pytest_resilience.core.events import Event, RetryScheduled
 from pytest_resilience.core.journal import Journal, JournalFull
+from pytest_resilience.core.trace import Span, span
 from tests.unit.interleave import Gate, parked
 
 if TYPE_CHECKING:
@@ -193,3 +195,61 @@ def test_unsubscribing_one_listener_keeps_the_others() -> None:
     journal.subscribe(third.append)
     journal.append(event(2))
     assert (first, second, third) == ([], [event(1), event(2)], [event(2)])
+
+
+class SpanHearer:
+    """A listener that also hears of spans (a SpanListener)."""
+
+    def __init__(self) -> None:
+        self.started: list[Span] = []
+
+    def __call__(self, event: object) -> None:
+        pass
+
+    def span_started(self, opened: Span) -> None:
+        self.started.append(opened)
+
+    def span_ended(self, closed: Span, error: BaseException | None) -> None:
+        pass
+
+
+def test_unsubscribing_a_span_listener_keeps_the_others() -> None:
+    journal = Journal()
+    first, second = SpanHearer(), SpanHearer()
+    unsubscribe = journal.subscribe(first)
+    journal.subscribe(second)
+    plain: list[Event] = []
+    journal.subscribe(plain.append)  # a plain listener hears no span
+    assert list(journal.span_listeners) == [first, second]
+    unsubscribe()
+    assert list(journal.span_listeners) == [second]
+    with span("s", journal) as opened:
+        pass
+    assert (first.started, second.started) == ([], [opened])
+
+
+# ------------------------------------------------------------------ reading it back
+
+
+def test_the_timeline_shows_the_last_events_relative_to_a_start() -> None:
+    journal = Journal()
+    for attempt in (1, 2, 3):
+        journal.append(RetryScheduled(time=10.0 + attempt, attempt=attempt, delay=1.0))
+    assert journal.timeline(last=2, since=12.5) == (
+        "    -0.500s retry.scheduled attempt=2 delay=1.0\n"
+        "    +0.500s retry.scheduled attempt=3 delay=1.0"
+    )
+    assert (
+        journal.timeline(last=2).splitlines()[0]
+        == "    12.000s retry.scheduled attempt=2 delay=1.0"
+    )
+
+
+def test_a_dumped_line_keeps_the_fields_in_their_order() -> None:
+    journal = Journal()
+    journal.append(RetryScheduled(time=1.0, source="r", attempt=2, delay=0.5))
+    out = io.StringIO()
+    journal.dump(out)
+    assert out.getvalue() == (
+        '{"kind": "retry.scheduled", "time": 1.0, "source": "r", "attempt": 2, "delay": 0.5}\n'
+    )
