@@ -397,7 +397,7 @@ def test_the_worker_reads_at_most_64_chunks_ahead(clock: VirtualClock) -> None:
         end = time.monotonic() + WAIT
         while len(counts) < 65 and time.monotonic() < end:
             time.sleep(0.001)
-        time.sleep(0.05)
+        time.sleep(0.05)  # as above: a worker that read past 65 would have done so by now
         assert len(counts) == 65
     finally:
         stream.close()
